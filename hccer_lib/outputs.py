@@ -1,0 +1,113 @@
+"""Writing results whole or not at all, and the fixed places they go.
+
+Every table, figure and prediction file of the study is written through these helpers:
+the content goes to a temporary file in the same folder, which then replaces the target
+in one ``os.replace``. A run that fails half-way leaves the last good file in place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+
+SYNTHETIC_NOTE = (
+    "Synthetic cohort: these numbers come from the generated stand-in cohort, not from the "
+    "paper's patients; the paper's reported values are shown beside them for reference only."
+)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; on success it replaces ``target``.
+
+    Example:
+        >>> with atomic_path("figures/x.csv") as tmp:   # doctest: +SKIP
+        ...     frame.to_csv(tmp)
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp" + target.suffix, dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text(target: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` to ``target`` atomically; returns the path."""
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(target)
+
+
+def write_json(target: str | os.PathLike, obj) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    return write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(target: str | os.PathLike, frame: pd.DataFrame, **kwargs) -> Path:
+    """Write ``frame`` as CSV (no index unless asked), atomically."""
+    kwargs.setdefault("index", False)
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, **kwargs)
+    return Path(target)
+
+
+def frame_to_markdown(frame: pd.DataFrame, float_format: str = "{:.4g}") -> str:
+    """A GitHub-flavoured Markdown table of ``frame`` (no extra dependency)."""
+
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else float_format.format(value)
+        return "" if value is None else str(value).replace("|", "\\|")
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def write_table(
+    stem: str | os.PathLike,
+    frame: pd.DataFrame,
+    title: str = "",
+    note: str = "",
+    float_format: str = "{:.4g}",
+) -> tuple[Path, Path]:
+    """Write ``frame`` as ``<stem>.csv`` and ``<stem>.md`` (title and note above the table)."""
+    stem = Path(stem)
+    csv_path = write_csv(stem.with_suffix(".csv"), frame)
+    parts = [f"# {title}\n" if title else "", f"{note}\n" if note else "", frame_to_markdown(frame, float_format)]
+    md_path = write_text(stem.with_suffix(".md"), "\n".join(p for p in parts if p))
+    return csv_path, md_path
+
+
+def save_figure(fig, target: str | os.PathLike, dpi: int = 150) -> Path:
+    """Save a matplotlib figure as PNG atomically."""
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png")
+    return Path(target)
+
+
+def work_dir_for(cohort_dir: str | os.PathLike, data_root: str | os.PathLike = "data") -> Path:
+    """Where the study writes what it derives from a cohort: ``data/<cohort name>/``.
+
+    A cohort folder that already lies under ``data_root`` (the synthetic one) is its own
+    work folder; any other cohort folder is never written to, its outputs go to
+    ``data_root/<folder name>/``.
+    """
+    cohort_dir = Path(cohort_dir).resolve()
+    data_root = Path(data_root).resolve()
+    if cohort_dir.parent == data_root:
+        return cohort_dir
+    return data_root / cohort_dir.name

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Run the whole study: set-up if needed, then every notebooks/NN_*.ipynb in order (papermill).
+#
+#   ./run_all.sh [--profile smoke|quick|paper] [--cohort DIR] [--seed N]
+#
+# Default: the `quick` profile on the synthetic cohort (generated in data/synthetic).
+# Executed notebooks go to executed/<profile>/, tables and figures to figures/.
+set -euo pipefail
+cd "$(dirname "$0")"
+source scripts/setup_env.sh
+exec python -m hccer_lib run "$@"

@@ -1,0 +1,64 @@
+"""Smoke run of every study notebook, in order, exactly as run_all.sh runs them.
+
+The smoke profile (2 folds, 1 epoch, tiny images) proves that every notebook runs end to
+end on a freshly generated synthetic cohort and writes its tables and figures. Outputs go
+to a temporary folder, never to the repository's data/ and figures/.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hccer_lib.runner import REPO_ROOT, list_notebooks, run_notebooks
+
+# What each notebook must leave behind (relative to figures_dir or to the cohort's work folder).
+EXPECTED_FIGURES = {
+    "00_build_cohort": ["fig1_phases_roi.png"],
+    "01_select_clinical": ["table1_clinical.csv", "table1_clinical.md", "table4_fusion.csv"],
+    "02_preprocess_images": ["fig2_preprocessing.png"],
+    "03_radiomics_baseline": ["table3_radiomics_vs_deep.csv"],
+    "04_deep_model": ["table3_radiomics_vs_deep.csv"],
+    "05_fusion_models": ["table4_fusion.csv", "fig5_roc_fusion.png"],
+    "06_joint_loss": ["table5_joint_loss.csv"],
+}
+EXPECTED_PREDICTIONS = {
+    "01_select_clinical": ["clinical_rf", "clinical_rf_strict"],
+    "03_radiomics_baseline": ["radiomics_rf"],
+    "04_deep_model": ["deep_resnet50"],
+    "05_fusion_models": ["fusion_a", "fusion_b", "fusion_c", "fusion_d"],
+    "06_joint_loss": ["fusion_d_joint"],
+}
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_on_the_smoke_profile(tmp_path, capsys):
+    notebooks = list_notebooks()
+    assert notebooks, "no notebooks found"
+    code = run_notebooks(
+        "smoke",
+        seed=2020,
+        data_root=str(tmp_path / "data"),
+        figures_dir=str(tmp_path / "figures"),
+        executed_dir=tmp_path / "executed",
+        cwd=REPO_ROOT,
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out[-3000:]
+    assert out.strip().splitlines()[-1] == f"{len(notebooks)} of {len(notebooks)} notebooks passed"
+
+    work = tmp_path / "data" / "synthetic"
+    for nb in notebooks:
+        stem = nb.stem
+        for name in EXPECTED_FIGURES.get(stem, []):
+            path = tmp_path / "figures" / name
+            assert path.is_file() and path.stat().st_size > 0, f"{stem} did not write {name}"
+        for model in EXPECTED_PREDICTIONS.get(stem, []):
+            preds = pd.read_csv(work / "predictions" / f"{model}.csv", dtype={"patient_id": str})
+            assert set(preds["fold"]) == {0, 1}, f"{model}: folds {sorted(set(preds['fold']))}"
+            assert preds["y_prob"].between(0, 1).all(), f"{model}: probabilities outside [0, 1]"
+            assert preds["patient_id"].nunique() == 167, f"{model}: {preds['patient_id'].nunique()} patients"
+    # Executed copies are kept for reading; the committed notebooks stay output-free.
+    assert sorted(p.name for p in (tmp_path / "executed").glob("*.ipynb")) == [p.name for p in notebooks]
+    for nb in notebooks:
+        assert '"output_type"' not in Path(nb).read_text(), f"{nb.name} is committed with outputs"

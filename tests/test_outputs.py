@@ -1,0 +1,43 @@
+"""Outputs are written whole or not at all; tables get CSV and Markdown twins."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hccer_lib import outputs
+
+
+def test_atomic_path_replaces_target_only_on_success(tmp_path):
+    target = tmp_path / "table.csv"
+    target.write_text("last good\n")
+    with pytest.raises(RuntimeError):
+        with outputs.atomic_path(target) as tmp:
+            tmp.write_text("half-written")
+            raise RuntimeError("the run failed here")
+    assert target.read_text() == "last good\n", "a failed write must leave the last good file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.csv"], "no temporary file is left behind"
+
+    with outputs.atomic_path(target) as tmp:
+        tmp.write_text("new\n")
+    assert target.read_text() == "new\n"
+
+
+def test_write_table_writes_csv_and_markdown(tmp_path):
+    frame = pd.DataFrame({"model": ["clinical_rf", "a|b"], "auc": [0.75321, float("nan")]})
+    csv_path, md_path = outputs.write_table(tmp_path / "t", frame, title="Table", note="synthetic")
+    assert pd.read_csv(csv_path)["model"].tolist() == ["clinical_rf", "a|b"]
+    md = md_path.read_text()
+    assert md.splitlines()[0] == "# Table"
+    assert "| model | auc |" in md
+    assert "| clinical_rf | 0.7532 |" in md, md
+    assert "a\\|b" in md, "a pipe inside a cell is escaped"
+
+
+def test_work_dir_for_keeps_foreign_cohorts_read_only(tmp_path):
+    data_root = tmp_path / "data"
+    inside = data_root / "synthetic"
+    assert outputs.work_dir_for(inside, data_root) == inside.resolve()
+    foreign = tmp_path / "hospital" / "cohort_2019"
+    assert outputs.work_dir_for(foreign, data_root) == (data_root / "cohort_2019").resolve()
+    assert Path(outputs.work_dir_for(foreign, data_root)).parent == data_root.resolve()

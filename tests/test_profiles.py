@@ -1,0 +1,26 @@
+"""The three profiles: paper = the paper's settings; smoke and quick are cheaper."""
+
+import pytest
+
+from hccer_lib.profiles import PROFILES, get_profile
+
+
+def test_paper_profile_has_the_papers_training_settings():
+    paper = get_profile("paper")
+    got = (paper.n_folds, paper.image_size, paper.batch_size, paper.epochs, paper.learning_rate)
+    assert got == (10, 224, 16, 50, 1e-4), got
+    assert paper.resnet_blocks == (3, 4, 6, 3) and paper.resnet_width == 64, "ResNet50"
+
+
+def test_cheaper_profiles_are_cheaper():
+    smoke, quick, paper = (get_profile(n) for n in ("smoke", "quick", "paper"))
+    assert smoke.n_folds == 2 and smoke.epochs == 1, (smoke.n_folds, smoke.epochs)
+    assert quick.n_folds == 10, "quick runs all ten folds"
+    assert smoke.image_size <= quick.image_size <= paper.image_size
+    assert smoke.epochs <= quick.epochs <= paper.epochs
+
+
+def test_unknown_profile_is_refused_with_the_valid_names():
+    with pytest.raises(ValueError, match="paper.*quick.*smoke"):
+        get_profile("fast")
+    assert set(PROFILES) == {"smoke", "quick", "paper"}
