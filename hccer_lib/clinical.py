@@ -269,6 +269,43 @@ def compare_with_paper(table: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def write_table1(figures_dir, table: pd.DataFrame, synthetic: bool) -> tuple:
+    """Write ``figures/table1_clinical.csv`` (the columns of :func:`table1`) and ``.md``.
+
+    The Markdown shows the variable's name, the p-value printed as the paper prints it and
+    the paper's printed p-value beside it; on a synthetic cohort it starts with the
+    synthetic note. Returns the two paths.
+    """
+    from pathlib import Path
+
+    from hccer_lib import outputs
+
+    figures_dir = Path(figures_dir)
+    csv_path = outputs.write_csv(figures_dir / "table1_clinical.csv", table)
+    shown = compare_with_paper(table)
+    names = {v.column: v.name for v in CLINICAL_VARIABLES}
+    first = ~shown["variable"].duplicated()
+    markdown = pd.DataFrame({
+        "variable": np.where(first, shown["variable"].map(names), ""),
+        "level": shown["level"],
+        "total": shown["total"],
+        "NER": shown["ner"],
+        "ER": shown["er"],
+        "p (chi-squared)": np.where(first, shown["p_formatted"], ""),
+        "paper p": np.where(first, shown["paper_p"].fillna(""), ""),
+        "note": np.where(first, shown["note"], ""),
+    })
+    note = (
+        "Pearson chi-squared test without continuity correction on the binarised variables "
+        "(the form that reproduces the paper's p-values); p < 0.05 selects a factor."
+    )
+    if synthetic:
+        note = outputs.SYNTHETIC_NOTE + "\n\n" + note
+    text = f"# Table 1: clinical variables of patients with ER and NER\n\n{note}\n\n" + outputs.frame_to_markdown(markdown)
+    md_path = outputs.write_text(figures_dir / "table1_clinical.md", text)
+    return csv_path, md_path
+
+
 def paper_clinical_frame(seed: int = 0) -> pd.DataFrame:
     """A raw clinical frame (``clinical.csv`` columns) whose Table 1 equals the paper's.
 
@@ -305,3 +342,189 @@ def _raw_value(var: ClinicalVariable, level: str):
     if var.kind == "count":
         return 1 + index
     return var.codes[index]
+
+
+# ---------------------------------------------------------------------------------------
+# Selection (p < alpha) and the binary clinical vector
+# ---------------------------------------------------------------------------------------
+
+
+def variable_p_values(clinical_or_levels: pd.DataFrame, labels, on_single_level: str = "raise") -> dict[str, float]:
+    """Chi-squared p-value of every Table 1 variable, keyed by column, in the paper's order.
+
+    Args:
+        clinical_or_levels: raw clinical frame or the output of :func:`binarise`.
+        labels: 0/1 per row.
+        on_single_level: ``"raise"`` (``ValueError`` naming the variable) or ``"skip"``
+            (the variable is left out of the result) when all patients share one level.
+    """
+    if on_single_level not in ("raise", "skip"):
+        raise ValueError(f"on_single_level must be 'raise' or 'skip', got {on_single_level!r}")
+    y = _labels_of(labels, len(clinical_or_levels))
+    levels = _levels_of(clinical_or_levels)
+    p_values = {}
+    for var in CLINICAL_VARIABLES:
+        counts = count_table(levels[var.column], y, var)
+        if np.sum(counts.sum(axis=1) > 0) < 2:
+            if on_single_level == "skip":
+                continue
+            only = var.levels[int(np.argmax(counts.sum(axis=1)))]
+            raise ValueError(
+                f"variable {var.column!r} ({var.name}): every patient has level {only!r}; "
+                f"the chi-squared test is undefined ({SINGLE_LEVEL_NOTE})"
+            )
+        p_values[var.column] = chi_squared_p(counts)
+    return p_values
+
+
+def select_variables(
+    clinical_or_levels: pd.DataFrame, labels, alpha: float = 0.05, on_single_level: str = "raise"
+) -> list[str]:
+    """The variables whose chi-squared p-value is below ``alpha`` (section II.A), paper order.
+
+    On the paper's Table 1 counts this gives :data:`PAPER_SELECTED`. See
+    :func:`variable_p_values` for the arguments.
+    """
+    p_values = variable_p_values(clinical_or_levels, labels, on_single_level)
+    return [column for column, p in p_values.items() if p < alpha]
+
+
+def encode_variables(levels: pd.DataFrame, columns: list[str] | tuple[str, ...]) -> tuple[np.ndarray, list[str]]:
+    """Binary encoding of the chosen variables, in the order given.
+
+    * two-level variables: one bit, 1 for the second level listed in Table 1 (``>=`` the
+      cut-off, ``yes``, ``male``, ``multiple``, CP ``B``). For ALB the paper lists
+      ``>=40`` first, so its bit is 1 for ``<40``: in every variable the bit marks the level
+      associated with the worse prognosis, and ALB ``<40`` (low albumin) is that level.
+    * BCLC stage: three bits as in the paper, ``[C, B, A]`` (0 → 000, A → 001, B → 010,
+      C → 100).
+    * any other multi-level category: one bit per level (one-hot).
+
+    Returns:
+        ``float32 [n_patients, k]`` in the row order of ``levels``, and the ``k`` bit names
+        (e.g. ``"age >=60"``, ``"bclc C"``).
+    """
+    bits, names = [], []
+    for column in columns:
+        var = VARIABLES_BY_COLUMN[column]
+        values = levels[column].astype(str)
+        if column == "bclc":
+            for bit, stage in enumerate(("C", "B", "A")):  # the order of the paper's bits
+                bits.append(np.array([BCLC_BITS[v][bit] for v in values], dtype=np.float32))
+                names.append(f"bclc {stage}")
+        elif len(var.levels) == 2:
+            bits.append((values == var.levels[1]).to_numpy(dtype=np.float32))
+            names.append(f"{column} {var.levels[1]}")
+        else:
+            for level in var.levels:
+                bits.append((values == level).to_numpy(dtype=np.float32))
+                names.append(f"{column} {level}")
+    matrix = np.column_stack(bits).astype(np.float32) if bits else np.zeros((len(levels), 0), np.float32)
+    return matrix, names
+
+
+def clinical_matrix(
+    clinical: pd.DataFrame,
+    protocol: str = "paper",
+    train_ids=None,
+    alpha: float = 0.05,
+) -> tuple[np.ndarray, list[str]]:
+    """The clinical feature matrix of every patient, with variables selected by chi-squared.
+
+    Args:
+        clinical: raw clinical frame with ``patient_id`` and ``early_recurrence``.
+        protocol: ``"paper"``: selection on the whole cohort, as published (on the
+            synthetic cohort: the 9-element vector of section II.A). ``"strict"``:
+            selection on the patients ``train_ids`` only, so that nothing of the test
+            patients is used; a variable with a single level among them cannot be tested
+            and is not selected.
+        train_ids: patient ids of the training fold (``"strict"`` only).
+        alpha: selection threshold on the p-value.
+
+    Returns:
+        ``float32 [n_patients, k]`` in the row order of ``clinical`` and the ``k`` bit names.
+
+    Raises:
+        ValueError: unknown protocol, missing ``train_ids``, a single-level variable under
+        ``"paper"``, or no variable selected.
+    """
+    levels = binarise(clinical)
+    if protocol == "paper":
+        selected = select_variables(levels, clinical[LABEL_COLUMN], alpha)
+    elif protocol == "strict":
+        if train_ids is None:
+            raise ValueError("protocol 'strict' needs train_ids (the patients of the training fold)")
+        in_train = clinical["patient_id"].astype(str).isin([str(i) for i in train_ids]).to_numpy()
+        if not in_train.any():
+            raise ValueError("none of train_ids is a patient_id of the clinical frame")
+        selected = select_variables(levels[in_train], clinical[LABEL_COLUMN][in_train], alpha, on_single_level="skip")
+    else:
+        raise ValueError(f"protocol must be 'paper' or 'strict', got {protocol!r}")
+    if not selected:
+        raise ValueError(f"no clinical variable has chi-squared p < {alpha} (protocol {protocol!r})")
+    return encode_variables(levels, selected)
+
+
+# ---------------------------------------------------------------------------------------
+# The clinical model: random forest on the binary clinical vector
+# ---------------------------------------------------------------------------------------
+
+RF_PARAMS = {"n_estimators": 500, "max_features": "sqrt", "min_samples_leaf": 1, "bootstrap": True, "n_jobs": 1}
+
+
+def make_clinical_rf(seed: int, **params):
+    """The paper's "clinical model (RF)": ``RandomForestClassifier`` with :data:`RF_PARAMS`.
+
+    The paper names only the method; these are scikit-learn's defaults with 500 trees.
+    One job: with threads the summed tree probabilities can differ in the last bits from
+    run to run, and the study's predictions are meant to be bit-reproducible.
+    """
+    from sklearn.ensemble import RandomForestClassifier
+
+    settings = {**RF_PARAMS, **params}
+    return RandomForestClassifier(random_state=seed, **settings)
+
+
+def cross_validate_clinical(
+    clinical: pd.DataFrame,
+    folds: pd.DataFrame,
+    protocol: str = "paper",
+    seed: int = 2020,
+    alpha: float = 0.05,
+    **rf_params,
+) -> tuple[pd.DataFrame, dict[int, list[str]]]:
+    """Out-of-fold predictions of the clinical RF on the shared folds.
+
+    Args:
+        clinical: raw clinical frame (``patient_id``, ``early_recurrence``, 17 variables).
+        folds: ``patient_id, y_true, fold`` from ``evaluation.load_or_make_folds``.
+        protocol: ``"paper"`` (selection once on the whole cohort) or ``"strict"``
+            (selection refit on each training fold); see :func:`clinical_matrix`.
+
+    Returns:
+        The predictions frame (``patient_id, slice, fold, y_true, y_prob``; ``slice``
+        empty: a patient-level model) and the bit names used in each fold.
+    """
+    ids = clinical["patient_id"].astype(str).to_numpy()
+    fold_of = folds.assign(patient_id=folds["patient_id"].astype(str)).set_index("patient_id")["fold"]
+    missing = sorted(set(ids) - set(fold_of.index))
+    if missing:
+        raise ValueError(f"{len(missing)} patients have no fold, e.g. {missing[:3]}")
+    fold = fold_of.loc[ids].to_numpy()
+    y = clinical[LABEL_COLUMN].to_numpy(dtype=int)
+    if protocol == "paper":
+        whole_matrix, whole_names = clinical_matrix(clinical, "paper", alpha=alpha)
+    prob = np.full(len(ids), np.nan)
+    names_per_fold = {}
+    for k in sorted(np.unique(fold)):
+        test = fold == k
+        if protocol == "paper":
+            matrix, names = whole_matrix, whole_names
+        else:
+            matrix, names = clinical_matrix(clinical, protocol, train_ids=ids[~test], alpha=alpha)
+        model = make_clinical_rf(seed, **rf_params).fit(matrix[~test], y[~test])
+        prob[test] = model.predict_proba(matrix[test])[:, 1]
+        names_per_fold[int(k)] = names
+    frame = pd.DataFrame({"patient_id": ids, "slice": pd.array([pd.NA] * len(ids), dtype="Int64"),
+                          "fold": fold.astype(int), "y_true": y, "y_prob": prob})
+    return frame, names_per_fold

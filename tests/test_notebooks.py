@@ -14,13 +14,13 @@ from hccer_lib.runner import REPO_ROOT, list_notebooks, run_notebooks
 
 # What each notebook must leave behind (relative to figures_dir or to the cohort's work folder).
 EXPECTED_FIGURES = {
-    "00_build_cohort": ["fig1_phases_roi.png"],
-    "01_select_clinical": ["table1_clinical.csv", "table1_clinical.md", "table4_fusion.csv"],
-    "02_preprocess_images": ["fig2_preprocessing.png"],
-    "03_radiomics_baseline": ["table3_radiomics_vs_deep.csv"],
-    "04_deep_model": ["table3_radiomics_vs_deep.csv"],
-    "05_fusion_models": ["table4_fusion.csv", "fig5_roc_fusion.png"],
-    "06_joint_loss": ["table5_joint_loss.csv"],
+    "00_build_cohort": ["fig0_cohort_summary.png", "fig1_phases_roi.png", "synthetic_oracle_auc.csv"],
+    "01_select_clinical": ["table1_clinical.csv", "table1_clinical.md", "table4_fusion.csv", "fig5_roc_clinical.png"],
+    "02_preprocess_images": ["fig2_preprocessing.png", "fig_processed_samples.png"],
+    "03_radiomics_baseline": ["table3_radiomics_vs_deep.csv", "fig3_roc_radiomics.png", "fig3_radiomics_selection.png"],
+    "04_deep_model": ["table3_radiomics_vs_deep.md", "fig4_roc_deep.png"],
+    "05_fusion_models": ["table4_fusion.md", "fig5_roc_fusion.png"],
+    "06_joint_loss": ["table5_joint_loss.csv", "table5_joint_loss.md", "fig6_roc_joint_loss.png", "model_comparisons.csv"],
 }
 EXPECTED_PREDICTIONS = {
     "01_select_clinical": ["clinical_rf", "clinical_rf_strict"],

@@ -1,0 +1,771 @@
+"""The cohort folder: load it, check it, and turn its ROIs into per-slice boxes.
+
+A cohort folder (DESIGN.md, "The cohort folder") holds::
+
+    clinical.csv                              one row per patient
+    images/<patient_id>/{NC,ART,PV}.nii.gz    phase volumes in HU, each with its own geometry
+    images/<patient_id>/<phase>_roi.nii.gz    label image, tumour voxels > 0 (optional)
+    roi_boxes.csv                             per-slice boxes (optional):
+                                              patient_id, phase, slice, x_min, x_max, y_min, y_max
+
+Every loader here validates what it reads and raises :class:`CohortError`, whose message
+names the patient, the file (relative to the cohort folder) and the problem. Nothing in
+this module writes to the cohort folder.
+
+Decisions (tested in ``tests/test_cohort.py``):
+
+- Image formats: ``<phase>.nii.gz`` is the primary name; ``<phase>.nii``, ``<phase>.nrrd``
+  and ``<phase>.mha`` are accepted too (the same for ``<phase>_roi``). Two candidates for
+  the same phase is an error (which one is meant?).
+- A phase image must be a 3-D scalar image (a single slice is a 3-D image with one slice;
+  2-D and 4-D are refused) with finite voxels, spacing > 0 and <= 20 mm on every axis,
+  and CT intensities in Hounsfield units: the rule is ``min < 0`` (a whole-body-section
+  CT always holds air or fat; raw stored values, 0-255 and 0-1 exports have none),
+  ``min >= -3100`` (-3024 is the lowest padding value in use), ``max <= 32767`` and
+  ``max - min >= 100`` (a normalised or constant image is not HU).
+- ROI sources: the label image (voxels > 0, integer values >= 0, exactly the geometry of
+  its phase image) and/or the rows of ``roi_boxes.csv``. When both exist for a phase, the
+  table gives the box bounds (it is the explicit annotation) and the two must agree:
+  the same slices, and on each slice the table box must overlap the label's box. A phase
+  with neither source, an empty label, or no row is an error.
+- A patient folder under ``images/`` that has no row in ``clinical.csv`` is a warning
+  (listed in the report), not an error: excluded patients may keep their images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import gzip
+import logging
+import os
+import re
+import struct
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from hccer_lib.clinical import binarise
+
+logger = logging.getLogger("hccer")
+
+PHASES = ("NC", "ART", "PV")
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+CLINICAL_FILE = "clinical.csv"
+BOX_TABLE_FILE = "roi_boxes.csv"
+BOX_COLUMNS = ("patient_id", "phase", "slice", "x_min", "x_max", "y_min", "y_max")
+REFERENCE_PHASE = "PV"  # the phase whose ROI slices ValidationReport.n_slices counts
+
+CLINICAL_COLUMNS = (
+    "patient_id", "early_recurrence", "sex", "age", "tumor_size_mm", "tumor_number",
+    "portal_vein_invasion", "cirrhosis", "hbv", "nlr", "alt", "ast", "akp", "ggt", "alb",
+    "tb", "afp", "child_pugh", "bclc",
+)  # fmt: skip
+# Numeric columns and their plausible closed range (low, high); None means unbounded.
+NUMERIC_RANGES: dict[str, tuple[float, float | None]] = {
+    "age": (0, 120),
+    "tumor_size_mm": (0, 500),  # > 0, checked separately
+    "tumor_number": (1, None),
+    "nlr": (0, None),
+    "alt": (0, None),
+    "ast": (0, None),
+    "akp": (0, None),
+    "ggt": (0, None),
+    "alb": (0, None),
+    "tb": (0, None),
+    "afp": (0, None),
+}
+BINARY_COLUMNS = ("early_recurrence", "portal_vein_invasion", "cirrhosis", "hbv")
+CATEGORY_CODES = {"sex": ("M", "F"), "child_pugh": ("A", "B"), "bclc": ("0", "A", "B", "C")}
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+# Hounsfield-unit rule for phase images (see the module docstring).
+HU_MIN, HU_MAX, HU_MIN_RANGE = -3100.0, 32767.0, 100.0
+MAX_SPACING_MM = 20.0
+ORIGIN_TOLERANCE_MM, SPACING_TOLERANCE, DIRECTION_TOLERANCE = 1e-3, 1e-4, 1e-4
+
+
+class CohortError(ValueError):
+    """Bad input in a cohort folder: ``patient X, file F: problem``.
+
+    Args:
+        problem: what is wrong, in words.
+        patient: the patient id, when the problem belongs to one patient.
+        file: the file, relative to the cohort folder (e.g. ``images/HCC007/ART.nii.gz``).
+    """
+
+    def __init__(self, problem: str, patient: str | None = None, file: str | None = None):
+        self.problem = problem
+        self.patient = patient
+        self.file = file
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = []
+        if self.patient is not None:
+            where.append(f"patient {self.patient}")
+        if self.file is not None:
+            where.append(f"file {self.file}")
+        return f"{', '.join(where)}: {self.problem}" if where else self.problem
+
+    def __reduce__(self):  # keep the three arguments when pickled (multiprocessing)
+        return (type(self), (self.problem, self.patient, self.file))
+
+
+# %% Clinical table ---------------------------------------------------------------------
+
+
+def load_clinical(cohort_dir: str | os.PathLike) -> pd.DataFrame:
+    """Read and validate ``clinical.csv``.
+
+    Returns:
+        One row per patient, in file order: ``patient_id`` as ``str`` (leading zeros
+        kept), the 0/1 columns as ``int``, the numeric columns as ``float``, the
+        categories as ``str`` (``bclc`` one of ``"0"``, ``"A"``, ``"B"``, ``"C"``). Extra
+        columns are kept unchanged.
+
+    Raises:
+        CohortError: the first problem found (missing column or value, duplicate or unsafe
+            id, a value outside its range, an unknown category), with the count of the
+            further problems.
+    """
+    frame, problems = _check_clinical(Path(cohort_dir))
+    _raise_first(problems)
+    return frame
+
+
+def list_patients(cohort_dir: str | os.PathLike) -> list[str]:
+    """The patient ids of ``clinical.csv``, in file order (validated)."""
+    return load_clinical(cohort_dir)["patient_id"].tolist()
+
+
+def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
+    """Read ``clinical.csv``; return the cleaned frame and every problem found."""
+    path = cohort_dir / CLINICAL_FILE
+    if not path.is_file():
+        raise CohortError(f"missing: the cohort folder {cohort_dir} has no {CLINICAL_FILE}", file=CLINICAL_FILE)
+    text_columns = {c: str for c in ("patient_id", *CATEGORY_CODES)}
+    try:
+        frame = pd.read_csv(path, dtype=text_columns, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CohortError(f"unreadable CSV ({_first_line(err)})", file=CLINICAL_FILE) from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in CLINICAL_COLUMNS if c not in frame.columns]
+    if missing:
+        raise CohortError(f"missing column(s) {', '.join(missing)}", file=CLINICAL_FILE)
+    if frame.empty:
+        raise CohortError("no patient rows", file=CLINICAL_FILE)
+
+    problems: list[CohortError] = []
+
+    def problem(row: int, text: str) -> None:
+        pid = frame.at[row, "patient_id"]
+        patient = None if pd.isna(pid) else str(pid)
+        line = f"line {row + 2}: " if patient is None else ""
+        problems.append(CohortError(line + text, patient=patient, file=CLINICAL_FILE))
+
+    ids = frame["patient_id"]
+    for row, pid in ids.items():
+        if pd.isna(pid) or str(pid).strip() == "":
+            problem(row, "empty patient_id")
+        elif not SAFE_ID.match(str(pid)):
+            problem(row, f"patient_id {pid!r} is not a safe folder name (letters, digits, '.', '_', '-')")
+    duplicated = ids[ids.duplicated(keep="first") & ids.notna()]
+    for row, pid in duplicated.items():
+        problem(row, f"duplicate patient_id {pid!r} (line {row + 2})")
+
+    for column in CLINICAL_COLUMNS[1:]:
+        for row in frame.index[frame[column].isna()]:
+            problem(row, f"missing value in column {column!r}")
+
+    for column in (*BINARY_COLUMNS, *NUMERIC_RANGES):
+        raw = frame[column]
+        numeric = pd.to_numeric(raw, errors="coerce")
+        for row in frame.index[numeric.isna() & raw.notna()]:
+            problem(row, f"column {column!r} has non-numeric value {raw[row]!r}")
+        frame[column] = numeric
+    for column in BINARY_COLUMNS:
+        values = frame[column]
+        for row in frame.index[values.notna() & ~values.isin([0, 1])]:
+            problem(row, f"column {column!r} has value {_show(values[row])}, expected 0 or 1")
+    for column, (low, high) in NUMERIC_RANGES.items():
+        values = frame[column]
+        bad = values.notna() & ((values < low) | (values > high if high is not None else False))
+        if column == "tumor_size_mm":
+            bad |= values.notna() & (values <= 0)
+        if column == "tumor_number":
+            bad |= values.notna() & (values != np.round(values))
+        expected = {
+            "tumor_size_mm": f"> 0 and <= {high} mm",
+            "tumor_number": "a whole number >= 1",
+        }.get(column, f"between {low} and {high}" if high is not None else f">= {low}")
+        for row in frame.index[bad]:
+            problem(row, f"column {column!r} has implausible value {_show(values[row])}, expected {expected}")
+
+    for column, codes in CATEGORY_CODES.items():
+        text = frame[column].astype(object).where(frame[column].notna())
+        text = text.map(lambda v: v if pd.isna(v) else re.sub(r"\.0$", "", str(v).strip()))
+        frame[column] = text
+        for row in frame.index[text.notna() & ~text.isin(codes)]:
+            problem(row, f"column {column!r} has unknown category {text[row]!r}, expected one of {', '.join(codes)}")
+
+    if not problems:
+        frame["patient_id"] = frame["patient_id"].astype(str)
+        for column in BINARY_COLUMNS:
+            frame[column] = frame[column].astype(int)
+        try:  # the library's own binarisation must accept every row
+            binarise(frame)
+        except ValueError as err:
+            problems.append(CohortError(str(err), file=CLINICAL_FILE))
+    return frame, problems
+
+
+# %% Images -----------------------------------------------------------------------------
+
+
+def phase_path(cohort_dir: str | os.PathLike, patient_id: str, phase: str) -> Path:
+    """The file of a phase image: the existing one, else the primary ``<phase>.nii.gz``.
+
+    Raises:
+        CohortError: an unknown phase, or two candidate files for the same phase.
+    """
+    if phase not in PHASES:
+        raise CohortError(f"unknown phase {phase!r}, expected one of {', '.join(PHASES)}", patient=patient_id)
+    found = _find_image(Path(cohort_dir), patient_id, phase)
+    return found if found is not None else _patient_dir(cohort_dir, patient_id) / f"{phase}{IMAGE_SUFFIXES[0]}"
+
+
+def roi_path(cohort_dir: str | os.PathLike, patient_id: str, phase: str) -> Path | None:
+    """The label image ``<phase>_roi.nii.gz`` (or ``.nii``, ``.nrrd``, ``.mha``), or None."""
+    if phase not in PHASES:
+        raise CohortError(f"unknown phase {phase!r}, expected one of {', '.join(PHASES)}", patient=patient_id)
+    return _find_image(Path(cohort_dir), patient_id, f"{phase}_roi")
+
+
+def read_phase(cohort_dir: str | os.PathLike, patient_id: str, phase: str) -> sitk.Image:
+    """Read one phase volume and check that it is a 3-D CT in Hounsfield units.
+
+    Returns:
+        A ``float32`` SimpleITK image (array view ``[z, y, x]``, HU; spacing in mm), with the
+        file's own origin and direction.
+
+    Raises:
+        CohortError: missing or unreadable file, not 3-D, not scalar, bad spacing, non-finite
+            voxels, or intensities that are not HU (see the module docstring).
+    """
+    cohort_dir = Path(cohort_dir)
+    path = phase_path(cohort_dir, patient_id, phase)
+    rel = _relative(path, cohort_dir)
+    if not path.is_file():
+        if not _patient_dir(cohort_dir, patient_id).is_dir():
+            raise CohortError(f"missing patient folder {_relative(path.parent, cohort_dir)}", patient_id, rel)
+        raise CohortError(f"missing phase {phase}", patient_id, rel)
+    image = _read_image(path, patient_id, rel)
+    _check_geometry(image, patient_id, rel)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise CohortError(
+            f"not a scalar image ({image.GetNumberOfComponentsPerPixel()} components per voxel, e.g. RGB)",
+            patient_id, rel,
+        )  # fmt: skip
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    values = sitk.GetArrayViewFromImage(image)
+    if not np.all(np.isfinite(values)):
+        raise CohortError("voxels that are NaN or infinite", patient_id, rel)
+    low, high = float(values.min()), float(values.max())
+    shown = f"(min {low:g}, max {high:g})"
+    if low >= 0:
+        raise CohortError(
+            f"not CT in Hounsfield units {shown}: no voxel below 0 HU (no air or fat); "
+            "raw stored values, a 0-255 or 0-1 export?",
+            patient_id, rel,
+        )  # fmt: skip
+    if low < HU_MIN or high > HU_MAX:
+        raise CohortError(f"not CT in Hounsfield units {shown}: outside {HU_MIN:g}..{HU_MAX:g} HU", patient_id, rel)
+    if high - low < HU_MIN_RANGE:
+        raise CohortError(
+            f"not CT in Hounsfield units {shown}: intensities span less than {HU_MIN_RANGE:g} HU "
+            "(a normalised image?)",
+            patient_id, rel,
+        )  # fmt: skip
+    return image
+
+
+def _check_geometry(image: sitk.Image, patient_id: str, rel: str) -> None:
+    """A 3-D image with spacing in (0, MAX_SPACING_MM] on every axis."""
+    if image.GetDimension() != 3:
+        raise CohortError(f"not a 3-D image ({image.GetDimension()}-D, size {image.GetSize()})", patient_id, rel)
+    spacing = image.GetSpacing()
+    if not all(0 < s <= MAX_SPACING_MM for s in spacing):
+        raise CohortError(f"implausible voxel spacing {spacing} mm, expected > 0 and <= {MAX_SPACING_MM:g}", patient_id, rel)
+
+
+def _read_image(path: Path, patient_id: str, rel: str) -> sitk.Image:
+    """Read an image with SimpleITK; unreadable files and zero NIfTI spacing → CohortError."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        _check_nifti_header(path, patient_id, rel)
+    try:
+        with _quiet_itk():
+            return sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise CohortError(f"unreadable image ({_itk_reason(err)})", patient_id, rel) from err
+
+
+def _check_nifti_header(path: Path, patient_id: str, rel: str) -> None:
+    """NIfTI-1 checks that ITK skips: pixdim[1..3] > 0 (ITK silently puts 1 mm for a zero
+    spacing) and a file holding all its voxels (ITK reads a truncated .nii.gz without error).
+    """
+    opener = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(348)
+            if len(header) < 348:
+                raise CohortError(f"unreadable image (NIfTI header is {len(header)} bytes, expected 348)", patient_id, rel)
+            for order in "<>":
+                if struct.unpack(order + "i", header[:4])[0] == 348:
+                    break
+            else:
+                raise CohortError("unreadable image (not a NIfTI-1 header)", patient_id, rel)
+            dim = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            pixdim = struct.unpack(order + "8f", header[76:108])
+            vox_offset = struct.unpack(order + "f", header[108:112])[0]
+            n_dims = min(max(dim[0], 0), 7)
+            expected = int(vox_offset) + int(np.prod([max(d, 1) for d in dim[1 : 1 + n_dims]])) * bitpix // 8
+            length = len(header)
+            while chunk := handle.read(1 << 22):
+                length += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise CohortError(f"unreadable image ({_first_line(err)})", patient_id, rel) from err
+    if length < expected:
+        raise CohortError(f"unreadable image (truncated: {length} bytes, expected {expected})", patient_id, rel)
+    spatial = pixdim[1 : 1 + min(n_dims, 3)]
+    if not all(np.isfinite(s) and s > 0 for s in spatial):
+        raise CohortError(f"missing or zero voxel spacing in the NIfTI header (pixdim {spatial})", patient_id, rel)
+
+
+# %% ROI ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SliceBox:
+    """The tumour box on one axial slice of one phase.
+
+    Attributes:
+        phase: ``"NC"``, ``"ART"`` or ``"PV"``.
+        slice: slice index ``k`` (the ``z`` of the array view ``[z, y, x]``).
+        z_mm: physical z of the slice centre, mm (patient coordinates of the image).
+        x_min, x_max, y_min, y_max: voxel indices, inclusive (x = column, y = row).
+        centre_mm: physical (x, y) of the box centre, mm.
+    """
+
+    phase: str
+    slice: int
+    z_mm: float
+    x_min: int
+    x_max: int
+    y_min: int
+    y_max: int
+    centre_mm: tuple[float, float]
+
+
+def roi_boxes(
+    cohort_dir: str | os.PathLike,
+    patient_id: str,
+    phase: str,
+    image: sitk.Image | None = None,
+) -> list[SliceBox]:
+    """The per-slice tumour boxes of one phase, sorted by ``z_mm``.
+
+    From ``roi_boxes.csv`` when it has rows for this patient and phase, otherwise from the
+    label image ``<phase>_roi.nii.gz`` (on every slice with a voxel > 0, the 2-D bounding
+    box of those voxels). When both exist they must agree (module docstring).
+
+    Args:
+        image: the phase image, when already read (its geometry places the boxes).
+
+    Raises:
+        CohortError: no ROI, an empty ROI, a label whose geometry differs from the phase,
+            a box outside the image or with min > max, or table and label that disagree.
+    """
+    cohort_dir = Path(cohort_dir)
+    if image is None:
+        image = read_phase(cohort_dir, patient_id, phase)
+    table = _read_box_table(cohort_dir)
+    return _phase_boxes(cohort_dir, patient_id, phase, image, table)
+
+
+def load_patient(
+    cohort_dir: str | os.PathLike, patient_id: str
+) -> dict[str, tuple[sitk.Image, list[SliceBox]]]:
+    """Every phase of one patient: ``{phase: (float32 HU image, boxes sorted by z)}``."""
+    cohort_dir = Path(cohort_dir)
+    table = _read_box_table(cohort_dir)
+    out = {}
+    for phase in PHASES:
+        image = read_phase(cohort_dir, patient_id, phase)
+        out[phase] = (image, _phase_boxes(cohort_dir, patient_id, phase, image, table))
+    return out
+
+
+def _phase_boxes(
+    cohort_dir: Path, patient_id: str, phase: str, image: sitk.Image, table: pd.DataFrame | None
+) -> list[SliceBox]:
+    label_file = roi_path(cohort_dir, patient_id, phase)
+    rows = None
+    if table is not None:
+        rows = table[(table["patient_id"] == patient_id) & (table["phase"] == phase)]
+        rows = rows if len(rows) else None
+    if label_file is None and rows is None:
+        rel = _relative(_patient_dir(cohort_dir, patient_id) / f"{phase}_roi{IMAGE_SUFFIXES[0]}", cohort_dir)
+        raise CohortError(f"no ROI for phase {phase}: neither this label image nor rows in {BOX_TABLE_FILE}", patient_id, rel)
+    label_boxes = None
+    if label_file is not None:
+        label_boxes = _label_boxes(label_file, _relative(label_file, cohort_dir), patient_id, image)
+    if rows is None:
+        raw = label_boxes
+    else:
+        raw = _table_boxes(rows, patient_id, phase, image)
+        if label_boxes is not None:
+            _check_agreement(raw, label_boxes, patient_id, _relative(label_file, cohort_dir))
+    return sorted((_make_box(image, phase, *b) for b in raw), key=lambda box: box.z_mm)
+
+
+def _label_boxes(path: Path, rel: str, patient_id: str, image: sitk.Image) -> list[tuple[int, int, int, int, int]]:
+    """``(k, x_min, x_max, y_min, y_max)`` per slice holding label voxels > 0."""
+    label = _read_image(path, patient_id, rel)
+    if label.GetDimension() != 3:
+        raise CohortError(f"ROI is not a 3-D image ({label.GetDimension()}-D)", patient_id, rel)
+    _check_same_geometry(label, image, patient_id, rel)
+    values = sitk.GetArrayViewFromImage(label)
+    if values.dtype.kind == "f":
+        if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
+            raise CohortError("ROI holds non-integer values: a label image must hold whole numbers (0 = background)", patient_id, rel)
+    if values.min() < 0:
+        raise CohortError(f"ROI holds negative label {values.min()}", patient_id, rel)
+    mask = values > 0
+    slices = np.flatnonzero(mask.any(axis=(1, 2)))
+    if slices.size == 0:
+        raise CohortError("empty ROI: no voxel > 0", patient_id, rel)
+    boxes = []
+    for k in slices:
+        ys = np.flatnonzero(mask[k].any(axis=1))
+        xs = np.flatnonzero(mask[k].any(axis=0))
+        boxes.append((int(k), int(xs[0]), int(xs[-1]), int(ys[0]), int(ys[-1])))
+    return boxes
+
+
+def _check_same_geometry(label: sitk.Image, image: sitk.Image, patient_id: str, rel: str) -> None:
+    checks = (
+        ("size", label.GetSize(), image.GetSize(), 0.0),
+        ("spacing", label.GetSpacing(), image.GetSpacing(), SPACING_TOLERANCE),
+        ("origin", label.GetOrigin(), image.GetOrigin(), ORIGIN_TOLERANCE_MM),
+        ("direction", label.GetDirection(), image.GetDirection(), DIRECTION_TOLERANCE),
+    )
+    for name, got, expected, tolerance in checks:
+        if not np.allclose(got, expected, rtol=0, atol=tolerance):
+            raise CohortError(
+                f"ROI geometry differs from its phase image: {name} {_fmt(got)} vs {_fmt(expected)}",
+                patient_id, rel,
+            )  # fmt: skip
+
+
+def _table_boxes(rows: pd.DataFrame, patient_id: str, phase: str, image: sitk.Image) -> list[tuple[int, ...]]:
+    """Check the table rows of one patient and phase against the image size."""
+    size_x, size_y, size_z = image.GetSize()
+    boxes = []
+    for row, r in rows.iterrows():
+        where = f"line {row + 2} ({phase}, slice {r['slice']}): "
+        if not 0 <= r["slice"] < size_z:
+            raise CohortError(where + f"slice outside the image (slices 0..{size_z - 1})", patient_id, BOX_TABLE_FILE)
+        if r["x_max"] >= size_x or r["y_max"] >= size_y:
+            raise CohortError(
+                where + f"ROI outside the image: box x {r['x_min']}..{r['x_max']}, y {r['y_min']}..{r['y_max']} "
+                f"but the image is {size_x} x {size_y} voxels",
+                patient_id, BOX_TABLE_FILE,
+            )  # fmt: skip
+        boxes.append(tuple(int(r[c]) for c in ("slice", "x_min", "x_max", "y_min", "y_max")))
+    return boxes
+
+
+def _check_agreement(table_boxes, label_boxes, patient_id: str, label_rel: str) -> None:
+    """Table and label image of the same phase: same slices, overlapping boxes."""
+    by_slice = {b[0]: b for b in label_boxes}
+    table_slices, label_slices = sorted(b[0] for b in table_boxes), sorted(by_slice)
+    if table_slices != label_slices:
+        raise CohortError(
+            f"{BOX_TABLE_FILE} and {label_rel} disagree on the ROI slices: "
+            f"table {_fmt_slices(table_slices)}, label {_fmt_slices(label_slices)}",
+            patient_id, BOX_TABLE_FILE,
+        )  # fmt: skip
+    for k, x0, x1, y0, y1 in table_boxes:
+        _, lx0, lx1, ly0, ly1 = by_slice[k]
+        if x0 > lx1 or lx0 > x1 or y0 > ly1 or ly0 > y1:
+            raise CohortError(
+                f"slice {k}: table box x {x0}..{x1}, y {y0}..{y1} does not overlap the label "
+                f"box x {lx0}..{lx1}, y {ly0}..{ly1} of {label_rel}",
+                patient_id, BOX_TABLE_FILE,
+            )  # fmt: skip
+
+
+def _make_box(image: sitk.Image, phase: str, k: int, x0: int, x1: int, y0: int, y1: int) -> SliceBox:
+    size_x, size_y, _ = image.GetSize()
+    slice_centre = image.TransformContinuousIndexToPhysicalPoint(((size_x - 1) / 2, (size_y - 1) / 2, float(k)))
+    box_centre = image.TransformContinuousIndexToPhysicalPoint(((x0 + x1) / 2, (y0 + y1) / 2, float(k)))
+    return SliceBox(phase, k, float(slice_centre[2]), x0, x1, y0, y1, (float(box_centre[0]), float(box_centre[1])))
+
+
+def _read_box_table(cohort_dir: Path, known_patients: set[str] | None = None) -> pd.DataFrame | None:
+    """``roi_boxes.csv`` checked row by row (not against images), or None when absent."""
+    path = cohort_dir / BOX_TABLE_FILE
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    table = _read_box_table_cached(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+    if known_patients is not None:
+        unknown = ~table["patient_id"].isin(known_patients)
+        if unknown.any():
+            row = int(np.flatnonzero(unknown)[0])
+            pid = table["patient_id"].iloc[row]
+            raise CohortError(f"line {row + 2}: patient not in {CLINICAL_FILE}", pid, BOX_TABLE_FILE)
+    return table
+
+
+@functools.lru_cache(maxsize=4)
+def _read_box_table_cached(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    """Read and check ``roi_boxes.csv`` once per file version (every phase of every patient
+    asks for it). Callers filter the frame and never change it."""
+    try:
+        table = pd.read_csv(path, dtype={"patient_id": str, "phase": str}, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CohortError(f"unreadable CSV ({_first_line(err)})", file=BOX_TABLE_FILE) from err
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in BOX_COLUMNS if c not in table.columns]
+    if missing:
+        raise CohortError(f"missing column(s) {', '.join(missing)}", file=BOX_TABLE_FILE)
+
+    def fail(mask: pd.Series, text) -> None:
+        if mask.any():
+            row = int(np.flatnonzero(mask.to_numpy())[0])
+            r = table.iloc[row]
+            pid = None if pd.isna(r["patient_id"]) else str(r["patient_id"])
+            raise CohortError(f"line {row + 2}: {text(r)}", pid, BOX_TABLE_FILE)
+
+    fail(table["patient_id"].isna(), lambda r: "empty patient_id")
+    fail(~table["phase"].isin(PHASES), lambda r: f"unknown phase {r['phase']!r}, expected one of {', '.join(PHASES)}")
+    index_columns = list(BOX_COLUMNS[2:])
+    numbers = table[index_columns].apply(pd.to_numeric, errors="coerce")
+    bad = numbers.isna() | (numbers != numbers.round()) | (numbers < 0)
+
+    def describe_bad(r) -> str:
+        columns = [c for c in index_columns if bad.at[r.name, c]]
+        values = ", ".join(str(r[c]) for c in columns)
+        return f"{', '.join(columns)} must be whole numbers >= 0 (got {values})"
+
+    fail(bad.any(axis=1), describe_bad)
+    table[index_columns] = numbers.astype(int)
+    fail(
+        (table["x_min"] > table["x_max"]) | (table["y_min"] > table["y_max"]),
+        lambda r: f"box with min > max (x {r['x_min']}..{r['x_max']}, y {r['y_min']}..{r['y_max']})",
+    )
+    fail(
+        table.duplicated(["patient_id", "phase", "slice"]),
+        lambda r: f"second box for {r['phase']} slice {r['slice']}",
+    )
+    return table
+
+
+# %% Whole-cohort validation --------------------------------------------------------------
+
+
+@dataclass
+class ValidationReport:
+    """What :func:`validate_cohort` found in a valid cohort.
+
+    Attributes:
+        cohort_dir: the folder checked.
+        patients: patient ids in ``clinical.csv`` order.
+        n_er, n_ner: patients with and without early recurrence.
+        slices_per_phase: ROI slices over all patients, per phase.
+        spacing_range: per phase, ``((min, max) per axis x, y, z)`` in mm.
+        size_range: per phase, ``((min, max) per axis x, y, z)`` in voxels.
+        warnings: problems that do not stop the study (e.g. a folder with no clinical row).
+    """
+
+    cohort_dir: Path
+    patients: list[str]
+    n_er: int
+    n_ner: int
+    slices_per_phase: dict[str, int]
+    spacing_range: dict[str, tuple[tuple[float, float], ...]]
+    size_range: dict[str, tuple[tuple[int, int], ...]]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_patients(self) -> int:
+        return len(self.patients)
+
+    @property
+    def n_slices(self) -> int:
+        """ROI slices of the reference phase (``REFERENCE_PHASE``) over all patients."""
+        return self.slices_per_phase[REFERENCE_PHASE]
+
+    def summary(self) -> str:
+        lines = [
+            f"cohort {self.cohort_dir}: {self.n_patients} patients (ER {self.n_er}, NER {self.n_ner}), valid",
+            "ROI slices: " + ", ".join(f"{p} {n}" for p, n in self.slices_per_phase.items()),
+        ]
+        for phase in self.spacing_range:
+            spacing = " x ".join(f"{lo:.3g}-{hi:.3g}" for lo, hi in self.spacing_range[phase])
+            size = " x ".join(f"{lo}-{hi}" for lo, hi in self.size_range[phase])
+            lines.append(f"{phase}: spacing (x, y, z) {spacing} mm, size {size} voxels")
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None) -> ValidationReport:
+    """Check every file of a cohort folder; never writes to it.
+
+    Checks ``clinical.csv``, ``roi_boxes.csv`` when present, then per patient every phase
+    image and its ROI. Problems are collected; the first is raised with the count of the
+    others.
+
+    Args:
+        progress: show a tqdm bar over patients; None shows it for 20 patients or more
+            when stderr is a terminal.
+
+    Raises:
+        CohortError: the first problem, e.g. ``patient HCC007, file images/HCC007/ART.nii.gz:
+            missing phase ART (and 3 further problems)``.
+    """
+    from tqdm import tqdm
+
+    cohort_dir = Path(cohort_dir)
+    if not cohort_dir.is_dir():
+        raise CohortError(f"cohort folder {cohort_dir} does not exist")
+    logger.info("validating cohort %s", cohort_dir)
+    clinical, problems = _check_clinical(cohort_dir)
+    _raise_first(problems)
+    patients = clinical["patient_id"].tolist()
+    table = _read_box_table(cohort_dir, known_patients=set(patients))
+
+    slices = dict.fromkeys(PHASES, 0)
+    spacings: dict[str, list] = {p: [] for p in PHASES}
+    sizes: dict[str, list] = {p: [] for p in PHASES}
+    # tqdm: disable=None hides the bar when stderr is not a terminal
+    disable = (True if len(patients) < 20 else None) if progress is None else not progress
+    for pid in tqdm(patients, desc="validate", unit="patient", disable=disable, leave=False):
+        for phase in PHASES:
+            try:
+                image = read_phase(cohort_dir, pid, phase)
+                boxes = _phase_boxes(cohort_dir, pid, phase, image, table)
+            except CohortError as err:
+                problems.append(err)
+                if str(err.problem).startswith("missing patient folder"):
+                    break
+                continue
+            slices[phase] += len(boxes)
+            spacings[phase].append(image.GetSpacing())
+            sizes[phase].append(image.GetSize())
+    _raise_first(problems)
+
+    warnings = []
+    images_dir = cohort_dir / "images"
+    if images_dir.is_dir():
+        for folder in sorted(p for p in images_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            if folder.name not in set(patients):
+                warnings.append(f"folder images/{folder.name} has no row in {CLINICAL_FILE}; ignored")
+    n_er = int(clinical["early_recurrence"].sum())
+    return ValidationReport(
+        cohort_dir=cohort_dir,
+        patients=patients,
+        n_er=n_er,
+        n_ner=len(patients) - n_er,
+        slices_per_phase=slices,
+        spacing_range={p: _ranges(spacings[p], float) for p in PHASES},
+        size_range={p: _ranges(sizes[p], int) for p in PHASES},
+        warnings=warnings,
+    )
+
+
+# %% Helpers ------------------------------------------------------------------------------
+
+
+def _raise_first(problems: list[CohortError]) -> None:
+    if not problems:
+        return
+    first = problems[0]
+    more = len(problems) - 1
+    suffix = f" (and {more} further problem{'s' if more > 1 else ''})" if more else ""
+    raise CohortError(first.problem + suffix, first.patient, first.file)
+
+
+def _patient_dir(cohort_dir: str | os.PathLike, patient_id: str) -> Path:
+    return Path(cohort_dir) / "images" / str(patient_id)
+
+
+def _find_image(cohort_dir: Path, patient_id: str, stem: str) -> Path | None:
+    folder = _patient_dir(cohort_dir, patient_id)
+    found = [folder / f"{stem}{suffix}" for suffix in IMAGE_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) > 1:
+        names = ", ".join(p.name for p in found)
+        raise CohortError(f"several files for {stem}: {names}; keep one", patient_id, _relative(found[0], cohort_dir))
+    return found[0] if found else None
+
+
+def _relative(path: Path, cohort_dir: Path) -> str:
+    try:
+        return Path(path).relative_to(cohort_dir).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _ranges(values: list, cast) -> tuple:
+    if not values:
+        return ()
+    array = np.asarray(values)
+    return tuple((cast(array[:, i].min()), cast(array[:, i].max())) for i in range(array.shape[1]))
+
+
+def _show(value) -> str:
+    """A value for a message: numbers as ``150`` or ``2.5``, text quoted."""
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+        return f"{float(value):g}"
+    return repr(value)
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in values) + ")"
+
+
+def _fmt_slices(slices: list[int]) -> str:
+    return "[" + ", ".join(map(str, slices)) + "]" if slices else "none"
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _itk_reason(err: RuntimeError) -> str:
+    """The useful line of a SimpleITK error (they span many lines)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if "Unable to determine ImageIO" in line or "ImageIO" in line or "Could not" in line:
+            return line.split(": ", 1)[-1][:200]
+    return (lines[-1] if lines else "SimpleITK error")[:200]
+
+
+@contextlib.contextmanager
+def _quiet_itk() -> Iterator[None]:
+    """Silence ITK warnings on stderr (the CLI promises one line on bad input)."""
+    previous = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(previous)

@@ -1,0 +1,593 @@
+"""Evaluation shared by every model: folds, out-of-fold predictions, metrics, comparisons.
+
+Every model of the study is evaluated on the same folds (10-fold cross-validation split by
+patient, stratified by label, computed once per cohort, seed and number of folds) and
+writes its out-of-fold predictions to ``<work_dir>/predictions/<model>.csv``::
+
+    patient_id, slice, fold, y_true, y_prob      (slice empty for patient-level models)
+
+Everything statistical is computed from those files:
+
+* accuracy (threshold 0.5) and AUC per fold, mean ± SD over folds (the paper's form);
+* patient-level results for slice-level models (probabilities averaged per patient);
+* the pooled patient-level AUC with a 95% bootstrap confidence interval over patients;
+* the DeLong test of two correlated AUCs (same patients), fast algorithm of Sun & Xu (2014);
+* Brier score, reliability curve, decision curve (net benefit).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from hccer_lib import outputs
+
+PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
+FOLD_COLUMNS = ["patient_id", "y_true", "fold"]
+COMPARISON_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "p_value"]
+COMPARISONS_FILE = "model_comparisons.csv"
+
+# The paper's Tables 3-5: accuracy in percent and AUC, mean ± SD over the 10 folds.
+PAPER_RESULTS: dict[str, dict[str, float]] = {
+    "radiomics_rf": {"accuracy_mean": 67.04, "accuracy_sd": 4.9, "auc_mean": 0.6400, "auc_sd": 0.03},
+    "deep_resnet50": {"accuracy_mean": 69.52, "accuracy_sd": 5.1, "auc_mean": 0.7233, "auc_sd": 0.06},
+    "clinical_rf": {"accuracy_mean": 76.03, "accuracy_sd": 10.0, "auc_mean": 0.7532, "auc_sd": 0.13},
+    "fusion_a": {"accuracy_mean": 74.80, "accuracy_sd": 4.1, "auc_mean": 0.7880, "auc_sd": 0.05},
+    "fusion_b": {"accuracy_mean": 78.05, "accuracy_sd": 3.2, "auc_mean": 0.8045, "auc_sd": 0.08},
+    "fusion_c": {"accuracy_mean": 75.44, "accuracy_sd": 7.0, "auc_mean": 0.7649, "auc_sd": 0.08},
+    "fusion_d": {"accuracy_mean": 78.66, "accuracy_sd": 3.9, "auc_mean": 0.8248, "auc_sd": 0.07},
+    "fusion_d_joint": {"accuracy_mean": 80.49, "accuracy_sd": 4.3, "auc_mean": 0.8331, "auc_sd": 0.03},
+}
+# The models of each of the paper's result tables, in its order, and the file stem.
+TABLE_MODELS: dict[str, tuple[str, ...]] = {
+    "table3": ("radiomics_rf", "deep_resnet50"),
+    "table4": ("deep_resnet50", "clinical_rf", "fusion_a", "fusion_b", "fusion_c", "fusion_d"),
+    "table5": ("fusion_d", "fusion_d_joint"),
+}
+TABLE_FILES = {"table3": "table3_radiomics_vs_deep", "table4": "table4_fusion", "table5": "table5_joint_loss"}
+TABLE_TITLES = {
+    "table3": "Table 3: conventional radiomics model vs deep learning model",
+    "table4": "Table 4: deep learning model, clinical model and fusion models A-D",
+    "table5": "Table 5: fusion model D with and without the joint loss",
+}
+
+
+# ---------------------------------------------------------------------------------------
+# Folds
+# ---------------------------------------------------------------------------------------
+
+
+def make_folds(labels: pd.Series, n_folds: int, seed: int) -> pd.DataFrame:
+    """Split patients into ``n_folds`` folds stratified by label (the paper's Table 2).
+
+    With the paper's 65 ER and 102 NER patients and 10 folds, every test fold holds 6-7 ER
+    and 10-11 NER patients. The split depends only on the patients, their labels and the
+    seed, not on the order of ``labels`` (patients are sorted by id first).
+
+    Args:
+        labels: 0/1 early recurrence, indexed by ``patient_id``.
+        n_folds: number of folds (≥ 2).
+        seed: shuffling seed.
+
+    Returns:
+        ``patient_id`` (str), ``y_true``, ``fold`` (0 .. n_folds-1), sorted by patient_id.
+
+    Raises:
+        ValueError: duplicate patients, labels not 0/1, or a class with fewer patients than
+        folds (a test fold would lack that class and its AUC would be undefined).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    labels = pd.Series(labels)
+    labels.index = labels.index.astype(str)
+    if labels.index.duplicated().any():
+        raise ValueError(f"duplicate patient_id in labels: {labels.index[labels.index.duplicated()][:3].tolist()}")
+    y = pd.to_numeric(labels, errors="coerce")
+    if not y.isin([0, 1]).all():
+        raise ValueError("labels must be 0/1 (early recurrence)")
+    y = y.astype(int).sort_index()
+    for cls, name in ((1, "ER"), (0, "NER")):
+        count = int((y == cls).sum())
+        if count < n_folds:
+            raise ValueError(f"only {count} {name} patients (label {cls}) for {n_folds} folds: every test fold needs one")
+    fold = np.empty(len(y), dtype=int)
+    splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(np.zeros(len(y)), y.to_numpy())):
+        fold[test] = k
+    return pd.DataFrame({"patient_id": y.index.to_numpy(dtype=str), "y_true": y.to_numpy(), "fold": fold})
+
+
+def load_or_make_folds(work_dir: str | os.PathLike, clinical: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
+    """The cohort's folds from ``work_dir/folds.csv``, made and saved when absent or stale.
+
+    The file also holds ``n_folds`` and ``seed``; it is rebuilt (and a line says so) when
+    these, the patients or their labels differ from the request. Every model reads the
+    same file, so that every comparison of models is paired.
+
+    Args:
+        clinical: frame with ``patient_id`` and ``early_recurrence``.
+
+    Returns:
+        ``patient_id, y_true, fold`` as :func:`make_folds`.
+    """
+    path = Path(work_dir) / "folds.csv"
+    labels = pd.Series(clinical["early_recurrence"].to_numpy(), index=clinical["patient_id"].astype(str))
+    wanted = make_folds(labels, n_folds, seed)
+    if path.exists():
+        saved = pd.read_csv(path, dtype={"patient_id": str})
+        same_key = (
+            set(saved.columns) >= {*FOLD_COLUMNS, "n_folds", "seed"}
+            and (saved["n_folds"] == n_folds).all()
+            and (saved["seed"] == seed).all()
+        )
+        if same_key and saved[FOLD_COLUMNS].reset_index(drop=True).equals(wanted):
+            return wanted
+        print(f"hccer: folds in {path} are for other settings or patients; rebuilding", flush=True)
+    outputs.write_csv(path, wanted.assign(n_folds=n_folds, seed=seed))
+    return wanted
+
+
+# ---------------------------------------------------------------------------------------
+# Prediction files
+# ---------------------------------------------------------------------------------------
+
+
+def _check_model_name(model: str) -> None:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", model):
+        raise ValueError(f"model name {model!r}: use lower-case letters, digits and underscores")
+
+
+def validate_predictions(frame: pd.DataFrame, model: str = "predictions") -> pd.DataFrame:
+    """The predictions frame with normalised types; ``ValueError`` says what is wrong.
+
+    Checks: the five columns, y_true 0/1, y_prob finite in [0, 1], one fold and one label
+    per patient, no duplicate (patient_id, slice).
+    """
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame]
+    if missing:
+        raise ValueError(f"{model}: missing columns {missing}; need {PREDICTION_COLUMNS}")
+    out = frame[PREDICTION_COLUMNS].copy()
+    if len(out) == 0:
+        raise ValueError(f"{model}: no predictions")
+    out["patient_id"] = out["patient_id"].astype(str)
+    out["slice"] = pd.to_numeric(out["slice"], errors="raise").astype("Int64")
+    out["fold"] = pd.to_numeric(out["fold"], errors="raise").astype(int)
+    y_true = pd.to_numeric(out["y_true"], errors="coerce")
+    if not y_true.isin([0, 1]).all():
+        raise ValueError(f"{model}: y_true must be 0/1, got {sorted(set(out['y_true']) - {0, 1})[:5]}")
+    out["y_true"] = y_true.astype(int)
+    y_prob = pd.to_numeric(out["y_prob"], errors="coerce").astype(float)
+    bad = ~np.isfinite(y_prob) | (y_prob < 0) | (y_prob > 1)
+    if bad.any():
+        row = out[bad].iloc[0]
+        raise ValueError(f"{model}: y_prob must be in [0, 1]; patient {row['patient_id']} has {row['y_prob']!r}")
+    out["y_prob"] = y_prob
+    per_patient = out.groupby("patient_id")[["fold", "y_true"]].nunique()
+    inconsistent = per_patient[(per_patient > 1).any(axis=1)]
+    if len(inconsistent):
+        raise ValueError(f"{model}: patient {inconsistent.index[0]} has more than one fold or label")
+    if out.duplicated(["patient_id", "slice"]).any():
+        row = out[out.duplicated(["patient_id", "slice"])].iloc[0]
+        raise ValueError(f"{model}: duplicate row for patient {row['patient_id']}, slice {row['slice']}")
+    return out
+
+
+def predictions_path(work_dir: str | os.PathLike, model: str) -> Path:
+    """``<work_dir>/predictions/<model>.csv``."""
+    _check_model_name(model)
+    return Path(work_dir) / "predictions" / f"{model}.csv"
+
+
+def write_predictions(work_dir: str | os.PathLike, model: str, frame: pd.DataFrame) -> Path:
+    """Validate and write a model's out-of-fold predictions (atomic); returns the path."""
+    frame = validate_predictions(frame, model)
+    return outputs.write_csv(predictions_path(work_dir, model), frame)
+
+
+def read_predictions(work_dir: str | os.PathLike, model: str) -> pd.DataFrame:
+    """A model's predictions frame; ``FileNotFoundError`` names the missing file."""
+    path = predictions_path(work_dir, model)
+    if not path.exists():
+        raise FileNotFoundError(f"no predictions for model {model!r}: {path} does not exist (run its notebook first)")
+    return validate_predictions(pd.read_csv(path, dtype={"patient_id": str}), model)
+
+
+def patient_level(frame: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
+    """One row per patient: slice probabilities aggregated by ``how`` (mean, median, max).
+
+    Returns:
+        ``patient_id, fold, y_true, y_prob`` sorted by patient_id; a patient-level frame
+        comes back unchanged (one row per patient).
+    """
+    if how not in ("mean", "median", "max"):
+        raise ValueError(f"how must be 'mean', 'median' or 'max', got {how!r}")
+    frame = validate_predictions(frame)
+    grouped = frame.groupby(["patient_id", "fold", "y_true"], as_index=False)["y_prob"].agg(how)
+    return grouped[["patient_id", "fold", "y_true", "y_prob"]].sort_values("patient_id").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------
+
+
+def accuracy(y_true, y_prob, threshold: float = 0.5) -> float:
+    """Fraction of correct calls when ``y_prob >= threshold`` is called ER."""
+    y_true, y_prob = np.asarray(y_true), np.asarray(y_prob)
+    return float(np.mean((y_prob >= threshold).astype(int) == y_true))
+
+
+def _midrank(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(x, method="average")
+
+
+def _delong_components(y_true, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUCs ``[k]`` and structural components V10 ``[k, m]``, V01 ``[k, n]`` by midranks.
+
+    ``probs`` is ``[k, n_patients]`` (k classifiers); m positives, n negatives.
+    Sun & Xu (2014): V10_i = (Tz_i - Tx_i) / n, V01_j = 1 - (Tz_j - Ty_j) / m, where Tz, Tx,
+    Ty are midranks in the pooled sample, among positives and among negatives.
+    """
+    y_true = np.asarray(y_true).astype(int)
+    probs = np.atleast_2d(np.asarray(probs, dtype=float))
+    positive, negative = probs[:, y_true == 1], probs[:, y_true == 0]
+    m, n = positive.shape[1], negative.shape[1]
+    if m == 0 or n == 0:
+        raise ValueError(f"AUC undefined: {m} positive and {n} negative patients")
+    aucs, v10, v01 = [], [], []
+    for pos, neg in zip(positive, negative, strict=True):
+        tz = _midrank(np.concatenate([pos, neg]))
+        tx, ty = _midrank(pos), _midrank(neg)
+        aucs.append((tz[:m].sum() - m * (m + 1) / 2) / (m * n))
+        v10.append((tz[:m] - tx) / n)
+        v01.append(1.0 - (tz[m:] - ty) / m)
+    return np.array(aucs), np.array(v10), np.array(v01)
+
+
+def delong_covariance(y_true, probs) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs ``[k]`` and their DeLong covariance ``[k, k]`` for ``probs [k, n_patients]``."""
+    aucs, v10, v01 = _delong_components(y_true, probs)
+    m, n = v10.shape[1], v01.shape[1]
+    s10 = np.atleast_2d(np.cov(v10)) if m > 1 else np.zeros((len(aucs), len(aucs)))
+    s01 = np.atleast_2d(np.cov(v01)) if n > 1 else np.zeros((len(aucs), len(aucs)))
+    return aucs, s10 / m + s01 / n
+
+
+def delong_test(y_true, prob_a, prob_b) -> tuple[float, float, float]:
+    """DeLong test of two correlated AUCs (the same patients): ``(auc_a, auc_b, p_value)``.
+
+    Two-sided p-value of z = (auc_a - auc_b) / sqrt(Var(auc_a - auc_b)). Identical
+    predictions give p = 1.
+    """
+    from scipy.stats import norm
+
+    aucs, cov = delong_covariance(y_true, np.vstack([prob_a, prob_b]))
+    difference = aucs[0] - aucs[1]
+    variance = cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]
+    if variance <= 1e-15:
+        p_value = 1.0 if abs(difference) < 1e-12 else 0.0
+    else:
+        p_value = float(2 * norm.sf(abs(difference) / np.sqrt(variance)))
+    return float(aucs[0]), float(aucs[1]), p_value
+
+
+def auc(y_true, y_prob) -> float:
+    """Area under the ROC curve (Mann-Whitney U / (m n)); ``ValueError`` if a class is absent."""
+    return float(_delong_components(y_true, np.asarray(y_prob)[None, :])[0][0])
+
+
+def bootstrap_auc_ci(
+    y_true, y_prob, n_bootstrap: int = 1000, seed: int = 2020, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the AUC, resampling rows (patients).
+
+    Resamples with a single class are drawn again (counted against 10 × n_bootstrap tries).
+    """
+    y_true, y_prob = np.asarray(y_true).astype(int), np.asarray(y_prob, dtype=float)
+    rng = np.random.default_rng(seed)
+    values: list[float] = []
+    tries = 0
+    while len(values) < n_bootstrap and tries < 10 * n_bootstrap:
+        tries += 1
+        index = rng.integers(0, len(y_true), len(y_true))
+        if 0 < y_true[index].sum() < len(index):
+            values.append(auc(y_true[index], y_prob[index]))
+    if not values:
+        raise ValueError("bootstrap: no resample holds both classes")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def fold_metrics(frame: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy (threshold 0.5) and AUC of each fold, on the rows as given.
+
+    For a slice-level model pass the slice rows (the paper's form) or
+    :func:`patient_level` of them.
+
+    Returns:
+        ``fold, n, n_er, accuracy, auc`` (accuracy as a fraction).
+
+    Raises:
+        ValueError: naming the fold, when a fold has a single class (AUC undefined).
+    """
+    frame = validate_predictions(frame) if "slice" in frame else frame
+    rows = []
+    for fold, part in frame.groupby("fold"):
+        n_er = int(part["y_true"].sum())
+        if n_er in (0, len(part)):
+            cls = "ER" if n_er == 0 else "NER"
+            raise ValueError(f"fold {fold}: no {cls} case among its {len(part)} rows, so its AUC is undefined")
+        rows.append({"fold": int(fold), "n": len(part), "n_er": n_er,
+                     "accuracy": accuracy(part["y_true"], part["y_prob"]), "auc": auc(part["y_true"], part["y_prob"])})
+    return pd.DataFrame(rows)
+
+
+def summarise_model(frame: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 2020) -> dict:
+    """The paper's summary of a model plus patient-level statistics.
+
+    Returns:
+        ``level`` ("slice" or "patient": the rows the fold metrics use), ``n_patients``,
+        ``n_rows``, ``accuracy_mean``, ``accuracy_sd`` (percent, as the paper prints it),
+        ``auc_mean``, ``auc_sd`` (over folds; SD with ddof=1), ``patient_auc_mean``,
+        ``patient_auc_sd`` (fold metrics on per-patient mean probabilities),
+        ``pooled_auc`` (all out-of-fold patients together), ``pooled_auc_ci_low``,
+        ``pooled_auc_ci_high`` (95% percentile bootstrap over patients), ``brier``
+        (patient level).
+    """
+    frame = validate_predictions(frame)
+    patients = patient_level(frame)
+    slice_level = frame["slice"].notna().any()
+    per_fold = fold_metrics(frame)
+    per_fold_patient = fold_metrics(patients)
+    low, high = bootstrap_auc_ci(patients["y_true"], patients["y_prob"], n_bootstrap, seed)
+    summary = {
+        "level": "slice" if slice_level else "patient",
+        "n_patients": len(patients),
+        "n_rows": len(frame),
+        "accuracy_mean": 100 * per_fold["accuracy"].mean(),
+        "accuracy_sd": 100 * per_fold["accuracy"].std(ddof=1),
+        "auc_mean": per_fold["auc"].mean(),
+        "auc_sd": per_fold["auc"].std(ddof=1),
+        "patient_auc_mean": per_fold_patient["auc"].mean(),
+        "patient_auc_sd": per_fold_patient["auc"].std(ddof=1),
+        "pooled_auc": auc(patients["y_true"], patients["y_prob"]),
+        "pooled_auc_ci_low": low,
+        "pooled_auc_ci_high": high,
+        "brier": brier_score(patients["y_true"], patients["y_prob"]),
+    }
+    return {k: (v if isinstance(v, str) else float(v) if not isinstance(v, int) else v) for k, v in summary.items()}
+
+
+def brier_score(y_true, y_prob) -> float:
+    """Mean squared difference between probability and 0/1 outcome."""
+    y_true, y_prob = np.asarray(y_true, dtype=float), np.asarray(y_prob, dtype=float)
+    return float(np.mean((y_prob - y_true) ** 2))
+
+
+def reliability_curve(y_true, y_prob, n_bins: int = 10) -> pd.DataFrame:
+    """Observed ER fraction against mean predicted probability in equal-width bins.
+
+    Bins are ``[0, 1/n_bins), ..., [1 - 1/n_bins, 1]``; empty bins are left out (as
+    ``sklearn.calibration.calibration_curve(strategy="uniform")``).
+
+    Returns:
+        ``bin_low, bin_high, n, mean_predicted, fraction_positive``.
+    """
+    y_true, y_prob = np.asarray(y_true, dtype=float), np.asarray(y_prob, dtype=float)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    index = np.clip(np.searchsorted(edges[1:-1], y_prob, side="right"), 0, n_bins - 1)
+    rows = []
+    for b in range(n_bins):
+        inside = index == b
+        if inside.any():
+            rows.append({"bin_low": edges[b], "bin_high": edges[b + 1], "n": int(inside.sum()),
+                         "mean_predicted": float(y_prob[inside].mean()),
+                         "fraction_positive": float(y_true[inside].mean())})
+    return pd.DataFrame(rows)
+
+
+def net_benefit(y_true, y_prob, thresholds=None) -> pd.DataFrame:
+    """Decision curve: net benefit of treating patients with ``y_prob >= pt``.
+
+    NB(pt) = TP/n - FP/n × pt / (1 - pt); also "treat all" and "treat none" (0).
+
+    Returns:
+        ``threshold, net_benefit, treat_all, treat_none``.
+    """
+    y_true, y_prob = np.asarray(y_true).astype(int), np.asarray(y_prob, dtype=float)
+    thresholds = np.arange(0.01, 1.0, 0.01) if thresholds is None else np.asarray(thresholds, dtype=float)
+    if np.any((thresholds <= 0) | (thresholds >= 1)):
+        raise ValueError("decision-curve thresholds must lie strictly between 0 and 1")
+    n = len(y_true)
+    prevalence = y_true.mean()
+    rows = []
+    for pt in thresholds:
+        treated = y_prob >= pt
+        tp, fp = np.sum(treated & (y_true == 1)), np.sum(treated & (y_true == 0))
+        odds = pt / (1 - pt)
+        rows.append({"threshold": float(pt), "net_benefit": tp / n - fp / n * odds,
+                     "treat_all": prevalence - (1 - prevalence) * odds, "treat_none": 0.0})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------
+# Tables beside the paper, and paired comparisons
+# ---------------------------------------------------------------------------------------
+
+
+def _table_models(work_dir: Path, table: str) -> list[str]:
+    """The table's models plus variants (``<model>_<suffix>``) that have predictions."""
+    known = set(PAPER_RESULTS) | {m for models in TABLE_MODELS.values() for m in models}
+    found = sorted(p.stem for p in (work_dir / "predictions").glob("*.csv"))
+    models = []
+    for base in TABLE_MODELS[table]:
+        models.append(base)
+        models += [m for m in found if m.startswith(base + "_") and m not in known]
+    return models
+
+
+def results_table(
+    work_dir: str | os.PathLike,
+    models: list[str] | None = None,
+    table: str = "table4",
+    n_bootstrap: int = 1000,
+    seed: int = 2020,
+    cohort: str = "",
+) -> pd.DataFrame:
+    """The study's results beside the paper's, for the models whose predictions exist.
+
+    Args:
+        models: model names; default the paper's models of ``table`` and their variants
+            (e.g. ``clinical_rf_strict``). Models without a prediction file are left out.
+        table: ``"table3"``, ``"table4"`` or ``"table5"``.
+        cohort: text of the ``cohort`` column (e.g. ``"synthetic"``).
+
+    Returns:
+        ``model, level, n_patients, accuracy_mean, accuracy_sd`` (percent),
+        ``auc_mean, auc_sd, pooled_auc, pooled_auc_ci_low, pooled_auc_ci_high``,
+        ``paper_accuracy, paper_auc`` (as printed, "76.03±10.0"; empty for variants the
+        paper did not run), ``cohort``.
+    """
+    if table not in TABLE_MODELS:
+        raise ValueError(f"table must be one of {sorted(TABLE_MODELS)}, got {table!r}")
+    work_dir = Path(work_dir)
+    models = _table_models(work_dir, table) if models is None else list(models)
+    rows = []
+    for model in models:
+        if not predictions_path(work_dir, model).exists():
+            continue
+        summary = summarise_model(read_predictions(work_dir, model), n_bootstrap, seed)
+        paper = PAPER_RESULTS.get(model)
+        rows.append({
+            "model": model,
+            **{k: summary[k] for k in ("level", "n_patients", "accuracy_mean", "accuracy_sd", "auc_mean", "auc_sd",
+                                       "pooled_auc", "pooled_auc_ci_low", "pooled_auc_ci_high")},
+            "paper_accuracy": f"{paper['accuracy_mean']:.2f}±{paper['accuracy_sd']:.1f}" if paper else "",
+            "paper_auc": f"{paper['auc_mean']:.4f}±{paper['auc_sd']:.2f}" if paper else "",
+            "cohort": cohort,
+        })
+    columns = ["model", "level", "n_patients", "accuracy_mean", "accuracy_sd", "auc_mean", "auc_sd", "pooled_auc",
+               "pooled_auc_ci_low", "pooled_auc_ci_high", "paper_accuracy", "paper_auc", "cohort"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def write_results_table(figures_dir: str | os.PathLike, table: str, frame: pd.DataFrame, synthetic: bool) -> tuple[Path, Path]:
+    """Write ``figures/<table file>.{csv,md}``; the synthetic note heads the Markdown."""
+    note = (
+        "Accuracy in percent (threshold 0.5) and AUC: mean ± SD over the cross-validation folds (SD with ddof=1), "
+        "on the rows each model predicts (slices or patients), as the paper reports them. Pooled AUC: all "
+        "out-of-fold patients together (slice probabilities averaged per patient), with a 95% bootstrap "
+        "interval over patients. paper_*: the values the paper prints."
+    )
+    if synthetic:
+        note = outputs.SYNTHETIC_NOTE + "\n\n" + note
+    return outputs.write_table(Path(figures_dir) / TABLE_FILES[table], frame, title=TABLE_TITLES[table], note=note)
+
+
+def compare_models(work_dir: str | os.PathLike, model_a: str, model_b: str) -> tuple[float, float, float]:
+    """DeLong test of two models at patient level, on the same patients (paired)."""
+    a = patient_level(read_predictions(work_dir, model_a)).set_index("patient_id")
+    b = patient_level(read_predictions(work_dir, model_b)).set_index("patient_id")
+    if set(a.index) != set(b.index):
+        only = sorted(set(a.index) ^ set(b.index))
+        raise ValueError(f"{model_a} and {model_b} predict different patients (e.g. {only[:3]}); a paired test needs the same")
+    b = b.loc[a.index]
+    if not (a["y_true"] == b["y_true"]).all():
+        raise ValueError(f"{model_a} and {model_b} disagree on the labels of some patients")
+    return delong_test(a["y_true"].to_numpy(), a["y_prob"].to_numpy(), b["y_prob"].to_numpy())
+
+
+def record_comparison(figures_dir: str | os.PathLike, work_dir: str | os.PathLike, model_a: str, model_b: str) -> pd.DataFrame:
+    """Add or replace the row of (model_a, model_b) in ``figures/model_comparisons.csv``.
+
+    The row of the same pair (in either order) is replaced, other rows are kept; the file
+    is written atomically. Returns the whole table.
+    """
+    auc_a, auc_b, p_value = compare_models(work_dir, model_a, model_b)
+    path = Path(figures_dir) / COMPARISONS_FILE
+    table = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COMPARISON_COLUMNS)
+    same_pair = ((table["model_a"] == model_a) & (table["model_b"] == model_b)) | (
+        (table["model_a"] == model_b) & (table["model_b"] == model_a)
+    )
+    row = pd.DataFrame([{"model_a": model_a, "model_b": model_b, "auc_a": auc_a, "auc_b": auc_b, "p_value": p_value}])
+    kept = table.loc[~same_pair, COMPARISON_COLUMNS]
+    table = pd.concat([kept, row], ignore_index=True) if len(kept) else row
+    outputs.write_csv(path, table)
+    return table
+
+
+# ---------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------
+
+
+def _axes(ax):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(5, 5))
+    return ax
+
+
+def plot_roc(frames: dict[str, pd.DataFrame], ax=None):
+    """Patient-level ROC curves of several models (out-of-fold predictions pooled).
+
+    Args:
+        frames: model name → predictions frame (slice- or patient-level).
+
+    Returns:
+        The matplotlib axes.
+    """
+    from sklearn.metrics import roc_curve
+
+    ax = _axes(ax)
+    for model, frame in frames.items():
+        patients = patient_level(frame)
+        fpr, tpr, _ = roc_curve(patients["y_true"], patients["y_prob"])
+        ax.plot(fpr, tpr, label=f"{model} (AUC {auc(patients['y_true'], patients['y_prob']):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title="ROC (patient level)")
+    ax.legend(loc="lower right", fontsize="small")
+    return ax
+
+
+def plot_reliability(frames: dict[str, pd.DataFrame], ax=None, n_bins: int = 10):
+    """Reliability diagram (patient level) of several models."""
+    ax = _axes(ax)
+    for model, frame in frames.items():
+        patients = patient_level(frame)
+        curve = reliability_curve(patients["y_true"], patients["y_prob"], n_bins)
+        brier = brier_score(patients["y_true"], patients["y_prob"])
+        ax.plot(curve["mean_predicted"], curve["fraction_positive"], marker="o", label=f"{model} (Brier {brier:.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    ax.set(xlabel="mean predicted probability", ylabel="observed ER fraction", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability (patient level)")
+    ax.legend(loc="upper left", fontsize="small")
+    return ax
+
+
+def plot_decision_curve(frames: dict[str, pd.DataFrame], ax=None, thresholds=None):
+    """Decision curves (net benefit, patient level) with "treat all" and "treat none"."""
+    ax = _axes(ax)
+    curve = None
+    for model, frame in frames.items():
+        patients = patient_level(frame)
+        curve = net_benefit(patients["y_true"], patients["y_prob"], thresholds)
+        ax.plot(curve["threshold"], curve["net_benefit"], label=model)
+    if curve is not None:
+        ax.plot(curve["threshold"], curve["treat_all"], color="grey", linestyle="--", label="treat all")
+        ax.axhline(0.0, color="black", linewidth=1, label="treat none")
+        top = max(curve["treat_all"].max(), 0.05)
+        ax.set_ylim(-0.05, top * 1.2)
+    ax.set(xlabel="threshold probability", ylabel="net benefit", title="Decision curve (patient level)")
+    ax.legend(loc="upper right", fontsize="small")
+    return ax

@@ -1,0 +1,306 @@
+"""Folds, prediction files, metrics (AUC, DeLong, bootstrap, calibration, net benefit), tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import mannwhitneyu, norm
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+from hccer_lib import evaluation as ev
+
+
+def paper_labels() -> pd.Series:
+    """65 ER and 102 NER patients, as in the paper."""
+    ids = [f"P{i:03d}" for i in range(167)]
+    return pd.Series([1] * 65 + [0] * 102, index=ids)
+
+
+def predictions(n_patients: int = 40, slices: int = 0, seed: int = 0, n_folds: int = 4) -> pd.DataFrame:
+    """Random predictions with signal; ``slices`` > 0 gives that many slices per patient."""
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n_patients // 2)
+    fold = np.arange(n_patients) // 2 % n_folds
+    rows = []
+    for i in range(n_patients):
+        for s in range(max(slices, 1)):
+            prob = float(np.clip(0.5 + 0.3 * (y[i] - 0.5) + rng.normal(0, 0.25), 0, 1))
+            rows.append({"patient_id": f"P{i:03d}", "slice": s if slices else pd.NA, "fold": fold[i],
+                         "y_true": y[i], "y_prob": prob})
+    return pd.DataFrame(rows)
+
+
+# --- folds -------------------------------------------------------------------------------
+
+
+def test_make_folds_reproduces_table2_composition():
+    folds = ev.make_folds(paper_labels(), n_folds=10, seed=2020)
+    counts = folds.groupby("fold")["y_true"].agg(er="sum", n="count")
+    counts["ner"] = counts["n"] - counts["er"]
+    assert len(counts) == 10
+    assert counts["er"].isin([6, 7]).all(), f"ER per fold {counts['er'].tolist()}"
+    assert counts["ner"].isin([10, 11]).all(), f"NER per fold {counts['ner'].tolist()}"
+    assert folds["patient_id"].is_unique and len(folds) == 167
+
+
+def test_make_folds_is_seeded_and_ignores_row_order():
+    labels = paper_labels()
+    a = ev.make_folds(labels, 10, seed=7)
+    b = ev.make_folds(labels.sample(frac=1, random_state=3), 10, seed=7)
+    c = ev.make_folds(labels, 10, seed=8)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["fold"].equals(c["fold"]), "another seed gave the same folds"
+
+
+def test_make_folds_refuses_too_few_patients_of_a_class():
+    labels = pd.Series([1] * 3 + [0] * 20, index=[f"P{i}" for i in range(23)])
+    with pytest.raises(ValueError, match="only 3 ER patients"):
+        ev.make_folds(labels, n_folds=4, seed=0)
+
+
+def test_load_or_make_folds_saves_reuses_and_rebuilds(tmp_path):
+    labels = paper_labels()
+    clinical = pd.DataFrame({"patient_id": labels.index, "early_recurrence": labels.to_numpy()})
+    first = ev.load_or_make_folds(tmp_path, clinical, 10, 2020)
+    saved = pd.read_csv(tmp_path / "folds.csv", dtype={"patient_id": str})
+    assert set(saved.columns) >= {"patient_id", "y_true", "fold", "n_folds", "seed"}
+    mtime = (tmp_path / "folds.csv").stat().st_mtime_ns
+    again = ev.load_or_make_folds(tmp_path, clinical, 10, 2020)
+    pd.testing.assert_frame_equal(first, again)
+    assert (tmp_path / "folds.csv").stat().st_mtime_ns == mtime, "folds rewritten although unchanged"
+    other = ev.load_or_make_folds(tmp_path, clinical, 5, 2020)
+    assert other["fold"].nunique() == 5
+    assert (pd.read_csv(tmp_path / "folds.csv")["n_folds"] == 5).all()
+
+
+# --- prediction files ----------------------------------------------------------------
+
+
+def test_predictions_round_trip(tmp_path):
+    frame = predictions(slices=3)
+    path = ev.write_predictions(tmp_path, "deep_resnet50", frame)
+    assert path == tmp_path / "predictions" / "deep_resnet50.csv"
+    back = ev.read_predictions(tmp_path, "deep_resnet50")
+    assert list(back.columns) == ev.PREDICTION_COLUMNS
+    assert np.allclose(back["y_prob"], frame["y_prob"])
+    patient_model = predictions()
+    ev.write_predictions(tmp_path, "clinical_rf", patient_model)
+    assert ev.read_predictions(tmp_path, "clinical_rf")["slice"].isna().all()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns="fold"), "missing columns"),
+        (lambda f: f.assign(y_prob=f["y_prob"].where(f.index != 3, 1.5)), "y_prob must be in"),
+        (lambda f: f.assign(y_true=f["y_true"].where(f.index != 0, 2)), "y_true must be 0/1"),
+        (lambda f: f.assign(fold=f["fold"].where(f.index != 1, 3)), "more than one fold"),
+        (lambda f: pd.concat([f, f.iloc[[0]]]), "duplicate row"),
+    ],
+)
+def test_write_predictions_rejects_bad_frames(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        ev.write_predictions(tmp_path, "m", change(predictions(slices=2)))
+    assert not (tmp_path / "predictions" / "m.csv").exists(), "a bad frame was written"
+
+
+def test_read_missing_predictions_names_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="fusion_a"):
+        ev.read_predictions(tmp_path, "fusion_a")
+
+
+def test_patient_level_averages_slices_by_hand():
+    frame = pd.DataFrame({"patient_id": ["A", "A", "B", "B", "B"], "slice": [1, 2, 1, 2, 3], "fold": 0,
+                          "y_true": [1, 1, 0, 0, 0], "y_prob": [0.2, 0.6, 0.1, 0.4, 0.7]})
+    patients = ev.patient_level(frame)
+    assert patients["patient_id"].tolist() == ["A", "B"]
+    assert np.allclose(patients["y_prob"], [0.4, 0.4]), f"got {patients['y_prob'].tolist()}"
+    assert np.allclose(ev.patient_level(frame, "max")["y_prob"], [0.6, 0.7])
+
+
+# --- metrics -------------------------------------------------------------------------
+
+
+def test_fold_metrics_by_hand():
+    frame = pd.DataFrame({"patient_id": list("abcdefgh"), "slice": pd.NA, "fold": [0] * 4 + [1] * 4,
+                          "y_true": [0, 0, 1, 1, 0, 1, 0, 1],
+                          "y_prob": [0.1, 0.6, 0.4, 0.9, 0.2, 0.3, 0.7, 0.8]})
+    metrics = ev.fold_metrics(frame)
+    # fold 0: calls 0,1,0,1 -> 2/4 right; pairs (pos > neg): 0.4>0.1, 0.9>both -> 3/4
+    # fold 1: calls 0,0,1,1 -> 2/4 right; pairs: 0.3>0.2, 0.8>both -> 3/4
+    assert np.allclose(metrics["accuracy"], [0.5, 0.5]), f"accuracy {metrics['accuracy'].tolist()}"
+    assert np.allclose(metrics["auc"], [0.75, 0.75]), f"AUC {metrics['auc'].tolist()}"
+
+
+def test_fold_without_er_names_the_fold():
+    frame = predictions()
+    frame.loc[frame["fold"] == 2, "y_true"] = 0
+    with pytest.raises(ValueError, match="fold 2: no ER"):
+        ev.fold_metrics(frame)
+
+
+def test_auc_matches_mann_whitney_and_sklearn_with_ties():
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 60)
+    prob = np.round(rng.random(60) + 0.3 * y, 1)  # rounded: many ties
+    u = mannwhitneyu(prob[y == 1], prob[y == 0]).statistic
+    expected = u / (np.sum(y == 1) * np.sum(y == 0))
+    assert ev.auc(y, prob) == pytest.approx(expected), f"AUC {ev.auc(y, prob)} vs U/(m n) {expected}"
+    assert ev.auc(y, prob) == pytest.approx(roc_auc_score(y, prob))
+
+
+def test_delong_variance_by_hand():
+    # positives 0.8, 0.4; negatives 0.6, 0.2. V10 = [1, 0.5], V01 = [0.5, 1]:
+    # AUC = 0.75, Var = var(V10)/2 + var(V01)/2 = 0.125/2 + 0.125/2 = 0.125
+    aucs, cov = ev.delong_covariance([1, 1, 0, 0], np.array([[0.8, 0.4, 0.6, 0.2]]))
+    assert aucs[0] == pytest.approx(0.75)
+    assert cov[0, 0] == pytest.approx(0.125), f"variance {cov[0, 0]}"
+
+
+def slow_delong(y, probs):
+    """DeLong et al. (1988) structural components by the O(m n) double loop."""
+    y = np.asarray(y)
+    k = len(probs)
+    m, n = int(np.sum(y == 1)), int(np.sum(y == 0))
+    v10, v01, aucs = np.zeros((k, m)), np.zeros((k, n)), np.zeros(k)
+    for r, p in enumerate(probs):
+        pos, neg = p[y == 1], p[y == 0]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        aucs[r] = psi.mean()
+        v10[r], v01[r] = psi.mean(axis=1), psi.mean(axis=0)
+    return aucs, np.cov(v10) / m + np.cov(v01) / n
+
+
+def test_fast_delong_equals_the_slow_structural_components():
+    rng = np.random.default_rng(11)
+    y = rng.integers(0, 2, 80)
+    a = np.round(rng.random(80) + 0.4 * y, 2)
+    b = np.round(0.5 * a + 0.5 * rng.random(80), 1)  # correlated with a, with ties
+    fast_auc, fast_cov = ev.delong_covariance(y, np.vstack([a, b]))
+    slow_auc, slow_cov = slow_delong(y, np.vstack([a, b]))
+    assert np.allclose(fast_auc, slow_auc), f"{fast_auc} vs {slow_auc}"
+    assert np.allclose(fast_cov, slow_cov), f"{fast_cov} vs {slow_cov}"
+    auc_a, auc_b, p = ev.delong_test(y, a, b)
+    z = (slow_auc[0] - slow_auc[1]) / np.sqrt(slow_cov[0, 0] + slow_cov[1, 1] - 2 * slow_cov[0, 1])
+    assert p == pytest.approx(2 * norm.sf(abs(z))), f"p {p}"
+    assert 0 < p < 1
+
+
+def test_delong_identical_predictions_give_p_one():
+    rng = np.random.default_rng(2)
+    y, prob = rng.integers(0, 2, 30), rng.random(30)
+    auc_a, auc_b, p = ev.delong_test(y, prob, prob)
+    assert auc_a == auc_b and p == 1.0, f"p = {p}"
+
+
+def test_delong_clearly_different_models_are_significant():
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1], 100)
+    good, noise = y + rng.normal(0, 0.5, 200), rng.random(200)
+    assert ev.delong_test(y, good, noise)[2] < 1e-6
+
+
+def test_bootstrap_ci_is_seeded_and_contains_the_auc():
+    y = np.repeat([0, 1], 50)
+    prob = np.random.default_rng(0).random(100) + 0.3 * y
+    low, high = ev.bootstrap_auc_ci(y, prob, n_bootstrap=300, seed=1)
+    assert low < ev.auc(y, prob) < high, f"CI ({low}, {high})"
+    assert (low, high) == ev.bootstrap_auc_ci(y, prob, n_bootstrap=300, seed=1)
+    # roughly the DeLong interval
+    _, cov = ev.delong_covariance(y, prob[None, :])
+    assert high - low == pytest.approx(2 * 1.96 * np.sqrt(cov[0, 0]), rel=0.3)
+
+
+def test_brier_and_reliability_match_sklearn():
+    rng = np.random.default_rng(9)
+    prob = rng.random(200)
+    y = (rng.random(200) < prob).astype(int)
+    assert ev.brier_score(y, prob) == pytest.approx(brier_score_loss(y, prob))
+    curve = ev.reliability_curve(y, prob, n_bins=8)
+    true_frac, mean_pred = calibration_curve(y, prob, n_bins=8, strategy="uniform")
+    assert np.allclose(curve["fraction_positive"], true_frac)
+    assert np.allclose(curve["mean_predicted"], mean_pred)
+    assert curve["n"].sum() == 200
+
+
+def test_net_benefit_by_hand():
+    y = np.array([1, 1, 0, 0, 0])
+    prob = np.array([0.9, 0.3, 0.6, 0.2, 0.1])
+    curve = ev.net_benefit(y, prob, thresholds=[0.25, 0.5])
+    # pt 0.25: treated 0.9, 0.3, 0.6 -> TP 2, FP 1 -> 2/5 - 1/5 * (1/3)
+    # pt 0.5: treated 0.9, 0.6 -> TP 1, FP 1 -> 1/5 - 1/5 * 1
+    assert np.allclose(curve["net_benefit"], [0.4 - 0.2 / 3, 0.0]), f"got {curve['net_benefit'].tolist()}"
+    assert np.allclose(curve["treat_all"], [0.4 - 0.6 / 3, 0.4 - 0.6])
+
+
+def test_summarise_model_reports_the_papers_form():
+    summary = ev.summarise_model(predictions(slices=3), n_bootstrap=100, seed=0)
+    assert summary["level"] == "slice" and summary["n_patients"] == 40 and summary["n_rows"] == 120
+    assert 0 <= summary["accuracy_mean"] <= 100
+    assert summary["pooled_auc_ci_low"] <= summary["pooled_auc"] <= summary["pooled_auc_ci_high"]
+
+
+# --- tables and comparisons ----------------------------------------------------------
+
+
+def test_results_table_lists_existing_models_beside_the_paper(tmp_path):
+    ev.write_predictions(tmp_path, "clinical_rf", predictions(seed=1))
+    ev.write_predictions(tmp_path, "clinical_rf_strict", predictions(seed=2))
+    table = ev.results_table(tmp_path, table="table4", n_bootstrap=50, cohort="synthetic")
+    assert table["model"].tolist() == ["clinical_rf", "clinical_rf_strict"], f"models {table['model'].tolist()}"
+    assert table.loc[0, "paper_accuracy"] == "76.03±10.0" and table.loc[0, "paper_auc"] == "0.7532±0.13"
+    assert table.loc[1, "paper_auc"] == ""
+    csv_path, md_path = ev.write_results_table(tmp_path / "figures", "table4", table, synthetic=True)
+    assert csv_path.name == "table4_fusion.csv" and "Synthetic cohort" in md_path.read_text()
+
+
+def test_record_comparison_replaces_the_same_pair_and_keeps_others(tmp_path):
+    for seed, model in enumerate(["clinical_rf", "fusion_d", "deep_resnet50"]):
+        ev.write_predictions(tmp_path, model, predictions(seed=seed))
+    figures = tmp_path / "figures"
+    ev.record_comparison(figures, tmp_path, "clinical_rf", "fusion_d")
+    ev.record_comparison(figures, tmp_path, "deep_resnet50", "fusion_d")
+    ev.write_predictions(tmp_path, "fusion_d", predictions(seed=7))  # fusion_d re-run
+    table = ev.record_comparison(figures, tmp_path, "fusion_d", "clinical_rf")
+    on_disk = pd.read_csv(figures / ev.COMPARISONS_FILE)
+    assert list(on_disk.columns) == ev.COMPARISON_COLUMNS
+    assert len(on_disk) == 2, f"rows:\n{on_disk}"
+    row = on_disk[on_disk["model_a"] == "fusion_d"].iloc[0]
+    new_d = ev.patient_level(ev.read_predictions(tmp_path, "fusion_d"))
+    clinical = ev.patient_level(ev.read_predictions(tmp_path, "clinical_rf"))
+    expected = ev.delong_test(new_d["y_true"], new_d["y_prob"], clinical["y_prob"])
+    assert row["auc_a"] == pytest.approx(expected[0]) and row["p_value"] == pytest.approx(expected[2])
+    assert len(table) == 2
+
+
+def test_comparison_needs_the_same_patients(tmp_path):
+    ev.write_predictions(tmp_path, "a", predictions(n_patients=40))
+    ev.write_predictions(tmp_path, "b", predictions(n_patients=38))
+    with pytest.raises(ValueError, match="different patients"):
+        ev.compare_models(tmp_path, "a", "b")
+
+
+def test_plots_draw_one_line_per_model():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    frames = {"m1": predictions(seed=1), "m2": predictions(slices=2, seed=2)}
+    fig, axes = plt.subplots(1, 3)
+    ev.plot_roc(frames, axes[0])
+    ev.plot_reliability(frames, axes[1])
+    ev.plot_decision_curve(frames, axes[2])
+    labels = [line.get_label() for line in axes[0].get_lines()]
+    assert labels[0].startswith("m1 (AUC") and labels[1].startswith("m2 (AUC"), f"labels {labels}"
+    assert len(axes[2].get_lines()) == 4  # two models, treat all, treat none
+    plt.close(fig)
+
+
+def test_results_table_without_predictions_is_empty(tmp_path):
+    table = ev.results_table(tmp_path, table="table5")
+    assert table.empty and "paper_auc" in table.columns
+    with pytest.raises(ValueError, match="table must be"):
+        ev.results_table(tmp_path, table="table9")
