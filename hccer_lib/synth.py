@@ -900,6 +900,32 @@ def read_ground_truth(cohort_dir: str | os.PathLike) -> dict | None:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def oracle_table(cohort_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """The oracle AUCs of a synthetic cohort as a table; ``None`` for a real cohort.
+
+    One row per input set (``clinical``, ``image``, ``both``): ``oracle_auc`` is the AUC on
+    this cohort's patients of the near-Bayes-optimal score fitted on a large population drawn
+    from the generator (never on the cohort's labels): the ceiling that a model seeing those
+    inputs can be read against; ``population_auc`` is the same score on fresh generated
+    patients; ``inputs`` says what each set holds.
+    """
+    truth = read_ground_truth(cohort_dir)
+    if truth is None:
+        return None
+    oracle = truth["oracle_auc"]
+    return pd.DataFrame(
+        [
+            {
+                "inputs": name,
+                "oracle_auc": oracle[name]["cohort_auc"],
+                "population_auc": oracle[name]["population_auc"],
+                "what": oracle[name]["inputs"],
+            }
+            for name in ("clinical", "image", "both")
+        ]
+    )
+
+
 def generate_cohort(
     out: str | os.PathLike,
     config: SynthConfig | None = None,

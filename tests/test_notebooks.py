@@ -58,6 +58,13 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, capsys):
             assert set(preds["fold"]) == {0, 1}, f"{model}: folds {sorted(set(preds['fold']))}"
             assert preds["y_prob"].between(0, 1).all(), f"{model}: probabilities outside [0, 1]"
             assert preds["patient_id"].nunique() == 167, f"{model}: {preds['patient_id'].nunique()} patients"
+    # Every paired comparison the study reports, with a DeLong p-value on the same patients.
+    comparisons = pd.read_csv(tmp_path / "figures" / "model_comparisons.csv")
+    pairs = {frozenset(p) for p in zip(comparisons["model_a"], comparisons["model_b"], strict=True)}
+    for pair in [("clinical_rf", "clinical_rf_strict"), ("fusion_d", "deep_resnet50"),
+                 ("fusion_d", "clinical_rf"), ("fusion_d_joint", "fusion_d")]:
+        assert frozenset(pair) in pairs, f"no comparison {pair} in {sorted(map(sorted, pairs))}"
+    assert comparisons["p_value"].between(0, 1).all(), comparisons
     # Executed copies are kept for reading; the committed notebooks stay output-free.
     assert sorted(p.name for p in (tmp_path / "executed").glob("*.ipynb")) == [p.name for p in notebooks]
     for nb in notebooks:

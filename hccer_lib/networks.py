@@ -1,0 +1,343 @@
+"""The deep model, fusion models A-D and the joint loss (Wang et al. 2020, section III).
+
+Every network takes the 3-channel ROI image ``[n, H, W, 3]`` (channels NC, ART, PV,
+HU-windowed and scaled to ``[0, 1]`` by ``hccer_lib.preprocessing``) and, for the fusion
+models, the clinical vector ``[n, k]`` of the slice's patient (``k = 9`` for the paper's
+vector). Every network ends in 2-neuron softmax heads; the probability of early
+recurrence is the second neuron.
+
+| model | image pathway | clinical pathway | head |
+|---|---|---|---|
+| ``deep_resnet50`` | ResNet, 2048 pooled features | none | FC 2, softmax |
+| ``fusion_a`` | ResNet features (2048) | the vector as it is (9) | concat (2057) → FC 2 |
+| ``fusion_b`` | ResNet features → FC ``image_units`` (64) | the vector as it is | concat → FC 2 |
+| ``fusion_c`` | as B | Conv1D over the vector as a length-9 sequence (8 filters, kernel 3) | concat → FC 2 |
+| ``fusion_d`` | as B | FC ``clinical_units`` (16) | concat → FC 2 |
+| ``fusion_d_joint`` | as D, plus a softmax head on each pathway | | loss = 1/4 image + 1/4 clinical + 1/2 fused |
+
+The paper leaves open whether C and D keep B's image FC layer and the sizes of the
+added layers. Here C and D are B plus their clinical layer (the paper presents A to D as
+successive changes and argues for B's balancing of 2048 image against 9 clinical
+features); every size is a :class:`NetworkConfig` field.
+
+**Image pathway.** With ``resnet_blocks=(3, 4, 6, 3)`` and ``resnet_width=64`` (the paper
+profile) the image pathway is exactly ``keras.applications.ResNet50(include_top=False,
+pooling="avg")``: 53 ``Conv2D`` layers, of which 4 are the projection shortcuts of the
+first block of each stage; the other 49 are the paper's "49 convolutional layers", and
+the 2-neuron head is its "one fully connected layer". Its ImageNet weights are loaded
+from ``$KERAS_HOME/models/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5`` when
+that file exists; nothing is ever downloaded. Smaller profiles use :func:`build_resnet`,
+the same bottleneck blocks with configurable blocks per stage and width, randomly
+initialised.
+
+**Input scaling.** ImageNet ResNet50 weights are caffe-style: they expect BGR images on
+0-255 with the ImageNet channel means subtracted (``keras.applications.resnet50.
+preprocess_input``). :class:`PhaseScaling` does exactly that to the ``[0, 1]`` phase
+image, treating (NC, ART, PV) as (R, G, B): ``x * 255``, channels reversed to (PV, ART,
+NC), minus (103.939, 116.779, 123.68). So the model's first convolution sees the phases
+on the range and offset its pretrained filters were trained on, and
+``PhaseScaling()(x) == preprocess_input(255 * x)``. The same layer is used for randomly
+initialised networks (the batch normalisation after the first convolution absorbs the
+scale), so every profile runs the same graph.
+
+Backend-neutral: only Keras 3 APIs (``keras.layers``, ``keras.ops``) are used, so the
+models run on TensorFlow (the default) and on JAX (``KERAS_BACKEND=jax``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+logger = logging.getLogger("hccer")
+
+MODEL_NAMES = ("deep_resnet50", "fusion_a", "fusion_b", "fusion_c", "fusion_d", "fusion_d_joint")
+FUSION_KINDS = {"fusion_a": "a", "fusion_b": "b", "fusion_c": "c", "fusion_d": "d", "fusion_d_joint": "d"}
+
+RESNET50_BLOCKS = (3, 4, 6, 3)
+RESNET50_WIDTH = 64
+IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+IMAGENET_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+# Joint loss of section III.D, equation (4).
+JOINT_LOSS_WEIGHTS = {"image": 0.25, "clinical": 0.25, "fused": 0.5}
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Every setting of a network; the defaults are the paper's ResNet50 on 224×224.
+
+    Attributes:
+        image_size: side of the square input image, pixels (``[n, image_size, image_size, 3]``).
+        n_clinical: length ``k`` of the clinical vector (9 for the paper's vector).
+        resnet_blocks: bottleneck blocks per stage; ``(3, 4, 6, 3)`` is ResNet50.
+        resnet_width: filters of the stem and of the first stage's bottleneck; 64 is
+            ResNet50. The image features have ``32 * resnet_width`` channels (2048).
+        image_units: units of the image FC layer of fusion B, C and D (the paper: not stated).
+        clinical_filters, clinical_kernel: fusion C's Conv1D over the clinical vector.
+        clinical_units: units of fusion D's FC layer over the clinical vector.
+        imagenet: ``"auto"`` loads ImageNet weights when the architecture is ResNet50 and
+            the weights file exists locally (random initialisation otherwise, logged);
+            ``"none"`` always initialises randomly; or the path of a weights file.
+    """
+
+    image_size: int = 224
+    n_clinical: int = 9
+    resnet_blocks: tuple[int, ...] = RESNET50_BLOCKS
+    resnet_width: int = RESNET50_WIDTH
+    image_units: int = 64
+    clinical_filters: int = 8
+    clinical_kernel: int = 3
+    clinical_units: int = 16
+    imagenet: str = "auto"
+
+    def __post_init__(self):
+        if self.image_size < 32:
+            raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
+        if len(self.resnet_blocks) != 4 or min(self.resnet_blocks) < 1:
+            raise ValueError(f"resnet_blocks must be 4 positive counts, got {self.resnet_blocks}")
+        if self.resnet_width < 1 or self.n_clinical < 1:
+            raise ValueError(f"resnet_width and n_clinical must be positive, got {self.resnet_width}, {self.n_clinical}")
+        object.__setattr__(self, "resnet_blocks", tuple(int(b) for b in self.resnet_blocks))
+
+    @property
+    def is_resnet50(self) -> bool:
+        return self.resnet_blocks == RESNET50_BLOCKS and self.resnet_width == RESNET50_WIDTH
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+# %% Input scaling
+
+
+@keras.saving.register_keras_serializable(package="hccer")
+class PhaseScaling(layers.Layer):
+    """``[n, H, W, 3]`` phases (NC, ART, PV) in ``[0, 1]`` → caffe-style ImageNet input.
+
+    ``x * 255``, channel order reversed (as ``preprocess_input`` turns RGB into BGR), the
+    ImageNet BGR means subtracted: the same as ``resnet50.preprocess_input(255 * x)``.
+    """
+
+    def call(self, inputs):
+        mean = ops.convert_to_tensor(IMAGENET_CAFFE_MEAN_BGR, dtype=inputs.dtype)
+        return ops.flip(inputs, axis=-1) * 255.0 - mean
+
+
+# %% Image pathway
+
+
+def keras_home() -> Path:
+    """Keras's cache folder: ``$KERAS_HOME`` if set (read now), else ``~/.keras``."""
+    return Path(os.environ.get("KERAS_HOME") or Path("~/.keras").expanduser())
+
+
+def imagenet_weights_path(keras_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local ResNet50 ImageNet weights file (no top), or ``None`` when it is absent.
+
+    Looks in ``<keras_dir>/models/`` (``keras_dir`` defaults to :func:`keras_home`) for
+    ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``, the file Keras itself
+    caches. Never downloads.
+    """
+    path = Path(keras_dir or keras_home()) / "models" / IMAGENET_WEIGHTS_FILE
+    return path if path.is_file() else None
+
+
+def _bottleneck_block(x, filters: int, stride: int, projection: bool, name: str):
+    """Keras's ResNet v1 bottleneck: 1×1 (stride) → 3×3 → 1×1 (4·filters) + shortcut."""
+    if projection:
+        shortcut = layers.Conv2D(4 * filters, 1, strides=stride, name=f"{name}_0_conv")(x)
+        shortcut = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_0_bn")(shortcut)
+    else:
+        shortcut = x
+    x = layers.Conv2D(filters, 1, strides=stride, name=f"{name}_1_conv")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_1_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_1_relu")(x)
+    x = layers.Conv2D(filters, 3, padding="same", name=f"{name}_2_conv")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_2_bn")(x)
+    x = layers.Activation("relu", name=f"{name}_2_relu")(x)
+    x = layers.Conv2D(4 * filters, 1, name=f"{name}_3_conv")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name=f"{name}_3_bn")(x)
+    x = layers.Add(name=f"{name}_add")([shortcut, x])
+    return layers.Activation("relu", name=f"{name}_out")(x)
+
+
+def build_resnet(
+    image_size: int,
+    blocks: tuple[int, ...] = RESNET50_BLOCKS,
+    width: int = RESNET50_WIDTH,
+    name: str | None = None,
+) -> keras.Model:
+    """A ResNet v1 feature extractor with Keras ResNet50's layers, configurable in size.
+
+    Stem (7×7/2 conv of ``width`` filters, BN, ReLU, 3×3/2 max-pool), then four stages of
+    ``blocks[i]`` bottleneck blocks with ``width · (1, 2, 4, 8)`` bottleneck filters (the
+    first block of each stage has a projection shortcut; stages 2-4 halve the size),
+    then global average pooling. ``blocks=(3, 4, 6, 3), width=64`` has the layers and
+    parameter count of ``keras.applications.ResNet50(include_top=False, pooling="avg")``.
+
+    Args:
+        image_size: input ``[n, image_size, image_size, 3]``, already scaled.
+    Returns:
+        a model ``[n, H, W, 3] → [n, 32 · width]``.
+    """
+    inputs = keras.Input((image_size, image_size, 3), name="scaled_image")
+    x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
+    x = layers.Conv2D(width, 7, strides=2, name="conv1_conv")(x)
+    x = layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    for stage, n_blocks in enumerate(blocks):
+        filters = width * 2**stage
+        for block in range(n_blocks):
+            stride = 2 if (block == 0 and stage > 0) else 1
+            x = _bottleneck_block(x, filters, stride, projection=block == 0, name=f"conv{stage + 2}_block{block + 1}")
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    blocks_label = "".join(str(b) for b in blocks)
+    return keras.Model(inputs, x, name=name or f"resnet_b{blocks_label}_w{width}")
+
+
+def build_image_pathway(config: NetworkConfig) -> keras.Model:
+    """The feature extractor of ``config``: ``[n, H, W, 3]`` scaled → ``[n, 32·width]``.
+
+    ResNet50 settings give ``keras.applications.ResNet50(include_top=False,
+    pooling="avg")``, with ImageNet weights when ``config.imagenet`` allows and the file
+    is present; other settings give :func:`build_resnet`, randomly initialised.
+    """
+    shape = (config.image_size, config.image_size, 3)
+    if not config.is_resnet50:
+        if config.imagenet not in ("auto", "none"):
+            raise ValueError(f"ImageNet weights need the ResNet50 settings, got blocks={config.resnet_blocks}, width={config.resnet_width}")
+        logger.debug("image pathway: ResNet blocks=%s width=%d, random initialisation", config.resnet_blocks, config.resnet_width)
+        return build_resnet(config.image_size, config.resnet_blocks, config.resnet_width)
+    if config.imagenet == "none":
+        weights = None
+    elif config.imagenet == "auto":
+        weights = imagenet_weights_path()
+    else:
+        weights = Path(config.imagenet)
+        if not weights.is_file():
+            raise ValueError(f"ImageNet weights file not found: {weights}")
+    if weights is None:
+        logger.warning(
+            "image pathway: ResNet50 with RANDOM initialisation (no ImageNet weights file %s in %s)",
+            IMAGENET_WEIGHTS_FILE,
+            keras_home() / "models",
+        )
+    else:
+        logger.info("image pathway: ResNet50 with ImageNet weights from %s", weights)
+    return keras.applications.ResNet50(
+        include_top=False, weights=None if weights is None else str(weights), input_shape=shape, pooling="avg"
+    )
+
+
+# %% Models
+
+
+def build_model(model_name: str, config: NetworkConfig | None = None, joint_loss: bool | None = None) -> keras.Model:
+    """The network called ``model_name`` (one of :data:`MODEL_NAMES`), not compiled.
+
+    Inputs are a dict: ``{"image": [n, H, W, 3] in [0, 1]}`` for ``deep_resnet50``, plus
+    ``"clinical": [n, k]`` for the fusion models. The output is the fused softmax
+    ``[n, 2]``; with the joint loss (``fusion_d_joint``, or ``joint_loss=True`` for any
+    fusion model) it is a dict ``{"fused", "image", "clinical"}`` of ``[n, 2]`` softmax
+    heads, the fused one being the model's prediction.
+    """
+    config = config or NetworkConfig()
+    if model_name not in MODEL_NAMES:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {MODEL_NAMES}")
+    if joint_loss is None:
+        joint_loss = model_name.endswith("_joint")
+    image = keras.Input((config.image_size, config.image_size, 3), name="image")
+    features = build_image_pathway(config)(PhaseScaling(name="phase_scaling")(image))
+
+    if model_name == "deep_resnet50":
+        if joint_loss:
+            raise ValueError("the joint loss needs a clinical pathway; deep_resnet50 has none")
+        fused = layers.Dense(2, activation="softmax", name="fused")(features)
+        return keras.Model({"image": image}, fused, name=model_name)
+
+    kind = FUSION_KINDS[model_name]
+    clinical = keras.Input((config.n_clinical,), name="clinical")
+    image_branch = features
+    if kind in ("b", "c", "d"):
+        image_branch = layers.Dense(config.image_units, activation="relu", name="image_fc")(features)
+    clinical_branch = clinical
+    if kind == "c":
+        if config.clinical_kernel > config.n_clinical:
+            raise ValueError(f"clinical_kernel {config.clinical_kernel} is longer than the clinical vector ({config.n_clinical})")
+        sequence = layers.Reshape((config.n_clinical, 1), name="clinical_sequence")(clinical)
+        conv = layers.Conv1D(config.clinical_filters, config.clinical_kernel, activation="relu", name="clinical_conv")(sequence)
+        clinical_branch = layers.Flatten(name="clinical_flatten")(conv)
+    elif kind == "d":
+        clinical_branch = layers.Dense(config.clinical_units, activation="relu", name="clinical_fc")(clinical)
+    merged = layers.Concatenate(name="concat")([image_branch, clinical_branch])
+    fused = layers.Dense(2, activation="softmax", name="fused")(merged)
+    inputs = {"image": image, "clinical": clinical}
+    if not joint_loss:
+        return keras.Model(inputs, fused, name=model_name)
+    image_head = layers.Dense(2, activation="softmax", name="image_head")(image_branch)
+    clinical_head = layers.Dense(2, activation="softmax", name="clinical_head")(clinical_branch)
+    outputs = {"fused": fused, "image": image_head, "clinical": clinical_head}
+    return keras.Model(inputs, outputs, name=model_name)
+
+
+def has_joint_loss(model: keras.Model) -> bool:
+    """Whether ``model`` has the three heads of the joint loss."""
+    return isinstance(model.output, dict)
+
+
+def compile_model(model: keras.Model, learning_rate: float = 1e-4) -> keras.Model:
+    """Compile with Adam and cross entropy on integer labels (the joint loss when 3 heads).
+
+    Labels are ``[n]`` integers 0/1 (sparse cross entropy on the 2-neuron softmax, the
+    paper's equation (1)); a joint-loss model gets the same labels for every head and
+    the weights of equation (4) in :data:`JOINT_LOSS_WEIGHTS`. XLA is off: compiling
+    the network with XLA took longer on CPU than the whole training of a quick fold.
+    """
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    if has_joint_loss(model):
+        losses = {head: "sparse_categorical_crossentropy" for head in JOINT_LOSS_WEIGHTS}
+        model.compile(optimizer=optimizer, loss=losses, loss_weights=dict(JOINT_LOSS_WEIGHTS), jit_compile=False)
+    else:
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=False)
+    return model
+
+
+def joint_loss_value(y_true, heads: dict) -> float:
+    """Equation (4) by hand: ``1/4 CE(image) + 1/4 CE(clinical) + 1/2 CE(fused)``.
+
+    ``y_true`` ``[n]`` 0/1; ``heads`` maps ``"image"``, ``"clinical"``, ``"fused"`` to
+    ``[n, 2]`` softmax outputs (numpy). Mean cross entropy over the batch per head (no
+    1e-7 clipping: Keras's TensorFlow backend computes it from the softmax's logits).
+    """
+    y_true = np.asarray(y_true, dtype=int)
+    rows = np.arange(len(y_true))
+    total = 0.0
+    for head, weight in JOINT_LOSS_WEIGHTS.items():
+        probability = np.clip(np.asarray(heads[head], dtype=np.float64)[rows, y_true], np.finfo(np.float32).tiny, 1.0)
+        total += weight * float(np.mean(-np.log(probability)))
+    return total
+
+
+def fused_probability(outputs):
+    """The fused head ``[n, 2]`` of a model's outputs (a dict for joint-loss models)."""
+    return outputs["fused"] if isinstance(outputs, dict) else outputs
+
+
+def count_layers(model: keras.Model, layer_type: type) -> int:
+    """Layers of ``layer_type`` in ``model``, nested models included."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += count_layers(layer, layer_type)
+        elif isinstance(layer, layer_type):
+            total += 1
+    return total

@@ -1,0 +1,123 @@
+"""Training speed of the study's networks on random tensors: images per second.
+
+Usage (from the repository root)::
+
+    .venv/bin/python scripts/benchmark_training.py                      # smoke, quick, paper (reduced steps)
+    .venv/bin/python scripts/benchmark_training.py --profiles quick
+    .venv/bin/python scripts/benchmark_training.py --grid               # candidate quick settings
+    .venv/bin/python scripts/benchmark_training.py --image-size 48 --width 16 --blocks 1,1,1,1
+    KERAS_BACKEND=jax .venv/bin/python scripts/benchmark_training.py    # another Keras backend
+
+For each setting it builds the image model (``deep_resnet50`` architecture) and fusion D,
+trains one warm-up epoch (graph tracing, timed: "1st epoch s") and then ``--epochs`` timed epochs on
+``--n-images`` random images with random clinical vectors, through
+``hccer_lib.training.fit_model`` (the study's path) and through a bare ``model.fit``
+of the same network, and prints training images/s, and prediction images/s. The paper
+profile runs ResNet50 at 224×224 on fewer images ("reduced steps").
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from hccer_lib import networks, training  # noqa: E402
+from hccer_lib.profiles import get_profile  # noqa: E402
+
+
+def measure(model_name: str, config: networks.NetworkConfig, n_images: int, epochs: int, batch_size: int, bare: bool) -> tuple[float, float, float]:
+    """(training images/s, prediction images/s, seconds of the first epoch incl. tracing)."""
+    rng = np.random.default_rng(0)
+    x = {
+        "image": rng.random((n_images, config.image_size, config.image_size, 3), dtype=np.float32),
+        "clinical": rng.integers(0, 2, (n_images, config.n_clinical)).astype(np.float32),
+    }
+    y = rng.integers(0, 2, n_images)
+    keras.utils.set_random_seed(0)
+    model = networks.compile_model(networks.build_model(model_name, config), 1e-4)
+    if model_name == "deep_resnet50":
+        x = {"image": x["image"]}
+    fit = (lambda e: model.fit(x, networks_targets(model, y), batch_size=batch_size, epochs=e, verbose=0)) if bare else (
+        lambda e: training.fit_model(model, x, y, epochs=e, batch_size=batch_size, verbose=0)
+    )
+    start = time.perf_counter()
+    fit(1)  # warm-up: tracing
+    first_epoch = time.perf_counter() - start
+    start = time.perf_counter()
+    fit(epochs)
+    train_rate = n_images * epochs / (time.perf_counter() - start)
+    model.predict(x, batch_size=64, verbose=0)
+    start = time.perf_counter()
+    model.predict(x, batch_size=64, verbose=0)
+    predict_rate = n_images / (time.perf_counter() - start)
+    keras.backend.clear_session()
+    return train_rate, predict_rate, first_epoch
+
+
+def networks_targets(model, y):
+    return {head: y for head in networks.JOINT_LOSS_WEIGHTS} if networks.has_joint_loss(model) else y
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", default="smoke,quick,paper")
+    parser.add_argument("--grid", action="store_true", help="candidate quick settings instead of the profiles")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--blocks")
+    parser.add_argument("--models", default="deep_resnet50,fusion_d")
+    parser.add_argument("--n-images", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--mixed-bfloat16", action="store_true", help="keras mixed_bfloat16 dtype policy")
+    parser.add_argument("--no-bare", action="store_true", help="skip the bare model.fit measurement")
+    parser.add_argument("--tf-graph-optimizer", action="store_true", help="keep TensorFlow's Grappler on (the study switches it off on CPU)")
+    args = parser.parse_args(argv)
+    fast = False if args.tf_graph_optimizer else training.use_fast_cpu_graphs()
+    if args.mixed_bfloat16:
+        keras.config.set_dtype_policy("mixed_bfloat16")
+
+    settings = []  # (label, config, n_images)
+    if args.image_size or args.width or args.blocks:
+        blocks = tuple(int(b) for b in (args.blocks or "1,1,1,1").split(","))
+        config = networks.NetworkConfig(args.image_size or 64, resnet_blocks=blocks, resnet_width=args.width or 16, imagenet="none")
+        settings.append(("custom", config, args.n_images))
+    elif args.grid:
+        for size, width, blocks in itertools.product((32, 48, 64), (8, 16, 32), ((1, 1, 1, 1), (2, 2, 2, 2))):
+            settings.append(("grid", networks.NetworkConfig(size, resnet_blocks=blocks, resnet_width=width, imagenet="none"), args.n_images))
+    else:
+        for name in args.profiles.split(","):
+            profile = get_profile(name)
+            config = training.network_config(profile, n_clinical=9, imagenet="none")
+            settings.append((name, config, 32 if name == "paper" else args.n_images))
+
+    print(f"keras {keras.__version__}, backend {keras.backend.backend()}, dtype policy {keras.config.dtype_policy().name}, "
+          f"batch {args.batch_size}, Grappler off: {fast}")
+    print(f"{'setting':8} {'model':14} {'size':>4} {'blocks':9} {'width':>5} {'params':>10} {'1st epoch s':>11} {'train img/s':>11} {'bare img/s':>10} {'predict img/s':>13}")
+    for label, config, n_images in settings:
+        for model_name in args.models.split(","):
+            params = networks.build_model(model_name, config).count_params()
+            keras.backend.clear_session()
+            train_rate, predict_rate, first_epoch = measure(model_name, config, n_images, args.epochs, args.batch_size, bare=False)
+            bare_rate = float("nan") if args.no_bare else measure(model_name, config, n_images, args.epochs, args.batch_size, bare=True)[0]
+            blocks = ",".join(str(b) for b in config.resnet_blocks)
+            print(
+                f"{label:8} {model_name:14} {config.image_size:4d} {blocks:9} {config.resnet_width:5d} {params:10d} "
+                f"{first_epoch:11.1f} {train_rate:11.1f} {bare_rate:10.1f} {predict_rate:13.1f}",
+                flush=True,
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

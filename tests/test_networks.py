@@ -1,0 +1,154 @@
+"""Architectures of the deep and fusion models, input scaling, joint loss, ImageNet loading."""
+
+import logging
+
+import keras
+import numpy as np
+import pytest
+
+from hccer_lib import networks
+from hccer_lib.networks import NetworkConfig
+
+TINY = NetworkConfig(image_size=32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none")
+TINY_FEATURES = 32 * 4  # pooled image features of the tiny ResNet
+
+
+def dense_params(n_in: int, n_out: int) -> int:
+    return n_in * n_out + n_out
+
+
+@pytest.fixture(scope="module")
+def keras_resnet50():
+    return keras.applications.ResNet50(include_top=False, weights=None, pooling="avg", input_shape=(224, 224, 3))
+
+
+def test_build_resnet_reproduces_keras_resnet50(keras_resnet50):
+    ours = networks.build_resnet(224, (3, 4, 6, 3), 64)
+    assert ours.count_params() == keras_resnet50.count_params() == 23_587_712, (ours.count_params(), keras_resnet50.count_params())
+    assert ours.output.shape[-1] == 2048, ours.output.shape
+    ours_layers = [type(layer).__name__ for layer in ours.layers]
+    keras_layers = [type(layer).__name__ for layer in keras_resnet50.layers[1:]]
+    assert ours_layers[1:] == keras_layers, "layer sequence differs from keras.applications.ResNet50"
+
+
+def test_resnet50_has_the_papers_49_conv_layers_plus_4_projections(keras_resnet50):
+    convs = [layer for layer in keras_resnet50.layers if isinstance(layer, keras.layers.Conv2D)]
+    projections = [layer for layer in convs if layer.name.endswith("_0_conv")]
+    assert len(convs) == 53, f"keras ResNet50 has {len(convs)} Conv2D layers"
+    assert len(projections) == 4, f"{len(projections)} projection shortcuts: {[p.name for p in projections]}"
+    assert len(convs) - len(projections) == 49, "the paper's 49 convolutional layers"
+
+
+def test_paper_deep_model_is_keras_resnet50_plus_one_fc(keras_resnet50):
+    model = networks.build_model("deep_resnet50", NetworkConfig(imagenet="none"))
+    backbone = model.get_layer("resnet50")
+    assert backbone.count_params() == keras_resnet50.count_params()
+    assert networks.count_layers(model, keras.layers.Conv2D) == 53
+    assert networks.count_layers(model, keras.layers.Dense) == 1
+    assert model.count_params() == keras_resnet50.count_params() + dense_params(2048, 2), model.count_params()
+    fusion_a = networks.build_model("fusion_a", NetworkConfig(imagenet="none"))
+    assert fusion_a.get_layer("concat").output.shape[-1] == 2048 + 9, fusion_a.get_layer("concat").output.shape
+
+
+def test_small_resnet_scales_with_blocks_and_width():
+    small = networks.build_resnet(32, (1, 1, 1, 1), 8)
+    deeper = networks.build_resnet(32, (2, 2, 2, 2), 8)
+    assert small.output.shape[-1] == 256, small.output.shape
+    assert networks.count_layers(small, keras.layers.Conv2D) == 1 + 4 * 4, "stem + 4 blocks of 3 convs + 4 projections"
+    assert networks.count_layers(deeper, keras.layers.Conv2D) == 1 + 8 * 3 + 4
+    assert deeper.count_params() > small.count_params()
+
+
+@pytest.mark.parametrize(
+    ("model_name", "concat_width", "extra_params"),
+    [
+        ("deep_resnet50", None, dense_params(TINY_FEATURES, 2)),
+        ("fusion_a", TINY_FEATURES + 9, dense_params(TINY_FEATURES + 9, 2)),
+        ("fusion_b", 64 + 9, dense_params(TINY_FEATURES, 64) + dense_params(64 + 9, 2)),
+        ("fusion_c", 64 + 7 * 8, dense_params(TINY_FEATURES, 64) + (3 * 8 + 8) + dense_params(64 + 56, 2)),
+        ("fusion_d", 64 + 16, dense_params(TINY_FEATURES, 64) + dense_params(9, 16) + dense_params(64 + 16, 2)),
+        (
+            "fusion_d_joint",
+            64 + 16,
+            dense_params(TINY_FEATURES, 64) + dense_params(9, 16) + dense_params(80, 2) + dense_params(64, 2) + dense_params(16, 2),
+        ),
+    ],
+)
+def test_fusion_layer_sizes_and_parameter_counts(model_name, concat_width, extra_params):
+    backbone_params = networks.build_resnet(32, (1, 1, 1, 1), 4).count_params()
+    model = networks.build_model(model_name, TINY)
+    assert model.count_params() - backbone_params == extra_params, (model.count_params() - backbone_params, extra_params)
+    if concat_width is not None:
+        assert model.get_layer("concat").output.shape[-1] == concat_width, model.get_layer("concat").output.shape
+    heads = model.output if isinstance(model.output, dict) else {"fused": model.output}
+    assert sorted(heads) == (["clinical", "fused", "image"] if model_name.endswith("joint") else ["fused"])
+    assert all(head.shape[-1] == 2 for head in heads.values())
+
+
+def test_fusion_sizes_are_parameters():
+    config = NetworkConfig(32, n_clinical=5, resnet_blocks=(1, 1, 1, 1), resnet_width=4, image_units=10, clinical_units=3, imagenet="none")
+    model = networks.build_model("fusion_d", config)
+    assert model.get_layer("concat").output.shape[-1] == 13
+    with pytest.raises(ValueError, match="clinical_kernel"):
+        networks.build_model("fusion_c", NetworkConfig(32, n_clinical=2, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none"))
+    with pytest.raises(ValueError, match="unknown model"):
+        networks.build_model("fusion_e", TINY)
+    with pytest.raises(ValueError, match="image_size"):
+        NetworkConfig(image_size=16)
+
+
+def test_phase_scaling_is_caffe_preprocessing_of_0_255():
+    x = np.random.default_rng(0).random((2, 8, 8, 3), dtype=np.float32)
+    scaled = keras.ops.convert_to_numpy(networks.PhaseScaling()(x))
+    reference = keras.applications.resnet50.preprocess_input(x * 255.0)
+    np.testing.assert_allclose(scaled, reference, atol=1e-4)
+    # channel 0 of the network input is PV (x[..., 2]) minus the ImageNet blue mean
+    np.testing.assert_allclose(scaled[..., 0], x[..., 2] * 255 - 103.939, atol=1e-4)
+
+
+def test_predictions_are_softmax_probabilities():
+    model = networks.build_model("fusion_b", TINY)
+    rng = np.random.default_rng(1)
+    out = model.predict({"image": rng.random((3, 32, 32, 3), dtype=np.float32), "clinical": np.ones((3, 9), np.float32)}, verbose=0)
+    np.testing.assert_allclose(out.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_joint_loss_is_quarter_quarter_half_of_the_head_cross_entropies():
+    keras.utils.set_random_seed(3)
+    model = networks.compile_model(networks.build_model("fusion_d_joint", TINY), learning_rate=1e-4)
+    rng = np.random.default_rng(3)
+    x = {"image": rng.random((4, 32, 32, 3), dtype=np.float32), "clinical": rng.integers(0, 2, (4, 9)).astype(np.float32)}
+    y = np.array([0, 1, 1, 0])
+    heads = model.predict(x, verbose=0)
+    by_hand = sum(
+        weight * float(np.mean(-np.log(heads[head][np.arange(4), y])))
+        for head, weight in {"image": 0.25, "clinical": 0.25, "fused": 0.5}.items()
+    )
+    keras_loss = model.evaluate(x, {head: y for head in heads}, batch_size=4, verbose=0, return_dict=True)["loss"]
+    assert keras_loss == pytest.approx(by_hand, rel=1e-4), (keras_loss, by_hand)
+    assert networks.joint_loss_value(y, heads) == pytest.approx(by_hand, rel=1e-5)
+    single = networks.compile_model(networks.build_model("fusion_d", TINY))
+    assert not networks.has_joint_loss(single) and networks.has_joint_loss(model)
+
+
+def test_imagenet_weights_come_from_the_local_keras_file(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    config = NetworkConfig(image_size=32, imagenet="auto")
+    assert networks.imagenet_weights_path() is None
+    with caplog.at_level(logging.WARNING, logger="hccer"):
+        networks.build_image_pathway(config)
+    assert "RANDOM initialisation" in caplog.text, caplog.text
+
+    keras.utils.set_random_seed(7)
+    source = keras.applications.ResNet50(include_top=False, weights=None, pooling="avg", input_shape=(32, 32, 3))
+    weights_file = tmp_path / "models" / networks.IMAGENET_WEIGHTS_FILE
+    weights_file.parent.mkdir()
+    keras.saving.save_model(source, tmp_path / "source.h5")  # the legacy HDF5 format of Keras's file
+    (tmp_path / "source.h5").rename(weights_file)
+    assert networks.imagenet_weights_path() == weights_file
+
+    loaded = networks.build_image_pathway(config)
+    for expected, got in zip(source.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, expected)
+    fresh = networks.build_image_pathway(NetworkConfig(image_size=32, imagenet="none"))
+    assert not np.array_equal(fresh.get_weights()[0], source.get_weights()[0])

@@ -1,0 +1,146 @@
+"""Cross-validated training: seeded, resumable, keyed by its settings (tiny networks, tiny data)."""
+
+from dataclasses import replace
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hccer_lib import networks, training
+from hccer_lib.clinical import clinical_matrix
+from hccer_lib.profiles import get_profile
+
+N_PATIENTS, SLICES_PER_PATIENT, SIZE = 12, 2, 32
+TINY_PROFILE = replace(get_profile("smoke"), image_size=SIZE, epochs=1, batch_size=8, resnet_blocks=(1, 1, 1, 1), resnet_width=4)
+
+
+def tiny_clinical() -> pd.DataFrame:
+    """12 patients; age and tumour size follow the label, the other variables cycle."""
+    y = np.array([0, 1] * 6)
+    i = np.arange(N_PATIENTS)
+    cycle = (i % 3 == 0).astype(int)
+    return pd.DataFrame(
+        {
+            "patient_id": [f"P{k:02d}" for k in i],
+            "early_recurrence": y,
+            "sex": np.where(cycle, "F", "M"),
+            "age": np.where(y == 1, 50, 70),
+            "tumor_size_mm": np.where(y == 1, 60, 30),
+            "tumor_number": 1 + cycle,
+            "portal_vein_invasion": cycle,
+            "cirrhosis": 1 - cycle,
+            "hbv": cycle,
+            "nlr": 2 + cycle,
+            "alt": 30 + 20 * cycle,
+            "ast": 40 + 20 * cycle,
+            "akp": 100 + 50 * cycle,
+            "ggt": 40 + 10 * cycle,
+            "alb": 45 - 10 * cycle,
+            "tb": 15 + 10 * cycle,
+            "afp": 5 + 10 * cycle,
+            "child_pugh": np.where(cycle, "B", "A"),
+            "bclc": np.where(cycle, "C", "A"),
+        }
+    )
+
+
+def tiny_dataset(clinical: pd.DataFrame) -> SimpleNamespace:
+    rng = np.random.default_rng(0)
+    pids = np.repeat(clinical["patient_id"].to_numpy(), SLICES_PER_PATIENT)
+    y = np.repeat(clinical["early_recurrence"].to_numpy(), SLICES_PER_PATIENT)
+    images = rng.random((len(pids), SIZE, SIZE, 3), dtype=np.float32) * 0.5 + 0.5 * y[:, None, None, None]
+    return SimpleNamespace(images=images, patient_id=pids, slice=np.tile(np.arange(SLICES_PER_PATIENT), N_PATIENTS), y_true=y)
+
+
+def tiny_folds(clinical: pd.DataFrame, n_folds: int = 2) -> pd.DataFrame:
+    return pd.DataFrame(
+        {"patient_id": clinical["patient_id"], "y_true": clinical["early_recurrence"], "fold": np.arange(N_PATIENTS) // 2 % n_folds}
+    )
+
+
+@pytest.fixture
+def study(tmp_path):
+    clinical = tiny_clinical()
+    return SimpleNamespace(clinical=clinical, dataset=tiny_dataset(clinical), folds=tiny_folds(clinical), work_dir=tmp_path)
+
+
+def run(study, model_name="fusion_d", seed=1, profile=TINY_PROFILE, **kwargs):
+    return training.train_cross_validated(
+        model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir, seed=seed, imagenet="none", **kwargs
+    )
+
+
+def test_tiny_clinical_gives_a_clinical_vector():
+    matrix, names = clinical_matrix(tiny_clinical(), protocol="paper")
+    assert matrix.shape[0] == N_PATIENTS and matrix.shape[1] >= 2, (matrix.shape, names)
+
+
+def test_slice_clinical_vectors_follow_patient_ids():
+    rows = np.array([[1.0, 0.0], [0.0, 1.0]])
+    got = training.slice_clinical_vectors(rows, ["A", "B"], ["B", "B", "A"])
+    np.testing.assert_array_equal(got, [[0, 1], [0, 1], [1, 0]])
+    with pytest.raises(ValueError, match="patient C"):
+        training.slice_clinical_vectors(rows, ["A", "B"], ["C"])
+
+
+@pytest.mark.slow
+def test_same_seed_same_predictions_and_resume(study, capsys):
+    first = run(study)
+    assert list(first.columns) == ["patient_id", "slice", "fold", "y_true", "y_prob"]
+    assert len(first) == N_PATIENTS * SLICES_PER_PATIENT and first["y_prob"].between(0, 1).all()
+    saved = pd.read_csv(study.work_dir / "predictions" / "fusion_d.csv", dtype={"patient_id": str})
+    np.testing.assert_allclose(saved.sort_values(["patient_id", "slice"])["y_prob"], first.sort_values(["patient_id", "slice"])["y_prob"], rtol=1e-6)
+
+    # a rerun with the same settings reads every fold back
+    capsys.readouterr()
+    again = run(study)
+    assert capsys.readouterr().out.count("done before") == 2
+    pd.testing.assert_frame_equal(again, first, check_dtype=False)
+
+    # delete one finished fold: only that one is retrained, and it comes out the same
+    run_dirs = list((study.work_dir / "runs" / "fusion_d").iterdir())
+    assert len(run_dirs) == 1, run_dirs
+    (run_dirs[0] / "fold_1.csv").unlink()
+    resumed = run(study)
+    out = capsys.readouterr().out
+    assert out.count("done before") == 1, out
+    np.testing.assert_array_equal(resumed["y_prob"].to_numpy(), first["y_prob"].to_numpy())
+
+
+@pytest.mark.slow
+def test_other_settings_get_their_own_run_folder(study):
+    run(study, model_name="deep_resnet50", seed=1)
+    other = run(study, model_name="deep_resnet50", seed=2)
+    run_dirs = sorted((study.work_dir / "runs" / "deep_resnet50").iterdir())
+    assert len(run_dirs) == 2, run_dirs
+    assert all(len(list(d.glob("fold_*.csv"))) == 2 for d in run_dirs)
+    first = pd.read_csv(run_dirs[0] / "fold_0.csv")
+    second = pd.read_csv(run_dirs[1] / "fold_0.csv")
+    assert not np.allclose(first["y_prob"], second["y_prob"]), "different seeds should give different networks"
+    assert len(other) == N_PATIENTS * SLICES_PER_PATIENT
+
+
+@pytest.mark.slow
+def test_joint_model_trains_and_predicts_fused_head(study):
+    predictions = run(study, model_name="fusion_d_joint", profile=replace(TINY_PROFILE, epochs=1))
+    assert predictions["y_prob"].between(0, 1).all() and predictions["fold"].nunique() == 2
+
+
+def test_bad_inputs_are_refused(study):
+    with pytest.raises(ValueError, match="profile"):
+        run(study, profile=replace(TINY_PROFILE, image_size=48))
+    with pytest.raises(ValueError, match="unknown model"):
+        run(study, model_name="resnet")
+    with pytest.raises(ValueError, match="selection_protocol"):
+        run(study, selection_protocol="loose")
+    missing = SimpleNamespace(**vars(study))
+    missing.folds = study.folds.iloc[1:]
+    with pytest.raises(ValueError, match="P00"):
+        run(missing)
+
+
+def test_network_config_follows_profile():
+    config = training.network_config(get_profile("paper"), n_clinical=9, imagenet="none")
+    assert config.is_resnet50 and config.image_size == 224
+    assert networks.NetworkConfig(**{**config.as_dict(), "resnet_width": 8}).is_resnet50 is False
