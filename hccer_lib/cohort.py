@@ -150,14 +150,7 @@ def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
     if not path.is_file():
         raise CohortError(f"missing: the cohort folder {cohort_dir} has no {CLINICAL_FILE}", file=CLINICAL_FILE)
     text_columns = {c: str for c in ("patient_id", *CATEGORY_CODES)}
-    try:
-        frame = pd.read_csv(path, dtype=text_columns, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CohortError(f"unreadable CSV ({_first_line(err)})", file=CLINICAL_FILE) from err
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in CLINICAL_COLUMNS if c not in frame.columns]
-    if missing:
-        raise CohortError(f"missing column(s) {', '.join(missing)}", file=CLINICAL_FILE)
+    frame = _read_table(path, CLINICAL_FILE, text_columns, CLINICAL_COLUMNS)
     if frame.empty:
         raise CohortError("no patient rows", file=CLINICAL_FILE)
 
@@ -226,6 +219,19 @@ def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
 
 
 # %% Images -----------------------------------------------------------------------------
+
+
+def _read_table(path: Path, rel: str, dtype: dict, required: tuple[str, ...]) -> pd.DataFrame:
+    """Read one of the cohort's CSV tables; an unreadable file or a missing column is a CohortError."""
+    try:
+        frame = pd.read_csv(path, dtype=dtype, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise CohortError(f"unreadable CSV ({_first_line(err)})", file=rel) from err
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise CohortError(f"missing column(s) {', '.join(missing)}", file=rel)
+    return frame
 
 
 def phase_path(cohort_dir: str | os.PathLike, patient_id: str, phase: str) -> Path:
@@ -539,14 +545,7 @@ def _read_box_table(cohort_dir: Path, known_patients: set[str] | None = None) ->
 def _read_box_table_cached(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
     """Read and check ``roi_boxes.csv`` once per file version (every phase of every patient
     asks for it). Callers filter the frame and never change it."""
-    try:
-        table = pd.read_csv(path, dtype={"patient_id": str, "phase": str}, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise CohortError(f"unreadable CSV ({_first_line(err)})", file=BOX_TABLE_FILE) from err
-    table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in BOX_COLUMNS if c not in table.columns]
-    if missing:
-        raise CohortError(f"missing column(s) {', '.join(missing)}", file=BOX_TABLE_FILE)
+    table = _read_table(path, BOX_TABLE_FILE, {"patient_id": str, "phase": str}, BOX_COLUMNS)
 
     def fail(mask: pd.Series, text) -> None:
         if mask.any():

@@ -2,32 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
-import SimpleITK as sitk
+from volumes import Box, make_image, two_patient_cohort
 
 from hccer_lib import preprocessing as pp
-
-
-@dataclass
-class Box:
-    """Stand-in for ``cohort.SliceBox`` (only the fields preprocessing reads)."""
-
-    slice: int
-    x_min: int
-    x_max: int
-    y_min: int
-    y_max: int
-
-
-def make_image(array_zyx: np.ndarray, spacing=(1.0, 1.0, 5.0), origin=(0.0, 0.0, 0.0)) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.asarray(array_zyx, dtype=np.float32))
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    return image
-
 
 # ---- windowing -------------------------------------------------------------------------------
 
@@ -178,14 +157,6 @@ def test_save_and_load_dataset_round_trip(tmp_path):
 
 
 def test_build_dataset_reads_its_cache_back_and_rebuilds_when_a_setting_changes(tmp_path, monkeypatch):
-    import pandas as pd
-
-    from hccer_lib import cohort
-
-    cohort_dir = tmp_path / "cohort"
-    (cohort_dir / "images").mkdir(parents=True)
-    (cohort_dir / "clinical.csv").write_text("patient_id,early_recurrence\nP1,0\nP2,1\n")
-    clinical = pd.DataFrame({"patient_id": ["P1", "P2"], "early_recurrence": [0, 1]})
     calls = []
 
     def fake_inputs(folder, patient_id):
@@ -194,8 +165,7 @@ def test_build_dataset_reads_its_cache_back_and_rebuilds_when_a_setting_changes(
         boxes = {p: [Box(k, 3, 8, 3, 8) for k in (1, 2)] for p in pp.PHASES}
         return images, boxes
 
-    monkeypatch.setattr(cohort, "load_clinical", lambda folder: clinical)
-    monkeypatch.setattr(pp, "load_patient_inputs", fake_inputs)
+    cohort_dir = two_patient_cohort(tmp_path, monkeypatch, fake_inputs)
     work_dir = tmp_path / "work"
     first = pp.build_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
     assert first.images.shape == (4, 8, 8, 3) and first.patient_id.tolist() == ["P1", "P1", "P2", "P2"], first.table()

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import volumes
+from volumes import Box, two_patient_cohort
 
 from hccer_lib import radiomics_baseline as rb
 
@@ -15,22 +15,8 @@ from hccer_lib import radiomics_baseline as rb
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
 
-@dataclass
-class Box:
-    """Stand-in for ``cohort.SliceBox`` (only the fields the library reads)."""
-
-    slice: int
-    x_min: int
-    x_max: int
-    y_min: int
-    y_max: int
-
-
 def make_image(array_zyx, spacing=(0.8, 0.8, 5.0), origin=(0.0, 0.0, 0.0)) -> sitk.Image:
-    image = sitk.GetImageFromArray(np.asarray(array_zyx, dtype=np.float32))
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    return image
+    return volumes.make_image(array_zyx, spacing, origin)
 
 
 def mask_like(image: sitk.Image, box: Box) -> sitk.Image:
@@ -153,13 +139,6 @@ def test_lasso_selector_keeps_one_feature_when_the_penalty_removes_all():
 
 
 def test_extract_cohort_caches_features_with_version_settings_and_report(tmp_path, monkeypatch):
-    from hccer_lib import cohort
-    from hccer_lib import preprocessing as pp
-
-    cohort_dir = tmp_path / "cohort"
-    (cohort_dir / "images").mkdir(parents=True)
-    (cohort_dir / "clinical.csv").write_text("patient_id,early_recurrence\nP1,0\nP2,1\n")
-    clinical = pd.DataFrame({"patient_id": ["P1", "P2"], "early_recurrence": [0, 1]})
     calls = []
 
     def fake_inputs(folder, patient_id):
@@ -171,8 +150,7 @@ def test_extract_cohort_caches_features_with_version_settings_and_report(tmp_pat
             boxes["NC"] = [Box(1, 3, 4, 3, 4), Box(2, 3, 12, 3, 12)]  # one 2x2 box
         return images, boxes
 
-    monkeypatch.setattr(cohort, "load_clinical", lambda folder: clinical)
-    monkeypatch.setattr(pp, "load_patient_inputs", fake_inputs)
+    cohort_dir = two_patient_cohort(tmp_path, monkeypatch, fake_inputs)
     classes = ("firstorder", "glcm")
     features, meta = rb.extract_cohort(cohort_dir, tmp_path / "work", "2d", classes, n_jobs=1, progress=False)
     assert features[["patient_id", "slice"]].values.tolist() == [["P1", 1], ["P1", 2], ["P2", 1], ["P2", 2]], features.iloc[:, :4]
