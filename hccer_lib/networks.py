@@ -299,15 +299,18 @@ def compile_model(model: keras.Model, learning_rate: float = 1e-4) -> keras.Mode
 
     Labels are ``[n]`` integers 0/1 (sparse cross entropy on the 2-neuron softmax, the
     paper's equation (1)); a joint-loss model gets the same labels for every head and
-    the weights of equation (4) in :data:`JOINT_LOSS_WEIGHTS`. XLA is off: compiling
-    the network with XLA took longer on CPU than the whole training of a quick fold.
+    the weights of equation (4) in :data:`JOINT_LOSS_WEIGHTS`. On TensorFlow, XLA is off:
+    compiling the network with XLA took longer on CPU than the whole training of a quick
+    fold. Other backends keep Keras's default (``"auto"``): on JAX, ``jit_compile=False``
+    would run every training step op by op, several times slower than compiled.
     """
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    jit_compile = False if keras.backend.backend() == "tensorflow" else "auto"
     if has_joint_loss(model):
         losses = {head: "sparse_categorical_crossentropy" for head in JOINT_LOSS_WEIGHTS}
-        model.compile(optimizer=optimizer, loss=losses, loss_weights=dict(JOINT_LOSS_WEIGHTS), jit_compile=False)
+        model.compile(optimizer=optimizer, loss=losses, loss_weights=dict(JOINT_LOSS_WEIGHTS), jit_compile=jit_compile)
     else:
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=False)
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
     return model
 
 
@@ -316,7 +319,9 @@ def joint_loss_value(y_true, heads: dict) -> float:
 
     ``y_true`` ``[n]`` 0/1; ``heads`` maps ``"image"``, ``"clinical"``, ``"fused"`` to
     ``[n, 2]`` softmax outputs (numpy). Mean cross entropy over the batch per head (no
-    1e-7 clipping: Keras's TensorFlow backend computes it from the softmax's logits).
+    1e-7 clipping: Keras's TensorFlow backend computes it from the softmax's logits; its
+    JAX backend clips the probabilities to ``[1e-7, 1 - 1e-7]``, so the two differ where a
+    head is saturated).
     """
     y_true = np.asarray(y_true, dtype=int)
     rows = np.arange(len(y_true))

@@ -6,7 +6,8 @@ Usage (from the repository root)::
     .venv/bin/python scripts/benchmark_training.py --profiles quick
     .venv/bin/python scripts/benchmark_training.py --grid               # candidate quick settings
     .venv/bin/python scripts/benchmark_training.py --image-size 48 --width 16 --blocks 1,1,1,1
-    KERAS_BACKEND=jax .venv/bin/python scripts/benchmark_training.py    # another Keras backend
+    KERAS_BACKEND=jax .venv/bin/python scripts/benchmark_training.py    # another Keras backend (jax installed)
+    .venv/bin/python scripts/benchmark_training.py --mixed-bfloat16     # bfloat16 compute, float32 weights
 
 For each setting it builds the image model (``deep_resnet50`` architecture) and fusion D,
 trains one warm-up epoch (graph tracing, timed: "1st epoch s") and then ``--epochs`` timed epochs on
