@@ -8,6 +8,7 @@ in one ``os.replace``. A run that fails half-way leaves the last good file in pl
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -111,3 +112,8 @@ def work_dir_for(cohort_dir: str | os.PathLike, data_root: str | os.PathLike = "
     if cohort_dir.parent == data_root:
         return cohort_dir
     return data_root / cohort_dir.name
+
+
+def settings_key(settings) -> str:
+    """12-hex-digit key of a cached result: hash of ``settings`` as sorted JSON (non-JSON values as ``str``)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -355,8 +355,7 @@ def cohort_fingerprint(cohort_dir: str | os.PathLike) -> str:
 
 def dataset_key(settings: PreprocessSettings, fingerprint: str) -> str:
     """12-hex-digit key of a processed dataset: settings, cohort fingerprint and format version."""
-    payload = json.dumps({"settings": asdict(settings), "cohort": fingerprint, "format": FORMAT_VERSION}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return outputs.settings_key({"settings": asdict(settings), "cohort": fingerprint, "format": FORMAT_VERSION})
 
 
 def _dataset_paths(work_dir: str | os.PathLike, key: str) -> tuple[Path, Path]:
@@ -368,9 +367,26 @@ def load_patient_inputs(cohort_dir: str | os.PathLike, patient_id: str) -> tuple
     """The three phase images and their ROI slice boxes of one patient (via ``hccer_lib.cohort``)."""
     from hccer_lib import cohort
 
-    images = {p: cohort.read_phase(cohort_dir, patient_id, p) for p in PHASES}
-    boxes = {p: cohort.roi_boxes(cohort_dir, patient_id, p, image=images[p]) for p in PHASES}
-    return images, boxes
+    phases = cohort.load_patient(cohort_dir, patient_id)
+    return {p: image for p, (image, _) in phases.items()}, {p: boxes for p, (_, boxes) in phases.items()}
+
+
+def map_patients(worker, tasks: list, n_jobs: int, desc: str, progress: bool = True, chunksize: int = 1) -> list:
+    """``[worker(task) for task in tasks]``, in order, over ``n_jobs`` processes when above 1, with a progress bar."""
+    from tqdm import tqdm
+
+    results = []
+    with tqdm(total=len(tasks), desc=desc, unit="patient", disable=not progress) as bar:
+        if n_jobs > 1:
+            with ProcessPoolExecutor(max_workers=n_jobs) as pool:
+                for result in pool.map(worker, tasks, chunksize=chunksize):
+                    results.append(result)
+                    bar.update()
+        else:
+            for task in tasks:
+                results.append(worker(task))
+                bar.update()
+    return results
 
 
 def _process_one(args: tuple[str, str, PreprocessSettings]) -> tuple[str, dict]:
@@ -401,7 +417,7 @@ def build_dataset(
         window: (level, width) in HU.
         seed: accepted for a uniform signature; preprocessing has nothing random, so it is
             not part of the cache key.
-        n_jobs: worker processes over patients (default: all cores, at most 2 workers per core).
+        n_jobs: worker processes over patients (default: one per core, at most one per patient).
         force: rebuild even when a cache with this key exists.
     Returns:
         :class:`ProcessedDataset`; images float32 ``[n, image_size, image_size, 3]``.
@@ -428,22 +444,8 @@ def build_dataset(
     patients = list(clinical["patient_id"].astype(str))
     log.info("preprocessing: %d patients -> %s", len(patients), npz_path)
     n_jobs = n_jobs or min(len(patients), os.cpu_count() or 1)
-    results: dict[str, dict] = {}
     tasks = [(str(cohort_dir), pid, settings) for pid in patients]
-    from tqdm import tqdm
-
-    bar = tqdm(total=len(tasks), desc="preprocess patients", unit="patient", disable=not progress)
-    if n_jobs > 1:
-        with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-            for pid, result in pool.map(_process_one, tasks, chunksize=4):
-                results[pid] = result
-                bar.update()
-    else:
-        for task in tasks:
-            pid, result = _process_one(task)
-            results[pid] = result
-            bar.update()
-    bar.close()
+    results = dict(map_patients(_process_one, tasks, n_jobs, "preprocess patients", progress, chunksize=4))
 
     parts = [results[pid] for pid in patients]
     counts = [len(r["slice"]) for r in parts]

@@ -27,12 +27,10 @@ beside them (PyRadiomics version, effective settings, extraction report, time).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +51,7 @@ from hccer_lib.preprocessing import (
     DEFAULT_REFERENCE_PHASE,
     PHASES,
     cohort_fingerprint,
+    map_patients,
     match_phase_boxes,
 )
 
@@ -253,7 +252,7 @@ def features_key(params: dict, mode: str, reference_phase: str, tolerance_mm, mi
     """12-hex-digit key of a feature table: settings, PyRadiomics version, cohort fingerprint."""
     import radiomics
 
-    payload = json.dumps(
+    return outputs.settings_key(
         {
             "params": params,
             "mode": mode,
@@ -263,11 +262,8 @@ def features_key(params: dict, mode: str, reference_phase: str, tolerance_mm, mi
             "pyradiomics": radiomics.__version__,
             "cohort": fingerprint,
             "format": FORMAT_VERSION,
-        },
-        sort_keys=True,
-        default=str,
+        }
     )
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
 def _extract_one(args) -> tuple[str, list[dict], dict]:
@@ -317,21 +313,9 @@ def extract_cohort(
     log.info("radiomics: %s features of %d patients -> %s", mode, len(patients), csv_path)
     tasks = [(str(cohort_dir), pid, params, mode, reference_phase, tolerance_mm, min_texture_voxels) for pid in patients]
     n_jobs = n_jobs or min(len(patients), os.cpu_count() or 1)
-    from tqdm import tqdm
-
     start = time.perf_counter()
-    results = {}
-    with tqdm(total=len(tasks), desc=f"radiomics ({mode})", unit="patient", disable=not progress) as bar:
-        if n_jobs > 1:
-            with ProcessPoolExecutor(max_workers=n_jobs) as pool:
-                for pid, rows, notes in pool.map(_extract_one, tasks, chunksize=2):
-                    results[pid] = (rows, notes)
-                    bar.update()
-        else:
-            for task in tasks:
-                pid, rows, notes = _extract_one(task)
-                results[pid] = (rows, notes)
-                bar.update()
+    extracted = map_patients(_extract_one, tasks, n_jobs, f"radiomics ({mode})", progress, chunksize=2)
+    results = {pid: (rows, notes) for pid, rows, notes in extracted}
     seconds = time.perf_counter() - start
 
     report = ExtractionReport()

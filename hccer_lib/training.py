@@ -114,9 +114,13 @@ def fit_model(model: keras.Model, inputs: dict, y, epochs: int, batch_size: int,
     ``seed``). A joint-loss model gets the same labels on its three heads. Returns the
     Keras History.
     """
-    y = np.asarray(y, dtype="int32")
-    targets = {head: y for head in networks.JOINT_LOSS_WEIGHTS} if networks.has_joint_loss(model) else y
+    targets = model_targets(model, np.asarray(y, dtype="int32"))
     return model.fit(SliceBatches(inputs, targets, batch_size, seed), epochs=epochs, verbose=verbose)
+
+
+def model_targets(model: keras.Model, y):
+    """Training targets of ``model``: labels ``y`` ``[n]``, the same on each head of a joint-loss model."""
+    return {head: y for head in networks.JOINT_LOSS_WEIGHTS} if networks.has_joint_loss(model) else y
 
 
 def reset_optimizer(model: keras.Model, learning_rate: float) -> None:
@@ -172,10 +176,6 @@ def predict_probability(model: keras.Model, inputs: dict, batch_size: int = 64) 
     return np.concatenate(probabilities)[:n]
 
 
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
 def array_digest(*arrays) -> str:
     """A short content hash of numpy arrays (the data a run was trained on)."""
     digest = hashlib.sha256()
@@ -187,12 +187,13 @@ def array_digest(*arrays) -> str:
 
 
 def _patient_level_auc(frame: pd.DataFrame) -> float:
-    from sklearn.metrics import roc_auc_score
+    """AUC of the mean slice probability per patient (``evaluation.patient_level``); NaN with one class."""
+    from hccer_lib import evaluation
 
-    patients = frame.groupby("patient_id").agg(y_true=("y_true", "first"), y_prob=("y_prob", "mean"))
+    patients = evaluation.patient_level(frame)
     if patients["y_true"].nunique() < 2:
         return float("nan")
-    return float(roc_auc_score(patients["y_true"], patients["y_prob"]))
+    return evaluation.auc(patients["y_true"], patients["y_prob"])
 
 
 def slice_clinical_vectors(clinical_rows: np.ndarray, clinical_ids, slice_ids) -> np.ndarray:
@@ -296,7 +297,7 @@ def train_cross_validated(
         "folds": array_digest(folds["patient_id"].astype(str).to_numpy(), folds["fold"].to_numpy()),
         "keras_backend": keras.backend.backend(),
     }
-    key = _hash(base_settings)
+    key = outputs.settings_key(base_settings)
     run_dir = work_dir / "runs" / output_name / key
     outputs.write_json(run_dir / "settings.json", {**base_settings, "key": key, "profile": profile.name})
     print(f"hccer: training {output_name} ({model_name}), {len(fold_numbers)} folds, run folder {run_dir}", flush=True)

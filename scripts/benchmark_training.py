@@ -48,7 +48,7 @@ def measure(model_name: str, config: networks.NetworkConfig, n_images: int, epoc
     model = networks.compile_model(networks.build_model(model_name, config), 1e-4)
     if model_name == "deep_resnet50":
         x = {"image": x["image"]}
-    fit = (lambda e: model.fit(x, networks_targets(model, y), batch_size=batch_size, epochs=e, verbose=0)) if bare else (
+    fit = (lambda e: model.fit(x, training.model_targets(model, y), batch_size=batch_size, epochs=e, verbose=0)) if bare else (
         lambda e: training.fit_model(model, x, y, epochs=e, batch_size=batch_size, verbose=0)
     )
     start = time.perf_counter()
@@ -63,10 +63,6 @@ def measure(model_name: str, config: networks.NetworkConfig, n_images: int, epoc
     predict_rate = n_images / (time.perf_counter() - start)
     keras.backend.clear_session()
     return train_rate, predict_rate, first_epoch
-
-
-def networks_targets(model, y):
-    return {head: y for head in networks.JOINT_LOSS_WEIGHTS} if networks.has_joint_loss(model) else y
 
 
 def main(argv: list[str] | None = None) -> int:
