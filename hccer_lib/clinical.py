@@ -506,11 +506,9 @@ def cross_validate_clinical(
         empty: a patient-level model) and the bit names used in each fold.
     """
     ids = clinical["patient_id"].astype(str).to_numpy()
-    fold_of = folds.assign(patient_id=folds["patient_id"].astype(str)).set_index("patient_id")["fold"]
-    missing = sorted(set(ids) - set(fold_of.index))
-    if missing:
-        raise ValueError(f"{len(missing)} patients have no fold, e.g. {missing[:3]}")
-    fold = fold_of.loc[ids].to_numpy()
+    from hccer_lib.evaluation import fold_of
+
+    fold = fold_of(folds, ids)
     y = clinical[LABEL_COLUMN].to_numpy(dtype=int)
     if protocol == "paper":
         whole_matrix, whole_names = clinical_matrix(clinical, "paper", alpha=alpha)

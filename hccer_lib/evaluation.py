@@ -138,6 +138,21 @@ def load_or_make_folds(work_dir: str | os.PathLike, clinical: pd.DataFrame, n_fo
 # ---------------------------------------------------------------------------------------
 
 
+def fold_of(folds: pd.DataFrame, patient_ids) -> np.ndarray:
+    """The fold of each of ``patient_ids`` (``[n]`` ints), from a ``load_or_make_folds`` frame.
+
+    Raises:
+        ValueError: a patient that has no fold, named, with the count of such patients.
+    """
+    lookup = dict(zip(folds["patient_id"].astype(str), folds["fold"].astype(int), strict=True))
+    ids = [str(p) for p in patient_ids]
+    missing = sorted(set(ids) - set(lookup))
+    if missing:
+        raise ValueError(f"patient {missing[0]} has no fold ({len(missing)} such patients): "
+                         "the folds were made for another cohort")
+    return np.array([lookup[p] for p in ids], dtype=int)
+
+
 def _check_model_name(model: str) -> None:
     if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", model):
         raise ValueError(f"model name {model!r}: use lower-case letters, digits and underscores")

@@ -47,6 +47,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from hccer_lib import outputs
+from hccer_lib.evaluation import fold_of
 from hccer_lib.preprocessing import (
     DEFAULT_REFERENCE_PHASE,
     PHASES,
@@ -447,15 +448,11 @@ def cross_validate(
         (the shared format); selection: one row per fold, one bool column per feature (selected
         by LASSO in that fold), plus ``C`` and ``fallback``.
     """
-    fold_of = dict(zip(folds["patient_id"].astype(str), folds["fold"].astype(int), strict=True))
-    missing = sorted(set(features["patient_id"]) - set(fold_of))
-    if missing:
-        raise ValueError(f"patients without a fold: {missing[:5]}")
     columns = feature_columns(features)
     X = features[columns].to_numpy(dtype=float)
     y = features["y_true"].to_numpy(dtype=int)
     patients = features["patient_id"].astype(str).to_numpy()
-    fold = np.array([fold_of[p] for p in patients])
+    fold = fold_of(folds, patients)
     prob = np.full(len(features), np.nan)
     selection = []
     from tqdm import tqdm

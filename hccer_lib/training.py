@@ -268,12 +268,8 @@ def train_cross_validated(
     y_slices = np.asarray(dataset.y_true, dtype=int)
     slice_index = np.asarray(dataset.slice)
 
-    fold_of = dict(zip(folds["patient_id"].astype(str), folds["fold"].astype(int), strict=True))
-    missing = sorted(set(slice_pids) - set(fold_of))
-    if missing:
-        raise ValueError(f"patient {missing[0]} has image slices but no fold ({len(missing)} such patients)")
-    slice_folds = np.array([fold_of[p] for p in slice_pids])
-    fold_numbers = sorted(set(fold_of.values()))
+    slice_folds = evaluation.fold_of(folds, slice_pids)
+    fold_numbers = sorted(set(folds["fold"].astype(int)))
     clinical_ids = clinical["patient_id"].astype(str).to_numpy()
 
     if selection_protocol not in ("paper", "strict"):

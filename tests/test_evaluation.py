@@ -304,3 +304,11 @@ def test_results_table_without_predictions_is_empty(tmp_path):
     assert table.empty and "paper_auc" in table.columns
     with pytest.raises(ValueError, match="table must be"):
         ev.results_table(tmp_path, table="table9")
+
+
+def test_fold_of_looks_up_each_patient_and_names_one_without_a_fold():
+    folds = pd.DataFrame({"patient_id": ["P1", "P2", "P3"], "y_true": [0, 1, 0], "fold": [1, 0, 1]})
+    got = ev.fold_of(folds, ["P3", "P1", "P1", "P2"])
+    assert got.tolist() == [1, 1, 1, 0], got
+    with pytest.raises(ValueError, match=r"patient P9 has no fold \(1 such patients\)"):
+        ev.fold_of(folds, ["P1", "P9"])
