@@ -527,6 +527,52 @@ def load_dataset(work_dir: str | os.PathLike, key: str | PreprocessSettings | di
         )
 
 
+STUDY_SETTINGS_FILE = "study_settings.json"
+_STUDY_FIELDS = ("window_level", "window_width", "reference_phase", "margin", "tolerance_mm")
+
+
+def record_study_settings(work_dir: str | os.PathLike, settings: PreprocessSettings | dict) -> Path:
+    """Record the preprocessing chosen for the study (notebook 02) for every later stage.
+
+    Writes ``<work_dir>/processed/study_settings.json``: window, reference phase, margin and
+    slice tolerance (not the image size, which each profile sets). The deep notebooks, the
+    final model and the report read it through :func:`study_dataset`, so a non-default
+    window chosen in notebook 02 reaches them all.
+    """
+    values = asdict(settings) if isinstance(settings, PreprocessSettings) else dict(settings)
+    chosen = {name: values[name] for name in _STUDY_FIELDS}
+    PreprocessSettings(**chosen)  # refuse invalid settings before recording them
+    return outputs.write_json(Path(work_dir) / "processed" / STUDY_SETTINGS_FILE, chosen)
+
+
+def study_settings(work_dir: str | os.PathLike, image_size: int) -> PreprocessSettings:
+    """The study's preprocessing at ``image_size``: as recorded by notebook 02, else the defaults."""
+    path = Path(work_dir) / "processed" / STUDY_SETTINGS_FILE
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    unknown = sorted(set(recorded) - set(_STUDY_FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown preprocessing settings {unknown}")
+    return PreprocessSettings(image_size=int(image_size), **recorded)
+
+
+def study_dataset(
+    cohort_dir: str | os.PathLike, work_dir: str | os.PathLike, image_size: int, n_jobs: int | None = None, progress: bool = True
+) -> ProcessedDataset:
+    """The processed dataset of the study (:func:`study_settings`), read from the cache or built."""
+    chosen = study_settings(work_dir, image_size)
+    return build_dataset(
+        cohort_dir,
+        work_dir,
+        chosen.image_size,
+        window=(chosen.window_level, chosen.window_width),
+        reference_phase=chosen.reference_phase,
+        margin=chosen.margin,
+        tolerance_mm=chosen.tolerance_mm,
+        n_jobs=n_jobs,
+        progress=progress,
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Figures
 # --------------------------------------------------------------------------------------------

@@ -26,6 +26,9 @@ class Profile:
         radiomics_mode: ``"2d"`` (features per slice) or ``"3d"`` (per patient volume).
         radiomics_feature_classes: PyRadiomics feature classes extracted.
         n_bootstrap: bootstrap resamples for confidence intervals.
+        augment: turn each training image by a random symmetry of the square (flips and
+            quarter turns, ``training.dihedral``), drawn anew every epoch. Off in the
+            ``paper`` profile: the paper does not augment.
     """
 
     name: str
@@ -39,6 +42,7 @@ class Profile:
     radiomics_mode: str
     radiomics_feature_classes: tuple[str, ...]
     n_bootstrap: int
+    augment: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -39,6 +40,8 @@ from hccer_lib.profiles import Profile
 logger = logging.getLogger("hccer")
 
 PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
+# The profile's fields that change a network's training (part of every run's settings key).
+DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment")
 # Part of every run's settings key: raise it when a change of this module changes results.
 TRAINING_VERSION = 1
 
@@ -76,6 +79,9 @@ def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto"
 class SliceBatches(keras.utils.PyDataset):
     """Shuffled full batches of in-memory arrays, reshuffled every epoch (seeded).
 
+    With ``augment``, each image of a batch is turned by one of the 8 symmetries of the
+    square (:func:`dihedral`), drawn anew for every sample each epoch (seeded).
+
     Every batch has exactly ``batch_size`` samples: the ``n % batch_size`` left over after
     each epoch's shuffle are skipped for that epoch (other ones the next epoch). With one
     batch shape the training step is traced once, not twice (a partial last batch makes
@@ -86,13 +92,15 @@ class SliceBatches(keras.utils.PyDataset):
         inputs: dict of arrays ``[n, ...]``; targets: array ``[n]`` or dict of them.
     """
 
-    def __init__(self, inputs: dict, targets, batch_size: int, seed: int):
+    def __init__(self, inputs: dict, targets, batch_size: int, seed: int, augment: bool = False):
         super().__init__()
         self.inputs, self.targets = inputs, targets
         self.n = len(next(iter(inputs.values())))
         self.batch_size = min(int(batch_size), self.n)
+        self.augment = bool(augment)
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(self.n)
+        self.transforms = self.rng.integers(0, 8, self.n) if self.augment else None
 
     def __len__(self) -> int:
         return self.n // self.batch_size
@@ -100,22 +108,53 @@ class SliceBatches(keras.utils.PyDataset):
     def __getitem__(self, index: int):
         rows = np.sort(self.order[index * self.batch_size : (index + 1) * self.batch_size])
         x = {name: array[rows] for name, array in self.inputs.items()}
+        if self.augment:
+            x["image"] = dihedral(x["image"], self.transforms[rows])
         y = {head: t[rows] for head, t in self.targets.items()} if isinstance(self.targets, dict) else self.targets[rows]
         return x, y
 
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(self.n)
+        if self.augment:
+            self.transforms = self.rng.integers(0, 8, self.n)
 
 
-def fit_model(model: keras.Model, inputs: dict, y, epochs: int, batch_size: int, verbose: int | str = 0, seed: int = 0):
+def dihedral(images: np.ndarray, transforms) -> np.ndarray:
+    """Images ``[n, H, W, c]`` each turned by one of the 8 symmetries of the square.
+
+    ``transforms[i]`` in ``0..7``: ``t % 4`` quarter turns, then a left-right flip when
+    ``t >= 4``; 0 is the identity. A tumour crop has no preferred orientation (the phases
+    move together: the same symmetry for the three channels), so these keep its label.
+    """
+    transforms = np.asarray(transforms, dtype=int)
+    if len(transforms) != len(images):
+        raise ValueError(f"{len(images)} images but {len(transforms)} transforms")
+    out = np.empty_like(images)
+    for t in np.unique(transforms):
+        rows = transforms == t
+        turned = np.rot90(images[rows], k=int(t) % 4, axes=(1, 2))
+        out[rows] = turned[:, :, ::-1] if t >= 4 else turned
+    return out
+
+
+def fit_model(
+    model: keras.Model,
+    inputs: dict,
+    y,
+    epochs: int,
+    batch_size: int,
+    verbose: int | str = 0,
+    seed: int = 0,
+    augment: bool = False,
+):
     """Train ``model`` (compiled) on ``inputs`` (dict of ``[n, ...]`` arrays), labels ``y`` ``[n]`` 0/1.
 
     Batches come from :class:`SliceBatches` (full batches, reshuffled each epoch with
-    ``seed``). A joint-loss model gets the same labels on its three heads. Returns the
-    Keras History.
+    ``seed``; image symmetries with ``augment``). A joint-loss model gets the same labels
+    on its three heads. Returns the Keras History.
     """
     targets = model_targets(model, np.asarray(y, dtype="int32"))
-    return model.fit(SliceBatches(inputs, targets, batch_size, seed), epochs=epochs, verbose=verbose)
+    return model.fit(SliceBatches(inputs, targets, batch_size, seed, augment), epochs=epochs, verbose=verbose)
 
 
 def model_targets(model: keras.Model, y):
@@ -209,6 +248,116 @@ def slice_clinical_vectors(clinical_rows: np.ndarray, clinical_ids, slice_ids) -
     return np.asarray(clinical_rows, dtype=np.float32)[[index[str(pid)] for pid in slice_ids]]
 
 
+@dataclass
+class FoldData:
+    """The network inputs of one fold: every slice of the dataset, split by patient.
+
+    Attributes:
+        inputs: ``{"image": [n, H, W, 3]}`` float32 in ``[0, 1]`` (NC, ART, PV), plus
+            ``"clinical": [n, k]`` (each slice's patient vector) for the fusion models.
+        y: ``[n]`` 0/1 labels; patient_id ``[n]`` str; slice ``[n]`` slice index.
+        train, test: ``[n]`` bool masks (test all ``False`` for a whole-cohort fit).
+        clinical_names: the bits of the clinical vector (selected on this fold's training
+            patients under the ``strict`` protocol, on every patient under ``paper``).
+        config: the :class:`networks.NetworkConfig` of the fold's network.
+    """
+
+    inputs: dict
+    y: np.ndarray
+    patient_id: np.ndarray
+    slice: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    clinical_names: list
+    config: networks.NetworkConfig
+
+    def subset(self, mask) -> dict:
+        """``inputs`` restricted to the rows of ``mask``."""
+        return {name: array[mask] for name, array in self.inputs.items()}
+
+
+def _dataset_arrays(dataset, profile: Profile) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Checked ``images [n, H, H, 3]`` float32, ``patient_id``, ``y_true`` and ``slice`` of ``dataset``."""
+    images = np.asarray(dataset.images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"dataset.images must be [n, H, H, 3], got shape {images.shape}")
+    if images.shape[1] != profile.image_size:
+        raise ValueError(f"dataset images are {images.shape[1]} px but profile {profile.name!r} wants {profile.image_size} px")
+    return images, np.asarray(dataset.patient_id).astype(str), np.asarray(dataset.y_true, dtype=int), np.asarray(dataset.slice)
+
+
+def fold_data(
+    model_name: str,
+    dataset,
+    clinical: pd.DataFrame,
+    folds: pd.DataFrame,
+    profile: Profile,
+    fold: int | None,
+    selection_protocol: str = "paper",
+    imagenet: str = "auto",
+    network_overrides: dict | None = None,
+) -> FoldData:
+    """The inputs, labels and train/test split of ``fold`` (``None``: every patient trains).
+
+    Args are those of :func:`train_cross_validated`; ``fold`` is a fold number of
+    ``folds`` or ``None`` for the whole-cohort fit (no test slices).
+    """
+    from hccer_lib import clinical as clinical_module
+    from hccer_lib import evaluation
+
+    if model_name not in networks.MODEL_NAMES:
+        raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
+    if selection_protocol not in ("paper", "strict"):
+        raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
+    images, slice_pids, y_slices, slice_index = _dataset_arrays(dataset, profile)
+    if fold is None:
+        test = np.zeros(len(slice_pids), dtype=bool)
+    else:
+        if int(fold) not in set(folds["fold"].astype(int)):
+            raise ValueError(f"fold {fold} is not among the folds {sorted(set(folds['fold'].astype(int)))}")
+        test = evaluation.fold_of(folds, slice_pids) == int(fold)
+    train = ~test
+    train_ids = folds.loc[folds["fold"].astype(int) != (-1 if fold is None else int(fold)), "patient_id"].astype(str)
+    matrix, names = clinical_module.clinical_matrix(clinical, protocol=selection_protocol, train_ids=list(train_ids))
+    vectors = slice_clinical_vectors(matrix, clinical["patient_id"].astype(str).to_numpy(), slice_pids)
+    config = network_config(profile, n_clinical=vectors.shape[1], imagenet=imagenet, **(network_overrides or {}))
+    inputs = {"image": images} if model_name == "deep_resnet50" else {"image": images, "clinical": vectors}
+    return FoldData(inputs, y_slices, slice_pids, slice_index, train, test, list(names), config)
+
+
+def train_fold(
+    model_name: str,
+    dataset,
+    clinical: pd.DataFrame,
+    folds: pd.DataFrame,
+    profile: Profile,
+    fold: int | None,
+    seed: int = 2020,
+    selection_protocol: str = "paper",
+    imagenet: str = "auto",
+    network_overrides: dict | None = None,
+    verbose: int | str = 0,
+    fast_cpu_graphs: bool = True,
+    fold_model: FoldModel | None = None,
+) -> tuple[keras.Model, FoldData]:
+    """Train the network of one fold (``None``: of the whole cohort); return it and its data.
+
+    The same network, initial weights (``keras.utils.set_random_seed(seed + fold)``),
+    batches and epochs as :func:`train_cross_validated`'s fold ``fold``, so predicting
+    ``data.subset(data.test)`` gives that fold's out-of-fold predictions again. The
+    whole-cohort fit (``fold=None``) is seeded with ``seed + n_folds``, after the folds'.
+    ``fold_model``: a :class:`FoldModel` to reuse (its traced graphs) across calls.
+    """
+    if fast_cpu_graphs:
+        use_fast_cpu_graphs()
+    data = fold_data(model_name, dataset, clinical, folds, profile, fold, selection_protocol, imagenet, network_overrides)
+    fold_seed = seed + (int(fold) if fold is not None else folds["fold"].nunique())
+    model = (fold_model or FoldModel(model_name, profile.learning_rate)).fresh(data.config, fold_seed)
+    fit_model(model, data.subset(data.train), data.y[data.train], profile.epochs, profile.batch_size, verbose, fold_seed,
+              augment=profile.augment)
+    return model, data
+
+
 def train_cross_validated(
     model_name: str,
     dataset,
@@ -250,35 +399,21 @@ def train_cross_validated(
     Returns:
         ``patient_id, slice, fold, y_true, y_prob``, one row per slice of the dataset.
     """
-    from hccer_lib import clinical as clinical_module
     from hccer_lib import evaluation
 
     if model_name not in networks.MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
+    if selection_protocol not in ("paper", "strict"):
+        raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
     output_name = output_name or model_name
     work_dir = Path(work_dir)
     if fast_cpu_graphs:
         use_fast_cpu_graphs()
-    images = np.asarray(dataset.images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2]:
-        raise ValueError(f"dataset.images must be [n, H, H, 3], got shape {images.shape}")
-    if images.shape[1] != profile.image_size:
-        raise ValueError(f"dataset images are {images.shape[1]} px but profile {profile.name!r} wants {profile.image_size} px")
-    slice_pids = np.asarray(dataset.patient_id).astype(str)
-    y_slices = np.asarray(dataset.y_true, dtype=int)
-    slice_index = np.asarray(dataset.slice)
-
-    slice_folds = evaluation.fold_of(folds, slice_pids)
+    images, slice_pids, y_slices, slice_index = _dataset_arrays(dataset, profile)
+    evaluation.fold_of(folds, slice_pids)  # every slice's patient has a fold
     fold_numbers = sorted(set(folds["fold"].astype(int)))
-    clinical_ids = clinical["patient_id"].astype(str).to_numpy()
 
-    if selection_protocol not in ("paper", "strict"):
-        raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
-    paper_matrix = None
-    if selection_protocol == "paper":
-        paper_matrix, paper_names = clinical_module.clinical_matrix(clinical, protocol="paper")
-
-    deep_fields = {f: getattr(profile, f) for f in ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width")}
+    deep_fields = {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS}
     base_settings = {
         "model": model_name,
         "profile_deep": deep_fields,
@@ -307,25 +442,11 @@ def train_cross_validated(
             frames.append(frame)
             print(f"  fold {fold}: done before, read {fold_csv.name} (AUC {_patient_level_auc(frame):.3f})", flush=True)
             continue
-        test = slice_folds == fold
-        train = ~test
-        if selection_protocol == "paper":
-            matrix, names = paper_matrix, paper_names
-        else:
-            train_ids = sorted(set(slice_pids[train]))
-            matrix, names = clinical_module.clinical_matrix(clinical, protocol="strict", train_ids=train_ids)
-        vectors = slice_clinical_vectors(matrix, clinical_ids, slice_pids)
-        config = network_config(profile, n_clinical=vectors.shape[1], imagenet=imagenet, **(network_overrides or {}))
-
         start = time.perf_counter()
-        model = fold_model.fresh(config, seed + fold)
-        inputs = {"image": images, "clinical": vectors} if model_name != "deep_resnet50" else {"image": images}
-
-        def subset(mask, inputs=inputs):
-            return {name: array[mask] for name, array in inputs.items()}
-
-        history = fit_model(model, subset(train), y_slices[train], profile.epochs, profile.batch_size, verbose, seed + fold)
-        probability = predict_probability(model, subset(test), predict_batch_size)
+        model, data = train_fold(model_name, dataset, clinical, folds, profile, fold, seed, selection_protocol, imagenet,
+                                 network_overrides, verbose, fast_cpu_graphs=False, fold_model=fold_model)
+        test, train = data.test, data.train
+        probability = predict_probability(model, data.subset(test), predict_batch_size)
         frame = pd.DataFrame(
             {
                 "patient_id": slice_pids[test],
@@ -338,7 +459,7 @@ def train_cross_validated(
         seconds = time.perf_counter() - start
         fold_auc = _patient_level_auc(frame)
         outputs.write_csv(fold_csv, frame)
-        losses = history.history.get("loss", [float("nan")])
+        losses = model.history.history.get("loss", [float("nan")])
         outputs.write_json(
             fold_json,
             {
@@ -346,8 +467,8 @@ def train_cross_validated(
                 "fold": fold,
                 "n_train_slices": int(train.sum()),
                 "n_test_slices": int(test.sum()),
-                "clinical_columns": list(names),
-                "network": config.as_dict(),
+                "clinical_columns": list(data.clinical_names),
+                "network": data.config.as_dict(),
                 "final_training_loss": float(losses[-1]),
                 "patient_auc": fold_auc,
                 "seconds": round(seconds, 1),

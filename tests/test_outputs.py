@@ -41,3 +41,14 @@ def test_work_dir_for_keeps_foreign_cohorts_read_only(tmp_path):
     foreign = tmp_path / "hospital" / "cohort_2019"
     assert outputs.work_dir_for(foreign, data_root) == (data_root / "cohort_2019").resolve()
     assert Path(outputs.work_dir_for(foreign, data_root)).parent == data_root.resolve()
+
+
+def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    import os
+    import stat
+
+    path = outputs.write_text(tmp_path / "table.md", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    assert mode == 0o666 & ~mask, f"mode {oct(mode)}, umask {oct(mask)}"

@@ -178,3 +178,23 @@ def test_build_dataset_reads_its_cache_back_and_rebuilds_when_a_setting_changes(
     (cohort_dir / "clinical.csv").write_text("patient_id,early_recurrence\nP1,0\nP2,0\n")
     changed = pp.build_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
     assert changed.key not in (first.key, wider.key), "a changed cohort must change the key"
+
+
+def test_study_dataset_uses_the_settings_recorded_by_notebook_02(tmp_path, monkeypatch):
+    def fake_inputs(folder, patient_id):
+        images = {p: make_image(np.full((4, 12, 12), 75.0)) for p in pp.PHASES}
+        boxes = {p: [Box(k, 3, 8, 3, 8) for k in (1, 2)] for p in pp.PHASES}
+        return images, boxes
+
+    cohort_dir = two_patient_cohort(tmp_path, monkeypatch, fake_inputs)
+    work_dir = tmp_path / "work"
+    default = pp.study_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
+    assert default.settings == vars(pp.PreprocessSettings(image_size=8)), default.settings
+    # 75 HU in a window 0..150 HU maps to 0.5; in a window 75..425 HU (level 250) it maps to 0
+    chosen = pp.build_dataset(cohort_dir, work_dir, 16, window=(250.0, 350.0), n_jobs=1, progress=False)
+    pp.record_study_settings(work_dir, chosen.settings)
+    later = pp.study_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
+    assert later.settings["window_level"] == 250.0 and later.images.shape[1] == 8, later.settings
+    assert np.allclose(later.images, 0.0), f"window not applied: max {later.images.max()}"
+    with pytest.raises(ValueError, match="window_width"):
+        pp.record_study_settings(work_dir, {**chosen.settings, "window_width": 0.0})

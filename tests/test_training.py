@@ -144,3 +144,65 @@ def test_network_config_follows_profile():
     config = training.network_config(get_profile("paper"), n_clinical=9, imagenet="none")
     assert config.is_resnet50 and config.image_size == 224
     assert networks.NetworkConfig(**{**config.as_dict(), "resnet_width": 8}).is_resnet50 is False
+
+
+def test_dihedral_gives_the_eight_symmetries_of_the_square():
+    image = np.arange(2 * 2 * 3, dtype=np.float32).reshape(1, 2, 2, 3)  # [[a, b], [c, d]] per channel
+    results = [training.dihedral(image, [t])[0, :, :, 0] for t in range(8)]
+    a, b, c, d = image[0, 0, 0, 0], image[0, 0, 1, 0], image[0, 1, 0, 0], image[0, 1, 1, 0]
+    np.testing.assert_array_equal(results[0], [[a, b], [c, d]])
+    np.testing.assert_array_equal(results[1], [[b, d], [a, c]])  # a quarter turn anticlockwise
+    np.testing.assert_array_equal(results[4], [[b, a], [d, c]])  # left-right flip
+    distinct = {tuple(r.ravel()) for r in results}
+    assert len(distinct) == 8, f"{len(distinct)} distinct results: {sorted(distinct)}"
+    # the three phases turn together
+    turned = training.dihedral(image, [5])[0]
+    for channel in range(3):
+        np.testing.assert_array_equal(turned[..., channel], np.fliplr(np.rot90(image[0, ..., channel], 1)))
+    with pytest.raises(ValueError, match="2 transforms"):
+        training.dihedral(image, [0, 1])
+
+
+def test_augmented_batches_are_seeded_and_keep_labels():
+    rng = np.random.default_rng(3)
+    images = rng.random((10, 4, 4, 3), dtype=np.float32)
+    y = np.arange(10) % 2
+
+    def epoch(seed):
+        batches = training.SliceBatches({"image": images}, y, 5, seed, augment=True)
+        return [batches[i] for i in range(len(batches))]
+
+    first, again = epoch(7), epoch(7)
+    for (x1, y1), (x2, y2) in zip(first, again, strict=True):
+        np.testing.assert_array_equal(x1["image"], x2["image"])
+        np.testing.assert_array_equal(y1, y2)
+    x, labels = first[0]
+    # each augmented image is one of the symmetries of an original image with the same label
+    for image, label in zip(x["image"], labels, strict=True):
+        matches = [i for i in range(10) for t in range(8) if np.array_equal(training.dihedral(images[i : i + 1], [t])[0], image)]
+        assert matches and all(y[i] == label for i in matches), (matches, label)
+    plain = training.SliceBatches({"image": images}, y, 5, 7)
+    assert not any(np.array_equal(plain[i][0]["image"], first[i][0]["image"]) for i in range(2)), "augment changed nothing"
+
+
+def test_fold_data_splits_by_patient(study):
+    data = training.fold_data("fusion_d", study.dataset, study.clinical, study.folds, TINY_PROFILE, 1)
+    test_patients = set(study.folds.loc[study.folds["fold"] == 1, "patient_id"])
+    assert set(data.patient_id[data.test]) == test_patients
+    assert not set(data.patient_id[data.train]) & test_patients
+    assert data.inputs["clinical"].shape == (N_PATIENTS * SLICES_PER_PATIENT, len(data.clinical_names))
+    whole = training.fold_data("deep_resnet50", study.dataset, study.clinical, study.folds, TINY_PROFILE, None)
+    assert whole.train.all() and not whole.test.any() and set(whole.inputs) == {"image"}
+    with pytest.raises(ValueError, match="fold 5"):
+        training.fold_data("fusion_d", study.dataset, study.clinical, study.folds, TINY_PROFILE, 5)
+
+
+@pytest.mark.slow
+def test_train_fold_reproduces_the_out_of_fold_predictions(study):
+    profile = replace(TINY_PROFILE, augment=True)
+    predictions = run(study, model_name="fusion_b", profile=profile)
+    model, data = training.train_fold("fusion_b", study.dataset, study.clinical, study.folds, profile, 1, seed=1, imagenet="none")
+    again = training.predict_probability(model, data.subset(data.test))
+    stored = predictions[predictions["fold"] == 1].sort_values(["patient_id", "slice"])
+    order = np.lexsort((data.slice[data.test], data.patient_id[data.test]))
+    np.testing.assert_allclose(again[order], stored["y_prob"].to_numpy(), rtol=1e-5, atol=1e-6)
