@@ -39,6 +39,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_notebooks(profile=args.profile, cohort=args.cohort, seed=args.seed)
 
 
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hccer_lib import final_model, outputs
+
+    patient = final_model.read_patient_folder(args.patient) if args.patient else None  # bad input first: no model to load
+    try:
+        model = final_model.load_final_model(args.model)
+    except final_model.ModelFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"model folder {args.model}: {model.describe()}")
+    if args.cohort:
+        out = Path(args.out or f"prediction_{Path(args.cohort).resolve().name}")
+        patients, slices = final_model.predict_cohort(model, args.cohort)
+        outputs.write_csv(out / "predictions.csv", patients)
+        outputs.write_csv(out / "slices.csv", slices)
+        print(f"{len(patients)} patients: ER probability of {model.primary_model} "
+              f"{patients[model.primary_model].min():.3f}..{patients[model.primary_model].max():.3f}")
+        print(f"wrote {out / 'predictions.csv'} and {out / 'slices.csv'}")
+    else:
+        prediction = model.predict_patient(patient)
+        out = Path(args.out or f"prediction_{patient.patient_id}")
+        label = "unknown" if patient.y_true is None else str(patient.y_true)
+        print(f"patient {patient.patient_id}: {len(prediction.slices)} tumour slices, early_recurrence in clinical.csv: {label}")
+        primary = final_model.output_names(model.primary_model)
+        shown = primary + [name for name in prediction.probabilities if name not in primary]
+        for name in shown:
+            role = {primary[0]: "  (the prediction" + (": fused head)" if primary[0].startswith("fusion") else ")"),
+                    f"{primary[0]}_image_head": "  (image pathway head)",
+                    f"{primary[0]}_clinical_head": "  (clinical pathway head)"}.get(name, "")  # fmt: skip
+            print(f"  P(ER) {name:30s} {prediction.probabilities[name]:.3f}{role}")
+        outputs.write_csv(out / "prediction.csv", final_model.prediction_frame([prediction]))
+        outputs.write_csv(out / "slices.csv", prediction.slices)
+        written = [out / "prediction.csv", out / "slices.csv"]
+        figure = final_model.gradcam_figure(model, prediction)
+        if figure is not None:
+            import matplotlib.pyplot as plt
+
+            written.append(outputs.save_figure(figure, out / "gradcam.png"))
+            plt.close(figure)
+        print("wrote " + ", ".join(str(p) for p in written))
+    print(model.manifest["note"])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hccer_lib",
@@ -62,6 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patient", required=True, help="patient_id")
     p.add_argument("--phase", required=True, choices=["NC", "ART", "PV"])
     p.set_defaults(func=_cmd_import_dicom)
+
+    p = sub.add_parser(
+        "predict",
+        help="ER probability of a new patient (or of every patient of a cohort) from a saved final model",
+        description="Predict early recurrence with a model folder written by notebook 07 (<work_dir>/final_model). "
+        "A patient folder holds clinical.csv (one row; early_recurrence may be empty), NC/ART/PV.nii.gz and "
+        "<phase>_roi.nii.gz label images and/or roi_boxes.csv. Prints the probability of every model and "
+        "writes prediction.csv, slices.csv and gradcam.png (or, with --cohort, predictions.csv and slices.csv).",
+    )
+    p.add_argument("--model", required=True, help="model folder (manifest.json, ...)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--patient", help="one patient's folder")
+    target.add_argument("--cohort", help="a cohort folder: predict every patient")
+    p.add_argument("--out", default=None, help="output folder (default: prediction_<patient id or cohort name>)")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("run", help="run every notebook in order with papermill (run_all.sh)")
     p.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from test_cohort import corrupt_unreadable, corrupt_zero_spacing, write_cohort
 from test_dicom_import import write_series
@@ -80,3 +81,80 @@ def test_import_dicom_bad_series(tmp_path):
     series = write_series(tmp_path / "series", n_slices=2, modality="MR")
     result = run_cli("import-dicom", str(series), "--cohort", str(tmp_path / "c"), "--patient", "P1", "--phase", "NC")
     assert_one_line_error(result, "patient P1", "modality 'MR'")
+
+
+# %% predict: a new patient from a saved final model ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_and_cohort(tmp_path_factory):
+    """A tiny cohort and a final model folder built from parts (see test_final_model)."""
+    from test_final_model import build_final_model
+
+    root = tmp_path_factory.mktemp("predict")
+    cohort = write_cohort(root / "cohort")
+    return build_final_model(cohort).save(root / "final_model"), cohort
+
+
+def test_help_lists_predict():
+    result = run_cli("predict", "--help")
+    assert result.returncode == 0, result.stderr
+    for option in ("--model", "--patient", "--cohort", "--out"):
+        assert option in result.stdout, result.stdout
+
+
+def test_predict_patient(model_and_cohort, tmp_path):
+    from test_final_model import patient_folder
+
+    folder, cohort = model_and_cohort
+    patient = patient_folder(cohort, "P001", tmp_path / "P001", label="")
+    result = run_cli("predict", "--model", str(folder), "--patient", str(patient), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert "SYNTHETIC cohort 'tiny'" in lines[0], result.stdout
+    assert "patient P001: 2 tumour slices, early_recurrence in clinical.csv: unknown" in result.stdout, result.stdout
+    shown = [line.split()[1] for line in lines if line.strip().startswith("P(ER)")]
+    assert shown == ["fusion_d_joint", "fusion_d_joint_image_head", "fusion_d_joint_clinical_head",
+                     "clinical_rf", "radiomics_rf", "deep_resnet50"], result.stdout  # fmt: skip
+    assert "SYNTHETIC" in lines[-1], lines[-1]
+    written = pd.read_csv(tmp_path / "out" / "prediction.csv", dtype={"patient_id": str})
+    assert written["patient_id"].tolist() == ["P001"] and written["y_true"].isna().all(), written
+    assert written.filter(like="fusion_d_joint").iloc[0].between(0, 1).all(), written
+    assert len(pd.read_csv(tmp_path / "out" / "slices.csv")) == 2
+    assert (tmp_path / "out" / "gradcam.png").stat().st_size > 0
+
+
+def test_predict_cohort(model_and_cohort, tmp_path):
+    folder, cohort = model_and_cohort
+    result = run_cli("predict", "--model", str(folder), "--cohort", str(cohort), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype={"patient_id": str})
+    assert written["patient_id"].tolist() == ["P001", "P002", "P003"], written
+    assert written["y_true"].tolist() == [1, 0, 0], written
+    assert written["clinical_rf"].between(0, 1).all(), written
+
+
+def test_predict_bad_patient_one_line(model_and_cohort, tmp_path):
+    from test_final_model import patient_folder
+
+    folder, cohort = model_and_cohort
+    patient = patient_folder(cohort, "P002", tmp_path / "P002")
+    (patient / "PV.nii.gz").unlink()
+    result = run_cli("predict", "--model", str(folder), "--patient", str(patient))
+    assert_one_line_error(result, "patient P002", "file PV.nii.gz", "missing phase PV")
+
+
+def test_predict_refused_model_one_line(model_and_cohort, tmp_path):
+    import json
+    import shutil
+
+    from test_final_model import patient_folder
+
+    folder, cohort = model_and_cohort
+    old = Path(shutil.copytree(folder, tmp_path / "old_model"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["hccer_version"] = "0.0.1"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    patient = patient_folder(cohort, "P002", tmp_path / "P002")
+    result = run_cli("predict", "--model", str(old), "--patient", str(patient))
+    assert_one_line_error(result, f"model folder {old}, file manifest.json", "written by hccer 0.0.1")

@@ -1,0 +1,379 @@
+"""The final model folder: forests as arrays, save and reload, refusals, new patients.
+
+Fast tests build a final model from parts (forests fitted on random numbers, untrained
+tiny networks) and predict the tiny patients of ``test_cohort.write_cohort``; the slow
+test refits every kind of model on a generated synthetic cohort and runs the command line.
+"""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+from sklearn.ensemble import RandomForestClassifier
+from test_cohort import CLINICAL_ROW, write_cohort
+from test_training import tiny_clinical
+
+from hccer_lib import final_model as fm
+from hccer_lib import networks
+from hccer_lib import radiomics_baseline as rb
+from hccer_lib.clinical import make_clinical_rf
+from hccer_lib.cohort import CohortError
+from hccer_lib.profiles import get_profile
+
+TINY_PROFILE = replace(get_profile("smoke"), image_size=32, epochs=1, batch_size=8, resnet_blocks=(1, 1, 1, 1), resnet_width=4)
+VARIABLES = ["age", "tumor_size_mm", "bclc"]  # 5 bits: age >=60, size >=50, BCLC C, B, A
+TINY_NETWORK = networks.NetworkConfig(image_size=32, n_clinical=5, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none")
+EXTRACTION = {"params": rb.load_params("2d", ("firstorder",)), "mode": "2d", "reference_phase": "PV",
+              "tolerance_mm": None, "min_texture_voxels": 16}  # fmt: skip
+
+
+# %% Forests as arrays ---------------------------------------------------------------------------
+
+
+def noisy_data(n: int, n_features: int, seed: int, missing: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, n_features))
+    y = (X[:, 0] + 0.5 * X[:, 1] + rng.normal(scale=0.8, size=n) > 0).astype(int)
+    X[rng.random(X.shape) < missing] = np.nan
+    return X, y
+
+
+@pytest.mark.parametrize("missing", [0.0, 0.15], ids=["complete", "with_missing_values"])
+def test_forest_walker_equals_sklearn(missing):
+    X, y = noisy_data(300, 6, seed=1, missing=missing)
+    forest = RandomForestClassifier(n_estimators=40, min_samples_leaf=2, random_state=0).fit(X, y)
+    X_new, _ = noisy_data(200, 6, seed=2, missing=missing)
+    arrays = fm.forest_arrays(forest)
+    fm.check_forest_arrays(arrays, 6)
+    got, expected = fm.forest_predict_proba(arrays, X_new), forest.predict_proba(X_new)
+    assert got.shape == expected.shape == (200, 2), (got.shape, expected.shape)
+    assert np.max(np.abs(got - expected)) <= 1e-12, np.max(np.abs(got - expected))
+    assert len(np.unique(got[:, 1])) > 20, "the test data should reach many different leaves"
+
+
+def test_forest_walker_equals_sklearn_on_clinical_bits():
+    rng = np.random.default_rng(3)
+    bits = rng.integers(0, 2, (150, 9)).astype(np.float32)
+    y = (bits[:, 0] + bits[:, 3] + rng.random(150) > 1.5).astype(int)
+    forest = make_clinical_rf(seed=5, n_estimators=60).fit(bits, y)
+    got = fm.forest_predict_proba(fm.forest_arrays(forest), bits)
+    assert np.max(np.abs(got - forest.predict_proba(bits))) <= 1e-12
+
+
+def test_damaged_forest_arrays_are_refused():
+    X, y = noisy_data(80, 3, seed=4, missing=0.0)
+    arrays = fm.forest_arrays(RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y))
+    with pytest.raises(ValueError, match="reads 3 features"):
+        fm.check_forest_arrays(arrays, 4)
+    broken = {**arrays, "children_left": arrays["children_left"].copy()}
+    broken["children_left"][0] = 10_000
+    with pytest.raises(ValueError, match="children"):
+        fm.check_forest_arrays(broken)
+    with pytest.raises(ValueError, match=r"\[n, 3\]"):
+        fm.forest_predict_proba(arrays, X[:, :2])
+
+
+def test_radiomics_transform_equals_the_pipeline():
+    """Imputation (an empty column too), scaling, LASSO selection and forest, as numbers."""
+    X, y = noisy_data(120, 8, seed=6)
+    X[:, 5] = np.nan  # a feature that was never measured: imputed with 0
+    columns = [f"PV_original_firstorder_F{i}" for i in range(8)]
+    pipeline = rb.make_pipeline(seed=0, inner_cv=3, n_estimators=30).fit(X, y)
+    spec = fm.radiomics_spec(pipeline, columns)
+    assert spec["selected"] == [c for c, keep in zip(columns, pipeline.named_steps["lasso"].support_, strict=True) if keep]
+    X_new, _ = noisy_data(50, 8, seed=7)
+    spec = json.loads(json.dumps(spec))  # as stored
+    got = fm.forest_predict_proba(fm.forest_arrays(pipeline.named_steps["forest"]), fm.radiomics_transform(spec, X_new))
+    expected = pipeline.predict_proba(X_new)
+    assert np.max(np.abs(got - expected)) <= 1e-12, np.max(np.abs(got - expected))
+
+
+# %% A final model from parts ---------------------------------------------------------------------
+
+
+def patient_folder(cohort: Path, patient_id: str, target: Path, label: str | None = None) -> Path:
+    """The one-patient folder layout: clinical.csv (one row) and the patient's images side by side."""
+    target.mkdir(parents=True)
+    for path in (cohort / "images" / patient_id).iterdir():
+        shutil.copyfile(path, target / path.name)
+    clinical = pd.read_csv(cohort / "clinical.csv", dtype=str)
+    row = clinical[clinical["patient_id"] == patient_id].copy()
+    if label is not None:
+        row["early_recurrence"] = label
+    row.to_csv(target / "clinical.csv", index=False)
+    boxes = cohort / "roi_boxes.csv"
+    if boxes.is_file():
+        table = pd.read_csv(boxes, dtype=str)
+        table = table[table["patient_id"] == patient_id].drop(columns="patient_id")
+        if len(table):
+            table.to_csv(target / "roi_boxes.csv", index=False)
+    return target
+
+
+def build_final_model(cohort: Path) -> fm.FinalModel:
+    """Every kind of model, fitted on random numbers or not at all, with the real feature names."""
+    final = fm.new_final_model("tiny", tiny_clinical(), TINY_PROFILE, VARIABLES, seed=1, synthetic=True)
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2, (60, len(final.bit_names))).astype(np.float32)
+    y = (bits[:, 0] + rng.random(60) > 0.8).astype(int)
+    fm.add_clinical_rf(final, make_clinical_rf(seed=1, n_estimators=25).fit(bits, y))
+
+    patient = fm.read_patient_folder(patient_folder(cohort, "P002", cohort.parent / "p002_for_names"))
+    rows, _ = rb.extract_patient(patient.images, patient.boxes, EXTRACTION["params"], "2d")
+    columns = [c for c in rows[0] if c.split("_")[0] in ("NC", "ART", "PV")]
+    X = rng.normal(size=(80, len(columns))) + np.array([rows[0][c] for c in columns])
+    y = (X[:, 0] - np.mean(X[:, 0]) + rng.normal(scale=0.5, size=80) > 0).astype(int)
+    fm.add_radiomics_rf(final, rb.make_pipeline(seed=1, inner_cv=3, n_estimators=25).fit(X, y), columns, EXTRACTION)
+
+    for name in ("deep_resnet50", "fusion_d_joint"):
+        fm.add_network(final, name, networks.build_model(name, TINY_NETWORK), TINY_NETWORK)
+    return final
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A tiny cohort, a final model from parts and its saved folder (shared, never changed)."""
+    root = tmp_path_factory.mktemp("final")
+    cohort = write_cohort(root / "cohort")
+    final = build_final_model(cohort)
+    folder = final.save(root / "final_model")
+    return {"root": root, "cohort": cohort, "final": final, "folder": folder}
+
+
+def copy_folder(study, tmp_path) -> Path:
+    return Path(shutil.copytree(study["folder"], tmp_path / "model"))
+
+
+def test_saved_folder_holds_no_pickles(study):
+    folder = study["folder"]
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert {Path(f).suffix for f in files} == {".json", ".npz", ".keras"}, files
+    for path in folder.rglob("*.npz"):
+        with np.load(path, allow_pickle=False) as arrays:
+            assert all(arrays[name].dtype != object for name in arrays.files), path
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == [f for f in files if f != "manifest.json"], manifest["files"]
+    assert sorted(manifest["models"]) == ["clinical_rf", "deep_resnet50", "fusion_d_joint", "radiomics_rf"], list(manifest["models"])
+    assert manifest["primary_model"] == "fusion_d_joint"
+    assert manifest["clinical"]["bit_names"] == ["age >=60", "tumor_size_mm >=50", "bclc C", "bclc B", "bclc A"]
+    assert manifest["preprocessing"]["settings"]["image_size"] == 32
+    assert manifest["cohort"]["synthetic"] is True and "SYNTHETIC" in manifest["note"], manifest["note"]
+    for key in ("hccer_version", "format_version", "versions", "profile", "seed", "radiomics"):
+        assert key in manifest, key
+
+
+def test_reloaded_model_predicts_the_same(study, tmp_path):
+    """A new patient's probabilities from the model in memory and from its reloaded folder."""
+    final = study["final"]
+    loaded = fm.load_final_model(study["folder"])
+    patient = fm.read_patient_folder(patient_folder(study["cohort"], "P001", tmp_path / "P001"))
+    before, after = final.predict_patient(patient), loaded.predict_patient(patient)
+    assert list(after.probabilities) == final.output_names == [
+        "clinical_rf", "radiomics_rf", "deep_resnet50",
+        "fusion_d_joint", "fusion_d_joint_image_head", "fusion_d_joint_clinical_head",
+    ], list(after.probabilities)  # fmt: skip
+    for name, value in before.probabilities.items():
+        tolerance = 0.0 if name in fm.FOREST_MODELS else 1e-6
+        assert abs(after.probabilities[name] - value) <= tolerance, (name, value, after.probabilities[name])
+        assert 0 <= value <= 1, (name, value)
+    assert after.slices["slice"].tolist() == [2, 3], after.slices
+    assert np.array_equal(after.clinical_bits, [[0, 0, 0, 0, 1]]), after.clinical_bits  # age 55, 42 mm, BCLC A
+    assert after.images.shape == (2, 32, 32, 3), after.images.shape
+    assert after.y_true == 1, after.y_true
+    assert after.probabilities["fusion_d_joint"] == pytest.approx(after.slices["fusion_d_joint"].mean())
+
+
+def test_predict_cohort_equals_patient_folders(study, tmp_path):
+    loaded = fm.load_final_model(study["folder"], self_check=False)
+    patients, slices = fm.predict_cohort(loaded, study["cohort"], progress=False)
+    assert patients["patient_id"].tolist() == ["P001", "P002", "P003"], patients
+    assert patients["y_true"].tolist() == [1, 0, 0] and patients["n_slices"].tolist() == [2, 2, 2], patients
+    assert len(slices) == 6 and set(slices.columns) >= {"patient_id", "slice", "fusion_d_joint", "radiomics_rf"}, slices.columns
+    # P003 has no label image, only rows in roi_boxes.csv: in its own folder, without patient_id
+    one = loaded.predict_patient(fm.read_patient_folder(patient_folder(study["cohort"], "P003", tmp_path / "P003")))
+    row = patients.set_index("patient_id").loc["P003"]
+    for name, value in one.probabilities.items():
+        assert row[name] == pytest.approx(value, abs=1e-6), (name, row[name], value)
+
+
+# %% Refusals ---------------------------------------------------------------------------------------
+
+
+def edit_manifest(folder: Path, change) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def replace_file(folder: Path, rel: str, write) -> None:
+    """Write a file anew and record its sha256 in the manifest (a consistent but different folder)."""
+    write(folder / rel)
+    edit_manifest(folder, lambda m: m["files"].__setitem__(rel, fm._sha256(folder / rel)))
+
+
+def set_in(path: list, value):
+    def change(manifest):
+        target = manifest
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+
+    return change
+
+
+def tamper_self_check(path: Path) -> None:
+    arrays = fm.load_arrays(path)
+    arrays["expected:fusion_d_joint"] = arrays["expected:fusion_d_joint"] + 0.01
+    path.unlink()
+    fm.save_arrays(path, arrays)
+
+
+def pickled_arrays(path: Path) -> None:
+    path.unlink()
+    np.savez(path, children_left=np.array([{"a": 1}], dtype=object))
+
+
+REFUSALS = {
+    "format_version": (lambda f: edit_manifest(f, set_in(["format_version"], 99)), "manifest.json", "format 99"),
+    "hccer_version": (lambda f: edit_manifest(f, set_in(["hccer_version"], "0.0.1")), "manifest.json", "hccer 0.0.1"),
+    "keras_major": (lambda f: edit_manifest(f, set_in(["versions", "keras"], "2.15.0")), "manifest.json", "Keras 2.15.0"),
+    "pyradiomics": (lambda f: edit_manifest(f, set_in(["versions", "pyradiomics"], "2.0.0")), "manifest.json", "PyRadiomics 2.0.0"),
+    "missing_file": (lambda f: (f / "fusion_d_joint" / "model.keras").unlink(), "fusion_d_joint/model.keras", "missing"),
+    "changed_file": (lambda f: (f / "clinical_rf" / "forest.npz").write_bytes(b"x"), "clinical_rf/forest.npz", "changed since"),
+    "image_size": (lambda f: edit_manifest(f, set_in(["preprocessing", "settings", "image_size"], 48)),
+                   "deep_resnet50/model.keras", "do not match the manifest's settings"),
+    "network_width": (lambda f: edit_manifest(f, set_in(["models", "fusion_d_joint", "details", "network", "resnet_width"], 8)),
+                      "fusion_d_joint/model.keras", "is not the fusion_d_joint"),
+    "self_check": (lambda f: replace_file(f, "self_check.npz", tamper_self_check), "self_check.npz", "does not reproduce"),
+    "pickle": (lambda f: replace_file(f, "clinical_rf/forest.npz", pickled_arrays), "clinical_rf/forest.npz", "allow_pickle"),
+    "clinical_bits": (lambda f: edit_manifest(f, set_in(["clinical", "variables"], ["age", "bclc"])), "manifest.json", "encode to bits"),
+    "not_a_model": (lambda f: (f / "manifest.json").unlink(), "manifest.json", "not an hccer model folder"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_model_folder_refused(study, tmp_path, case):
+    change, file, words = REFUSALS[case]
+    folder = copy_folder(study, tmp_path)
+    change(folder)
+    with pytest.raises(fm.ModelFolderError) as caught:
+        fm.load_final_model(folder)
+    message = str(caught.value)
+    assert message.startswith(f"model folder {folder}, file {file}: "), message
+    assert words in message, message
+    assert "\n" not in message, message
+
+
+# %% Reading a new patient --------------------------------------------------------------------------
+
+
+def test_patient_with_unknown_label(study, tmp_path):
+    patient = fm.read_patient_folder(patient_folder(study["cohort"], "P002", tmp_path / "P002", label=""))
+    assert (patient.patient_id, patient.y_true) == ("P002", None), (patient.patient_id, patient.y_true)
+    assert sorted(patient.images) == ["ART", "NC", "PV"] and [b.slice for b in patient.boxes["PV"]] == [2, 3]
+    frame = pd.read_csv(tmp_path / "P002" / "clinical.csv", dtype=str).drop(columns="early_recurrence")
+    frame.to_csv(tmp_path / "P002" / "clinical.csv", index=False)
+    assert fm.read_patient_folder(tmp_path / "P002").y_true is None
+
+
+def bad_row(folder: Path) -> None:
+    frame = pd.read_csv(folder / "clinical.csv", dtype=str)
+    frame.loc[0, "age"] = "-4"
+    frame.to_csv(folder / "clinical.csv", index=False)
+
+
+def empty_label(folder: Path) -> None:
+    label = sitk.ReadImage(str(folder / "PV_roi.nii.gz"))
+    sitk.WriteImage(label * 0, str(folder / "PV_roi.nii.gz"))
+
+
+def two_rows(folder: Path) -> None:
+    frame = pd.read_csv(folder / "clinical.csv", dtype=str)
+    pd.concat([frame, frame.assign(patient_id="P009")]).to_csv(folder / "clinical.csv", index=False)
+
+
+BAD_PATIENTS = {
+    "missing_phase": (lambda f: (f / "ART.nii.gz").unlink(), "patient P001, file ART.nii.gz: missing phase ART"),
+    "empty_label": (empty_label, "patient P001, file PV_roi.nii.gz: empty ROI"),
+    "bad_value": (bad_row, "patient P001, file clinical.csv: column 'age' has implausible value -4"),
+    "two_rows": (two_rows, "file clinical.csv: a patient folder's clinical.csv holds one row, got 2"),
+    "no_clinical": (lambda f: (f / "clinical.csv").unlink(), "file clinical.csv: missing"),
+    "other_patient_boxes": (lambda f: pd.DataFrame({"patient_id": ["P002"], "phase": ["PV"], "slice": [2], "x_min": [5], "x_max": [9],
+                                                    "y_min": [6], "y_max": [11]}).to_csv(f / "roi_boxes.csv", index=False),
+                            "patient P001, file roi_boxes.csv: rows of patient 'P002'"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(BAD_PATIENTS))
+def test_bad_patient_folder_named_in_one_line(study, tmp_path, case):
+    corrupt, expected = BAD_PATIENTS[case]
+    folder = patient_folder(study["cohort"], "P001", tmp_path / "P001")
+    corrupt(folder)
+    with pytest.raises(CohortError) as caught:
+        fm.read_patient_folder(folder)
+    assert str(caught.value).startswith(expected), str(caught.value)
+    assert "images/" not in str(caught.value) and "hccer-patient-" not in str(caught.value), str(caught.value)
+
+
+def test_cohort_with_unknown_labels(study, tmp_path):
+    cohort = Path(shutil.copytree(study["cohort"], tmp_path / "cohort"))
+    frame = pd.read_csv(cohort / "clinical.csv", dtype=str)
+    frame.loc[1, "early_recurrence"] = ""
+    frame.to_csv(cohort / "clinical.csv", index=False)
+    labels = [(p.patient_id, p.y_true) for p in fm.iter_cohort_patients(cohort)]
+    assert labels == [("P001", 1), ("P002", None), ("P003", 0)], labels
+
+
+def test_clinical_row_encoded_as_at_fitting_time(study):
+    row = pd.DataFrame([dict(patient_id="X", **{**CLINICAL_ROW, "age": 60, "tumor_size_mm": 49.9, "bclc": "C"})])
+    bits = study["final"].clinical_bits(row)
+    assert bits.tolist() == [[1, 0, 1, 0, 0]], bits  # age >= 60 is the high level; 49.9 mm is below 50
+
+
+# %% End to end -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_refit_save_reload_predict_end_to_end(tmp_path):
+    """A generated synthetic cohort: refit, save, reload, same probabilities; the command line agrees."""
+    from test_cli import run_cli
+
+    from hccer_lib import evaluation, synth
+
+    cohort = synth.generate_cohort(tmp_path / "data" / "synthetic", synth.SynthConfig(n_patients=14), progress=False, n_jobs=1)
+    clinical = pd.read_csv(cohort / "clinical.csv", dtype=str)
+    er = clinical["early_recurrence"] == "1"
+    clinical["age"] = np.where(er, "50", "70")  # a clinical signal 14 patients can select
+    clinical["tumor_size_mm"] = np.where(er, "60", "30")
+    clinical.to_csv(cohort / "clinical.csv", index=False)
+    profile = replace(TINY_PROFILE, n_folds=2, batch_size=8)
+    work_dir = cohort
+    final = fm.refit_final_model(cohort, work_dir, profile, models=["clinical_rf", "radiomics_rf", "fusion_d_joint"],
+                                 seed=3, imagenet="none", synthetic=True, clinical_estimators=30,
+                                 radiomics_estimators=30, inner_folds=2)  # fmt: skip
+    assert final.model_names == ["clinical_rf", "radiomics_rf", "fusion_d_joint"], final.model_names
+    assert {"age >=60", "tumor_size_mm >=50"} <= set(final.bit_names), final.bit_names
+    assert evaluation.predictions_path(work_dir, "fusion_d_joint").exists() is False  # refitting writes no predictions
+    before, _ = fm.predict_cohort(final, cohort, progress=False)
+    folder = final.save(work_dir / "final_model")
+    after, _ = fm.predict_cohort(fm.load_final_model(folder), cohort, progress=False)
+    for name in final.output_names:
+        error = np.max(np.abs(after[name].to_numpy() - before[name].to_numpy()))
+        assert error <= (0.0 if name in fm.FOREST_MODELS else 1e-6), (name, error)
+    assert after["y_true"].tolist() == clinical["early_recurrence"].astype(int).tolist()
+
+    patient_id = clinical["patient_id"].iloc[0]
+    patient = patient_folder(cohort, patient_id, tmp_path / "new_patient", label="")
+    result = run_cli("predict", "--model", str(folder), "--patient", str(patient), "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "unknown" in result.stdout and "(the prediction: fused head)" in result.stdout, result.stdout
+    written = pd.read_csv(tmp_path / "out" / "prediction.csv")
+    expected = before.set_index("patient_id").loc[patient_id]
+    for name in final.output_names:
+        assert written[name].iloc[0] == pytest.approx(expected[name], abs=1e-6), (name, written[name].iloc[0], expected[name])
+    assert (tmp_path / "out" / "gradcam.png").stat().st_size > 0
