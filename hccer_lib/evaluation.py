@@ -11,7 +11,8 @@ Everything statistical is computed from those files:
 * accuracy (threshold 0.5) and AUC per fold, mean ± SD over folds (the paper's form);
 * patient-level results for slice-level models (probabilities averaged per patient);
 * the pooled patient-level AUC with a 95% bootstrap confidence interval over patients;
-* the DeLong test of two correlated AUCs (same patients), fast algorithm of Sun & Xu (2014);
+* the DeLong test of two correlated AUCs (same patients), fast algorithm of Sun & Xu (2014),
+  with a paired bootstrap confidence interval of the AUC difference (patients resampled);
 * Brier score, reliability curve, decision curve (net benefit).
 """
 
@@ -28,7 +29,11 @@ from hccer_lib import outputs
 
 PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
 FOLD_COLUMNS = ["patient_id", "y_true", "fold"]
-COMPARISON_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "p_value"]
+#: Columns of ``figures/model_comparisons.csv``: the DeLong test, then the paired bootstrap
+#: 95% interval of ``auc_a - auc_b`` (patients resampled with ``n_bootstrap`` and ``bootstrap_seed``).
+COMPARISON_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "p_value",
+                      "auc_difference", "difference_ci_low", "difference_ci_high", "n_patients",
+                      "n_bootstrap", "bootstrap_seed"]
 COMPARISONS_FILE = "model_comparisons.csv"
 
 # The paper's Tables 3-5: accuracy in percent and AUC, mean ± SD over the 10 folds.
@@ -322,6 +327,59 @@ def bootstrap_auc_ci(
     return float(low), float(high)
 
 
+def bootstrap_auc_difference_ci(
+    y_true, prob_a, prob_b, n_bootstrap: int = 1000, seed: int = 2020, level: float = 0.95
+) -> tuple[float, float]:
+    """Paired percentile bootstrap interval of ``AUC(prob_a) - AUC(prob_b)`` on the same patients.
+
+    Each resample draws patients (rows) with replacement and computes both AUCs on the same
+    drawn patients, so the correlation of two models scored on one cohort is kept (the
+    bootstrap counterpart of :func:`delong_test`). Resamples with a single class are drawn
+    again (counted against 10 × n_bootstrap tries).
+
+    Args:
+        y_true: ``[n]`` 0/1 labels; prob_a, prob_b: ``[n]`` probabilities of the two models
+            for the same patients in the same order.
+        n_bootstrap: number of resamples kept; seed: seed of the resampling.
+        level: coverage of the interval.
+
+    Returns:
+        ``(low, high)`` of the difference ``auc_a - auc_b``.
+
+    Raises:
+        ValueError: arrays of different lengths, or no resample holding both classes.
+    """
+    from scipy.stats import rankdata
+
+    y_true = np.asarray(y_true).astype(int)
+    probs = np.vstack([np.asarray(prob_a, dtype=float), np.asarray(prob_b, dtype=float)])
+    if probs.shape[1] != len(y_true):
+        raise ValueError(f"y_true has {len(y_true)} patients but the predictions {probs.shape[1]}")
+    if n_bootstrap < 1:
+        raise ValueError(f"n_bootstrap must be at least 1, got {n_bootstrap}")
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    differences: list[np.ndarray] = []
+    kept = drawn = 0
+    while kept < n_bootstrap and drawn < 10 * n_bootstrap:
+        batch = min(n_bootstrap - kept, 10 * n_bootstrap - drawn)
+        index = rng.integers(0, n, (batch, n))  # one resample of the patients per row
+        drawn += batch
+        y = y_true[index]
+        m = y.sum(axis=1)
+        both = (m > 0) & (m < n)
+        index, y, m = index[both], y[both], m[both]
+        # Mann-Whitney AUC of each resample from midranks (ties count 1/2), as auc()
+        aucs = [((rankdata(p[index], axis=1) * y).sum(axis=1) - m * (m + 1) / 2) / (m * (n - m)) for p in probs]
+        differences.append(aucs[0] - aucs[1])
+        kept += int(both.sum())
+    if kept == 0:
+        raise ValueError("bootstrap: no resample holds both classes")
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(np.concatenate(differences), [tail, 100 - tail])
+    return float(low), float(high)
+
+
 def fold_metrics(frame: pd.DataFrame) -> pd.DataFrame:
     """Accuracy (threshold 0.5) and AUC of each fold, on the rows as given.
 
@@ -508,8 +566,16 @@ def write_results_table(figures_dir: str | os.PathLike, table: str, frame: pd.Da
     return outputs.write_table(Path(figures_dir) / TABLE_FILES[table], frame, title=TABLE_TITLES[table], note=note)
 
 
-def compare_models(work_dir: str | os.PathLike, model_a: str, model_b: str) -> tuple[float, float, float]:
-    """DeLong test of two models at patient level, on the same patients (paired)."""
+def paired_patients(work_dir: str | os.PathLike, model_a: str, model_b: str) -> pd.DataFrame:
+    """Patient-level predictions of two models on the same patients.
+
+    Returns:
+        ``patient_id, fold, y_true, prob_a, prob_b`` sorted by patient_id (slice
+        probabilities averaged per patient, :func:`patient_level`).
+
+    Raises:
+        ValueError: the models predict different patients or disagree on a label.
+    """
     a = patient_level(read_predictions(work_dir, model_a)).set_index("patient_id")
     b = patient_level(read_predictions(work_dir, model_b)).set_index("patient_id")
     if set(a.index) != set(b.index):
@@ -518,24 +584,59 @@ def compare_models(work_dir: str | os.PathLike, model_a: str, model_b: str) -> t
     b = b.loc[a.index]
     if not (a["y_true"] == b["y_true"]).all():
         raise ValueError(f"{model_a} and {model_b} disagree on the labels of some patients")
-    return delong_test(a["y_true"].to_numpy(), a["y_prob"].to_numpy(), b["y_prob"].to_numpy())
+    return pd.DataFrame({"patient_id": a.index.to_numpy(), "fold": a["fold"].to_numpy(), "y_true": a["y_true"].to_numpy(),
+                         "prob_a": a["y_prob"].to_numpy(), "prob_b": b["y_prob"].to_numpy()})
 
 
-def record_comparison(figures_dir: str | os.PathLike, work_dir: str | os.PathLike, model_a: str, model_b: str) -> pd.DataFrame:
+def compare_models(work_dir: str | os.PathLike, model_a: str, model_b: str) -> tuple[float, float, float]:
+    """DeLong test of two models at patient level, on the same patients (paired)."""
+    pairs = paired_patients(work_dir, model_a, model_b)
+    return delong_test(pairs["y_true"].to_numpy(), pairs["prob_a"].to_numpy(), pairs["prob_b"].to_numpy())
+
+
+def comparison_row(
+    work_dir: str | os.PathLike, model_a: str, model_b: str, n_bootstrap: int = 1000, seed: int = 2020
+) -> dict:
+    """One row of the comparisons table: DeLong test and paired bootstrap interval of the difference.
+
+    Returns:
+        dict with the keys of :data:`COMPARISON_COLUMNS`; ``auc_difference = auc_a - auc_b``
+        at patient level, its 95% interval from :func:`bootstrap_auc_difference_ci`.
+    """
+    pairs = paired_patients(work_dir, model_a, model_b)
+    y, prob_a, prob_b = pairs["y_true"].to_numpy(), pairs["prob_a"].to_numpy(), pairs["prob_b"].to_numpy()
+    auc_a, auc_b, p_value = delong_test(y, prob_a, prob_b)
+    low, high = bootstrap_auc_difference_ci(y, prob_a, prob_b, n_bootstrap, seed)
+    return {"model_a": model_a, "model_b": model_b, "auc_a": auc_a, "auc_b": auc_b, "p_value": p_value,
+            "auc_difference": auc_a - auc_b, "difference_ci_low": low, "difference_ci_high": high,
+            "n_patients": len(pairs), "n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(seed)}
+
+
+def record_comparison(
+    figures_dir: str | os.PathLike,
+    work_dir: str | os.PathLike,
+    model_a: str,
+    model_b: str,
+    n_bootstrap: int = 1000,
+    seed: int = 2020,
+) -> pd.DataFrame:
     """Add or replace the row of (model_a, model_b) in ``figures/model_comparisons.csv``.
 
-    The row of the same pair (in either order) is replaced, other rows are kept; the file
-    is written atomically. Returns the whole table.
+    The row (:func:`comparison_row`: DeLong test and the paired bootstrap interval of the
+    AUC difference) of the same pair (in either order) is replaced, other rows are kept
+    (rows written before the interval columns existed get empty ones); the file is
+    written atomically. Returns the whole table.
     """
-    auc_a, auc_b, p_value = compare_models(work_dir, model_a, model_b)
+    row = pd.DataFrame([comparison_row(work_dir, model_a, model_b, n_bootstrap, seed)], columns=COMPARISON_COLUMNS)
     path = Path(figures_dir) / COMPARISONS_FILE
     table = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COMPARISON_COLUMNS)
     same_pair = ((table["model_a"] == model_a) & (table["model_b"] == model_b)) | (
         (table["model_a"] == model_b) & (table["model_b"] == model_a)
     )
-    row = pd.DataFrame([{"model_a": model_a, "model_b": model_b, "auc_a": auc_a, "auc_b": auc_b, "p_value": p_value}])
-    kept = table.loc[~same_pair, COMPARISON_COLUMNS]
+    kept = table.loc[~same_pair].reindex(columns=COMPARISON_COLUMNS)
     table = pd.concat([kept, row], ignore_index=True) if len(kept) else row
+    counts = ["n_patients", "n_bootstrap", "bootstrap_seed"]
+    table[counts] = table[counts].astype("Int64")  # whole numbers, empty for rows without the interval
     outputs.write_csv(path, table)
     return table
 

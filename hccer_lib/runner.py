@@ -4,16 +4,57 @@ Every ``notebooks/NN_*.ipynb`` is executed in numeric order with the same inject
 parameters (``profile``, ``cohort_dir``, ``synthetic``, ``seed``, ``data_root``,
 ``figures_dir``); the executed copies go to ``executed/<profile>/``. The run stops at the
 first failing notebook, names it, and ends with "N of M notebooks passed".
+
+After the notebooks ran (also when one failed) the executed copies of this run are
+combined into one HTML file, ``reports/study_report_<profile>.html``: readable in any
+browser without Jupyter, every figure embedded as a data URI, a table of contents with
+each notebook's status (passed, FAILED, not run) and its ``##`` sections.
 """
 
 from __future__ import annotations
 
+import contextlib
+import html
 import os
+import re
 import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SYNTHETIC_COHORT = "data/synthetic"
+#: matplotlib backend of the notebook kernels: Jupyter's inline backend, so that every figure a
+#: notebook shows is stored in its executed copy as a PNG, whatever MPLBACKEND the caller has
+#: (run_all.sh and the tests set Agg for themselves, which would leave the notebooks without figures).
+KERNEL_MPLBACKEND = "module://matplotlib_inline.backend_inline"
+REPORT_STYLE = """
+<style>
+.hccer-report-head { font-family: sans-serif; max-width: 1100px; margin: 1em auto; }
+.hccer-status { display: inline-block; padding: 0.1em 0.6em; border-radius: 0.3em; font-weight: bold; }
+.hccer-status.passed { background: #d8f0d8; color: #145214; }
+.hccer-status.failed { background: #f8d0d0; color: #8a1010; }
+.hccer-status.not-run { background: #e4e4e4; color: #444; }
+.hccer-notebook { border-top: 4px solid #2c5f8a; margin-top: 3em; padding-top: 0.5em; font-family: sans-serif; }
+</style>
+"""
+
+
+@dataclass
+class NotebookRun:
+    """What happened to one notebook in a run.
+
+    Attributes:
+        name: file name, e.g. ``03_radiomics_baseline.ipynb``.
+        status: ``"passed"``, ``"failed"`` or ``"not run"``.
+        seconds: wall time, ``None`` when it did not run.
+        error: first line of the error of a failed notebook.
+    """
+
+    name: str
+    status: str
+    seconds: float | None = None
+    error: str = ""
 
 
 def list_notebooks(notebooks_dir: str | os.PathLike = REPO_ROOT / "notebooks") -> list[Path]:
@@ -52,11 +93,16 @@ def run_notebooks(
     executed_dir: str | os.PathLike | None = None,
     notebooks: list[Path] | None = None,
     cwd: str | os.PathLike = REPO_ROOT,
+    report_dir: str | os.PathLike | None = None,
+    write_report: bool = True,
 ) -> int:
     """Execute the notebooks in order; return 0 when all passed, 1 otherwise.
 
     Relative paths in the parameters are relative to ``cwd`` (the repository root by
-    default), where the notebooks run.
+    default), where the notebooks run. With ``write_report`` the executed notebooks of
+    this run are combined into ``<report_dir>/study_report_<profile>.html``
+    (``report_dir`` defaults to ``<cwd>/reports``), also after a failure; a report that
+    cannot be written is named in one line and does not change the return code.
     """
     import papermill as pm
 
@@ -66,24 +112,208 @@ def run_notebooks(
     executed_dir.mkdir(parents=True, exist_ok=True)
     total = len(notebooks)
     print(f"hccer: {total} notebooks, profile={profile}, cohort={params['cohort_dir']}, seed={seed}", flush=True)
+    runs: list[NotebookRun] = []
     passed = 0
     for i, nb in enumerate(notebooks, start=1):
         print(f"[{i}/{total}] {nb.name} ...", flush=True)
         start = time.perf_counter()
         try:
-            pm.execute_notebook(
-                str(nb),
-                str(executed_dir / nb.name),
-                parameters=params,
-                cwd=str(cwd),
-                kernel_name="python3",
-                progress_bar=False,
-                log_output=True,
-            )
+            with _kernel_environment(MPLBACKEND=KERNEL_MPLBACKEND):
+                pm.execute_notebook(
+                    str(nb),
+                    str(executed_dir / nb.name),
+                    parameters=params,
+                    cwd=str(cwd),
+                    kernel_name="python3",
+                    progress_bar=False,
+                    log_output=True,
+                )
         except Exception as err:  # papermill raises PapermillExecutionError with the cell's error
-            print(f"[{i}/{total}] {nb.name} FAILED after {time.perf_counter() - start:.0f} s: {err}", flush=True)
+            seconds = time.perf_counter() - start
+            print(f"[{i}/{total}] {nb.name} FAILED after {seconds:.0f} s: {err}", flush=True)
+            runs.append(NotebookRun(nb.name, "failed", seconds, _first_line(err)))
             break
         passed += 1
-        print(f"[{i}/{total}] {nb.name} passed in {time.perf_counter() - start:.0f} s", flush=True)
+        seconds = time.perf_counter() - start
+        runs.append(NotebookRun(nb.name, "passed", seconds))
+        print(f"[{i}/{total}] {nb.name} passed in {seconds:.0f} s", flush=True)
+    runs += [NotebookRun(nb.name, "not run") for nb in notebooks[len(runs):]]
+    if write_report:
+        target = Path(report_dir) if report_dir else Path(cwd) / "reports"
+        target = target / f"study_report_{profile}.html"
+        try:
+            write_html_report(target, executed_dir, runs, parameters=params)
+            print(f"hccer: study report -> {target}", flush=True)
+        except Exception as err:  # the report must never hide the notebooks' own result
+            print(f"hccer: could not write the study report {target}: {_first_line(err)}", flush=True)
     print(f"{passed} of {total} notebooks passed", flush=True)
     return 0 if passed == total else 1
+
+
+@contextlib.contextmanager
+def _kernel_environment(**variables: str):
+    """Set environment variables for the kernels started inside the block, then restore them."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+# ---------------------------------------------------------------------------------------
+# The HTML study report
+# ---------------------------------------------------------------------------------------
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    text = lines[0] if lines else type(err).__name__
+    # papermill's message starts with a banner; the line naming the exception is more useful
+    named = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line)]
+    return (named[-1] if named else text)[:300]
+
+
+def notebook_status(nb) -> str:
+    """``"failed"`` when papermill recorded an exception in an executed notebook, else ``"passed"``."""
+    return "failed" if nb.metadata.get("papermill", {}).get("exception") else "passed"
+
+
+def notebook_title(nb, default: str) -> str:
+    """The first ``# `` heading of a notebook's markdown cells, or ``default``."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.startswith("# "):
+                    return line[2:].strip()
+    return default
+
+
+def _anchor(name: str) -> str:
+    return "nb-" + re.sub(r"[^A-Za-z0-9_-]+", "-", Path(name).stem)
+
+
+def _status_badge(status: str) -> str:
+    label = {"passed": "passed", "failed": "FAILED", "not run": "not run"}.get(status, status)
+    return f'<span class="hccer-status {status.replace(" ", "-")}">{html.escape(label)}</span>'
+
+
+def _anchored_sections(nb, anchor: str) -> list[str]:
+    """Give every ``##`` heading of ``nb`` an anchor ``<anchor>-s<k>``; return the titles in order."""
+    titles: list[str] = []
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        lines = []
+        for line in cell.source.splitlines():
+            if line.startswith("## "):
+                titles.append(line[3:].strip())
+                lines += [f'<a id="{anchor}-s{len(titles)}"></a>', ""]
+            lines.append(line)
+        cell.source = "\n".join(lines)
+    return titles
+
+
+def combined_report_notebook(
+    executed_dir: str | os.PathLike,
+    runs: list[NotebookRun] | None = None,
+    title: str = "hccer study report",
+    parameters: dict | None = None,
+):
+    """One notebook holding a header with the table of contents, then every executed notebook.
+
+    Args:
+        executed_dir: folder of the executed notebooks (``executed/<profile>``).
+        runs: what happened to each notebook in this run, in order; ``None``: every
+            ``*.ipynb`` of ``executed_dir``, its status read from papermill's metadata.
+            Notebooks marked ``"not run"`` are listed, without content: an executed copy
+            left from an earlier run is not shown as if it belonged to this one.
+        parameters: the notebooks' parameters, shown in the header.
+
+    Returns:
+        An ``nbformat`` v4 notebook (not executed again).
+    """
+    import nbformat
+
+    executed_dir = Path(executed_dir)
+    if runs is None:
+        runs = []
+        for path in sorted(executed_dir.glob("*.ipynb")):
+            runs.append(NotebookRun(path.name, notebook_status(nbformat.read(path, as_version=4))))
+    combined = nbformat.v4.new_notebook()
+    toc, body = [], []
+    for run in runs:
+        anchor = _anchor(run.name)
+        path = executed_dir / run.name
+        seconds = f", {run.seconds:.0f} s" if run.seconds is not None else ""
+        if run.status == "not run" or not path.is_file():
+            status = run.status if run.status == "not run" else "failed"
+            toc.append(f'<li>{html.escape(run.name)} {_status_badge(status)}'
+                       f'{" (no executed copy)" if status != "not run" else ""}</li>')
+            continue
+        nb = nbformat.read(path, as_version=4)
+        status = run.status if run.status in ("passed", "failed") else notebook_status(nb)
+        name_title = notebook_title(nb, run.name)
+        sections = _anchored_sections(nb, anchor)
+        section_items = "".join(f'<li><a href="#{anchor}-s{k}">{html.escape(t)}</a></li>'
+                                for k, t in enumerate(sections, start=1))
+        toc.append(f'<li><a href="#{anchor}">{html.escape(name_title)}</a> {_status_badge(status)}'
+                   f' <small>{html.escape(run.name)}{seconds}</small>'
+                   f'{f"<ul>{section_items}</ul>" if section_items else ""}</li>')
+        error = f"<p><b>Error:</b> <code>{html.escape(run.error)}</code></p>" if run.error else ""
+        banner = (f'<div class="hccer-notebook" id="{anchor}"><p>{_status_badge(status)} '
+                  f'<b>{html.escape(run.name)}</b>{seconds}</p>{error}</div>')
+        body.append(nbformat.v4.new_markdown_cell(banner))
+        body += nb.cells
+        if not combined.metadata and nb.metadata.get("kernelspec"):
+            combined.metadata["kernelspec"] = nb.metadata["kernelspec"]
+            combined.metadata["language_info"] = nb.metadata.get("language_info", {"name": "python"})
+    counts = {s: sum(r.status == s for r in runs) for s in ("passed", "failed", "not run")}
+    facts = [f"{counts['passed']} of {len(runs)} notebooks passed"
+             + (f", {counts['failed']} failed" if counts["failed"] else "")
+             + (f", {counts['not run']} not run" if counts["not run"] else ""),
+             "written " + datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")]
+    if parameters:
+        facts.append("parameters: " + ", ".join(f"{k}={v}" for k, v in parameters.items()))
+    note = ""
+    if parameters and parameters.get("synthetic"):
+        from hccer_lib.outputs import SYNTHETIC_NOTE
+
+        note = f"<p><i>{html.escape(SYNTHETIC_NOTE)}</i></p>"
+    header = (REPORT_STYLE + f'<div class="hccer-report-head"><h1>{html.escape(title)}</h1>'
+              + "".join(f"<p>{html.escape(f)}</p>" for f in facts) + note
+              + "<h2>Contents</h2><ol>" + "".join(toc) + "</ol></div>")
+    combined.cells = [nbformat.v4.new_markdown_cell(header), *body]
+    if "kernelspec" not in combined.metadata:
+        combined.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return combined
+
+
+def write_html_report(
+    target: str | os.PathLike,
+    executed_dir: str | os.PathLike,
+    runs: list[NotebookRun] | None = None,
+    title: str | None = None,
+    parameters: dict | None = None,
+) -> Path:
+    """Write the executed notebooks as one self-contained HTML file (atomic); returns its path.
+
+    Uses nbconvert's ``HTMLExporter`` (lab template): code, text, tables and figures of
+    every notebook, images embedded as ``data:image/png;base64`` URIs, so the single file
+    is readable anywhere. See :func:`combined_report_notebook` for ``runs``.
+    """
+    from nbconvert import HTMLExporter
+
+    from hccer_lib import outputs
+
+    if title is None:
+        profile = (parameters or {}).get("profile")
+        title = "hccer study report" + (f" (profile {profile})" if profile else "")
+    nb = combined_report_notebook(executed_dir, runs, title, parameters)
+    exporter = HTMLExporter(template_name="lab", embed_images=True)
+    body, _ = exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})
+    return outputs.write_text(target, body)

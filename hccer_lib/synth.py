@@ -524,7 +524,7 @@ def _oracle_model():
 
 
 @functools.lru_cache(maxsize=4)
-def _fit_oracles(config: SynthConfig) -> tuple[dict, dict]:
+def fit_oracles(config: SynthConfig) -> tuple[dict, dict]:
     """Oracle models fitted on a population drawn from ``config``'s generative process
     (never on a cohort), and their AUCs on a second, independent population."""
     from sklearn.metrics import roc_auc_score
@@ -559,7 +559,7 @@ def oracle_scores(plan: CohortPlan) -> pd.DataFrame:
         Columns ``patient_id`` and one probability of ER per ``ORACLE_INPUTS`` name, in
         plan order.
     """
-    models, _ = _fit_oracles(plan.config)
+    models, _ = fit_oracles(plan.config)
     x = oracle_inputs(_cohort_frame(plan))
     scores = pd.DataFrame({"patient_id": plan.clinical["patient_id"].to_numpy()})
     for name, model in models.items():
@@ -595,7 +595,7 @@ def oracle_aucs(plan: CohortPlan, n_folds: int = 10) -> dict:
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-    _, population_auc = _fit_oracles(plan.config)
+    _, population_auc = fit_oracles(plan.config)
     scores = oracle_scores(plan)
     frame = _cohort_frame(plan)
     y = frame["early_recurrence"].to_numpy()

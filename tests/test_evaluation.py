@@ -312,3 +312,77 @@ def test_fold_of_looks_up_each_patient_and_names_one_without_a_fold():
     assert got.tolist() == [1, 1, 1, 0], got
     with pytest.raises(ValueError, match=r"patient P9 has no fold \(1 such patients\)"):
         ev.fold_of(folds, ["P1", "P9"])
+
+
+# --- paired bootstrap of the AUC difference --------------------------------------------
+
+
+def test_bootstrap_difference_of_a_model_with_itself_is_zero():
+    y = np.repeat([0, 1], 30)
+    prob = np.random.default_rng(3).random(60) + 0.2 * y
+    low, high = ev.bootstrap_auc_difference_ci(y, prob, prob, n_bootstrap=200, seed=0)
+    assert (low, high) == (0.0, 0.0), f"CI ({low}, {high})"
+    # the same ranking (a monotone transform) has the same AUC on every resample: paired, not two samples
+    low, high = ev.bootstrap_auc_difference_ci(y, prob, prob**3 + 1, n_bootstrap=200, seed=0)
+    assert abs(low) < 1e-12 and abs(high) < 1e-12, f"CI ({low}, {high})"
+
+
+def test_bootstrap_difference_of_perfect_and_reversed_models_is_one():
+    y = np.repeat([0, 1], 20)
+    perfect = y + 0.01 * np.arange(40)
+    low, high = ev.bootstrap_auc_difference_ci(y, perfect, -perfect, n_bootstrap=100, seed=0)
+    assert low == pytest.approx(1.0) and high == pytest.approx(1.0), f"CI ({low}, {high})"
+
+
+def test_bootstrap_difference_is_seeded_contains_the_difference_and_matches_delong():
+    rng = np.random.default_rng(5)
+    y = np.repeat([0, 1], 100)
+    signal = rng.normal(0, 1, 200)
+    prob_a = y + signal + rng.normal(0, 1.0, 200)
+    prob_b = y + signal + rng.normal(0, 2.0, 200)
+    auc_a, auc_b, _ = ev.delong_test(y, prob_a, prob_b)
+    low, high = ev.bootstrap_auc_difference_ci(y, prob_a, prob_b, n_bootstrap=800, seed=1)
+    assert low < auc_a - auc_b < high, f"difference {auc_a - auc_b:.3f} outside ({low:.3f}, {high:.3f})"
+    assert (low, high) == ev.bootstrap_auc_difference_ci(y, prob_a, prob_b, n_bootstrap=800, seed=1)
+    assert (low, high) != ev.bootstrap_auc_difference_ci(y, prob_a, prob_b, n_bootstrap=800, seed=2)
+    # width close to the DeLong interval of the difference
+    _, cov = ev.delong_covariance(y, np.vstack([prob_a, prob_b]))
+    delong_width = 2 * 1.96 * np.sqrt(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    assert high - low == pytest.approx(delong_width, rel=0.25), f"bootstrap {high - low:.4f}, DeLong {delong_width:.4f}"
+
+
+def test_bootstrap_difference_refuses_mismatched_lengths():
+    with pytest.raises(ValueError, match="y_true has 4 patients but the predictions 3"):
+        ev.bootstrap_auc_difference_ci([0, 1, 0, 1], [0.1, 0.2, 0.3], [0.1, 0.2, 0.3])
+
+
+def test_record_comparison_adds_the_difference_interval_and_upgrades_an_old_file(tmp_path):
+    for seed, model in enumerate(["clinical_rf", "fusion_d", "deep_resnet50"]):
+        ev.write_predictions(tmp_path, model, predictions(n_patients=60, slices=2, seed=seed))
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    old = pd.DataFrame([{"model_a": "deep_resnet50", "model_b": "clinical_rf", "auc_a": 0.6, "auc_b": 0.7, "p_value": 0.3}])
+    old.to_csv(figures / ev.COMPARISONS_FILE, index=False)  # written before the interval columns existed
+    table = ev.record_comparison(figures, tmp_path, "fusion_d", "clinical_rf", n_bootstrap=200, seed=4)
+    on_disk = pd.read_csv(figures / ev.COMPARISONS_FILE)
+    assert list(on_disk.columns[:5]) == ["model_a", "model_b", "auc_a", "auc_b", "p_value"], list(on_disk.columns)
+    assert list(on_disk.columns) == ev.COMPARISON_COLUMNS and len(table) == 2
+    old_row, new_row = on_disk.iloc[0], on_disk.iloc[1]
+    assert old_row["p_value"] == 0.3 and pd.isna(old_row["difference_ci_low"]), f"old row {old_row.to_dict()}"
+    pairs = ev.paired_patients(tmp_path, "fusion_d", "clinical_rf")
+    expected = ev.bootstrap_auc_difference_ci(pairs["y_true"], pairs["prob_a"], pairs["prob_b"], 200, 4)
+    assert (new_row["difference_ci_low"], new_row["difference_ci_high"]) == pytest.approx(expected)
+    assert new_row["auc_difference"] == pytest.approx(new_row["auc_a"] - new_row["auc_b"])
+    assert new_row["difference_ci_low"] <= new_row["auc_difference"] <= new_row["difference_ci_high"], new_row.to_dict()
+    assert (new_row["n_patients"], new_row["n_bootstrap"], new_row["bootstrap_seed"]) == (60, 200, 4)
+
+
+def test_bootstrap_difference_equals_the_resamples_computed_one_by_one_with_ties():
+    rng = np.random.default_rng(11)
+    y = (rng.random(30) < 0.4).astype(int)
+    prob_a, prob_b = np.round(rng.random(30), 1), np.round(0.3 * y + rng.random(30), 1)  # many ties
+    low, high = ev.bootstrap_auc_difference_ci(y, prob_a, prob_b, n_bootstrap=40, seed=5, level=0.9)
+    index = np.random.default_rng(5).integers(0, 30, (40, 30))  # the function's first batch of resamples
+    by_hand = [ev.auc(y[i], prob_a[i]) - ev.auc(y[i], prob_b[i]) for i in index if 0 < y[i].sum() < 30]
+    assert len(by_hand) == 40, "with 30 patients every resample holds both classes"
+    assert (low, high) == pytest.approx(tuple(np.percentile(by_hand, [5, 95]))), (low, high)

@@ -1,6 +1,7 @@
 """run_all.sh's engine: notebooks in order, stop at the first failure, "N of M passed"."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,78 @@ def test_cli_refuses_an_unknown_profile():
     )
     assert proc.returncode == 2, proc.stderr
     assert "invalid choice: 'fast'" in proc.stderr, proc.stderr
+
+
+# --- the HTML study report -------------------------------------------------------------
+
+PNG_CELL = """import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(1, 1))
+ax.plot([0, 1], [0, 1])
+plt.show()"""
+
+
+def _titled_notebook(path, title: str, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "quick"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\nReads nothing."), params,
+                nbformat.v4.new_markdown_cell("## The figure"), nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_run_writes_one_html_report_with_embedded_figures_and_statuses(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _titled_notebook(nbs / "00_plot.ipynb", "00 · A plotted line", PNG_CELL)
+    _titled_notebook(nbs / "01_broken.ipynb", "01 · A broken step", "raise ValueError('patient HCC001 is broken')")
+    _titled_notebook(nbs / "02_later.ipynb", "02 · Never reached", "x = 1")
+    executed = tmp_path / "out"
+    executed.mkdir()
+    stale = executed / "02_later.ipynb"  # left by an earlier run: must not be shown as part of this one
+    _titled_notebook(stale, "02 · STALE COPY", "x = 1")
+
+    backend_before = os.environ.get("MPLBACKEND")
+    code = run_notebooks("smoke", notebooks=list_notebooks(nbs), executed_dir=executed, cwd=tmp_path)
+    out = capsys.readouterr().out
+    assert code == 1 and out.strip().splitlines()[-1] == "1 of 3 notebooks passed", out
+    assert os.environ.get("MPLBACKEND") == backend_before, "the kernels' backend leaked into the caller"
+    report = tmp_path / "reports" / "study_report_smoke.html"
+    assert report.is_file() and f"study report -> {report}" in out, out
+    text = report.read_text()
+    assert text.count("data:image/png;base64,") >= 1, "the figure is not embedded"
+    assert 'src="data:image/png;base64,' in text
+    for title in ("00 · A plotted line", "01 · A broken step"):
+        assert title in text, f"no title {title!r}"
+    assert "STALE COPY" not in text, "a notebook of an earlier run appears in the report"
+    assert 'href="#nb-00_plot"' in text and 'id="nb-00_plot"' in text, "no table of contents link"
+    assert 'href="#nb-00_plot-s1"' in text and 'id="nb-00_plot-s1"' in text, "no link to the ## section"
+    assert "FAILED" in text and "patient HCC001 is broken" in text
+    assert "02_later.ipynb" in text and "not run" in text
+    assert "1 of 3 notebooks passed, 1 failed, 1 not run" in text
+    assert "Synthetic cohort" in text, "the synthetic note is missing"
+    assert not list((tmp_path / "reports").glob(".*.tmp*")), "a temporary file was left behind"
+
+
+def test_report_can_be_switched_off_and_put_elsewhere(tmp_path, capsys):
+    _notebook(tmp_path / "00_ok.ipynb", "x = 1")
+    run_notebooks("smoke", notebooks=[tmp_path / "00_ok.ipynb"], executed_dir=tmp_path / "out", cwd=tmp_path,
+                  write_report=False)
+    assert not (tmp_path / "reports").exists()
+    run_notebooks("smoke", notebooks=[tmp_path / "00_ok.ipynb"], executed_dir=tmp_path / "out", cwd=tmp_path,
+                  report_dir=tmp_path / "elsewhere")
+    assert (tmp_path / "elsewhere" / "study_report_smoke.html").is_file(), capsys.readouterr().out
+
+
+def test_report_of_an_executed_folder_reads_each_status_from_papermill(tmp_path):
+    from hccer_lib.runner import write_html_report
+
+    for name, exception in (("00_a.ipynb", None), ("01_b.ipynb", True)):
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_markdown_cell(f"# Notebook {name}")]
+        nb.metadata["papermill"] = {"exception": exception}
+        nbformat.write(nb, tmp_path / name)
+    text = write_html_report(tmp_path / "r.html", tmp_path, parameters={"profile": "quick", "synthetic": False}).read_text()
+    assert "Notebook 00_a.ipynb" in text and "Notebook 01_b.ipynb" in text
+    assert "1 of 2 notebooks passed, 1 failed" in text and "profile quick" in text
+    assert "Synthetic cohort" not in text

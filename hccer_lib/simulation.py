@@ -1,0 +1,967 @@
+"""Seed simulation: how far the study's AUCs move from one synthetic cohort to the next.
+
+The study has one cohort of 167 patients (65 ER, 102 NER). This module repeats the
+study's own protocol on many cohorts drawn by the generator (:mod:`hccer_lib.synth`) with
+other seeds, and measures
+
+* the spread of each model's AUC at n = 167 (:func:`summarise`);
+* the smallest difference between two models that this design detects
+  (:func:`detectable_differences`), from the SD of their paired AUC difference across
+  the simulated cohorts;
+* which of the paper's reported differences lie inside that noise
+  (:func:`paper_differences`), and a figure of both (:func:`plot_spread`).
+
+What runs on each simulated cohort (seed ``s``; folds, forests and networks are seeded
+with ``s`` too, as the notebooks seed everything with ``seed``):
+
+* ``clinical`` seeds (no images needed, a few seconds each): the clinical table of
+  :func:`hccer_lib.synth.plan_cohort` (the ``clinical.csv`` that ``generate_cohort``
+  writes for that seed), :func:`hccer_lib.evaluation.make_folds` with the profile's
+  ``n_folds``, :func:`hccer_lib.clinical.cross_validate_clinical` for ``clinical_rf``
+  (selection on the whole cohort, the paper's protocol) and ``clinical_rf_strict``
+  (selection inside each training fold); and the generator's oracle rules
+  (``oracle_clinical``, ``oracle_image``, ``oracle_both``: logistic regressions on the
+  generator's true inputs, fitted once on a large generated population, never on a cohort;
+  see :func:`hccer_lib.synth.oracle_aucs`), scored on the cohort's patients.
+* ``image`` seeds (the first ones of the clinical seeds): the whole cohort with images is
+  generated in a temporary folder (about 150 MB, deleted afterwards), PyRadiomics features
+  are extracted with the profile's settings and ``radiomics_rf`` is cross-validated on the
+  same folds (:mod:`hccer_lib.radiomics_baseline`).
+* ``deep`` seeds (opt-in, none by default): ``deep_resnet50``, ``fusion_d`` and
+  ``fusion_d_joint`` trained by :func:`hccer_lib.training.train_cross_validated` with the
+  profile's network settings.
+* ``oracle_cohorts``: many more cohorts, drawn without images by
+  :func:`hccer_lib.synth.sample_population` (each with the paper's exact Table 1 counts),
+  scored by the same fixed oracle rules: the sampling spread of a *fixed* scoring rule's
+  AUC at n = 167, free of any training noise.
+
+Everything is cached per seed under ``<work_root>/simulation/<settings key>/`` (the
+out-of-fold predictions of each seed and part, written atomically), so a rerun is
+resumable and instant, and raising the counts reuses the seeds already done.
+
+All results are about SYNTHETIC cohorts (:data:`hccer_lib.outputs.SYNTHETIC_NOTE`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from hccer_lib import clinical, evaluation, outputs, synth
+from hccer_lib.profiles import Profile, get_profile
+
+logger = logging.getLogger("hccer")
+
+SIMULATION_VERSION = 1  # part of the settings key: raise it when a change here changes results
+STUDY_SEED = 2020  # the study's own cohort (data/synthetic); never one of the simulated seeds
+ORACLE_RULE_SEED = STUDY_SEED  # the oracle rules are those of the study cohort's ground_truth.json
+ORACLE_CHUNK = 100  # replicate cohorts drawn (and cached) together
+MIN_PROXY_COHORTS = 5  # a pair stands in for a paper comparison only with this many cohorts
+
+
+class SeedCounts(NamedTuple):
+    """How many simulated cohorts run each part of the study.
+
+    Attributes:
+        clinical: cohorts on which the clinical models and the oracle rules run (no images).
+        image: the first ``image`` of those also get images, radiomics and ``radiomics_rf``.
+        deep: the first ``deep`` of those also train the deep models (opt-in: slow).
+        oracle_cohorts: further image-free cohorts scored by the fixed oracle rules only.
+    """
+
+    clinical: int
+    image: int = 0
+    deep: int = 0
+    oracle_cohorts: int = 0
+
+
+# Per profile. Costs measured on the project's shared 2-core CPU (other jobs running,
+# load 2-4): one clinical seed at 10 folds (two random forests of 500 trees per fold,
+# 0.9 s per fit, plus the oracle scores) takes ~19 s in one process, and two run side by
+# side (~10-15 s per seed in all); at 2 folds (smoke) ~7 s. Fitting the oracle rules:
+# ~10 s once per run. 100 oracle cohorts: 0.7 s at 10 folds. One image seed: ~140 s
+# (generation ~35 s, PyRadiomics with every feature class ~55-150 s, radiomics
+# cross-validation ~75 s at 10 folds). Measured totals: smoke 13 s (25 s at load 3);
+# quick 16 seeds ~6 min (20 seeds took 10 min at load 4). A rerun reads the cache:
+# under a second. The deep models stay opt-in: on this CPU one seed at the smoke profile
+# (2 folds, 1 epoch) took ~1 min for the three, at the quick profile about 2.5 min per
+# model; at the paper profile (GPU) tens of minutes per model.
+SIMULATION_SEEDS: dict[str, SeedCounts] = {
+    "smoke": SeedCounts(clinical=2, image=0, deep=0, oracle_cohorts=200),
+    "quick": SeedCounts(clinical=16, image=1, deep=0, oracle_cohorts=1000),
+    "paper": SeedCounts(clinical=50, image=10, deep=0, oracle_cohorts=5000),
+}
+
+CLINICAL_MODELS = {"clinical_rf": "paper", "clinical_rf_strict": "strict"}  # model -> selection protocol
+ORACLE_MODELS = {"oracle_clinical": "clinical", "oracle_image": "image", "oracle_both": "both"}  # -> synth input set
+RADIOMICS_MODEL = "radiomics_rf"
+DEEP_MODELS = ("deep_resnet50", "fusion_d", "fusion_d_joint")
+MODEL_ORDER = (
+    "clinical_rf", "clinical_rf_strict", RADIOMICS_MODEL, *DEEP_MODELS, *ORACLE_MODELS,
+)  # fmt: skip
+# Settings of the models, as in the notebooks' parameter cells (01, 03).
+ALPHA = 0.05
+N_ESTIMATORS = 500
+INNER_FOLDS = 5
+
+RESULT_COLUMNS = [
+    "design", "cohort", "seed", "model", "level", "n_patients", "auc", "auc_se", "auc_fold_mean", "auc_fold_sd",
+    "accuracy_fold_mean", "oracle_clinical_auc", "oracle_image_auc", "oracle_both_auc",
+]  # fmt: skip
+PAIR_COLUMNS = [
+    "design", "cohort", "seed", "model_a", "model_b", "auc_a", "auc_b", "difference", "fold_mean_difference",
+    "se_delong", "p_delong",
+]  # fmt: skip
+
+
+# %% Settings, seeds, cache ---------------------------------------------------------------
+
+
+def _profile(profile: str | Profile) -> Profile:
+    return get_profile(profile) if isinstance(profile, str) else profile
+
+
+def seed_counts(profile: str | Profile, n_seeds=None) -> SeedCounts:
+    """The counts a run uses: ``SIMULATION_SEEDS[profile]``, or ``n_seeds``.
+
+    Args:
+        n_seeds: ``None`` (the profile's counts), an int (that many clinical seeds, the
+            profile's other counts capped at it) or a :class:`SeedCounts` / tuple.
+    """
+    profile = _profile(profile)
+    if n_seeds is None or isinstance(n_seeds, int | np.integer):
+        if profile.name not in SIMULATION_SEEDS:
+            raise ValueError(f"no simulation counts for profile {profile.name!r}; pass n_seeds "
+                             f"(profiles with counts: {sorted(SIMULATION_SEEDS)})")
+        counts = SIMULATION_SEEDS[profile.name]
+        if n_seeds is not None:
+            n = int(n_seeds)
+            counts = SeedCounts(n, min(counts.image, n), min(counts.deep, n), counts.oracle_cohorts)
+    else:
+        counts = SeedCounts(*n_seeds)
+    if min(counts) < 0:
+        raise ValueError(f"seed counts must be >= 0, got {counts}")
+    if counts.image > counts.clinical or counts.deep > counts.clinical:
+        raise ValueError(f"image and deep seeds are taken from the clinical seeds: need image, deep <= clinical, got {counts}")
+    return counts
+
+
+def simulation_seeds(n: int, base_seed: int = STUDY_SEED) -> list[int]:
+    """The first ``n`` generator seeds: ``base_seed + 1, base_seed + 2, ...`` without
+    :data:`STUDY_SEED` (the study's own cohort). Deterministic; the image and deep seeds
+    are the first ones of this list."""
+    seeds, candidate = [], base_seed
+    while len(seeds) < n:
+        candidate += 1
+        if candidate != STUDY_SEED:
+            seeds.append(candidate)
+    return seeds
+
+
+def simulation_settings(profile: str | Profile) -> dict:
+    """Everything that changes a simulated cohort's results (hashed into the cache folder).
+
+    The counts and the base seed are not part of it: each seed is cached on its own.
+    """
+    import radiomics
+    import sklearn
+
+    from hccer_lib import radiomics_baseline as rb
+
+    profile = _profile(profile)
+    synth_settings = {k: v for k, v in asdict(synth.SynthConfig()).items() if k not in ("seed", "n_patients")}
+    return {
+        "simulation_version": SIMULATION_VERSION,
+        "n_folds": profile.n_folds,
+        "generator_version": synth.GENERATOR_VERSION,
+        "synth_settings": synth_settings,
+        "clinical": {"rf": clinical.RF_PARAMS, "n_estimators": N_ESTIMATORS, "alpha": ALPHA},
+        "oracle": {"rule_seed": ORACLE_RULE_SEED, "replicates": list(synth.ORACLE_REPLICATES), "chunk": ORACLE_CHUNK},
+        "radiomics": {
+            "mode": profile.radiomics_mode,
+            "params": rb.load_params(profile.radiomics_mode, profile.radiomics_feature_classes),
+            "inner_folds": INNER_FOLDS,
+            "n_estimators": N_ESTIMATORS,
+            "min_texture_voxels": rb.DEFAULT_MIN_TEXTURE_VOXELS,
+            "format": rb.FORMAT_VERSION,
+            "pyradiomics": radiomics.__version__,
+        },
+        "scikit_learn": sklearn.__version__,
+    }
+
+
+def _deep_key(profile: Profile) -> str:
+    """Key of the deep models' settings (imports the training stack, so only when needed)."""
+    from hccer_lib import training
+
+    fields = {f: getattr(profile, f, None) for f in training.DEEP_PROFILE_FIELDS}
+    return outputs.settings_key({"fields": fields, "training": training.TRAINING_VERSION, "models": DEEP_MODELS})
+
+
+def simulation_dir(profile: str | Profile, work_root: str | os.PathLike) -> Path:
+    """``<work_root>/simulation/<settings key>/``."""
+    return Path(work_root) / "simulation" / outputs.settings_key(simulation_settings(profile))
+
+
+def _part_path(folder: Path, seed: int, part: str) -> Path:
+    return folder / f"seed_{seed}_{part}.csv"
+
+
+def _read_part(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, dtype={"patient_id": str, "model": str})
+    frame["slice"] = frame["slice"].astype("Int64")
+    return frame
+
+
+# %% One simulated cohort -----------------------------------------------------------------
+
+
+_WORKER_ORACLES: dict | None = None
+
+
+def _init_worker(oracles: dict) -> None:
+    global _WORKER_ORACLES
+    _WORKER_ORACLES = oracles
+
+
+def fixed_oracles() -> dict:
+    """The oracle rules (input set -> fitted sklearn pipeline) of the study's cohort.
+
+    Fitted once per process (~9 s) on the population that
+    :func:`hccer_lib.synth.oracle_aucs` uses for seed :data:`ORACLE_RULE_SEED`, so the
+    scores on the study's own cohort are those of its ``ground_truth.json``. The same
+    fixed rules score every simulated cohort (a cohort written with seed ``s`` states the
+    rules refitted on seed ``s``'s population in its own ``ground_truth.json``; the two
+    fits differ by the noise of 25 000 generated patients only).
+    """
+    return synth.fit_oracles(synth.SynthConfig(seed=ORACLE_RULE_SEED))[0]
+
+
+def _latent_frame(plan: synth.CohortPlan) -> pd.DataFrame:
+    """The plan's clinical table beside its latent traits (what the oracles read)."""
+    traits = plan.truth[["z_img", *synth.TRAITS]].reset_index(drop=True)
+    return pd.concat([plan.clinical.reset_index(drop=True), traits], axis=1)
+
+
+def cohort_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
+    """The study's folds of a cohort (``evaluation.make_folds`` on its labels)."""
+    labels = pd.Series(table["early_recurrence"].to_numpy(dtype=int), index=table["patient_id"].astype(str))
+    return evaluation.make_folds(labels, n_folds, seed)
+
+
+def clinical_part(seed: int, n_folds: int, oracles: dict | None = None) -> pd.DataFrame:
+    """Out-of-fold predictions of the clinical models and the oracle rules on cohort ``seed``.
+
+    No image is drawn: the clinical table and the latent traits come from
+    :func:`hccer_lib.synth.plan_cohort` (the same table ``generate_cohort`` writes).
+
+    Returns:
+        The shared predictions format (``patient_id, slice, fold, y_true, y_prob``; slice
+        empty) plus ``model``, 167 rows per model of ``CLINICAL_MODELS`` and ``ORACLE_MODELS``.
+    """
+    oracles = oracles if oracles is not None else fixed_oracles()
+    plan = synth.plan_cohort(synth.SynthConfig(seed=seed))
+    table = plan.clinical
+    folds = cohort_folds(table, n_folds, seed)
+    frames = []
+    for model, protocol in CLINICAL_MODELS.items():
+        frame, _ = clinical.cross_validate_clinical(table, folds, protocol, seed=seed, alpha=ALPHA, n_estimators=N_ESTIMATORS)
+        frames.append(frame.assign(model=model))
+    ids = table["patient_id"].astype(str).to_numpy()
+    inputs = synth.oracle_inputs(_latent_frame(plan))
+    for model, input_set in ORACLE_MODELS.items():
+        frames.append(pd.DataFrame({
+            "patient_id": ids,
+            "slice": pd.array([pd.NA] * len(ids), dtype="Int64"),
+            "fold": evaluation.fold_of(folds, ids),
+            "y_true": table["early_recurrence"].to_numpy(dtype=int),
+            "y_prob": oracles[input_set].predict_proba(inputs[input_set])[:, 1],
+            "model": model,
+        }))  # fmt: skip
+    return pd.concat(frames, ignore_index=True)
+
+
+def _clinical_task(args: tuple[int, int, str], oracles: dict | None = None) -> tuple[int, float]:
+    """Compute and cache one clinical seed (in a worker: the oracles of ``_init_worker``);
+    returns (seed, seconds)."""
+    seed, n_folds, path = args
+    start = time.perf_counter()
+    outputs.write_csv(path, clinical_part(seed, n_folds, oracles if oracles is not None else _WORKER_ORACLES))
+    return seed, time.perf_counter() - start
+
+
+def image_parts(seed: int, profile: Profile, parts: tuple[str, ...], scratch: Path, progress: bool = False) -> dict[str, pd.DataFrame]:
+    """Generate cohort ``seed`` with images in a temporary folder and run the image models.
+
+    Args:
+        parts: ``"radiomics"`` (``radiomics_rf``) and/or ``"deep"`` (``DEEP_MODELS``).
+        scratch: folder under which the temporary cohort goes (deleted afterwards, also
+            on failure).
+
+    Returns:
+        part -> predictions frame (shared format plus ``model``; slice rows).
+    """
+    from hccer_lib import cohort
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    found: dict[str, pd.DataFrame] = {}
+    with tempfile.TemporaryDirectory(prefix=f".seed_{seed}_", dir=scratch) as tmp:
+        cohort_dir = Path(tmp) / "synthetic"
+        synth.generate_cohort(cohort_dir, synth.SynthConfig(seed=seed), n_jobs=os.cpu_count(), progress=progress)
+        table = cohort.load_clinical(cohort_dir)
+        planned = synth.synthesize_clinical(synth.SynthConfig(seed=seed))
+        if not (table["patient_id"].tolist() == planned["patient_id"].tolist()
+                and (table["early_recurrence"].to_numpy() == planned["early_recurrence"].to_numpy()).all()):  # fmt: skip
+            raise RuntimeError(f"seed {seed}: the written clinical.csv differs from the planned clinical table")
+        folds = cohort_folds(table, profile.n_folds, seed)
+        if "radiomics" in parts:
+            from hccer_lib import radiomics_baseline as rb
+
+            features, _ = rb.extract_cohort(
+                cohort_dir, cohort_dir, mode=profile.radiomics_mode, feature_classes=profile.radiomics_feature_classes,
+                progress=progress,
+            )
+            predictions, _ = rb.cross_validate(features, folds, seed=seed, inner_folds=INNER_FOLDS,
+                                               n_estimators=N_ESTIMATORS, progress=progress)
+            found["radiomics"] = predictions.assign(model=RADIOMICS_MODEL)
+        if "deep" in parts:
+            from hccer_lib import preprocessing, training
+
+            dataset = preprocessing.build_dataset(cohort_dir, cohort_dir, profile.image_size, seed=seed, progress=progress)
+            frames = [
+                training.train_cross_validated(model, dataset, table, folds, profile, cohort_dir, seed=seed).assign(model=model)
+                for model in DEEP_MODELS
+            ]
+            found["deep"] = pd.concat(frames, ignore_index=True)
+    return found
+
+
+# %% Metrics of one cohort ----------------------------------------------------------------
+
+
+def _fold_scores(y: np.ndarray, probs: np.ndarray, fold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """AUC and accuracy (threshold 0.5) per model and fold, ``[k, n_folds]`` each, of
+    ``probs [k, n]``: the same values as ``evaluation.fold_metrics`` on those rows (AUC as
+    the share of (ER, NER) pairs ranked right, ties counting one half)."""
+    folds = np.unique(fold)
+    aucs = np.empty((len(probs), len(folds)))
+    accuracies = np.empty((len(probs), len(folds)))
+    for f, k in enumerate(folds):
+        inside = fold == k
+        positive, negative = probs[:, inside & (y == 1)], probs[:, inside & (y == 0)]
+        if positive.shape[1] == 0 or negative.shape[1] == 0:
+            raise ValueError(f"fold {k}: one class only, so its AUC is undefined")
+        diff = positive[:, :, None] - negative[:, None, :]
+        aucs[:, f] = ((diff > 0).sum(axis=(1, 2)) + 0.5 * (diff == 0).sum(axis=(1, 2))) / diff[0].size
+        accuracies[:, f] = ((probs[:, inside] >= 0.5).astype(int) == y[inside]).mean(axis=1)
+    return aucs, accuracies
+
+
+def patient_metrics(
+    y: np.ndarray, fold: np.ndarray, probs: np.ndarray, models: list[str], fold_scores: dict | None = None
+) -> tuple[list[dict], list[dict]]:
+    """Rows and pairs of one cohort from patient-level out-of-fold probabilities.
+
+    Args:
+        y: ``[n]`` 0/1 labels; fold: ``[n]`` fold of each patient.
+        probs: ``[k, n]`` probability of ER of each of the ``k`` ``models``.
+        fold_scores: model -> (fold AUCs, fold accuracies) computed elsewhere (slice-level
+            models: on their slice rows, the paper's form); others are computed on the
+            patients.
+
+    Returns:
+        (one dict per model: ``model, n_patients, auc`` (pooled), ``auc_se`` (DeLong),
+        ``auc_fold_mean, auc_fold_sd`` (ddof=1), ``accuracy_fold_mean``; one dict per pair
+        ``model_a, model_b`` (in the order given): ``auc_a, auc_b, difference,
+        fold_mean_difference, se_delong, p_delong`` (DeLong test of the paired AUCs, as
+        ``evaluation.delong_test``).
+    """
+    from scipy.stats import norm
+
+    fold_scores = dict(fold_scores or {})
+    aucs, cov = evaluation.delong_covariance(y, probs)
+    own_auc, own_accuracy = _fold_scores(y, probs, fold)
+    rows = []
+    for i, model in enumerate(models):
+        fold_auc, fold_accuracy = fold_scores.get(model) or (own_auc[i], own_accuracy[i])
+        rows.append({
+            "model": model, "n_patients": len(y), "auc": float(aucs[i]), "auc_se": float(np.sqrt(max(cov[i, i], 0.0))),
+            "auc_fold_mean": float(np.mean(fold_auc)), "auc_fold_sd": _sd(np.asarray(fold_auc)),
+            "accuracy_fold_mean": float(np.mean(fold_accuracy)),
+        })  # fmt: skip
+    pairs = []
+    for i, model_a in enumerate(models):
+        for j in range(i + 1, len(models)):
+            difference = float(aucs[i] - aucs[j])
+            variance = float(cov[i, i] + cov[j, j] - 2 * cov[i, j])
+            if variance <= 1e-15:
+                p_value = 1.0 if abs(difference) < 1e-12 else 0.0
+            else:
+                p_value = float(2 * norm.sf(abs(difference) / np.sqrt(variance)))
+            pairs.append({
+                "model_a": model_a, "model_b": models[j], "auc_a": float(aucs[i]), "auc_b": float(aucs[j]),
+                "difference": difference,
+                "fold_mean_difference": rows[i]["auc_fold_mean"] - rows[j]["auc_fold_mean"],
+                "se_delong": float(np.sqrt(max(variance, 0.0))), "p_delong": p_value,
+            })  # fmt: skip
+    return rows, pairs
+
+
+def cohort_metrics(predictions: pd.DataFrame) -> tuple[list[dict], list[dict]]:
+    """Rows and pairs (:func:`patient_metrics`) of one cohort's predictions, all models.
+
+    Args:
+        predictions: the shared predictions format plus ``model``. Slice-level models are
+            averaged per patient (``evaluation.patient_level``) for the pooled AUC and the
+            pairs, and scored per fold on their slice rows (the paper's form).
+
+    Returns:
+        The rows (with ``level``: ``"slice"`` or ``"patient"``) and the pairs, models in
+        :data:`MODEL_ORDER`.
+    """
+    names = list(dict.fromkeys(predictions["model"]))
+    models = [m for m in MODEL_ORDER if m in names] + sorted(set(names) - set(MODEL_ORDER))
+    per_patient, fold_scores, levels = {}, {}, {}
+    for model in models:
+        frame = predictions[predictions["model"] == model].drop(columns="model")
+        if frame["slice"].notna().any():
+            levels[model] = "slice"
+            per_fold = evaluation.fold_metrics(frame)
+            fold_scores[model] = (per_fold["auc"].to_numpy(), per_fold["accuracy"].to_numpy())
+            frame = evaluation.patient_level(frame)
+        else:
+            levels[model] = "patient"
+            if frame["patient_id"].duplicated().any():
+                raise ValueError(f"{model}: more than one row for a patient in a patient-level model")
+        per_patient[model] = frame.set_index(frame["patient_id"].astype(str)).sort_index()
+    reference = per_patient[models[0]]
+    for model in models[1:]:
+        other = per_patient[model]
+        if not other.index.equals(reference.index) or not (other["y_true"].to_numpy() == reference["y_true"].to_numpy()).all():
+            raise ValueError(f"{models[0]} and {model} predict different patients or labels; a paired comparison needs the same")
+    y = reference["y_true"].to_numpy(dtype=int)
+    fold = reference["fold"].to_numpy(dtype=int)
+    probs = np.vstack([per_patient[m]["y_prob"].to_numpy(dtype=float) for m in models])
+    rows, pairs = patient_metrics(y, fold, probs, models, fold_scores)
+    for row in rows:
+        row["level"] = levels[row["model"]]
+    return rows, pairs
+
+
+# %% Fixed oracle rules on many image-free cohorts -----------------------------------------
+
+
+def oracle_chunk(chunk: int, base_seed: int, n_folds: int, oracles: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The fixed oracle rules on :data:`ORACLE_CHUNK` generated cohorts (no images).
+
+    The cohorts are replicates of :func:`hccer_lib.synth.sample_population` (seed
+    ``SeedSequence([base_seed, 6, chunk])``), each with the paper's exact Table 1 counts:
+    102 NER and 65 ER patients. Folds per cohort: ``make_folds(..., n_folds, seed=cohort
+    number)``.
+
+    Returns:
+        (rows, pairs) as :func:`run_simulation` and its pairs, ``design`` =
+        ``"oracle_replicate"``, ``cohort`` = ``"replicate <number>"``.
+    """
+    oracles = oracles if oracles is not None else fixed_oracles()
+    population = synth.sample_population(synth.SynthConfig(), ORACLE_CHUNK, np.random.SeedSequence([base_seed, 6, chunk]))
+    n_ner, n_er = clinical.PAPER_N_NER, clinical.PAPER_N_ER
+    label = population["early_recurrence"].to_numpy()
+    # sample_population stacks the NER replicates, then the ER replicates, each replicate's
+    # patients together (tests check that every replicate has the paper's exact counts).
+    replicate = np.where(label == 0, np.arange(len(label)) // n_ner,
+                         (np.arange(len(label)) - ORACLE_CHUNK * n_ner) // n_er)  # fmt: skip
+    inputs = synth.oracle_inputs(population)
+    scores = {model: oracles[input_set].predict_proba(inputs[input_set])[:, 1] for model, input_set in ORACLE_MODELS.items()}
+    models = list(ORACLE_MODELS)
+    rows, pairs = [], []
+    for r in range(ORACLE_CHUNK):
+        number = chunk * ORACLE_CHUNK + r
+        members = np.flatnonzero(replicate == r)
+        ids = [f"P{i:03d}" for i in range(len(members))]
+        fold = evaluation.make_folds(pd.Series(label[members], index=ids), n_folds, number)["fold"].to_numpy()
+        probs = np.vstack([scores[m][members] for m in models])
+        cohort_rows, cohort_pairs = patient_metrics(label[members], fold, probs, models)
+        tag = {"design": "oracle_replicate", "cohort": f"replicate {number}", "seed": pd.NA}
+        oracle_aucs = {f"{row['model']}_auc": row["auc"] for row in cohort_rows}
+        rows += [{**tag, **row, "level": "patient", **oracle_aucs} for row in cohort_rows]
+        pairs += [{**tag, **pair} for pair in cohort_pairs]
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS), pd.DataFrame(pairs, columns=PAIR_COLUMNS)
+
+
+# %% The simulation --------------------------------------------------------------------------
+
+
+def run_simulation(
+    profile: str | Profile,
+    work_root: str | os.PathLike,
+    n_seeds=None,
+    base_seed: int = STUDY_SEED,
+    progress: bool = True,
+    n_jobs: int | None = None,
+) -> pd.DataFrame:
+    """Repeat the study on simulated cohorts; one row per (cohort, model).
+
+    Args:
+        profile: name or :class:`Profile`: ``n_folds`` and the radiomics (and network)
+            settings of the study's notebooks.
+        work_root: the data root (e.g. ``data``); results are cached in
+            ``<work_root>/simulation/<settings key>/`` and reused by every later run.
+        n_seeds: ``None`` (``SIMULATION_SEEDS[profile]``), an int (clinical seeds) or a
+            :class:`SeedCounts`.
+        base_seed: the seeds are ``base_seed + 1, ...`` (:func:`simulation_seeds`),
+            never :data:`STUDY_SEED`; the oracle cohorts derive from it too.
+        progress: one line per computed seed (and per part).
+        n_jobs: processes for the clinical seeds (default: one per CPU).
+
+    Returns:
+        Columns ``design`` (``"study"``: the study's protocol on a generated cohort;
+        ``"oracle_replicate"``: a fixed oracle rule on an image-free cohort), ``cohort``
+        (``"seed <s>"`` or ``"replicate <r>"``, the pairing key), ``seed`` (generator seed,
+        NA for replicates), ``model``, ``level`` (rows the fold metrics use), ``n_patients``,
+        ``auc`` (pooled patient-level out-of-fold AUC), ``auc_se`` (its DeLong SE on that
+        cohort), ``auc_fold_mean``, ``auc_fold_sd`` (over the folds: the paper's form),
+        ``accuracy_fold_mean``, and the cohort's oracle AUCs ``oracle_clinical_auc``,
+        ``oracle_image_auc``, ``oracle_both_auc``. ``attrs``: ``settings_key``,
+        ``simulation_dir`` (relative to ``work_root``), ``counts``, ``base_seed`` and
+        ``pairs_file``: the per-cohort DeLong tests of every pair of models
+        (:func:`paired_tests`), also written to ``<simulation dir>/pairs_<...>.csv``.
+    """
+    profile = _profile(profile)
+    counts = seed_counts(profile, n_seeds)
+    settings = simulation_settings(profile)
+    key = outputs.settings_key(settings)
+    folder = Path(work_root) / "simulation" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / "settings.json").exists():
+        outputs.write_json(folder / "settings.json", settings)
+    say = print if progress else logger.info
+    seeds = simulation_seeds(counts.clinical, base_seed)
+    deep_part = f"deep_{_deep_key(profile)}" if counts.deep else None
+    start = time.perf_counter()
+    say(f"simulation: profile {profile.name}, {counts.clinical} clinical / {counts.image} image / {counts.deep} deep seeds "
+        f"(from {seeds[0] if seeds else '-'}), {counts.oracle_cohorts} oracle cohorts; cache {folder}")
+
+    oracles: dict | None = None
+
+    def get_oracles() -> dict:
+        nonlocal oracles
+        if oracles is None:
+            say("simulation: fitting the fixed oracle rules on the generator's population (once, ~10 s)")
+            oracles = fixed_oracles()
+        return oracles
+
+    # Clinical seeds (side by side in worker processes).
+    todo = [s for s in seeds if not _part_path(folder, s, "clinical").exists()]
+    say(f"simulation: clinical seeds: {len(seeds) - len(todo)} cached, {len(todo)} to run")
+    if todo:
+        tasks = [(s, profile.n_folds, str(_part_path(folder, s, "clinical"))) for s in todo]
+        n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(todo)))
+        if n_jobs > 1:
+            with ProcessPoolExecutor(n_jobs, initializer=_init_worker, initargs=(get_oracles(),)) as pool:
+                for i, (seed, seconds) in enumerate(pool.map(_clinical_task, tasks), 1):
+                    say(f"simulation: seed {seed} clinical ({i}/{len(todo)}): {_line(folder, seed, 'clinical')} [{seconds:.1f} s]")
+        else:
+            for i, task in enumerate(tasks, 1):
+                seed, seconds = _clinical_task(task, get_oracles())
+                say(f"simulation: seed {seed} clinical ({i}/{len(todo)}): {_line(folder, seed, 'clinical')} [{seconds:.1f} s]")
+
+    # Image seeds: one generated cohort serves its radiomics and deep parts.
+    wanted = {s: [p for p, n in (("radiomics", counts.image), ("deep", counts.deep)) if s in seeds[:n]] for s in seeds}
+    for seed in (s for s in seeds if wanted[s]):
+        missing = [p for p in wanted[seed] if not _part_path(folder, seed, p if p == "radiomics" else deep_part).exists()]
+        if not missing:
+            continue
+        t0 = time.perf_counter()
+        say(f"simulation: seed {seed}: generating the cohort with images for {', '.join(missing)}")
+        found = image_parts(seed, profile, tuple(missing), folder / "scratch", progress=False)
+        for part, frame in found.items():
+            name = part if part == "radiomics" else deep_part
+            outputs.write_csv(_part_path(folder, seed, name), frame)
+            say(f"simulation: seed {seed} {part}: {_line(folder, seed, name)} [{time.perf_counter() - t0:.0f} s]")
+    with contextlib.suppress(OSError):
+        (folder / "scratch").rmdir()  # empty once every temporary cohort is gone
+
+    # Metrics per cohort, from the cached predictions.
+    rows, pairs = [], []
+    for seed in seeds:
+        names = ["clinical"] + [p if p == "radiomics" else deep_part for p in wanted[seed]]
+        predictions = pd.concat([_read_part(_part_path(folder, seed, n)) for n in names], ignore_index=True)
+        cohort_rows, cohort_pairs = cohort_metrics(predictions)
+        tag = {"design": "study", "cohort": f"seed {seed}", "seed": seed}
+        oracle_aucs = {f"{r['model']}_auc": r["auc"] for r in cohort_rows if r["model"] in ORACLE_MODELS}
+        rows += [{**tag, **row, **oracle_aucs} for row in cohort_rows]
+        pairs += [{**tag, **pair} for pair in cohort_pairs]
+    frames = [pd.DataFrame(rows, columns=RESULT_COLUMNS)]
+    pair_frames = [pd.DataFrame(pairs, columns=PAIR_COLUMNS)]
+
+    # Fixed oracle rules on many image-free cohorts (cached per chunk).
+    n_chunks = -(-counts.oracle_cohorts // ORACLE_CHUNK)
+    for chunk in range(n_chunks):
+        row_path = folder / f"oracle_{base_seed}_chunk_{chunk}.csv"
+        pair_path = folder / f"oracle_{base_seed}_chunk_{chunk}_pairs.csv"
+        if not (row_path.exists() and pair_path.exists()):
+            t0 = time.perf_counter()
+            chunk_rows, chunk_pairs = oracle_chunk(chunk, base_seed, profile.n_folds, get_oracles())
+            outputs.write_csv(pair_path, chunk_pairs)
+            outputs.write_csv(row_path, chunk_rows)
+            say(f"simulation: oracle cohorts {chunk * ORACLE_CHUNK}-{(chunk + 1) * ORACLE_CHUNK - 1} "
+                f"[{time.perf_counter() - t0:.1f} s]")
+        frames.append(pd.read_csv(row_path, dtype={"cohort": str}))
+        pair_frames.append(pd.read_csv(pair_path, dtype={"cohort": str}))
+    keep = {f"replicate {r}" for r in range(counts.oracle_cohorts)}
+    results = _tidy(pd.concat(frames, ignore_index=True), keep)
+    pair_table = _tidy(pd.concat(pair_frames, ignore_index=True), keep)
+    pairs_path = folder / f"pairs_{base_seed}_{'-'.join(str(c) for c in counts)}.csv"
+    outputs.write_csv(pairs_path, pair_table)
+    outputs.write_csv(folder / f"results_{base_seed}_{'-'.join(str(c) for c in counts)}.csv", results)
+    results.attrs.update({
+        "settings_key": key, "simulation_dir": str(Path("simulation") / key), "work_root": str(work_root),
+        "pairs_file": str(pairs_path), "counts": dict(counts._asdict()), "base_seed": base_seed,
+        "profile": profile.name,
+    })  # fmt: skip
+    say(f"simulation: {results['cohort'].nunique()} cohorts, {len(results)} rows in {time.perf_counter() - start:.0f} s "
+        "(SYNTHETIC cohorts)")
+    return results
+
+
+def _tidy(frame: pd.DataFrame, keep_replicates: set[str]) -> pd.DataFrame:
+    """Study rows plus the wanted replicate rows, ``seed`` as nullable Int64."""
+    frame = frame[(frame["design"] == "study") | frame["cohort"].isin(keep_replicates)].reset_index(drop=True)
+    frame["seed"] = pd.array(frame["seed"], dtype="Int64")
+    return frame
+
+
+def _line(folder: Path, seed: int, part: str) -> str:
+    """``model AUC, ...`` of one cached part, for the progress line."""
+    frame = _read_part(_part_path(folder, seed, part))
+    aucs = []
+    for model, rows in frame.groupby("model", sort=False):
+        patients = evaluation.patient_level(rows.drop(columns="model"))
+        aucs.append(f"{model} {evaluation.auc(patients['y_true'], patients['y_prob']):.3f}")
+    return ", ".join(aucs)
+
+
+# %% Summaries ------------------------------------------------------------------------------
+
+
+def _model_sort_key(model: str) -> tuple[int, str]:
+    return (MODEL_ORDER.index(model) if model in MODEL_ORDER else len(MODEL_ORDER), model)
+
+
+def summarise(results: pd.DataFrame) -> pd.DataFrame:
+    """The spread of each model's AUC over the simulated cohorts.
+
+    Returns:
+        One row per model: ``model, n_seeds`` (cohorts), ``auc_mean, auc_sd`` (SD over
+        cohorts, ddof=1), ``auc_q025, auc_q975`` (the central 95% of the cohorts' pooled
+        AUCs), ``fold_mean_auc_mean, fold_mean_auc_sd`` (the same for the paper's form,
+        the mean of the fold AUCs), ``fold_sd_mean`` (the typical SD over the folds of one
+        study, what the paper prints after ±), ``auc_se_mean`` (mean DeLong SE: what one
+        study would estimate for the spread), ``paper_auc_mean, paper_auc_sd`` (the
+        paper's values, where it reports the model).
+    """
+    rows = []
+    for model in sorted(results["model"].unique(), key=_model_sort_key):
+        part = results[results["model"] == model]
+        auc, fold_mean = part["auc"].to_numpy(dtype=float), part["auc_fold_mean"].to_numpy(dtype=float)
+        paper = evaluation.PAPER_RESULTS.get(model, {})
+        rows.append({
+            "model": model, "n_seeds": len(part), "auc_mean": auc.mean(), "auc_sd": _sd(auc),
+            "auc_q025": np.quantile(auc, 0.025), "auc_q975": np.quantile(auc, 0.975),
+            "fold_mean_auc_mean": fold_mean.mean(), "fold_mean_auc_sd": _sd(fold_mean),
+            "fold_sd_mean": part["auc_fold_sd"].mean(), "fold_sd_q025": part["auc_fold_sd"].quantile(0.025),
+            "fold_sd_q975": part["auc_fold_sd"].quantile(0.975), "auc_se_mean": part["auc_se"].mean(),
+            "paper_auc_mean": paper.get("auc_mean", np.nan), "paper_auc_sd": paper.get("auc_sd", np.nan),
+        })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _sd(values: np.ndarray) -> float:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def paired_tests(results: pd.DataFrame) -> pd.DataFrame | None:
+    """The per-cohort DeLong tests of every pair of models of a :func:`run_simulation`
+    result (from its ``pairs_file``), restricted to its cohorts; ``None`` when unknown."""
+    path = results.attrs.get("pairs_file")
+    if not path or not Path(path).exists():
+        return None
+    pairs = pd.read_csv(path, dtype={"cohort": str})
+    return pairs[pairs["cohort"].isin(set(results["cohort"]))].reset_index(drop=True)
+
+
+def z_factor(alpha: float = 0.05, power: float = 0.8) -> float:
+    """``z_{1 - alpha/2} + z_{power}`` (2.80 for alpha 0.05 and power 0.8)."""
+    from scipy.stats import norm
+
+    if not (0 < alpha < 1 and 0 < power < 1):
+        raise ValueError(f"alpha and power must lie in (0, 1), got {alpha}, {power}")
+    return float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
+
+
+def detectable_differences(results: pd.DataFrame, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
+    """The smallest AUC difference between two models that the design detects.
+
+    For two models ``a`` and ``b`` run on the same cohorts, ``d_c = AUC_a - AUC_b`` on
+    cohort ``c``; its SD over the simulated cohorts is the standard error of the
+    difference that one study of this design measures (cohort sampling, folds, the
+    models' own randomness all included). A two-sided test at level ``alpha`` detects a
+    true difference ``Delta`` with probability ``power`` when
+
+        Delta >= (z_{1 - alpha/2} + z_{power}) * SD(d)        (2.80 * SD for 0.05 and 0.8)
+
+    which is ``min_detectable_difference`` (pooled patient-level AUC). The same on the
+    paper's form (mean of the fold AUCs) is ``min_detectable_difference_fold_mean``.
+
+    ``min_detectable_difference_unpaired = (z_{1 - alpha/2} + z_{power}) *
+    sqrt(SD_a^2 + SD_b^2)``, from the single-model SDs over the same cohorts, is the
+    version for two AUCs measured on *independent* cohorts (e.g. a rerun on another
+    cohort against the paper's number); pairing removes ``2 cov(a, b)`` from the variance,
+    so the paired one is smaller whenever the models' AUCs move together. Against a value
+    known exactly it is ``(z + z) * SD_a``.
+
+    ``min_detectable_difference_delong = (z + z) * mean DeLong SE`` is the textbook
+    version for one study, which assumes patients sampled independently. The generator
+    gives every cohort the paper's exact Table 1 counts, so the simulated spread of
+    models that read the clinical variables is smaller than that of cohorts sampled
+    freely (the fixed clinical oracle: SD 0.013 over cohorts against a DeLong SE of
+    0.037): the simulated detectable differences are optimistic, and a difference found
+    inside them is inside the noise a fortiori.
+
+    Returns:
+        One row per pair run on at least two common cohorts: ``model_a, model_b,
+        n_seeds, mean_difference, sd_difference, min_detectable_difference,
+        correlation`` (of the two AUCs over cohorts), ``min_detectable_difference_unpaired``,
+        ``fold_mean_difference, sd_fold_mean_difference,
+        min_detectable_difference_fold_mean``, ``se_delong_mean`` (mean DeLong SE of the
+        difference within one cohort), ``min_detectable_difference_delong`` and
+        ``delong_power`` (share of cohorts whose DeLong test gives p < alpha: the power
+        of one study at the simulated true difference); the last three NaN when the
+        pairs file is not available.
+    """
+    factor = z_factor(alpha, power)
+    wide = results.pivot_table(index="cohort", columns="model", values=["auc", "auc_fold_mean"], aggfunc="first")
+    models = sorted(results["model"].unique(), key=_model_sort_key)
+    tests = paired_tests(results)
+    rows = []
+    for i, model_a in enumerate(models):
+        for model_b in models[i + 1 :]:
+            both = wide["auc"][[model_a, model_b]].dropna()
+            if len(both) < 2:
+                continue
+            a, b = both[model_a].to_numpy(), both[model_b].to_numpy()
+            fold_a = wide["auc_fold_mean"].loc[both.index, model_a].to_numpy()
+            fold_b = wide["auc_fold_mean"].loc[both.index, model_b].to_numpy()
+            sd_difference, sd_fold = _sd(a - b), _sd(fold_a - fold_b)
+            se_mean = power_delong = np.nan
+            if tests is not None:
+                pair = tests[(tests["model_a"] == model_a) & (tests["model_b"] == model_b) & tests["cohort"].isin(both.index)]
+                if len(pair):
+                    se_mean = float(pair["se_delong"].mean())
+                    power_delong = float((pair["p_delong"] < alpha).mean())
+            rows.append({
+                "model_a": model_a, "model_b": model_b, "n_seeds": len(both),
+                "mean_difference": float(np.mean(a - b)), "sd_difference": sd_difference,
+                "min_detectable_difference": factor * sd_difference,
+                "correlation": float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else np.nan,
+                "min_detectable_difference_unpaired": factor * float(np.sqrt(_sd(a) ** 2 + _sd(b) ** 2)),
+                "fold_mean_difference": float(np.mean(fold_a - fold_b)), "sd_fold_mean_difference": sd_fold,
+                "min_detectable_difference_fold_mean": factor * sd_fold,
+                "se_delong_mean": se_mean, "min_detectable_difference_delong": factor * se_mean,
+                "delong_power": power_delong,
+            })  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# The paper's comparisons, and the simulated pairs that can stand in for each, best first:
+# (model_a, model_b, kind, why).
+PAPER_COMPARISONS: tuple[tuple[str, str, str, tuple[tuple[str, str, str, str], ...]], ...] = (
+    ("Table 5: joint loss", "fusion_d_joint", "fusion_d", (
+        ("fusion_d_joint", "fusion_d", "same pair", "the paper's pair itself"),
+        ("clinical_rf", "clinical_rf_strict", "similar pair",
+         "two variants of one learner on the same inputs, as the paper's pair (one network, two losses): "
+         "strongly correlated predictions, the smallest paired noise among the simulated learned models"),
+    )),
+    ("Table 4: fusion D vs fusion B", "fusion_d", "fusion_b", (
+        ("fusion_d", "fusion_b", "same pair", "the paper's pair itself"),
+        ("clinical_rf", "clinical_rf_strict", "similar pair",
+         "two learned models on the same inputs, as the paper's pair (two fusion architectures)"),
+    )),
+    ("Table 4: fusion D vs clinical model", "fusion_d", "clinical_rf", (
+        ("fusion_d", "clinical_rf", "same pair", "the paper's pair itself"),
+        ("oracle_both", "oracle_clinical", "lower bound",
+         "the fixed oracle rules with and without the image inputs: sampling noise alone, no training noise; "
+         "learned models vary more, so their detectable difference is larger"),
+    )),
+    ("Table 4: fusion D vs deep model", "fusion_d", "deep_resnet50", (
+        ("fusion_d", "deep_resnet50", "same pair", "the paper's pair itself"),
+        ("oracle_both", "oracle_image", "lower bound",
+         "the fixed oracle rules with and without the clinical inputs: sampling noise alone (a lower bound)"),
+    )),
+    ("Table 4: clinical model vs deep model", "clinical_rf", "deep_resnet50", (
+        ("clinical_rf", "deep_resnet50", "same pair", "the paper's pair itself"),
+        ("clinical_rf", RADIOMICS_MODEL, "similar pair", "a learned clinical model against a learned image model"),
+        ("oracle_clinical", "oracle_image", "lower bound",
+         "the fixed clinical and image oracle rules: sampling noise alone (a lower bound)"),
+    )),
+    ("Table 3: deep vs radiomics model", "deep_resnet50", RADIOMICS_MODEL, (
+        ("deep_resnet50", RADIOMICS_MODEL, "same pair", "the paper's pair itself"),
+        (RADIOMICS_MODEL, "oracle_image", "similar pair",
+         "a learned image model against the ideal image rule on the same cohorts (one model's training noise)"),
+        ("clinical_rf", "oracle_clinical", "similar pair",
+         "a learned model against the ideal rule on its own inputs (clinical data stand in for images: "
+         "too few cohorts with images)"),
+    )),
+    ("Conclusion: fusion D vs radiomics model", "fusion_d", RADIOMICS_MODEL, (
+        ("fusion_d", RADIOMICS_MODEL, "same pair", "the paper's pair itself"),
+        ("oracle_both", "oracle_image", "lower bound",
+         "the fixed oracle rules with and without the clinical inputs: sampling noise alone (a lower bound)"),
+    )),
+)
+
+
+def paper_differences(results: pd.DataFrame, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
+    """The paper's reported AUC differences against this design's detectable difference.
+
+    The paper reports the mean of the 10 fold AUCs, so each difference is set against
+    ``min_detectable_difference_fold_mean`` of :func:`detectable_differences` for the
+    most similar pair that the simulation ran on at least :data:`MIN_PROXY_COHORTS`
+    cohorts (``proxy``, with ``proxy_kind`` and ``proxy_reason``): the pair itself when
+    simulated, else a pair of the same structure, else fixed oracle rules, whose
+    detectable difference is a lower bound for learned models.
+
+    Returns:
+        ``comparison, model_a, model_b, paper_a, paper_b, paper_difference, proxy,
+        proxy_kind, proxy_reason, proxy_n_seeds, min_detectable_difference`` (fold-mean
+        form), ``min_detectable_difference_pooled``, ``min_detectable_difference_delong``
+        (the proxy's, from its mean DeLong SE: patients sampled independently),
+        ``inside_noise`` (|paper difference|
+        below the detectable difference) and ``verdict`` (in words; a difference above a
+        lower bound is undecided).
+    """
+    table = detectable_differences(results, alpha, power)
+    rows = []
+    for label, model_a, model_b, candidates in PAPER_COMPARISONS:
+        paper_a = evaluation.PAPER_RESULTS[model_a]["auc_mean"]
+        paper_b = evaluation.PAPER_RESULTS[model_b]["auc_mean"]
+        chosen = None
+        for a, b, kind, why in candidates:
+            match = table[(table["model_a"] == a) & (table["model_b"] == b)] if len(table) else table
+            if len(match) == 0 and len(table):
+                match = table[(table["model_a"] == b) & (table["model_b"] == a)]
+            if len(match) and match["n_seeds"].iloc[0] >= MIN_PROXY_COHORTS:
+                chosen = (a, b, kind, why, match.iloc[0])
+                break
+        difference = paper_a - paper_b
+        row = {"comparison": label, "model_a": model_a, "model_b": model_b, "paper_a": paper_a, "paper_b": paper_b,
+               "paper_difference": round(difference, 4)}
+        if chosen is None:
+            rows.append({**row, "proxy": "", "proxy_kind": "none", "proxy_n_seeds": 0,
+                         "proxy_reason": f"no candidate pair ran on {MIN_PROXY_COHORTS} or more cohorts",
+                         "min_detectable_difference": np.nan, "min_detectable_difference_pooled": np.nan,
+                         "min_detectable_difference_delong": np.nan, "inside_noise": False, "verdict": "not assessed"})  # fmt: skip
+            continue
+        a, b, kind, why, stats = chosen
+        mdd = float(stats["min_detectable_difference_fold_mean"])
+        inside = bool(abs(difference) < mdd)
+        if inside:
+            verdict = "inside the noise: this design does not detect it"
+        elif kind == "lower bound":
+            verdict = "above a lower bound only: undecided"
+        else:
+            verdict = "larger than the detectable difference"
+        rows.append({**row, "proxy": f"{a} vs {b}", "proxy_kind": kind, "proxy_reason": why,
+                     "proxy_n_seeds": int(stats["n_seeds"]), "min_detectable_difference": mdd,
+                     "min_detectable_difference_pooled": float(stats["min_detectable_difference"]),
+                     "min_detectable_difference_delong": float(stats["min_detectable_difference_delong"]),
+                     "inside_noise": inside, "verdict": verdict})  # fmt: skip
+    columns = ["comparison", "model_a", "model_b", "paper_a", "paper_b", "paper_difference", "proxy", "proxy_kind",
+               "proxy_reason", "proxy_n_seeds", "min_detectable_difference", "min_detectable_difference_pooled",
+               "min_detectable_difference_delong", "inside_noise", "verdict"]  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)
+
+
+# %% Figure ------------------------------------------------------------------------------------
+
+
+def plot_spread(results: pd.DataFrame, alpha: float = 0.05, power: float = 0.8, max_points: int = 300, seed: int = 0):
+    """AUC of each model across the simulated cohorts, and the paper's differences.
+
+    Left: box (central 95% as whiskers) and points of the pooled patient-level AUC per
+    model (at most ``max_points`` points drawn per model), the mean over cohorts of the
+    fold-mean AUC (the paper's form) as a hollow diamond, the paper's reported AUC as a
+    red star, lines at the mean oracle AUCs (the ceilings). Right: for
+    each of the paper's comparisons (:func:`paper_differences`), the detectable
+    difference of its proxy pair (grey bar) and the paper's difference (red dot).
+
+    Returns:
+        The matplotlib Figure (labelled SYNTHETIC).
+    """
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(seed)
+    models = sorted(results["model"].unique(), key=_model_sort_key)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5.5), gridspec_kw={"width_ratios": [1.35, 1]})
+    values = [results.loc[results["model"] == m, "auc"].to_numpy(dtype=float) for m in models]
+    left.boxplot(values, positions=range(len(models)), widths=0.55, showfliers=False,
+                 medianprops={"color": "black"}, whis=(2.5, 97.5))  # fmt: skip
+    paper_shown = False
+    for x, (model, auc) in enumerate(zip(models, values, strict=True)):
+        shown = auc if len(auc) <= max_points else rng.choice(auc, max_points, replace=False)
+        colour = "tab:green" if model.startswith("oracle_") else "tab:blue"
+        left.scatter(x + rng.uniform(-0.18, 0.18, len(shown)), shown, s=8, alpha=0.5 if len(shown) < 100 else 0.15,
+                     color=colour, zorder=3)  # fmt: skip
+        fold_mean = results.loc[results["model"] == model, "auc_fold_mean"].mean()
+        left.scatter([x + 0.33], [fold_mean], marker="D", facecolor="none", edgecolor="black", s=30, zorder=4,
+                     label="mean of fold AUCs (paper's form)" if x == 0 else None)  # fmt: skip
+        if model in evaluation.PAPER_RESULTS:
+            left.scatter([x], [evaluation.PAPER_RESULTS[model]["auc_mean"]], marker="*", s=160, color="tab:red",
+                         zorder=5, label=None if paper_shown else "paper's reported AUC (fold mean)")  # fmt: skip
+            paper_shown = True
+    for model, style in zip(ORACLE_MODELS, (":", "--", "-."), strict=True):
+        column = f"{model}_auc"
+        if column in results and results[column].notna().any():
+            left.axhline(results[column].mean(), color="tab:green", linestyle=style, linewidth=1,
+                         label=f"{model} mean (ceiling)")  # fmt: skip
+    counts = [len(v) for v in values]
+    left.set_xticks(range(len(models)), [f"{m}\n(n={c})" for m, c in zip(models, counts, strict=True)],
+                    rotation=30, ha="right", fontsize=8)  # fmt: skip
+    left.set_ylabel("pooled out-of-fold AUC, patient level")
+    left.set_title("AUC per simulated cohort (167 patients)", fontsize=10)
+    left.legend(fontsize=7, loc="upper left")
+    left.grid(axis="y", alpha=0.3)
+
+    table = paper_differences(results, alpha, power)
+    y = np.arange(len(table))[::-1]
+    lower = (table["proxy_kind"] == "lower bound").to_numpy()
+    for mask, hatch, text in ((~lower, None, "detectable difference of the proxy pair"),
+                              (lower, "//", "the same, a lower bound (fixed oracle rules)")):  # fmt: skip
+        if mask.any():
+            right.barh(y[mask], table["min_detectable_difference"].fillna(0)[mask], color="lightgrey", edgecolor="grey",
+                       hatch=hatch, label=f"{text} (alpha {alpha}, power {power})")  # fmt: skip
+    right.scatter(table["paper_difference"], y, color="tab:red", zorder=3, label="paper's difference (fold-mean AUC)")
+    largest = np.nanmax([table["paper_difference"].abs().max(), table["min_detectable_difference"].max(), 0.01])
+    right.set_xlim(min(0.0, table["paper_difference"].min() * 1.1), largest * 1.15)
+    labels = [f"{r.model_a} vs {r.model_b}\nproxy: {r.proxy or 'none'} ({r.proxy_kind})" for r in table.itertuples()]
+    right.set_yticks(y, labels, fontsize=7)
+    right.axvline(0, color="black", linewidth=0.8)
+    right.set_xlabel("AUC difference")
+    right.set_title("The paper's differences against this design's noise", fontsize=10)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
+    n_study = results.loc[results["design"] == "study", "cohort"].nunique()
+    fig.suptitle(f"SYNTHETIC cohorts: seed simulation ({n_study} study cohorts, "
+                 f"{results.loc[results['design'] != 'study', 'cohort'].nunique()} oracle cohorts)", fontsize=11)
+    fig.text(0.01, 0.005, outputs.SYNTHETIC_NOTE, fontsize=6, color="dimgrey")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig

@@ -1,0 +1,266 @@
+"""The reporting checklist (TRIPOD+AI, CLAIM 2024) filled from a run, and its per-fold tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+
+from hccer_lib import clinical, evaluation, outputs, preprocessing, report
+from hccer_lib.profiles import get_profile
+
+# --- per-fold tables ---------------------------------------------------------------------
+
+
+def test_data_flow_counts_patients_events_and_slices_by_hand():
+    folds = pd.DataFrame({"patient_id": ["A", "B", "C", "D", "E"], "y_true": [1, 0, 1, 0, 0], "fold": [0, 0, 1, 1, 1]})
+    slices = ["A", "A", "A", "B", "C", "C", "D", "E", "E", "E", "E"]  # A 3, B 1, C 2, D 1, E 4
+    flow = report.data_flow(folds, slices)
+    expected = pd.DataFrame({"fold": [0, 1], "train_patients": [3, 2], "train_er": [1, 1], "train_slices": [7, 4],
+                             "test_patients": [2, 3], "test_er": [1, 1], "test_slices": [4, 7]})
+    pd.testing.assert_frame_equal(flow, expected, check_dtype=False)
+    assert report.data_flow(folds)["test_slices"].isna().all(), "without slices the slice columns are empty"
+    with pytest.raises(ValueError, match="patient Z has slice images but no fold"):
+        report.data_flow(folds, ["A", "Z"])
+
+
+def test_paper_table2_adds_up_to_the_papers_cohort():
+    table = report.PAPER_TABLE2
+    assert ((table["train_slices"] + table["test_slices"]) == 765).all(), table
+    assert ((table["train_patients"] + table["test_patients"]) == 167).all(), table
+    assert table["test_patients"].sum() == 167
+
+
+def test_fold_characteristics_by_hand():
+    frame = pd.DataFrame({"patient_id": ["A", "B", "C", "D"], "early_recurrence": [1, 0, 1, 0],
+                          "sex": ["M", "F", "M", "M"], "age": [50, 70, 65, 40], "tumor_size_mm": [60, 20, 30, 55]})
+    folds = pd.DataFrame({"patient_id": ["A", "B", "C", "D"], "y_true": [1, 0, 1, 0], "fold": [0, 0, 1, 1]})
+    table = report.fold_characteristics(frame, folds).set_index("partition")
+    assert table.loc["fold 0", "patients"] == 2 and table.loc["fold 0", "er"] == 1
+    assert table.loc["fold 0", "male_percent"] == 50 and table.loc["fold 1", "male_percent"] == 100
+    assert table.loc["fold 1", "age_median"] == 52.5 and table.loc["all", "age_60_or_more_percent"] == 50
+    assert table.loc["all", "tumour_50mm_or_more_percent"] == 50 and table.loc["all", "er_percent"] == 50
+
+
+def _patient_frame(prob, y) -> pd.DataFrame:
+    n = len(y)
+    return pd.DataFrame({"patient_id": [f"P{i:04d}" for i in range(n)], "slice": pd.array([pd.NA] * n, dtype="Int64"),
+                         "fold": np.arange(n) % 2, "y_true": y, "y_prob": prob})
+
+
+def test_calibration_slope_is_one_when_calibrated_and_a_third_when_three_times_overconfident():
+    rng = np.random.default_rng(0)
+    logit = rng.normal(0, 1.2, 6000)
+    y = (rng.random(6000) < 1 / (1 + np.exp(-logit))).astype(int)
+    overconfident = 1 / (1 + np.exp(-3 * logit))
+    table = report.calibration_table({"calibrated": _patient_frame(1 / (1 + np.exp(-logit)), y),
+                                      "overconfident": _patient_frame(overconfident, y)}).set_index("model")
+    assert table.loc["calibrated", "calibration_slope"] == pytest.approx(1.0, abs=0.08), table
+    assert table.loc["calibrated", "calibration_intercept"] == pytest.approx(0.0, abs=0.08), table
+    assert table.loc["overconfident", "calibration_slope"] == pytest.approx(1 / 3, abs=0.04), table
+    assert table.loc["overconfident", "brier"] == pytest.approx(evaluation.brier_score(y, overconfident))
+    assert table.loc["calibrated", "n_patients"] == 6000
+
+
+# --- the checklist -----------------------------------------------------------------------
+
+TRIPOD_ITEMS = ["1", "2", "3a", "3b", "3c", "4", "5a", "5b", "6a", "6b", "6c", "7", "8a", "8b", "8c", "9a", "9b", "9c",
+                "10", "11", *[f"12{c}" for c in "abcdefg"], "13", "14", "15", "16", "17", *[f"18{c}" for c in "abcdef"],
+                "19", "20a", "20b", "20c", "21", "22", "23a", "23b", "24", "25", "26", "27a", "27b", "27c"]
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A cohort with the paper's Table 1 (no images but one patient's), and the files a quick run leaves."""
+    cohort_dir = tmp_path / "hospital_a"
+    cohort_dir.mkdir()
+    patients = clinical.paper_clinical_frame(seed=1)
+    patients.to_csv(cohort_dir / "clinical.csv", index=False)
+    for phase in ("NC", "ART", "PV"):
+        image = sitk.GetImageFromArray(np.zeros((3, 4, 4), np.float32))
+        image.SetSpacing((0.7, 0.7, 5.0))
+        (cohort_dir / "images" / "P001").mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(cohort_dir / "images" / "P001" / f"{phase}.nii.gz"))
+
+    work_dir = tmp_path / "work"
+    folds = evaluation.load_or_make_folds(work_dir, patients, 10, 2020)
+    ids = patients["patient_id"].astype(str).to_numpy()
+    per_patient = 1 + np.arange(len(ids)) % 4
+    slice_ids = np.repeat(ids, per_patient)
+    n = len(slice_ids)
+    dataset = preprocessing.ProcessedDataset(
+        images=np.zeros((n, 2, 2, 3), np.float32), patient_id=slice_ids, z_mm=np.zeros(n), slice=np.zeros(n, int),
+        y_true=np.zeros(n, int), phase_slices=np.zeros((n, 3), int), key="abc123",
+        settings={"image_size": 48, "window_level": 75.0, "window_width": 350.0, "reference_phase": "PV",
+                  "margin": 0.0, "tolerance_mm": None},
+        dropped=[{"patient_id": "P002", "slice": 3}])
+    preprocessing.save_dataset(work_dir, dataset)
+    outputs.write_json(work_dir / "processed" / "radiomics_def456.json", {
+        "key": "def456", "mode": "2d", "pyradiomics_version": "v3.1.4", "params_file": "radiomics_params.yaml",
+        "params": {"featureClass": {"firstorder": [], "glcm": []}, "setting": {"binWidth": 25, "normalize": False,
+                                                                               "force2D": True, "label": 1}},
+        "n_features": 126, "report_summary": "762 rows, 2286 ROIs: 7 too small for texture"})
+    outputs.write_json(work_dir / "runs" / "fusion_d" / "k1" / "settings.json", {
+        "profile": "quick", "imagenet_file_found": False, "keras_backend": "tensorflow",
+        "network": {"image_units": 64, "clinical_filters": 8, "clinical_kernel": 3, "clinical_units": 16}})
+    prob = np.random.default_rng(0).random(len(ids))
+    evaluation.write_predictions(work_dir, "clinical_rf", pd.DataFrame({
+        "patient_id": ids, "slice": pd.NA, "fold": evaluation.fold_of(folds, ids),
+        "y_true": patients["early_recurrence"], "y_prob": prob}))
+    return cohort_dir, work_dir, folds, slice_ids
+
+
+def test_checklist_fills_what_the_run_knows_and_leaves_the_rest_open(run_folder, tmp_path):
+    cohort_dir, work_dir, folds, slice_ids = run_folder
+    table = report.checklist(work_dir, cohort_dir, "quick", figures_dir=tmp_path / "figures", seed=2020)
+    assert list(table.columns) == report.CHECKLIST_COLUMNS
+    assert set(table["status"]) <= set(report.STATUSES), set(table["status"])
+    tripod = table[table["framework"] == report.TRIPOD].set_index("item")
+    claim = table[table["framework"] == report.CLAIM].set_index("item")
+    assert tripod.index.tolist() == TRIPOD_ITEMS, tripod.index.tolist()
+    assert claim.index.tolist() == [str(i) for i in range(1, 45)], claim.index.tolist()
+
+    # data flow per fold, computed here by hand from the folds and the slices per patient
+    slices = pd.Series(slice_ids).value_counts()
+    test0 = folds.loc[folds["fold"] == 0, "patient_id"]
+    expected = (f"fold 0: train {167 - len(test0)} patients ({65 - int(folds.loc[test0.index, 'y_true'].sum())} ER, "
+                f"{len(slice_ids) - int(slices[test0].sum())} slices), test {len(test0)} "
+                f"({int(folds.loc[test0.index, 'y_true'].sum())} ER, {int(slices[test0].sum())} slices)")
+    assert tripod.loc["21", "status"] == "filled" and expected in tripod.loc["21", "value"], tripod.loc["21", "value"]
+    assert "10-fold cross-validation split by patient" in claim.loc["19", "value"]
+    assert "167 patients, 65 ER (38.9%), 102 NER" in tripod.loc["8a", "value"], tripod.loc["8a", "value"]
+    assert f"{len(slice_ids)} ROI slice images" in tripod.loc["20a", "value"]
+    # preprocessing, radiomics, software, missing data, initialisation
+    assert "48x48 px" in claim.loc["9", "value"] and "level 75 / width 350" in claim.loc["9", "value"]
+    assert "1 reference slices dropped" in claim.loc["9", "value"], claim.loc["9", "value"]
+    assert "PyRadiomics v3.1.4" in claim.loc["25", "value"] and "binWidth=25" in claim.loc["25", "value"]
+    assert "scikit-learn" in claim.loc["23", "value"] and "pyradiomics" in claim.loc["23", "value"]
+    assert "7 too small for texture" in tripod.loc["11", "value"]
+    assert "random initialisation" in claim.loc["24", "value"] and "clinical FC 16 units" in claim.loc["22", "value"]
+    assert "clinical_rf" in claim.loc["37", "value"] and claim.loc["37", "status"] == "filled"
+    # image headers: only P001 has images
+    assert "NC: 1 volumes, in-plane spacing 0.70 mm, slice spacing 5.00 mm" in claim.loc["13", "value"]
+    # a real cohort (no ground_truth.json): its source, dates, ethics are open
+    for item in ("5a", "5b", "17", "8c"):
+        assert tripod.loc[item, "status"] == "open", (item, tripod.loc[item].to_dict())
+    assert claim.loc["31", "status"] == "open", "no Grad-CAM figure yet"
+    assert str(tmp_path) not in " ".join(table["value"]), \
+        "no absolute path of this machine in the checklist"
+
+
+def test_checklist_marks_the_synthetic_cohort_and_reads_the_studys_figures(run_folder, tmp_path):
+    cohort_dir, work_dir, _, _ = run_folder
+    outputs.write_json(cohort_dir / "ground_truth.json", {"generator": "hccer_lib.synth", "generator_version": "1.1",
+                                                          "seed": 2020})
+    figures = tmp_path / "figures"
+    for name in ("fig8_gradcam.png", "study_gradcam_patients.csv", "study_seed_spread.csv", "table1_clinical.md"):
+        outputs.write_text(figures / name, "x")
+    table = report.checklist(work_dir, cohort_dir, get_profile("quick"), figures_dir=figures, image_headers=False)
+    tripod = table[table["framework"] == report.TRIPOD].set_index("item")
+    claim = table[table["framework"] == report.CLAIM].set_index("item")
+    assert tripod.loc["5a", "status"] == "filled" and "hccer_lib.synth 1.1 with seed 2020" in tripod.loc["5a", "value"]
+    assert claim.loc["31", "status"] == "filled" and claim.loc["39", "status"] == "filled"
+    assert claim.loc["30", "status"] == "filled" and "seed simulation" in claim.loc["30", "value"]
+    assert claim.loc["13", "status"] == "open", "headers not read"
+    csv_path, md_path = report.write_checklist(figures, table, synthetic=True)
+    assert csv_path.name == "reporting_checklist.csv" and md_path.name == "reporting_checklist.md"
+    text = md_path.read_text()
+    counts = table[table["framework"] == report.CLAIM]["status"].value_counts()
+    assert outputs.SYNTHETIC_NOTE in text and f"CLAIM 2024: {counts.get('filled', 0)} filled" in text, text[:800]
+    assert len(pd.read_csv(csv_path)) == len(table) == 52 + 44
+
+
+# --- comparisons, tables beside the paper, patients to explain -------------------------
+
+
+def test_holm_adjust_by_hand():
+    got = report.holm_adjust([0.01, 0.04, 0.03, np.nan, 0.005])
+    # sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.04 -> running max 0.02, 0.03, 0.06, 0.06
+    assert np.allclose(got, [0.03, 0.06, 0.06, np.nan, 0.02], equal_nan=True), got
+    assert report.holm_adjust([0.6, 0.7]).tolist() == [1.0, 1.0]
+
+
+def _patient_predictions(tmp_path, model: str, n: int = 40, signal: float = 0.3, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n // 2)
+    prob = np.clip(0.5 + signal * (y - 0.5) + rng.normal(0, 0.25, n), 0, 1)
+    evaluation.write_predictions(tmp_path, model, pd.DataFrame({
+        "patient_id": [f"P{i:03d}" for i in range(n)], "slice": pd.NA, "fold": np.arange(n) // 2 % 2,
+        "y_true": y, "y_prob": prob}))
+
+
+def test_study_comparisons_test_every_pair_that_ran_and_record_it(tmp_path):
+    for seed, model in enumerate(["clinical_rf", "clinical_rf_strict", "deep_resnet50", "fusion_d", "fusion_d_strict"]):
+        _patient_predictions(tmp_path, model, seed=seed)
+    figures = tmp_path / "figures"
+    table = report.study_comparisons(tmp_path, figures, n_bootstrap=50, seed=3)
+    pairs = list(zip(table["model_a"], table["model_b"], strict=True))
+    assert pairs == [("clinical_rf", "deep_resnet50"), ("fusion_d", "deep_resnet50"), ("fusion_d", "clinical_rf"),
+                     ("clinical_rf", "clinical_rf_strict"), ("fusion_d", "fusion_d_strict")], pairs
+    row = table.iloc[1]
+    expected = evaluation.comparison_row(tmp_path, "fusion_d", "deep_resnet50", 50, 3)
+    assert row["p_value"] == pytest.approx(expected["p_value"]) and row["difference_ci_low"] == pytest.approx(
+        expected["difference_ci_low"])
+    assert row["paper_difference"] == pytest.approx(0.8248 - 0.7233)
+    assert np.isnan(table.iloc[3]["paper_difference"]), "the paper did not run the strict variant"
+    assert (table["p_holm"] >= table["p_value"]).all()
+    assert table["ci_excludes_zero"].tolist() == [
+        (lo > 0 or hi < 0) for lo, hi in zip(table["difference_ci_low"], table["difference_ci_high"], strict=True)]
+    on_disk = pd.read_csv(figures / evaluation.COMPARISONS_FILE)
+    assert len(on_disk) == 5 and on_disk["n_bootstrap"].eq(50).all(), on_disk
+
+
+def test_results_vs_paper_lists_each_model_once_with_its_tables(tmp_path):
+    for seed, model in enumerate(["deep_resnet50", "radiomics_rf", "fusion_d"]):
+        _patient_predictions(tmp_path, model, seed=seed)
+    frame = report.results_vs_paper(tmp_path, n_bootstrap=30, seed=0, cohort="synthetic").set_index("model")
+    assert sorted(frame.index) == ["deep_resnet50", "fusion_d", "radiomics_rf"], frame.index.tolist()
+    assert frame.loc["deep_resnet50", "tables"] == "Table 3, Table 4" and frame.loc["fusion_d", "tables"] == "Table 4, Table 5"
+    assert frame.loc["fusion_d", "paper_auc_mean"] == 0.8248
+    assert frame.loc["fusion_d", "auc_minus_paper"] == pytest.approx(frame.loc["fusion_d", "auc_mean"] - 0.8248)
+    assert report.results_vs_paper(tmp_path / "empty").empty
+
+
+def test_pick_explained_patients_takes_one_fold_and_the_most_confident_calls():
+    patients = pd.DataFrame({
+        "patient_id": ["A", "B", "C", "D", "E", "F", "G", "H", "I"],
+        "fold":       [0,   0,   0,   0,   0,   0,   1,   1,   1],
+        "y_true":     [1,   1,   0,   0,   1,   0,   1,   0,   0],
+        "y_prob":     [0.9, 0.6, 0.1, 0.4, 0.2, 0.8, 0.3, 0.9, 0.2],
+    })  # fmt: skip
+    picked = report.pick_explained_patients(patients, n_each=2)
+    # fold 0 holds all four kinds (fold 1: missed ER, false alarm, correct NER only)
+    assert picked["patient_id"].tolist() == ["A", "C", "E", "F"], picked
+    assert picked["kind"].tolist() == ["correct ER", "correct NER", "missed ER", "false alarm NER"]
+    assert set(picked["fold"]) == {0}
+    one = report.pick_explained_patients(patients, n_each=1)
+    assert one["patient_id"].tolist() == ["A", "E"], one
+
+
+def test_pick_explained_patients_of_a_perfect_model_has_no_wrong_call():
+    patients = pd.DataFrame({"patient_id": list("ABCD"), "fold": [0, 0, 1, 1], "y_true": [1, 0, 1, 0],
+                             "y_prob": [0.8, 0.2, 0.7, 0.4]})
+    picked = report.pick_explained_patients(patients, n_each=2)
+    assert picked["call"].tolist() == ["correct", "correct"] and picked["patient_id"].tolist() == ["A", "B"], picked
+
+
+def test_report_plots_draw_every_row():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = pd.DataFrame({"model_a": ["a", "b"], "model_b": ["c", "c"], "auc_difference": [0.1, -0.05],
+                          "difference_ci_low": [0.0, -0.1], "difference_ci_high": [0.2, 0.0],
+                          "paper_difference": [0.08, np.nan]})
+    ax = report.plot_comparisons(table)
+    assert sorted(t.get_text() for t in ax.get_yticklabels()) == ["a vs c", "b vs c"]
+    assert len(ax.collections[-1].get_offsets()) == 1, "one paper difference (the other is NaN)"
+    results = pd.DataFrame({"model": ["m1", "m2"], "auc_mean": [0.7, 0.6], "auc_sd": [0.05, 0.04],
+                            "pooled_auc": [0.71, 0.62], "pooled_auc_ci_low": [0.6, 0.5],
+                            "pooled_auc_ci_high": [0.8, 0.7], "paper_auc_mean": [0.75, np.nan],
+                            "paper_auc_sd": [0.03, np.nan]})
+    ax2 = report.plot_results_vs_paper(results)
+    assert [t.get_text() for t in ax2.get_xticklabels()] == ["m1", "m2"]
+    plt.close("all")
