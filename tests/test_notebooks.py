@@ -5,6 +5,7 @@ end on a freshly generated synthetic cohort and writes its tables and figures. O
 to a temporary folder, never to the repository's data/ and figures/.
 """
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -21,6 +22,14 @@ EXPECTED_FIGURES = {
     "04_deep_model": ["table3_radiomics_vs_deep.md", "fig4_roc_deep.png"],
     "05_fusion_models": ["table4_fusion.md", "fig5_roc_fusion.png"],
     "06_joint_loss": ["table5_joint_loss.csv", "table5_joint_loss.md", "fig6_roc_joint_loss.png", "model_comparisons.csv"],
+    "07_final_model": ["fig7_gradcam_final_model.png"],
+    "08_study_report": [
+        "study_results_vs_paper.csv", "study_results_vs_paper.md", "fig8_auc_vs_paper.png",
+        "study_data_flow.csv", "study_comparisons.csv", "study_comparisons.md", "fig8_auc_differences.png",
+        "study_calibration.csv", "fig8_calibration_decision.png", "study_seed_spread.csv",
+        "study_paper_differences.csv", "fig8_seed_spread.png", "fig8_gradcam.png", "study_gradcam_patients.csv",
+        "reporting_checklist.csv", "reporting_checklist.md",
+    ],
 }
 EXPECTED_PREDICTIONS = {
     "01_select_clinical": ["clinical_rf", "clinical_rf_strict"],
@@ -42,6 +51,7 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, capsys):
         figures_dir=str(tmp_path / "figures"),
         executed_dir=tmp_path / "executed",
         cwd=REPO_ROOT,
+        report_dir=tmp_path / "reports",
     )
     out = capsys.readouterr().out
     assert code == 0, out[-3000:]
@@ -65,6 +75,17 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, capsys):
                  ("fusion_d", "clinical_rf"), ("fusion_d_joint", "fusion_d")]:
         assert frozenset(pair) in pairs, f"no comparison {pair} in {sorted(map(sorted, pairs))}"
     assert comparisons["p_value"].between(0, 1).all(), comparisons
+    low, high = comparisons["difference_ci_low"], comparisons["difference_ci_high"]
+    assert (low <= comparisons["auc_difference"]).all() and (comparisons["auc_difference"] <= high).all(), comparisons
+    # The final model is saved whole, and the reporting checklist marks what the run could not fill.
+    manifest = json.loads((work / "final_model" / "manifest.json").read_text())
+    assert manifest["cohort"]["synthetic"] is True and manifest["primary_model"] in manifest["models"], manifest
+    checklist = pd.read_csv(tmp_path / "figures" / "reporting_checklist.csv")
+    assert {"filled", "open"} <= set(checklist["status"]), checklist["status"].value_counts()
+    # One HTML report of the executed notebooks, with every figure embedded.
+    html = (tmp_path / "reports" / "study_report_smoke.html").read_text()
+    assert html.count("data:image/png;base64") >= len(EXPECTED_FIGURES), "figures missing from the HTML report"
+    assert all(nb.stem in html for nb in notebooks)
     # Executed copies are kept for reading; the committed notebooks stay output-free.
     assert sorted(p.name for p in (tmp_path / "executed").glob("*.ipynb")) == [p.name for p in notebooks]
     for nb in notebooks:
