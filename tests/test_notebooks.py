@@ -90,3 +90,25 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "executed").glob("*.ipynb")) == [p.name for p in notebooks]
     for nb in notebooks:
         assert '"output_type"' not in Path(nb).read_text(), f"{nb.name} is committed with outputs"
+
+
+@pytest.mark.parametrize("notebook", list_notebooks(), ids=lambda p: p.stem)
+def test_papermill_reads_every_line_of_the_parameters_cell(notebook):
+    """Each ``name = value`` line of a notebook's parameters cell is one parameter that
+    papermill can name (``papermill --help-notebook``); a line it cannot parse is dropped
+    from that list with a warning. Every notebook receives the runner's parameters."""
+    import ast
+
+    import nbformat
+    from papermill.translators import PythonTranslator
+
+    from hccer_lib.runner import notebook_parameters
+
+    nb = nbformat.read(notebook, as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(cells) == 1, f"{notebook.name}: {len(cells)} cells tagged 'parameters'"
+    assigned = [node.targets[0].id for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign)]
+    parsed = [p.name for p in PythonTranslator.inspect(cells[0])]
+    assert parsed == assigned, f"{notebook.name}: papermill reads {parsed}, the cell assigns {assigned}"
+    missing = set(notebook_parameters("quick", None, 2020)) - set(assigned)
+    assert not missing, f"{notebook.name} lacks the runner's parameters {sorted(missing)}"
