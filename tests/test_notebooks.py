@@ -5,13 +5,16 @@ end on a freshly generated synthetic cohort and writes its tables and figures. O
 to a temporary folder, never to the repository's data/ and figures/.
 """
 
+import ast
 import json
 from pathlib import Path
 
+import nbformat
 import pandas as pd
 import pytest
+from papermill.translators import PythonTranslator
 
-from hccer_lib.runner import REPO_ROOT, list_notebooks, run_notebooks
+from hccer_lib.runner import REPO_ROOT, list_notebooks, notebook_parameters, run_notebooks
 
 # What each notebook must leave behind (relative to figures_dir or to the cohort's work folder).
 EXPECTED_FIGURES = {
@@ -97,13 +100,6 @@ def test_papermill_reads_every_line_of_the_parameters_cell(notebook):
     """Each ``name = value`` line of a notebook's parameters cell is one parameter that
     papermill can name (``papermill --help-notebook``); a line it cannot parse is dropped
     from that list with a warning. Every notebook receives the runner's parameters."""
-    import ast
-
-    import nbformat
-    from papermill.translators import PythonTranslator
-
-    from hccer_lib.runner import notebook_parameters
-
     nb = nbformat.read(notebook, as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(cells) == 1, f"{notebook.name}: {len(cells)} cells tagged 'parameters'"
