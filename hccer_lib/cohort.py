@@ -23,6 +23,14 @@ Decisions (tested in ``tests/test_cohort.py``):
   CT always holds air or fat; raw stored values, 0-255 and 0-1 exports have none),
   ``min >= -3100`` (-3024 is the lowest padding value in use), ``max <= 32767`` and
   ``max - min >= 100`` (a normalised or constant image is not HU).
+- Hostile or damaged files are refused from their header before any voxel is read: a
+  declared size above ``MAX_IMAGE_VOXELS``, and in NIfTI an unknown ``datatype``, a size
+  < 1, a non-finite ``vox_offset``; a NIfTI file is then streamed to check that it holds
+  every voxel its ``datatype`` needs and that float voxels are finite (ITK's NIfTI reader
+  silently reads NaN and infinity as 0 HU).
+- ``clinical.csv``: comma-separated, each column once; ``patient_id`` read as written
+  (``NA`` is an id); infinite numbers refused; both classes present (``validate_cohort``;
+  at least ``n_folds`` of each for a run of that many folds).
 - ROI sources: the label image (voxels > 0, integer values >= 0, exactly the geometry of
   its phase image) and/or the rows of ``roi_boxes.csv``. When both exist for a phase, the
   table gives the box bounds (it is the explicit annotation) and the two must agree:
@@ -83,11 +91,28 @@ NUMERIC_RANGES: dict[str, tuple[float, float | None]] = {
 BINARY_COLUMNS = ("early_recurrence", "portal_vein_invasion", "cirrhosis", "hbv")
 CATEGORY_CODES = {"sex": ("M", "F"), "child_pugh": ("A", "B"), "bclc": ("0", "A", "B", "C")}
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+ID_COLUMN = "patient_id"
+OTHER_DELIMITERS = (";", "\t", "|")  # a header holding one of these and no comma was written with another delimiter
 
 # Hounsfield-unit rule for phase images (see the module docstring).
 HU_MIN, HU_MAX, HU_MIN_RANGE = -3100.0, 32767.0, 100.0
 MAX_SPACING_MM = 20.0
 ORIGIN_TOLERANCE_MM, SPACING_TOLERANCE, DIRECTION_TOLERANCE = 1e-3, 1e-4, 1e-4
+#: Largest image read, in voxel values (size x components), checked from the header before any
+#: voxel is read: 2**28 (1 GiB as float32) holds a 512 x 512 x 1024 CT; a larger declared size
+#: is a damaged or hostile header, which would otherwise take several GB of memory.
+MAX_IMAGE_VOXELS = 2**28
+NIFTI_HEADER_BYTES = 348
+MAX_NIFTI_VOX_OFFSET = 1 << 24  # header extensions beyond 16 MiB: a damaged header
+NIFTI_CHUNK_BYTES = 1 << 22  # voxel bytes streamed at a time by the NIfTI checks
+#: NIfTI-1 datatype code -> (name, bytes per voxel, numpy float kind of its values or None).
+#: The datatype, not the header's bitpix, says how many bytes the voxels take (ITK reads it so).
+NIFTI_DATATYPES: dict[int, tuple[str, int, str | None]] = {
+    2: ("uint8", 1, None), 4: ("int16", 2, None), 8: ("int32", 4, None), 16: ("float32", 4, "f4"),
+    32: ("complex64", 8, "f4"), 64: ("float64", 8, "f8"), 128: ("rgb24", 3, None), 256: ("int8", 1, None),
+    512: ("uint16", 2, None), 768: ("uint32", 4, None), 1024: ("int64", 8, None), 1280: ("uint64", 8, None),
+    1792: ("complex128", 16, "f8"), 2304: ("rgba32", 4, None),
+}  # fmt: skip
 
 
 class CohortError(ValueError):
@@ -181,7 +206,10 @@ def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
         numeric = pd.to_numeric(raw, errors="coerce")
         for row in frame.index[numeric.isna() & raw.notna()]:
             problem(row, f"column {column!r} has non-numeric value {raw[row]!r}")
-        frame[column] = numeric
+        infinite = np.isinf(numeric.to_numpy(dtype=float))
+        for row in frame.index[infinite]:
+            problem(row, f"column {column!r} has non-finite value {_show(numeric[row])}, expected a finite number")
+        frame[column] = numeric.mask(infinite)  # reported above; kept out of the range checks
     for column in BINARY_COLUMNS:
         values = frame[column]
         for row in frame.index[values.notna() & ~values.isin([0, 1])]:
@@ -222,14 +250,37 @@ def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
 
 
 def _read_table(path: Path, rel: str, dtype: dict, required: tuple[str, ...]) -> pd.DataFrame:
-    """Read one of the cohort's CSV tables; an unreadable file or a missing column is a CohortError."""
+    """Read one of the cohort's CSV tables (comma-separated, one header line).
+
+    ``patient_id`` is read as written: an id such as ``NA`` or ``None`` is an id, not a
+    missing value (only an empty cell is missing). Unreadable files, a duplicated column
+    name, a file that looks separated by another delimiter and a missing column are
+    CohortErrors naming the file.
+    """
     try:
         frame = pd.read_csv(path, dtype=dtype, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, skipinitialspace=True)
+        names = [str(c).strip() for c in header.iloc[0]]
+        if ID_COLUMN in names:  # again, every value as written: "NA" is an id; only an empty cell is missing
+            ids = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, usecols=[names.index(ID_COLUMN)]).iloc[:, 0]
+            frame[frame.columns[names.index(ID_COLUMN)]] = ids.where(ids.str.strip() != "").to_numpy()
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
         raise CohortError(f"unreadable CSV ({_first_line(err)})", file=rel) from err
-    frame.columns = [str(c).strip() for c in frame.columns]
+    seen: dict[str, int] = {}
+    for position, name in enumerate(names, start=1):
+        if name in seen:
+            raise CohortError(f"column {name!r} appears twice (columns {seen[name]} and {position}); keep one", file=rel)
+        seen[name] = position
+    frame.columns = names
     missing = [c for c in required if c not in frame.columns]
     if missing:
+        wrong = [d for d in OTHER_DELIMITERS if any(d in name for name in names)]
+        if len(names) <= 2 and wrong:
+            raise CohortError(
+                f"the delimiter looks wrong: the header holds {wrong[0]!r} and {len(names)} column(s); "
+                "write a comma-separated file",
+                file=rel,
+            )  # fmt: skip
         raise CohortError(f"missing column(s) {', '.join(missing)}", file=rel)
     return frame
 
@@ -311,47 +362,106 @@ def _check_geometry(image: sitk.Image, patient_id: str, rel: str) -> None:
 
 
 def _read_image(path: Path, patient_id: str, rel: str) -> sitk.Image:
-    """Read an image with SimpleITK; unreadable files and zero NIfTI spacing → CohortError."""
+    """Read an image with SimpleITK after the checks ITK skips; any problem is a CohortError.
+
+    NIfTI files are checked by :func:`_check_nifti_header` first. Every format's declared
+    size is checked against :data:`MAX_IMAGE_VOXELS` from its header alone, before a voxel is read.
+    """
     if path.name.endswith((".nii", ".nii.gz")):
         _check_nifti_header(path, patient_id, rel)
     try:
         with _quiet_itk():
-            return sitk.ReadImage(str(path))
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            _check_declared_size(reader.GetSize(), reader.GetNumberOfComponents(), patient_id, rel)
+            return reader.Execute()
     except RuntimeError as err:
         raise CohortError(f"unreadable image ({_itk_reason(err)})", patient_id, rel) from err
 
 
+def _check_declared_size(size: tuple[int, ...], components: int, patient_id: str, rel: str) -> None:
+    """Refuse an image whose header declares more than :data:`MAX_IMAGE_VOXELS` voxel values."""
+    n_values = int(np.prod([max(int(s), 1) for s in size], dtype=np.float64)) * max(int(components), 1)
+    if n_values > MAX_IMAGE_VOXELS:
+        raise CohortError(
+            f"implausible image size {tuple(int(s) for s in size)}"
+            + (f" x {components} components" if components > 1 else "")
+            + f" declared in the header: {n_values:,} voxels, at most {MAX_IMAGE_VOXELS:,} are read",
+            patient_id, rel,
+        )  # fmt: skip
+
+
 def _check_nifti_header(path: Path, patient_id: str, rel: str) -> None:
-    """NIfTI-1 checks that ITK skips: pixdim[1..3] > 0 (ITK silently puts 1 mm for a zero
-    spacing) and a file holding all its voxels (ITK reads a truncated .nii.gz without error).
+    """NIfTI-1 checks that ITK skips, from the header before any voxel is read, then on the voxels.
+
+    From the header: a known ``datatype`` (it, not ``bitpix``, sizes the voxels, as in ITK),
+    ``dim[0]`` in 1..7 and every used ``dim`` >= 1, a declared size within
+    :data:`MAX_IMAGE_VOXELS`, a finite ``vox_offset`` after the 348-byte header, and
+    ``pixdim[1..3]`` > 0 (ITK silently puts 1 mm for a zero spacing). Then, streaming the
+    voxels (memory bounded by :data:`NIFTI_CHUNK_BYTES`): the file holds every voxel (ITK
+    reads a truncated ``.nii.gz`` without error) and float voxels are finite (ITK's NIfTI
+    reader turns NaN and infinity into 0).
     """
     opener = gzip.open if path.name.endswith(".gz") else open
     try:
         with opener(path, "rb") as handle:
-            header = handle.read(348)
-            if len(header) < 348:
-                raise CohortError(f"unreadable image (NIfTI header is {len(header)} bytes, expected 348)", patient_id, rel)
-            for order in "<>":
-                if struct.unpack(order + "i", header[:4])[0] == 348:
+            header = handle.read(NIFTI_HEADER_BYTES)
+            order, datatype, n_voxels, vox_offset = _parse_nifti_header(header, patient_id, rel)
+            _, voxel_bytes, float_kind = NIFTI_DATATYPES[datatype]
+            expected = vox_offset + n_voxels * voxel_bytes
+            length = len(header) + len(handle.read(vox_offset - len(header)))  # header extensions, skipped
+            dtype = np.dtype(order + float_kind) if float_kind else None
+            finite, rest = True, b""  # rest: the bytes of a value split between two chunks
+            while length < expected:
+                chunk = handle.read(min(NIFTI_CHUNK_BYTES, expected - length))
+                if not chunk:
                     break
-            else:
-                raise CohortError("unreadable image (not a NIfTI-1 header)", patient_id, rel)
-            dim = struct.unpack(order + "8h", header[40:56])
-            bitpix = struct.unpack(order + "h", header[72:74])[0]
-            pixdim = struct.unpack(order + "8f", header[76:108])
-            vox_offset = struct.unpack(order + "f", header[108:112])[0]
-            n_dims = min(max(dim[0], 0), 7)
-            expected = int(vox_offset) + int(np.prod([max(d, 1) for d in dim[1 : 1 + n_dims]])) * bitpix // 8
-            length = len(header)
-            while chunk := handle.read(1 << 22):
                 length += len(chunk)
+                if dtype is not None and finite:
+                    values = rest + chunk
+                    usable = len(values) - len(values) % dtype.itemsize
+                    finite = bool(np.isfinite(np.frombuffer(values[:usable], dtype=dtype)).all())
+                    rest = values[usable:]
     except (OSError, EOFError, zlib.error) as err:
         raise CohortError(f"unreadable image ({_first_line(err)})", patient_id, rel) from err
     if length < expected:
         raise CohortError(f"unreadable image (truncated: {length} bytes, expected {expected})", patient_id, rel)
-    spatial = pixdim[1 : 1 + min(n_dims, 3)]
+    if not finite:
+        raise CohortError("voxels that are NaN or infinite", patient_id, rel)
+
+
+def _parse_nifti_header(header: bytes, patient_id: str, rel: str) -> tuple[str, int, int, int]:
+    """``(byte order '<' or '>', datatype, number of voxels, vox_offset in bytes)`` of a NIfTI-1 header."""
+    if len(header) < NIFTI_HEADER_BYTES:
+        raise CohortError(f"unreadable image (NIfTI header is {len(header)} bytes, expected {NIFTI_HEADER_BYTES})", patient_id, rel)
+    for order in "<>":
+        if struct.unpack(order + "i", header[:4])[0] == NIFTI_HEADER_BYTES:
+            break
+    else:
+        raise CohortError("unreadable image (not a NIfTI-1 header)", patient_id, rel)
+    dim = struct.unpack(order + "8h", header[40:56])
+    datatype = struct.unpack(order + "h", header[70:72])[0]
+    pixdim = struct.unpack(order + "8f", header[76:108])
+    vox_offset = struct.unpack(order + "f", header[108:112])[0]
+    if datatype not in NIFTI_DATATYPES:
+        raise CohortError(f"unreadable image (unknown or unsupported NIfTI datatype {datatype})", patient_id, rel)
+    if not 1 <= dim[0] <= 7:
+        raise CohortError(f"unreadable image (NIfTI dim[0] is {dim[0]}, expected 1..7 dimensions)", patient_id, rel)
+    sizes = dim[1 : 1 + dim[0]]
+    if min(sizes) < 1:
+        raise CohortError(f"unreadable image (NIfTI image size {sizes} has a size < 1)", patient_id, rel)
+    _check_declared_size(sizes, 1, patient_id, rel)
+    if not (np.isfinite(vox_offset) and NIFTI_HEADER_BYTES <= vox_offset <= MAX_NIFTI_VOX_OFFSET):
+        raise CohortError(
+            f"unreadable image (NIfTI vox_offset {vox_offset:g}: the voxels must start after the "
+            f"{NIFTI_HEADER_BYTES}-byte header, within {MAX_NIFTI_VOX_OFFSET:,} bytes)",
+            patient_id, rel,
+        )  # fmt: skip
+    spatial = pixdim[1 : 1 + min(dim[0], 3)]
     if not all(np.isfinite(s) and s > 0 for s in spatial):
         raise CohortError(f"missing or zero voxel spacing in the NIfTI header (pixdim {spatial})", patient_id, rel)
+    return order, datatype, int(np.prod(sizes, dtype=np.int64)), int(vox_offset)
 
 
 # %% ROI ---------------------------------------------------------------------------------
@@ -626,16 +736,20 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None) -> ValidationReport:
+def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None, n_folds: int | None = None) -> ValidationReport:
     """Check every file of a cohort folder; never writes to it.
 
-    Checks ``clinical.csv``, ``roi_boxes.csv`` when present, then per patient every phase
-    image and its ROI. Problems are collected; the first is raised with the count of the
-    others.
+    Checks ``clinical.csv`` (including that both classes, ER and NER, have patients: at
+    least ``n_folds`` each when given, as the study's stratified cross-validation needs one
+    of each in every test fold), ``roi_boxes.csv`` when present, then per patient every
+    phase image and its ROI. Problems are collected; the first is raised with the count of
+    the others.
 
     Args:
         progress: show a tqdm bar over patients; None shows it for 20 patients or more
             when stderr is a terminal.
+        n_folds: the folds of the run that will use the cohort (its profile's ``n_folds``);
+            None asks for one patient of each class.
 
     Raises:
         CohortError: the first problem, e.g. ``patient HCC007, file images/HCC007/ART.nii.gz:
@@ -649,6 +763,7 @@ def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None)
     logger.info("validating cohort %s", cohort_dir)
     clinical, problems = _check_clinical(cohort_dir)
     _raise_first(problems)
+    problems += _check_classes(clinical["early_recurrence"], n_folds)
     patients = clinical["patient_id"].tolist()
     table = _read_box_table(cohort_dir, known_patients=set(patients))
 
@@ -689,6 +804,22 @@ def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None)
         size_range={p: _ranges(sizes[p], int) for p in PHASES},
         warnings=warnings,
     )
+
+
+def _check_classes(labels: pd.Series, n_folds: int | None) -> list[CohortError]:
+    """A problem unless each class (ER = 1, NER = 0) has at least ``n_folds`` patients (one when None)."""
+    needed = 1 if n_folds is None else max(int(n_folds), 1)
+    counts = {name: int((labels == value).sum()) for value, name in ((1, "ER"), (0, "NER"))}
+    short = [f"{counts[name]} {name}" for name in counts if counts[name] < needed]
+    if not short:
+        return []
+    why = ("the study needs patients of both classes" if n_folds is None else
+           f"a {needed}-fold cross-validation needs at least {needed} patients of each class")  # fmt: skip
+    n = len(labels)
+    return [CohortError(
+        f"{n} patient{'s' if n != 1 else ''}, {' and '.join(short)} (column early_recurrence): {why}, ER (1) and NER (0)",
+        file=CLINICAL_FILE,
+    )]  # fmt: skip
 
 
 # %% Helpers ------------------------------------------------------------------------------

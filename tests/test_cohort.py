@@ -453,6 +453,91 @@ def corrupt_no_clinical(c):
     (c / "clinical.csv").unlink()
 
 
+def patch_nifti(path: Path, offset: int, fmt: str, value, keep_bytes: int | None = None) -> None:
+    """Overwrite one field of a .nii.gz header (little-endian ``fmt`` at byte ``offset``);
+    ``keep_bytes`` truncates the uncompressed file."""
+    data = bytearray(gzip.decompress(path.read_bytes()))
+    struct.pack_into("<" + fmt, data, offset, value)
+    path.write_bytes(gzip.compress(bytes(data[:keep_bytes])))
+
+
+def corrupt_nan_nifti(c):
+    """A NaN in the arterial tumour of a float32 NIfTI phase: ITK's NIfTI reader would read it as 0 HU."""
+    array = sitk.GetArrayFromImage(ct_volume("ART"))
+    array[ROI_SLICES[0], BOX["y_min"] + 2, BOX["x_min"] + 2] = np.nan
+    write_array(image_path(c, "P001", "ART.nii.gz"), array, origin=origin_of("ART"))
+
+
+def corrupt_inf_nifti_roi(c):
+    """An infinite voxel in a float32 NIfTI label image (read as 0 too)."""
+    image = ct_volume("NC")
+    label = sitk.GetArrayFromImage(sitk.Cast(label_like(image), sitk.sitkFloat32))
+    label[0, 0, 0] = np.inf
+    write_array(image_path(c, "P002", "NC_roi.nii.gz"), label, origin=origin_of("NC"))
+
+
+def corrupt_vox_offset_nan(c):
+    patch_nifti(image_path(c, "P001", "PV.nii.gz"), 108, "f", float("nan"))
+
+
+def corrupt_vox_offset_inf(c):
+    patch_nifti(image_path(c, "P002", "ART.nii.gz"), 108, "f", float("inf"))
+
+
+def corrupt_bitpix_zero_half_missing(c):
+    """bitpix 0 and half the float32 voxels missing: the datatype (float32) says how large the file must be."""
+    n_bytes = 352 + int(np.prod(SIZE)) * 4 // 2
+    patch_nifti(image_path(c, "P001", "PV.nii.gz"), 72, "h", 0, keep_bytes=n_bytes)
+
+
+def corrupt_huge_declared_size(c):
+    """A small file whose header declares 2048 x 2048 x 512 voxels (2**31 > MAX_IMAGE_VOXELS)."""
+    path = image_path(c, "P003", "PV.nii.gz")
+    for axis, size in enumerate((2048, 2048, 512)):
+        patch_nifti(path, 42 + 2 * axis, "h", size)
+
+
+def corrupt_huge_declared_size_mha(c):
+    """The same in a MetaImage header (any format is checked before its voxels are read)."""
+    image_path(c, "P003", "NC.nii.gz").unlink()
+    path = image_path(c, "P003", "NC.mha")
+    sitk.WriteImage(ct_volume("NC"), str(path))
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"DimSize = 20 20 6", b"DimSize = 4096 4096 4096", 1))
+
+
+def corrupt_negative_dim(c):
+    """A negative slice count in a phase's header: the phase file is named, not its ROI."""
+    patch_nifti(image_path(c, "P002", "NC.nii.gz"), 46, "h", -6)
+
+
+def corrupt_single_class(c):
+    frame = pd.read_csv(c / "clinical.csv", dtype=str)
+    frame["early_recurrence"] = "0"
+    frame.to_csv(c / "clinical.csv", index=False)
+
+
+def corrupt_one_patient(c):
+    frame = pd.read_csv(c / "clinical.csv", dtype=str)
+    frame.iloc[[0]].to_csv(c / "clinical.csv", index=False)
+    (c / "roi_boxes.csv").unlink()  # its rows are P003's (P001 has label images)
+
+
+def corrupt_duplicated_column(c):
+    frame = pd.read_csv(c / "clinical.csv", dtype=str)
+    frame["age "] = "70"  # a second 'age' column (names are stripped)
+    frame.to_csv(c / "clinical.csv", index=False)
+
+
+def corrupt_infinite_lab(c):
+    edit_clinical(c, 1, "afp", "inf")
+
+
+def corrupt_semicolons(c):
+    frame = pd.read_csv(c / "clinical.csv", dtype=str)
+    frame.to_csv(c / "clinical.csv", index=False, sep=";")
+
+
 # (corruption, patient named, file named, words of the problem)
 BAD_INPUTS = [
     (corrupt_missing_phase, "P002", "images/P002/ART.nii.gz", "missing phase ART"),
@@ -496,6 +581,20 @@ BAD_INPUTS = [
     (corrupt_empty_id, None, "clinical.csv", "line 3: empty patient_id"),
     (corrupt_missing_column, None, "clinical.csv", "missing column(s) afp"),
     (corrupt_no_clinical, None, "clinical.csv", "has no clinical.csv"),
+    # issue 15: hostile and broken inputs
+    (corrupt_nan_nifti, "P001", "images/P001/ART.nii.gz", "voxels that are NaN or infinite"),
+    (corrupt_inf_nifti_roi, "P002", "images/P002/NC_roi.nii.gz", "voxels that are NaN or infinite"),
+    (corrupt_vox_offset_nan, "P001", "images/P001/PV.nii.gz", "NIfTI vox_offset nan"),
+    (corrupt_vox_offset_inf, "P002", "images/P002/ART.nii.gz", "NIfTI vox_offset inf"),
+    (corrupt_bitpix_zero_half_missing, "P001", "images/P001/PV.nii.gz", f"truncated: {352 + 4800} bytes, expected {352 + 9600}"),
+    (corrupt_huge_declared_size, "P003", "images/P003/PV.nii.gz", "implausible image size (2048, 2048, 512)"),
+    (corrupt_huge_declared_size_mha, "P003", "images/P003/NC.mha", "implausible image size (4096, 4096, 4096)"),
+    (corrupt_negative_dim, "P002", "images/P002/NC.nii.gz", "NIfTI image size (20, 20, -6) has a size < 1"),
+    (corrupt_single_class, None, "clinical.csv", "3 patients, 0 ER (column early_recurrence): the study needs patients of both classes"),
+    (corrupt_one_patient, None, "clinical.csv", "1 patient, 0 NER"),
+    (corrupt_duplicated_column, None, "clinical.csv", "column 'age' appears twice (columns 4 and 21)"),
+    (corrupt_infinite_lab, "P002", "clinical.csv", "column 'afp' has non-finite value inf"),
+    (corrupt_semicolons, None, "clinical.csv", "the delimiter looks wrong: the header holds ';'"),
 ]
 
 
@@ -527,3 +626,59 @@ def test_read_phase_and_roi_boxes_raise_too(cohort):
         read_phase(cohort, "P002", "ART")
     with pytest.raises(CohortError, match="unknown phase 'DELAYED'"):
         read_phase(cohort, "P002", "DELAYED")
+
+
+# %% Issue 15: inputs that were accepted or gave a traceback ------------------------------------
+
+
+def test_ids_na_and_none_are_ids_not_missing(cohort):
+    """'NA' and 'None' are patient ids as written (pandas would read them as missing)."""
+    frame = pd.read_csv(cohort / "clinical.csv", dtype=str)
+    frame.loc[0, "patient_id"], frame.loc[1, "patient_id"] = "NA", "None"
+    frame.to_csv(cohort / "clinical.csv", index=False)
+    (cohort / "images" / "P001").rename(cohort / "images" / "NA")
+    (cohort / "images" / "P002").rename(cohort / "images" / "None")
+    report = validate_cohort(cohort)
+    assert report.patients == ["NA", "None", "P003"], report.patients
+    assert list_patients(cohort) == ["NA", "None", "P003"]
+    frame.loc[2, "patient_id"] = ""  # an empty cell is still a missing id
+    frame.to_csv(cohort / "clinical.csv", index=False)
+    with pytest.raises(CohortError, match="line 4: empty patient_id"):
+        load_clinical(cohort)
+
+
+def test_class_counts_checked_against_the_folds(cohort):
+    """1 ER and 2 NER: valid on its own, refused for a 2-fold run (a test fold would lack ER)."""
+    assert validate_cohort(cohort).n_er == 1
+    with pytest.raises(CohortError) as info:
+        validate_cohort(cohort, n_folds=2)
+    message = str(info.value)
+    assert message.startswith("file clinical.csv: 3 patients, 1 ER (column early_recurrence): "
+                              "a 2-fold cross-validation needs at least 2 patients of each class"), message
+    assert validate_cohort(cohort, n_folds=1).n_ner == 2
+
+
+def test_unreadable_clinical_csv_is_one_named_error(cohort, monkeypatch):
+    """An OSError while reading clinical.csv (no permission, I/O error) is a CohortError naming the file."""
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pd, "read_csv", refuse)
+    with pytest.raises(CohortError) as info:
+        validate_cohort(cohort)
+    message = str(info.value)
+    assert message.startswith("file clinical.csv: unreadable CSV ([Errno 13] Permission denied"), message
+    assert "\n" not in message, message
+
+
+def test_nifti_voxels_checked_in_bounded_chunks(cohort, monkeypatch):
+    """A NaN in the last chunk of a file streamed in small chunks is still found."""
+    from hccer_lib import cohort as cohort_module
+
+    monkeypatch.setattr(cohort_module, "NIFTI_CHUNK_BYTES", 999)  # 9600 voxel bytes: ten chunks, values split between chunks
+    array = sitk.GetArrayFromImage(ct_volume("PV"))
+    array[-1, -1, -1] = -np.inf
+    write_array(image_path(cohort, "P002", "PV.nii.gz"), array, origin=origin_of("PV"))
+    with pytest.raises(CohortError, match=r"patient P002, file images/P002/PV.nii.gz: voxels that are NaN or infinite"):
+        read_phase(cohort, "P002", "PV")
+    assert read_phase(cohort, "P001", "PV").GetSize() == SIZE  # finite voxels, ten chunks: accepted
