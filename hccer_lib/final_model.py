@@ -6,8 +6,12 @@ and saved in one folder (:meth:`FinalModel.save`) that holds everything it needs
 predict and no pickled Python object:
 
     <model folder>/
-        manifest.json                 what the folder holds: versions, settings, files and their sha256
-        self_check.npz                seeded random inputs and the probabilities every model gave them
+        manifest.json                 what the folder holds: versions, settings, files and their sha256,
+                                      and manifest_sha256, the digest of its own content
+        self_check.npz                seeded random inputs and the probabilities every model gave them,
+                                      and the probabilities of the self-check patients
+        self_check_cohort/            a tiny generated cohort (no patient's data: clinical.csv,
+                                      roi_boxes.csv, images/<id>/<phase>.nii.gz), predicted end to end
         clinical_rf/forest.npz        the random forest as tree arrays (numpy, allow_pickle=False)
         clinical_rf/model.json        the clinical bits it reads, its settings
         radiomics_rf/forest.npz       the pipeline's final forest as tree arrays
@@ -24,10 +28,15 @@ the same order of summation). Networks are read with
 
 :func:`load_final_model` refuses, with one line naming the folder and the file, any
 folder that it cannot trust to predict as it did when saved: another folder format,
-hccer version, Keras major version or PyRadiomics version, a missing or changed file
-(sha256), a network whose architecture differs from its recorded settings (image size,
-clinical vector length, layers and weight shapes), and finally any model that does not
-reproduce its saved self-check probabilities.
+hccer version, Keras major version or PyRadiomics version, a manifest whose content no
+longer matches its ``manifest_sha256`` (every setting a prediction depends on, the
+synthetic flag and the note), a missing or changed file (sha256), a network whose
+architecture differs from its recorded settings (image size, clinical vector length,
+layers and weight shapes), any model that does not reproduce its saved self-check
+probabilities, and finally a folder whose self-check patients, read from their raw files
+and predicted end to end, do not get the probabilities saved for them. A save that is
+interrupted leaves a hidden ``.<folder>.tmp-*`` sibling, removed by the next save
+(:func:`clean_stale_saves`).
 
 A new patient is a folder (:func:`read_patient_folder`)::
 
@@ -50,6 +59,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import tempfile
 import uuid
@@ -67,9 +77,24 @@ logger = logging.getLogger("hccer")
 
 FORMAT_NAME = "hccer-final-model"
 #: Raise when the folder layout or the meaning of a stored field changes.
-FORMAT_VERSION = 1
+#: 2: manifest_sha256 covers the manifest's settings; self_check_cohort/ is predicted end to end.
+FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 SELF_CHECK_FILE = "self_check.npz"
+#: The manifest's own digest: sha256 of its canonical JSON without this key (:func:`manifest_digest`).
+DIGEST_KEY = "manifest_sha256"
+#: A tiny generated cohort (no patient's data) that every load predicts end to end, raw images to probabilities.
+SELF_CHECK_COHORT = "self_check_cohort"
+N_SELF_CHECK_PATIENTS = 4
+#: The self-check patients' phase volumes: voxels (x, y, z), spacing in mm (x, y, z), and HU of
+#: background tissue and of the tumour per phase (NC, ART, PV: arterial enhancement, portal washout).
+SELF_CHECK_VOLUME = (40, 40, 6)
+SELF_CHECK_SPACING_MM = (0.8, 0.8, 2.5)
+SELF_CHECK_TISSUE_HU = (55.0, 70.0, 110.0)
+SELF_CHECK_TUMOUR_HU = (40.0, 160.0, 80.0)
+SELF_CHECK_NOISE_HU = 12.0
+#: Hidden siblings that a save leaves while it runs: ``.<folder>.tmp-<pid>-<hex>`` and ``.<folder>.old-<pid>-<hex>``.
+SAVE_TEMP_PREFIXES = ("tmp", "old")
 FOREST_MODELS = ("clinical_rf", "radiomics_rf")
 NETWORK_MODELS = ("deep_resnet50", "fusion_a", "fusion_b", "fusion_c", "fusion_d", "fusion_d_joint")
 MODEL_NAMES = FOREST_MODELS + NETWORK_MODELS
@@ -473,7 +498,8 @@ class FinalModel:
         if folder.exists() and any(folder.iterdir()) and not overwrite:
             raise FileExistsError(f"{folder} exists and is not empty")
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = folder.parent / f".{folder.name}.tmp-{uuid.uuid4().hex[:8]}"
+        clean_stale_saves(folder)
+        tmp = _save_temp_path(folder, "tmp")
         tmp.mkdir()
         try:
             manifest = json.loads(json.dumps(self.manifest, default=str))
@@ -489,10 +515,12 @@ class FinalModel:
             for name, entry in manifest["models"].items():
                 outputs.write_json(tmp / name / "model.json", {"model": name, **entry.get("details", {})})
             check = self.self_check_arrays()
+            check.update(self.self_check_patients(write_self_check_cohort(tmp / SELF_CHECK_COHORT)))
             save_arrays(tmp / SELF_CHECK_FILE, check)
             manifest["files"] = {
                 p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
             }
+            manifest[DIGEST_KEY] = manifest_digest(manifest)
             outputs.write_json(tmp / MANIFEST_FILE, manifest)
             _swap_into_place(tmp, folder)
         except BaseException:
@@ -520,6 +548,12 @@ class FinalModel:
             radiomics_rows=arrays.get("radiomics"),
         )  # fmt: skip
         return {**arrays, **{f"expected:{name}": values for name, values in probabilities.items()}}
+
+    def self_check_patients(self, cohort_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+        """Every output's probabilities ``[N_SELF_CHECK_PATIENTS]`` for the patients of
+        :func:`write_self_check_cohort`, predicted end to end (as ``patients:<output name>``)."""
+        patients, _ = predict_cohort(self, cohort_dir, progress=False)
+        return {f"patients:{name}": patients[name].to_numpy(dtype=np.float64) for name in self.output_names}
 
 
 def network_probabilities(model, inputs: dict, model_name: str, batch_size: int = 32) -> dict[str, np.ndarray]:
@@ -553,12 +587,66 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys), leaving out :data:`DIGEST_KEY` itself.
+
+    It covers every setting a prediction depends on (preprocessing, clinical variables and
+    their order, radiomics parameters, network settings), the synthetic flag and the note.
+    """
+    content = {key: value for key, value in manifest.items() if key != DIGEST_KEY}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+def _save_temp_path(folder: Path, kind: str) -> Path:
+    """``.<folder>.<kind>-<pid>-<hex>`` beside ``folder``: the pid tells a stale one from a live save."""
+    return folder.parent / f".{folder.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (signal 0 checks without signalling)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_saves(folder: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted saves of ``folder`` left beside it; returns what was removed.
+
+    A save that was killed (power cut, SIGKILL, a full disk) can leave a hidden
+    ``.<folder>.tmp-*`` folder holding a half-written model (hundreds of MB at the paper
+    profile) or, killed while swapping, ``.<folder>.old-*`` holding the previous model. One
+    whose process is still running (same machine) is left alone. A stale ``.old-*`` is the
+    last complete model when ``folder`` itself is missing: it is put back, not removed.
+    """
+    folder = Path(folder)
+    removed = []
+    pattern = re.compile(rf"^\.{re.escape(folder.name)}\.({'|'.join(SAVE_TEMP_PREFIXES)})-(?:(\d+)-)?[0-9a-f]+$")
+    siblings = sorted(folder.parent.iterdir()) if folder.parent.is_dir() else []
+    for path in siblings:
+        match = pattern.match(path.name)
+        if match is None or not path.is_dir() or (match.group(2) and _process_alive(int(match.group(2)))):
+            continue
+        if match.group(1) == "old" and not folder.exists():
+            path.rename(folder)
+            logger.warning("model folder %s was missing after an interrupted save: restored from %s", folder, path.name)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        logger.warning("removed %s, left by an interrupted save of %s", path.name, folder.name)
+        removed.append(path)
+    return removed
+
+
 def _swap_into_place(tmp: Path, folder: Path) -> None:
     """Replace ``folder`` by ``tmp``; a failure puts the previous folder back."""
     if not folder.exists():
         tmp.rename(folder)
         return
-    old = folder.parent / f".{folder.name}.old-{uuid.uuid4().hex[:8]}"
+    old = _save_temp_path(folder, "old")
     folder.rename(old)
     try:
         tmp.rename(folder)
@@ -604,6 +692,7 @@ def load_final_model(folder: str | os.PathLike, self_check: bool = True) -> Fina
         raise ModelFolderError("does not exist", folder)
     manifest = _read_manifest(folder)
     _check_versions(manifest, folder)
+    _check_digest(manifest, folder)
     _check_files(manifest, folder)
     _check_clinical_spec(manifest, folder)
     k = len(manifest["clinical"]["bit_names"])
@@ -706,10 +795,24 @@ def _check_versions(manifest: dict, folder: Path) -> None:
         refuse(f"radiomics features from PyRadiomics {saved.get('pyradiomics')}, this is PyRadiomics {found['pyradiomics']}")
 
 
+def _check_digest(manifest: dict, folder: Path) -> None:
+    """The manifest's settings unchanged since saving (:func:`manifest_digest`)."""
+    recorded = manifest.get(DIGEST_KEY)
+    if not isinstance(recorded, str):
+        raise ModelFolderError(f"no {DIGEST_KEY}: the settings cannot be checked; refit and save the model (notebook 07)",
+                               folder, MANIFEST_FILE)  # fmt: skip
+    if manifest_digest(manifest) != recorded:
+        raise ModelFolderError(
+            f"changed since the model was saved: its settings no longer match its {DIGEST_KEY} "
+            "(an edited setting would change the predictions or their labelling)",
+            folder, MANIFEST_FILE,
+        )  # fmt: skip
+
+
 def _check_files(manifest: dict, folder: Path) -> None:
     """Every model's files listed, present, and unchanged since saving (sha256)."""
     files = manifest["files"]
-    needed = [SELF_CHECK_FILE]
+    needed = [SELF_CHECK_FILE, f"{SELF_CHECK_COHORT}/clinical.csv"]
     for entry in manifest["models"].values():
         needed += entry.get("files", [])
     for rel in needed:
@@ -798,6 +901,32 @@ def _run_self_check(final: FinalModel, folder: Path) -> None:
                 f"{name} does not reproduce its saved probabilities (largest difference {error:.3g}, allowed "
                 f"{tolerance:g}); saved with {final.manifest['versions']}, running {versions()}",
                 folder, SELF_CHECK_FILE,
+            )  # fmt: skip
+    _run_patient_self_check(final, folder, arrays)
+
+
+def _run_patient_self_check(final: FinalModel, folder: Path, arrays: dict[str, np.ndarray]) -> None:
+    """The stored self-check patients, predicted end to end (images and clinical rows read,
+    preprocessed, encoded, radiomics extracted), must get again the probabilities saved for them.
+
+    Runs after the models reproduced their array self-check, so a difference here comes from
+    the settings that turn a patient into model inputs (manifest.json) or from the code.
+    """
+    try:
+        got = final.self_check_patients(folder / SELF_CHECK_COHORT)
+    except (CohortError, KeyError, ValueError) as err:
+        raise ModelFolderError(f"its stored self-check patients cannot be predicted ({err})", folder, SELF_CHECK_COHORT) from None
+    for key, values in got.items():
+        tolerance = FOREST_CHECK_TOLERANCE if key.split(":", 1)[1] in FOREST_MODELS else NETWORK_CHECK_TOLERANCE
+        if key not in arrays or arrays[key].shape != values.shape:
+            raise ModelFolderError(f"no self-check probabilities {key!r} for the stored patients", folder, SELF_CHECK_FILE)
+        error = float(np.max(np.abs(values - arrays[key])))
+        if not error <= tolerance:
+            raise ModelFolderError(
+                f"the models reproduce their self-check arrays, but {key.split(':', 1)[1]} gives the stored self-check "
+                f"patients ({SELF_CHECK_COHORT}/) other probabilities than when saved (largest difference {error:.3g}, "
+                f"allowed {tolerance:g}): the preprocessing, clinical or radiomics settings differ from the model's",
+                folder, MANIFEST_FILE,
             )  # fmt: skip
 
 
@@ -1022,6 +1151,58 @@ def _refit_radiomics(final, cohort_dir, work_dir, profile, seed, n_estimators, i
     add_radiomics_rf(final, pipeline, columns, extraction, inner_folds=inner_folds, seed=int(seed), n_rows=len(X))
 
 
+# %% The self-check cohort --------------------------------------------------------------------
+
+
+def write_self_check_cohort(cohort_dir: str | os.PathLike, seed: int = 0) -> Path:
+    """Write the tiny generated cohort that a model folder is checked with, end to end.
+
+    :data:`N_SELF_CHECK_PATIENTS` patients, no patient's data: clinical rows of
+    ``clinical.paper_clinical_frame`` (raw values on either side of every cut-off, both
+    labels), and per patient three int16 HU phase volumes :data:`SELF_CHECK_VOLUME` voxels
+    of :data:`SELF_CHECK_SPACING_MM`, each phase with its own origin: air around a body of
+    :data:`SELF_CHECK_TISSUE_HU` holding a 10 x 10 voxel tumour of
+    :data:`SELF_CHECK_TUMOUR_HU` on two slices (seeded noise, a different place and offset
+    per patient), its boxes in ``roi_boxes.csv``. The same ``seed`` writes the same cohort.
+
+    Returns:
+        ``cohort_dir``.
+    """
+    import SimpleITK as sitk
+
+    from hccer_lib import cohort
+    from hccer_lib.clinical import paper_clinical_frame
+
+    cohort_dir = Path(cohort_dir)
+    rng = np.random.default_rng(seed)
+    frame = paper_clinical_frame(seed)
+    rows = np.concatenate([rng.choice(np.flatnonzero(frame[LABEL_COLUMN] == label), N_SELF_CHECK_PATIENTS // 2, replace=False)
+                           for label in (0, 1)])  # fmt: skip
+    clinical = frame.iloc[rows].reset_index(drop=True)
+    clinical["patient_id"] = [f"SELFCHECK{i + 1}" for i in range(len(clinical))]
+    size_x, size_y, size_z = SELF_CHECK_VOLUME
+    boxes = []
+    for pid in clinical["patient_id"]:
+        x0, y0 = (int(v) for v in rng.integers(8, size_x - 18, 2))
+        shift = float(rng.normal(0.0, 10.0))
+        for index, phase in enumerate(cohort.PHASES):
+            array = np.full((size_z, size_y, size_x), -1000.0)
+            array[:, 3:-3, 3:-3] = SELF_CHECK_TISSUE_HU[index]
+            array[2:4, y0 : y0 + 10, x0 : x0 + 10] = SELF_CHECK_TUMOUR_HU[index] + shift
+            array += rng.normal(0.0, SELF_CHECK_NOISE_HU, array.shape)
+            image = sitk.GetImageFromArray(np.round(array).astype(np.int16))
+            image.SetSpacing(SELF_CHECK_SPACING_MM)
+            image.SetOrigin((-16.0 + index, -16.0 - index, 20.0 + 2.0 * index))
+            path = cohort_dir / "images" / pid / f"{phase}.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(image, str(path), useCompression=True)
+            boxes += [{"patient_id": pid, "phase": phase, "slice": k, "x_min": x0, "x_max": x0 + 9, "y_min": y0, "y_max": y0 + 9}
+                      for k in (2, 3)]  # fmt: skip
+    outputs.write_csv(cohort_dir / cohort.CLINICAL_FILE, clinical)
+    outputs.write_csv(cohort_dir / cohort.BOX_TABLE_FILE, pd.DataFrame(boxes))
+    return cohort_dir
+
+
 # %% Reading patients -------------------------------------------------------------------------
 
 
@@ -1118,11 +1299,15 @@ def _write_labelled_clinical(source: Path, target: Path) -> list[bool] | None:
 
     A file pandas cannot read is copied unchanged (the cohort loader then names the problem).
     """
+    from hccer_lib import cohort
+
     try:
         frame = pd.read_csv(source, dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         shutil.copyfile(source, target)
         return None
+    except OSError as err:  # e.g. no permission to read it
+        raise CohortError(f"unreadable CSV ({str(err).strip().splitlines()[0]})", file=cohort.CLINICAL_FILE) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     if LABEL_COLUMN not in frame.columns:
         frame[LABEL_COLUMN] = ""
@@ -1138,7 +1323,7 @@ def _write_patient_boxes(source: Path, target: Path, patient_id: str) -> None:
 
     try:
         frame = pd.read_csv(source, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
         raise CohortError(f"unreadable CSV ({str(err).strip().splitlines()[0]})", patient_id, cohort.BOX_TABLE_FILE) from None
     frame.columns = [str(c).strip() for c in frame.columns]
     if "patient_id" in frame.columns:

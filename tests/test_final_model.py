@@ -6,6 +6,7 @@ test refits every kind of model on a generated synthetic cohort and runs the com
 """
 
 import json
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -152,7 +153,11 @@ def copy_folder(study, tmp_path) -> Path:
 def test_saved_folder_holds_no_pickles(study):
     folder = study["folder"]
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert {Path(f).suffix for f in files} == {".json", ".npz", ".keras"}, files
+    models = [f for f in files if not f.startswith(fm.SELF_CHECK_COHORT + "/")]
+    assert {Path(f).suffix for f in models} == {".json", ".npz", ".keras"}, files
+    check_cohort = sorted(set(files) - set(models))  # the generated self-check patients: CSV tables and NIfTI images
+    assert {"".join(Path(f).suffixes) for f in check_cohort} == {".csv", ".nii.gz"}, check_cohort
+    assert len([f for f in check_cohort if f.endswith(".nii.gz")]) == 3 * fm.N_SELF_CHECK_PATIENTS, check_cohort
     for path in folder.rglob("*.npz"):
         with np.load(path, allow_pickle=False) as arrays:
             assert all(arrays[name].dtype != object for name in arrays.files), path
@@ -204,9 +209,13 @@ def test_predict_cohort_equals_patient_folders(study, tmp_path):
 # %% Refusals ---------------------------------------------------------------------------------------
 
 
-def edit_manifest(folder: Path, change) -> None:
+def edit_manifest(folder: Path, change, sign: bool = True) -> None:
+    """Change the manifest; with ``sign``, record its new digest too (a consistent but different
+    folder, reaching the checks behind the digest), else leave the saved digest (a plain edit)."""
     manifest = json.loads((folder / "manifest.json").read_text())
     change(manifest)
+    if sign:
+        manifest[fm.DIGEST_KEY] = fm.manifest_digest(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -233,6 +242,19 @@ def tamper_self_check(path: Path) -> None:
     fm.save_arrays(path, arrays)
 
 
+def swap_age_and_size(manifest: dict) -> None:
+    """The clinical variables and their bits in another order, consistently (the forests read columns by position)."""
+    manifest["clinical"]["variables"] = ["tumor_size_mm", "age", "bclc"]
+    bits = manifest["clinical"]["bit_names"]
+    manifest["clinical"]["bit_names"] = [bits[1], bits[0], *bits[2:]]
+
+
+def shift_boxes(path: Path) -> None:
+    table = pd.read_csv(path)
+    table[["x_min", "x_max"]] += 3
+    table.to_csv(path, index=False)
+
+
 def pickled_arrays(path: Path) -> None:
     path.unlink()
     np.savez(path, children_left=np.array([{"a": 1}], dtype=object))
@@ -253,6 +275,27 @@ REFUSALS = {
     "pickle": (lambda f: replace_file(f, "clinical_rf/forest.npz", pickled_arrays), "clinical_rf/forest.npz", "allow_pickle"),
     "clinical_bits": (lambda f: edit_manifest(f, set_in(["clinical", "variables"], ["age", "bclc"])), "manifest.json", "encode to bits"),
     "not_a_model": (lambda f: (f / "manifest.json").unlink(), "manifest.json", "not an hccer model folder"),
+    # issue 15: every setting a prediction depends on, and the synthetic label, are covered by manifest_sha256
+    "edited_window": (lambda f: edit_manifest(f, set_in(["preprocessing", "settings", "window_level"], 40.0), sign=False),
+                      "manifest.json", "changed since the model was saved"),
+    "edited_margin": (lambda f: edit_manifest(f, set_in(["preprocessing", "settings", "margin"], 0.3), sign=False),
+                      "manifest.json", "changed since the model was saved"),
+    "edited_bin_width": (lambda f: edit_manifest(f, set_in(["radiomics", "params", "setting", "binWidth"], 5), sign=False),
+                         "manifest.json", "changed since the model was saved"),
+    "edited_variable_order": (lambda f: edit_manifest(f, swap_age_and_size, sign=False), "manifest.json", "changed since the model was saved"),
+    "edited_synthetic_flag": (lambda f: edit_manifest(f, set_in(["cohort", "synthetic"], False), sign=False),
+                              "manifest.json", "changed since the model was saved"),
+    "edited_note": (lambda f: edit_manifest(f, set_in(["note"], "Validated for clinical use."), sign=False),
+                    "manifest.json", "changed since the model was saved"),
+    "no_digest": (lambda f: edit_manifest(f, lambda m: m.pop(fm.DIGEST_KEY), sign=False), "manifest.json", "no manifest_sha256"),
+    # ... and when the digest is recomputed, the stored self-check patients, predicted end to end, notice
+    "window_resigned": (lambda f: edit_manifest(f, set_in(["preprocessing", "settings", "window_level"], 40.0)),
+                        "manifest.json", "other probabilities than when saved"),
+    "margin_resigned": (lambda f: edit_manifest(f, set_in(["preprocessing", "settings", "margin"], 0.3)),
+                        "manifest.json", "other probabilities than when saved"),
+    "variable_order_resigned": (lambda f: edit_manifest(f, swap_age_and_size), "manifest.json", "other probabilities than when saved"),
+    "self_check_patient_changed": (lambda f: replace_file(f, f"{fm.SELF_CHECK_COHORT}/roi_boxes.csv", shift_boxes),
+                                   "manifest.json", "other probabilities than when saved"),
 }  # fmt: skip
 
 
@@ -267,6 +310,56 @@ def test_model_folder_refused(study, tmp_path, case):
     assert message.startswith(f"model folder {folder}, file {file}: "), message
     assert words in message, message
     assert "\n" not in message, message
+
+
+def test_self_check_cohort_is_generated_the_same_and_valid(tmp_path):
+    """The generated self-check patients: both classes, every phase with its ROI, the same for the same seed."""
+    from hccer_lib.cohort import validate_cohort
+
+    first = fm.write_self_check_cohort(tmp_path / "a")
+    second = fm.write_self_check_cohort(tmp_path / "b")
+    report = validate_cohort(first)
+    assert (report.n_patients, report.n_er, report.n_ner) == (fm.N_SELF_CHECK_PATIENTS, 2, 2), report.summary()
+    assert report.slices_per_phase == {"NC": 8, "ART": 8, "PV": 8}, report.slices_per_phase
+    for path in sorted(first.rglob("*.csv")):
+        assert path.read_bytes() == (second / path.relative_to(first)).read_bytes(), path
+    for path in sorted(first.rglob("*.nii.gz")):
+        arrays = [sitk.GetArrayFromImage(sitk.ReadImage(str(root / path.relative_to(first)))) for root in (first, second)]
+        assert arrays[0].dtype == np.int16 and np.array_equal(*arrays), path
+
+
+def test_self_check_patients_reach_every_output(study):
+    """The saved folder holds the end-to-end probabilities of every output for each self-check patient."""
+    arrays = fm.load_arrays(study["folder"] / fm.SELF_CHECK_FILE)
+    stored = sorted(k for k in arrays if k.startswith("patients:"))
+    assert stored == sorted(f"patients:{name}" for name in study["final"].output_names), stored
+    assert all(arrays[k].shape == (fm.N_SELF_CHECK_PATIENTS,) and np.all((arrays[k] >= 0) & (arrays[k] <= 1)) for k in stored)
+    assert len(np.unique(arrays["patients:clinical_rf"])) > 1, arrays["patients:clinical_rf"]
+
+
+def test_save_cleans_what_interrupted_saves_left(study, tmp_path):
+    """A killed save leaves .<folder>.tmp-* (half-written) folders; the next save removes those whose process is gone."""
+    folder = tmp_path / "final_model"
+    stale_new = tmp_path / ".final_model.tmp-999999999-0badc0de"  # a pid that is not running
+    stale_old_style = tmp_path / ".final_model.tmp-1a2b3c4d"  # written before pids were recorded
+    live = tmp_path / f".final_model.tmp-{os.getpid()}-feedbeef"  # a save still running
+    other = tmp_path / ".other_model.tmp-999999999-0badc0de"  # another folder's: not ours to clean
+    for path in (stale_new, stale_old_style, live, other):
+        (path / "fusion_d_joint").mkdir(parents=True)
+        (path / "fusion_d_joint" / "model.keras").write_bytes(b"half written")
+    study["final"].save(folder)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([folder.name, live.name, other.name]), left
+    assert fm.load_final_model(folder, self_check=False).model_names == study["final"].model_names
+
+
+def test_interrupted_swap_restores_the_previous_folder(study, tmp_path):
+    """Killed between moving the old folder aside and moving the new one in: the old one comes back, not lost."""
+    folder = tmp_path / "final_model"
+    previous = tmp_path / ".final_model.old-999999999-0badc0de"
+    shutil.copytree(study["folder"], previous)
+    assert fm.clean_stale_saves(folder) == [] and folder.is_dir() and not previous.exists()
+    assert fm.load_final_model(folder, self_check=False).model_names == study["final"].model_names
 
 
 # %% Reading a new patient --------------------------------------------------------------------------
