@@ -7,7 +7,12 @@ and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+
+#: TensorFlow's C++ log level for the command line: 2 hides its start-up INFO and WARNING
+#: lines (absl, CPU features), so that a refused input is the one line on stderr. Errors show.
+TF_LOG_LEVEL = "2"
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -133,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
     from hccer_lib.cohort import CohortError
 

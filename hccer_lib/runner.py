@@ -98,7 +98,9 @@ def run_notebooks(
 ) -> int:
     """Execute the notebooks in order; return 0 when all passed, 1 otherwise.
 
-    Relative paths in the parameters are relative to ``cwd`` (the repository root by
+    A cohort folder given as ``cohort`` is validated first (:func:`validate_cohort_first`):
+    a bad one raises ``CohortError`` before any notebook runs. Relative paths in the
+    parameters are relative to ``cwd`` (the repository root by
     default), where the notebooks run. With ``write_report`` the executed notebooks of
     this run are combined into ``<report_dir>/study_report_<profile>.html``
     (``report_dir`` defaults to ``<cwd>/reports``), also after a failure; a report that
@@ -107,6 +109,8 @@ def run_notebooks(
     import papermill as pm
 
     params = notebook_parameters(profile, cohort, seed, data_root, figures_dir)
+    if cohort is not None:
+        validate_cohort_first(Path(cwd) / cohort, profile)
     notebooks = list_notebooks() if notebooks is None else list(notebooks)
     executed_dir = Path(executed_dir) if executed_dir else Path(cwd) / "executed" / profile
     executed_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +152,20 @@ def run_notebooks(
             print(f"hccer: could not write the study report {target}: {_first_line(err)}", flush=True)
     print(f"{passed} of {total} notebooks passed", flush=True)
     return 0 if passed == total else 1
+
+
+def validate_cohort_first(cohort_dir: str | os.PathLike, profile: str) -> None:
+    """Validate a cohort folder for a run of ``profile`` (its folds) before any notebook runs.
+
+    Raises:
+        CohortError: the first problem, one line naming the patient and the file (the
+            command line prints it and exits with code 2).
+    """
+    from hccer_lib.cohort import validate_cohort
+    from hccer_lib.profiles import get_profile
+
+    print(f"hccer: validating the cohort {cohort_dir} ...", flush=True)
+    validate_cohort(cohort_dir, n_folds=get_profile(profile).n_folds)
 
 
 @contextlib.contextmanager

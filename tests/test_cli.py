@@ -6,16 +6,34 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-from test_cohort import corrupt_unreadable, corrupt_zero_spacing, write_cohort
+import SimpleITK as sitk
+from test_cohort import (
+    corrupt_huge_declared_size,
+    corrupt_nan_nifti,
+    corrupt_negative_dim,
+    corrupt_semicolons,
+    corrupt_single_class,
+    corrupt_unreadable,
+    corrupt_vox_offset_inf,
+    corrupt_vox_offset_nan,
+    corrupt_zero_spacing,
+    folder_hashes,
+    patch_nifti,
+    write_cohort,
+)
 from test_dicom_import import write_series
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2")
+def run_cli(*args: str, tf_log_level: str | None = "2") -> subprocess.CompletedProcess:
+    """``python -m hccer_lib ARGS``; ``tf_log_level=None`` leaves TF_CPP_MIN_LOG_LEVEL unset, as in a plain shell."""
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL=tf_log_level or "")
+    if tf_log_level is None:
+        del env["TF_CPP_MIN_LOG_LEVEL"]
     return subprocess.run(
         [sys.executable, "-m", "hccer_lib", *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120,
@@ -61,6 +79,73 @@ def test_validate_bad_cohort_one_line(tmp_path, corrupt, file):
     result = run_cli("validate", str(cohort))
     patient = file.split("/")[1]
     assert_one_line_error(result, f"patient {patient}", f"file {file}")
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "patient", "file"),
+    [
+        (corrupt_nan_nifti, "P001", "images/P001/ART.nii.gz"),
+        (corrupt_vox_offset_nan, "P001", "images/P001/PV.nii.gz"),
+        (corrupt_vox_offset_inf, "P002", "images/P002/ART.nii.gz"),
+        (corrupt_huge_declared_size, "P003", "images/P003/PV.nii.gz"),
+        (corrupt_negative_dim, "P002", "images/P002/NC.nii.gz"),
+        (corrupt_single_class, None, "clinical.csv"),
+        (corrupt_semicolons, None, "clinical.csv"),
+    ],
+    ids=["nan_voxels", "vox_offset_nan", "vox_offset_inf", "huge_declared_size", "negative_dim", "single_class", "semicolons"],
+)
+def test_validate_hostile_input_one_line(tmp_path, corrupt, patient, file):
+    """Issue 15: each refused with one line naming the patient and the file, exit 2, folder untouched."""
+    cohort = write_cohort(tmp_path / "cohort")
+    corrupt(cohort)
+    before = folder_hashes(cohort)
+    result = run_cli("validate", str(cohort))
+    where = ", ".join(([f"patient {patient}"] if patient else []) + [f"file {file}"])
+    assert_one_line_error(result, where)
+    assert folder_hashes(cohort) == before, "validate changed the cohort folder"
+
+
+def test_validate_unreadable_clinical_one_line(tmp_path, monkeypatch, capsys):
+    """An OSError reading clinical.csv (no permission; the tests may run as root, so simulated)."""
+    import pandas
+
+    from hccer_lib.__main__ import main
+
+    cohort = write_cohort(tmp_path / "cohort")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pandas, "read_csv", refuse)
+    assert main(["validate", str(cohort)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"error: file clinical.csv: unreadable CSV ([Errno 13] Permission denied: '{cohort / 'clinical.csv'}')"], err
+
+
+def test_run_validates_the_cohort_before_any_notebook(tmp_path, monkeypatch, capsys):
+    """`run_all.sh --cohort BAD` (python -m hccer_lib run): one line, exit 2, no notebook started."""
+    import papermill
+
+    from hccer_lib.__main__ import main
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a notebook was started on a bad cohort")
+
+    monkeypatch.setattr(papermill, "execute_notebook", must_not_run)
+    monkeypatch.chdir(tmp_path)
+    cohort = write_cohort(tmp_path / "cohort")  # 1 ER patient: too few for the smoke profile's 2 folds
+    before = folder_hashes(cohort)
+    assert main(["run", "--profile", "smoke", "--cohort", str(cohort)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [
+        "error: file clinical.csv: 3 patients, 1 ER (column early_recurrence): a 2-fold cross-validation needs "
+        "at least 2 patients of each class, ER (1) and NER (0)"
+    ], captured.err
+    assert "[1/" not in captured.out and not (tmp_path / "executed").exists(), captured.out
+    assert folder_hashes(cohort) == before
+    corrupt_nan_nifti(cohort)
+    assert main(["run", "--profile", "quick", "--cohort", str(cohort)]) == 2
+    assert capsys.readouterr().err.startswith("error: file clinical.csv: 3 patients, 1 ER"), "the first problem is named"
 
 
 def test_validate_missing_folder(tmp_path):
@@ -158,3 +243,51 @@ def test_predict_refused_model_one_line(model_and_cohort, tmp_path):
     patient = patient_folder(cohort, "P002", tmp_path / "P002")
     result = run_cli("predict", "--model", str(old), "--patient", str(patient))
     assert_one_line_error(result, f"model folder {old}, file manifest.json", "written by hccer 0.0.1")
+
+
+# %% predict: hostile inputs (issue 15) ------------------------------------------------------------
+
+
+def test_predict_nan_tumour_refused_one_line(model_and_cohort, tmp_path):
+    """A NaN in the arterial tumour was read as 0 HU and changed the probabilities; now exit 2."""
+    from test_final_model import patient_folder
+
+    folder, cohort = model_and_cohort
+    patient = patient_folder(cohort, "P001", tmp_path / "P001")
+    image = sitk.ReadImage(str(patient / "ART.nii.gz"))
+    array = sitk.GetArrayFromImage(image)
+    array[2, 8, 7] = np.nan
+    nan_image = sitk.GetImageFromArray(array)
+    nan_image.CopyInformation(image)
+    sitk.WriteImage(nan_image, str(patient / "ART.nii.gz"))
+    result = run_cli("predict", "--model", str(folder), "--patient", str(patient), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, "patient P001", "file ART.nii.gz", "NaN or infinite")
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_vox_offset_nan_refused_one_line(model_and_cohort, tmp_path):
+    from test_final_model import patient_folder
+
+    folder, cohort = model_and_cohort
+    patient = patient_folder(cohort, "P002", tmp_path / "P002")
+    patch_nifti(patient / "PV.nii.gz", 108, "f", float("nan"))
+    result = run_cli("predict", "--model", str(folder), "--patient", str(patient))
+    assert_one_line_error(result, "patient P002", "file PV.nii.gz", "vox_offset nan")
+
+
+def test_predict_edited_note_refused_without_tensorflow_logs(model_and_cohort, tmp_path):
+    """An edited manifest (the SYNTHETIC warning replaced) is refused; with TF_CPP_MIN_LOG_LEVEL unset
+    (a plain shell), TensorFlow's start-up lines do not precede the one line."""
+    import json
+    import shutil
+
+    from test_final_model import patient_folder
+
+    folder, cohort = model_and_cohort
+    edited = Path(shutil.copytree(folder, tmp_path / "edited_model"))
+    manifest = json.loads((edited / "manifest.json").read_text())
+    manifest["note"] = "Validated for clinical use."
+    (edited / "manifest.json").write_text(json.dumps(manifest))
+    patient = patient_folder(cohort, "P002", tmp_path / "P002")
+    result = run_cli("predict", "--model", str(edited), "--patient", str(patient), tf_log_level=None)
+    assert_one_line_error(result, f"model folder {edited}, file manifest.json", "changed since the model was saved")
