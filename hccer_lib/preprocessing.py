@@ -15,7 +15,8 @@ For every tumour-bearing slice of the reference phase (PV by default) the librar
 
 :func:`build_dataset` runs this over a cohort (both cores, progress bar) and caches the result
 in ``work_dir/processed/images_<key>.npz`` (+ ``.json`` with the settings), keyed by a hash of
-the settings and a fingerprint of the cohort files; a rerun with the same settings reads it back.
+the settings and a fingerprint of the cohort files' content; a rerun with the same settings reads
+it back, and gets the same images as the run that built it.
 
 Arrays: a CT volume from SimpleITK is ``[z, y, x]`` as numpy; a slice ``[y, x]``; the
 processed images ``[n, H, W, 3]`` (channels NC, ART, PV).
@@ -23,6 +24,7 @@ processed images ``[n, H, W, 3]`` (channels NC, ART, PV).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -338,7 +340,13 @@ def process_patient(
 
 
 def cohort_fingerprint(cohort_dir: str | os.PathLike) -> str:
-    """Hash of ``clinical.csv`` and ``roi_boxes.csv`` content plus every image file's name, size and mtime."""
+    """Hash of the cohort's content: ``clinical.csv``, ``roi_boxes.csv`` and every file under
+    ``images/`` (its path relative to the cohort folder and the sha256 of its bytes).
+
+    Neither the folder's location nor file times enter it, so the same cohort gets the same
+    cache keys in another clone, after a copy or a ``touch``. Each file's sha256 is computed
+    once per process and file version (:func:`_file_sha256`).
+    """
     cohort_dir = Path(cohort_dir)
     digest = hashlib.sha256()
     for name in ("clinical.csv", "roi_boxes.csv"):
@@ -349,8 +357,20 @@ def cohort_fingerprint(cohort_dir: str | os.PathLike) -> str:
     for path in sorted(images_dir.rglob("*")) if images_dir.exists() else []:
         if path.is_file():
             stat = path.stat()
-            digest.update(f"{path.relative_to(cohort_dir)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            sha = _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+            digest.update(f"{path.relative_to(cohort_dir).as_posix()}|{sha}\n".encode())
     return digest.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8192)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """sha256 of a file's bytes; ``size`` and ``mtime_ns`` only key the cache (a changed file is hashed again)."""
+    del size, mtime_ns
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def dataset_key(settings: PreprocessSettings, fingerprint: str) -> str:
@@ -420,7 +440,8 @@ def build_dataset(
         n_jobs: worker processes over patients (default: one per core, at most one per patient).
         force: rebuild even when a cache with this key exists.
     Returns:
-        :class:`ProcessedDataset`; images float32 ``[n, image_size, image_size, 3]``.
+        :class:`ProcessedDataset`; images float32 ``[n, image_size, image_size, 3]``, rounded as
+        the cache stores them (:func:`as_stored`) whether built now or read back.
     """
     from hccer_lib import cohort
 
@@ -451,7 +472,7 @@ def build_dataset(
     counts = [len(r["slice"]) for r in parts]
     dropped = [{"patient_id": pid, **d} for pid in patients for d in results[pid]["dropped"]]
     dataset = ProcessedDataset(
-        images=np.concatenate([r["images"] for r in parts]),
+        images=as_stored(np.concatenate([r["images"] for r in parts])),
         patient_id=np.repeat(np.array(patients, dtype=str), counts),
         z_mm=np.concatenate([r["z_mm"] for r in parts]),
         slice=np.concatenate([r["slice"] for r in parts]),
@@ -465,6 +486,20 @@ def build_dataset(
     return dataset
 
 
+#: dtype of the cached images on disk: float16 (~0.2 HU at the default 350 HU window).
+IMAGES_DTYPE_ON_DISK = np.float16
+
+
+def as_stored(images: np.ndarray) -> np.ndarray:
+    """float32 ``images`` rounded as the cache stores them (:data:`IMAGES_DTYPE_ON_DISK`).
+
+    :func:`build_dataset` returns these values on the run that builds the cache too, so that
+    the first run and every later one (reading the cache) see the same images: the same
+    training inputs, the same figures (``fig_processed_samples.png``) byte for byte.
+    """
+    return np.asarray(images).astype(IMAGES_DTYPE_ON_DISK).astype(np.float32)
+
+
 def save_dataset(work_dir: str | os.PathLike, dataset: ProcessedDataset, cohort_dir: str | os.PathLike = "") -> Path:
     """Write ``images_<key>.npz`` (images stored as float16, ~0.2 HU resolution) and its ``.json``, atomically."""
     npz_path, json_path = _dataset_paths(work_dir, dataset.key)
@@ -473,7 +508,7 @@ def save_dataset(work_dir: str | os.PathLike, dataset: ProcessedDataset, cohort_
         with open(tmp, "wb") as handle:
             np.savez(
                 handle,
-                images=dataset.images.astype(np.float16),
+                images=dataset.images.astype(IMAGES_DTYPE_ON_DISK),
                 patient_id=dataset.patient_id.astype(str),
                 z_mm=dataset.z_mm,
                 slice=dataset.slice,
@@ -489,7 +524,7 @@ def save_dataset(work_dir: str | os.PathLike, dataset: ProcessedDataset, cohort_
             "cohort": Path(cohort_dir).name,
             "n_images": len(dataset),
             "n_patients": int(len(np.unique(dataset.patient_id))),
-            "images_dtype_on_disk": "float16",
+            "images_dtype_on_disk": np.dtype(IMAGES_DTYPE_ON_DISK).name,
             "channels": list(PHASES),
             "dropped": dataset.dropped,
         },

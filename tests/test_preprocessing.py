@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from volumes import Box, make_image, two_patient_cohort
@@ -178,6 +180,51 @@ def test_build_dataset_reads_its_cache_back_and_rebuilds_when_a_setting_changes(
     (cohort_dir / "clinical.csv").write_text("patient_id,early_recurrence\nP1,0\nP2,0\n")
     changed = pp.build_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
     assert changed.key not in (first.key, wider.key), "a changed cohort must change the key"
+
+
+def test_cohort_fingerprint_is_the_content_not_the_place_or_the_file_times(tmp_path):
+    """Issue 15: the same cohort in another clone (another folder, other mtimes) keeps its cache keys."""
+    import os
+    import shutil
+
+    first = tmp_path / "clone_a" / "cohort"
+    (first / "images" / "P1").mkdir(parents=True)
+    (first / "clinical.csv").write_text("patient_id,early_recurrence\nP1,0\n")
+    for phase in pp.PHASES:
+        (first / "images" / "P1" / f"{phase}.nii.gz").write_bytes(bytes(range(200)) * 3)
+    second = Path(shutil.copytree(first, tmp_path / "clone_b" / "elsewhere" / "cohort", copy_function=shutil.copyfile))
+    for path in second.rglob("*"):
+        os.utime(path, ns=(1_000_000_000, 1_000_000_000))  # other file times, as in a fresh clone
+    assert pp.cohort_fingerprint(first) == pp.cohort_fingerprint(second)
+    image = second / "images" / "P1" / "ART.nii.gz"
+    image.write_bytes(bytes(range(1, 201)) * 3)  # same size, other content
+    os.utime(image, ns=(2_000_000_000, 2_000_000_000))
+    assert pp.cohort_fingerprint(first) != pp.cohort_fingerprint(second), "changed image content must change the key"
+
+
+def test_first_run_and_cached_run_give_identical_images_and_figure(tmp_path, monkeypatch):
+    """Issue 15: the run that builds the cache returns the images as stored (float16), so the figure of
+    notebook 02 (fig_processed_samples.png) is byte-identical between a first and a later run."""
+    from hccer_lib import outputs
+
+    def fake_inputs(folder, patient_id):
+        ramp = np.linspace(-100.0, 250.0, 4 * 12 * 12).reshape(4, 12, 12) + (7.3 if patient_id == "P2" else 0.0)
+        images = {p: make_image(ramp + 11.1 * i) for i, p in enumerate(pp.PHASES)}
+        boxes = {p: [Box(k, 2, 9, 3, 8) for k in (1, 2)] for p in pp.PHASES}
+        return images, boxes
+
+    cohort_dir = two_patient_cohort(tmp_path, monkeypatch, fake_inputs)
+    work_dir = tmp_path / "work"
+    first = pp.build_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
+    cached = pp.build_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
+    assert first.images.dtype == cached.images.dtype == np.float32
+    assert np.array_equal(first.images, cached.images), np.max(np.abs(first.images - cached.images))
+    assert len(np.unique(first.images)) > 50, "the test images should not be trivially representable"
+    pngs = []
+    for run, dataset in (("first", first), ("cached", cached)):
+        figure = pp.plot_samples(dataset, n_per_class=2, seed=1)
+        pngs.append(outputs.save_figure(figure, tmp_path / run / "fig_processed_samples.png").read_bytes())
+    assert pngs[0] == pngs[1], "fig_processed_samples.png differs between the first and the cached run"
 
 
 def test_study_dataset_uses_the_settings_recorded_by_notebook_02(tmp_path, monkeypatch):
