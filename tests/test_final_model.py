@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 from sklearn.ensemble import RandomForestClassifier
-from test_cohort import CLINICAL_ROW, write_cohort
+from test_cohort import CLINICAL_ROW, patch_nifti, write_cohort
 from test_training import tiny_clinical
 
 from hccer_lib import final_model as fm
@@ -399,6 +399,9 @@ BAD_PATIENTS = {
     "other_patient_boxes": (lambda f: pd.DataFrame({"patient_id": ["P002"], "phase": ["PV"], "slice": [2], "x_min": [5], "x_max": [9],
                                                     "y_min": [6], "y_max": [11]}).to_csv(f / "roi_boxes.csv", index=False),
                             "patient P001, file roi_boxes.csv: rows of patient 'P002'"),
+    "semicolons": (lambda f: pd.read_csv(f / "clinical.csv", dtype=str).to_csv(f / "clinical.csv", index=False, sep=";"),
+                   "file clinical.csv: the delimiter looks wrong: the header holds ';'"),
+    "vox_offset_inf": (lambda f: patch_nifti(f / "NC.nii.gz", 108, "f", float("inf")), "patient P001, file NC.nii.gz: unreadable image (NIfTI vox_offset inf"),
 }  # fmt: skip
 
 
@@ -411,6 +414,19 @@ def test_bad_patient_folder_named_in_one_line(study, tmp_path, case):
         fm.read_patient_folder(folder)
     assert str(caught.value).startswith(expected), str(caught.value)
     assert "images/" not in str(caught.value) and "hccer-patient-" not in str(caught.value), str(caught.value)
+
+
+def test_unreadable_patient_clinical_csv_is_one_named_error(study, tmp_path, monkeypatch):
+    """An OSError reading the patient's clinical.csv (simulated: the tests may run as root) is a CohortError."""
+    folder = patient_folder(study["cohort"], "P001", tmp_path / "P001")
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(pd, "read_csv", refuse)
+    with pytest.raises(CohortError) as caught:
+        fm.read_patient_folder(folder)
+    assert str(caught.value).startswith("file clinical.csv: unreadable CSV ([Errno 13] Permission denied"), str(caught.value)
 
 
 def test_cohort_with_unknown_labels(study, tmp_path):
