@@ -290,10 +290,10 @@ def test_generate_cohort_leaves_nothing_on_failure(tmp_path, monkeypatch):
 
 def test_small_cohort_passes_validation(tmp_path):
     cohort = pytest.importorskip("hccer_lib.cohort")
-    out = generate_cohort(tmp_path / "cohort", SynthConfig(seed=4, n_patients=2), n_jobs=1, progress=False)
+    out = generate_cohort(tmp_path / "cohort", SynthConfig(seed=4, n_patients=5), n_jobs=1, progress=False)
     report = cohort.validate_cohort(out, progress=False)
     truth = pd.read_csv(out / "ground_truth.csv")
-    assert report.n_patients == 2 and report.n_slices == truth["slices_PV"].sum(), report.summary()
+    assert report.n_patients == 5 and report.n_slices == truth["slices_PV"].sum(), report.summary()
 
 
 @pytest.mark.slow
