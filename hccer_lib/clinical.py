@@ -14,12 +14,23 @@ import pandas as pd
 
 @dataclass(frozen=True)
 class ClinicalVariable:
-    """One row group of the paper's Table 1.
+    """One candidate clinical variable: one row group of Table 1.
 
     ``kind`` is ``"threshold"`` (numeric column; ``low`` is ``value < cutoff``, ``high`` is
     ``value >= cutoff``), ``"binary"`` (0/1 column), ``"count"`` (1 → ``levels[0]``,
     ≥ 2 → ``levels[1]``) or ``"category"`` (the column holds one of ``codes``).
-    ``levels`` are the level labels in the order the paper's Table 1 lists them.
+    ``levels`` are the level labels in the order Table 1 lists them; the second level of a
+    two-level variable is the one coded 1 (the worse prognosis in the paper's variables).
+
+    ``column`` is the variable's name in the library's frames; ``source`` the column of the
+    cohort's table it is read from (None: ``column``). Numeric values are held in ``unit``
+    (``"years"``, ``"mm"``, ``"U/L"``, ...), converted from the table's unit by the data
+    dictionary (``hccer_lib.dictionary``). ``value_range`` is the plausible closed range in
+    ``unit`` (None: unbounded on that side; ``positive`` also refuses 0). ``required``: a
+    missing value is an error (else it is counted and imputed inside each training fold).
+    ``onehot``: the levels of a category that get one bit each, in bit order, the others
+    coding all zeros (None: one bit for the second level of a two-level category, else one
+    per level); BCLC's ``("C", "B", "A")`` gives the paper's 0 → 000, A → 001, B → 010, C → 100.
     """
 
     name: str
@@ -30,29 +41,43 @@ class ClinicalVariable:
     codes: tuple[str, ...] | None = None
     unit: str = ""
     high_first: bool = False  # ALB: the paper lists ">=40" before "<40"
+    value_range: tuple[float | None, float | None] = (None, None)
+    positive: bool = False
+    required: bool = True
+    source: str | None = None
+    onehot: tuple[str, ...] | None = None
+    aliases: tuple[tuple[str, str], ...] = ()  # a data dictionary's codes: raw text -> level
+
+    @property
+    def source_column(self) -> str:
+        """The column of the cohort's table holding the raw values."""
+        return self.source or self.column
 
 
 # The 17 variables of Table 1, in the paper's order.
 CLINICAL_VARIABLES: tuple[ClinicalVariable, ...] = (
     ClinicalVariable("Sex", "sex", "category", ("female", "male"), codes=("F", "M")),
-    ClinicalVariable("Age", "age", "threshold", ("<60", ">=60"), cutoff=60, unit="years"),
-    ClinicalVariable("Tumor size", "tumor_size_mm", "threshold", ("<50", ">=50"), cutoff=50, unit="mm"),
-    ClinicalVariable("Tumor number", "tumor_number", "count", ("single", "multiple")),
+    ClinicalVariable("Age", "age", "threshold", ("<60", ">=60"), cutoff=60, unit="years", value_range=(0, 120)),
+    ClinicalVariable("Tumor size", "tumor_size_mm", "threshold", ("<50", ">=50"), cutoff=50, unit="mm",
+                     value_range=(0, 500), positive=True),
+    ClinicalVariable("Tumor number", "tumor_number", "count", ("single", "multiple"), value_range=(1, None)),
     ClinicalVariable("Portal vein invasion", "portal_vein_invasion", "binary", ("no", "yes")),
     ClinicalVariable("Liver cirrhosis", "cirrhosis", "binary", ("no", "yes")),
     ClinicalVariable("HBV infection", "hbv", "binary", ("no", "yes")),
     # The paper's text gives 2.81 (after Okamura et al.); its Table 1 and vector use 2.8.
-    ClinicalVariable("N/L ratio", "nlr", "threshold", ("<2.8", ">=2.8"), cutoff=2.8),
-    ClinicalVariable("ALT", "alt", "threshold", ("<40", ">=40"), cutoff=40, unit="U/L"),
-    ClinicalVariable("AST", "ast", "threshold", ("<50", ">=50"), cutoff=50, unit="U/L"),
-    ClinicalVariable("AKP", "akp", "threshold", ("<125", ">=125"), cutoff=125, unit="U/L"),
-    ClinicalVariable("GGT", "ggt", "threshold", ("<45", ">=45"), cutoff=45, unit="U/L"),
-    ClinicalVariable("ALB", "alb", "threshold", (">=40", "<40"), cutoff=40, unit="g/L", high_first=True),
-    ClinicalVariable("TB", "tb", "threshold", ("<20.5", ">=20.5"), cutoff=20.5, unit="umol/L"),
-    ClinicalVariable("AFP", "afp", "threshold", ("<9", ">=9"), cutoff=9, unit="ug/L"),
+    ClinicalVariable("N/L ratio", "nlr", "threshold", ("<2.8", ">=2.8"), cutoff=2.8, value_range=(0, None)),
+    ClinicalVariable("ALT", "alt", "threshold", ("<40", ">=40"), cutoff=40, unit="U/L", value_range=(0, None)),
+    ClinicalVariable("AST", "ast", "threshold", ("<50", ">=50"), cutoff=50, unit="U/L", value_range=(0, None)),
+    ClinicalVariable("AKP", "akp", "threshold", ("<125", ">=125"), cutoff=125, unit="U/L", value_range=(0, None)),
+    ClinicalVariable("GGT", "ggt", "threshold", ("<45", ">=45"), cutoff=45, unit="U/L", value_range=(0, None)),
+    ClinicalVariable("ALB", "alb", "threshold", (">=40", "<40"), cutoff=40, unit="g/L", high_first=True,
+                     value_range=(0, None)),
+    ClinicalVariable("TB", "tb", "threshold", ("<20.5", ">=20.5"), cutoff=20.5, unit="umol/L", value_range=(0, None)),
+    ClinicalVariable("AFP", "afp", "threshold", ("<9", ">=9"), cutoff=9, unit="ug/L", value_range=(0, None)),
     ClinicalVariable("CP level", "child_pugh", "category", ("A", "B"), codes=("A", "B")),
-    ClinicalVariable("BCLC stage", "bclc", "category", ("0", "A", "B", "C"), codes=("0", "A", "B", "C")),
-)
+    ClinicalVariable("BCLC stage", "bclc", "category", ("0", "A", "B", "C"), codes=("0", "A", "B", "C"),
+                     onehot=("C", "B", "A")),
+)  # fmt: skip
 VARIABLES_BY_COLUMN = {v.column: v for v in CLINICAL_VARIABLES}
 
 # The paper's Table 1: per variable, (level, NER count, ER count), and the p-value as printed.
@@ -82,22 +107,44 @@ PAPER_SELECTED = ("age", "tumor_size_mm", "portal_vein_invasion", "nlr", "tb", "
 BCLC_BITS = {"0": (0, 0, 0), "A": (0, 0, 1), "B": (0, 1, 0), "C": (1, 0, 0)}
 
 
+#: ``frame.attrs`` keys set by ``cohort.load_clinical``: the cohort's variables (its data
+#: dictionary's; default :data:`CLINICAL_VARIABLES`) and the patients a time-to-event outcome
+#: excluded, as ``(patient_id, reason)`` pairs.
+VARIABLES_ATTR = "hccer_variables"
+EXCLUDED_ATTR = "hccer_excluded"
+MISSING_LEVEL = "missing"  # Table 1's row of patients without a value
+
+
+def variables_of(frame: pd.DataFrame) -> tuple[ClinicalVariable, ...]:
+    """The candidate variables of a clinical frame: its data dictionary's, else the paper's 17."""
+    return tuple(frame.attrs.get(VARIABLES_ATTR) or CLINICAL_VARIABLES)
+
+
+def excluded_of(frame: pd.DataFrame) -> pd.DataFrame:
+    """Patients left out by the outcome's definition: ``patient_id, reason`` (may be empty)."""
+    return pd.DataFrame(list(frame.attrs.get(EXCLUDED_ATTR, ())), columns=["patient_id", "reason"])
+
+
 def binarise(clinical: pd.DataFrame) -> pd.DataFrame:
     """Map raw clinical values to the paper's levels.
 
     Args:
-        clinical: one row per patient with the raw columns of ``clinical.csv``.
+        clinical: one row per patient with the raw columns of ``clinical.csv`` (in the
+            units of :func:`variables_of`; ``cohort.load_clinical`` converts them).
 
     Returns:
         A frame indexed like ``clinical`` with one column per variable (named by its
-        ``column``), holding the level label (e.g. ``"<60"``, ``"yes"``, ``"C"``).
+        ``column``), holding the level label (e.g. ``"<60"``, ``"yes"``, ``"C"``), NaN
+        where the value is missing; it carries ``clinical``'s variables in its ``attrs``.
 
     Raises:
-        ValueError: a value that falls in no level (missing, negative count, unknown code).
+        ValueError: a value that falls in no level (negative count, unknown code, ...).
     """
     out = {}
-    for var in CLINICAL_VARIABLES:
+    variables = variables_of(clinical)
+    for var in variables:
         values = clinical[var.column]
+        missing = values.isna().to_numpy()
         if var.kind == "threshold":
             numeric = pd.to_numeric(values, errors="coerce")
             low, high = (var.levels[1], var.levels[0]) if var.high_first else var.levels
@@ -114,18 +161,22 @@ def binarise(clinical: pd.DataFrame) -> pd.DataFrame:
         else:  # category
             text = values.astype(str).str.strip()
             text = text.str.replace(r"\.0$", "", regex=True)  # BCLC "0" read as 0.0
-            lookup = dict(zip(var.codes, var.levels, strict=True))
+            lookup = dict(zip(var.codes or var.levels, var.levels, strict=True))
             labels = text.map(lookup)
             bad = labels.isna()
+        bad = np.asarray(bad) & ~missing
         if bool(np.any(bad)):
-            first = clinical.index[np.asarray(bad)][0]
+            first = clinical.index[bad][0]
             pid = clinical.loc[first, "patient_id"] if "patient_id" in clinical else first
             raise ValueError(
                 f"patient {pid}: column {var.column!r} has value {values.loc[first]!r}, "
                 f"which is not a valid {var.name} ({var.kind})"
             )
-        out[var.column] = pd.Series(labels, index=clinical.index, dtype=object)
-    return pd.DataFrame(out, index=clinical.index)
+        labels = pd.Series(np.asarray(labels, dtype=object), index=clinical.index, dtype=object)
+        out[var.column] = labels.mask(missing)
+    levels = pd.DataFrame(out, index=clinical.index)
+    levels.attrs[VARIABLES_ATTR] = variables
+    return levels
 
 
 def encode_paper_vector(levels: pd.DataFrame) -> np.ndarray:
@@ -155,12 +206,15 @@ SINGLE_LEVEL_NOTE = "not testable: single level"
 
 
 def _levels_of(frame: pd.DataFrame) -> pd.DataFrame:
-    """``frame`` binarised, unless it already holds the level labels of every variable."""
-    columns = [v.column for v in CLINICAL_VARIABLES]
+    """``frame`` binarised, unless it already holds the level labels (or NaN) of every variable."""
+    variables = variables_of(frame)
+    columns = [v.column for v in variables]
     if all(c in frame for c in columns) and all(
-        frame[v.column].astype(str).isin(v.levels).all() for v in CLINICAL_VARIABLES
+        (frame[v.column].isna() | frame[v.column].astype(str).isin(v.levels)).all() for v in variables
     ):
-        return frame[columns].astype(str)
+        levels = frame[columns].astype(object)
+        levels.attrs[VARIABLES_ATTR] = variables
+        return levels
     return binarise(frame)
 
 
@@ -213,18 +267,19 @@ def table1(clinical: pd.DataFrame, labels=None) -> pd.DataFrame:
         labels: 0/1 early recurrence per row; default ``clinical["early_recurrence"]``.
 
     Returns:
-        One row per (variable, level), in the paper's order: ``variable`` (column name),
-        ``level``, ``total``, ``ner``, ``er`` (patient counts), ``p_value`` (chi-squared,
-        repeated on each level of a variable) and ``note``: empty, or
-        ``"not testable: single level"`` (with ``p_value`` NaN) when every patient falls in
-        one level of that variable.
+        One row per (variable, level), in Table 1's order: ``variable`` (column name),
+        ``level``, ``total``, ``ner``, ``er`` (patient counts), ``p_value`` (chi-squared on
+        the patients with a value, repeated on each level of a variable) and ``note``:
+        empty, or ``"not testable: single level"`` (with ``p_value`` NaN) when every patient
+        with a value falls in one level. A variable with missing values gets one more row,
+        level ``"missing"``, with the count of patients without a value (left out of the test).
     """
     if labels is None:
         labels = clinical[LABEL_COLUMN]
     y = _labels_of(labels, len(clinical))
     levels = _levels_of(clinical)
     rows = []
-    for var in CLINICAL_VARIABLES:
+    for var in variables_of(levels):
         counts = count_table(levels[var.column], y, var)
         observed = int(np.sum(counts.sum(axis=1) > 0))
         p_value, note = (chi_squared_p(counts), "") if observed >= 2 else (float("nan"), SINGLE_LEVEL_NOTE)
@@ -233,7 +288,14 @@ def table1(clinical: pd.DataFrame, labels=None) -> pd.DataFrame:
                 {"variable": var.column, "level": level, "total": int(ner + er), "ner": int(ner),
                  "er": int(er), "p_value": p_value, "note": note}
             )
-    return pd.DataFrame(rows)
+        missing = levels[var.column].isna().to_numpy()
+        if missing.any():
+            ner, er = int(np.sum(missing & (y == 0))), int(np.sum(missing & (y == 1)))
+            rows.append({"variable": var.column, "level": MISSING_LEVEL, "total": ner + er, "ner": ner, "er": er,
+                         "p_value": p_value, "note": "missing: left out of the test"})  # fmt: skip
+    table = pd.DataFrame(rows)
+    table.attrs[VARIABLES_ATTR] = variables_of(levels)
+    return table
 
 
 def paper_table1() -> pd.DataFrame:
@@ -283,7 +345,7 @@ def write_table1(figures_dir, table: pd.DataFrame, synthetic: bool) -> tuple:
     figures_dir = Path(figures_dir)
     csv_path = outputs.write_csv(figures_dir / "table1_clinical.csv", table)
     shown = compare_with_paper(table)
-    names = {v.column: v.name for v in CLINICAL_VARIABLES}
+    names = {v.column: v.name for v in (*CLINICAL_VARIABLES, *variables_of(table))}
     first = ~shown["variable"].duplicated()
     markdown = pd.DataFrame({
         "variable": np.where(first, shown["variable"].map(names), ""),
@@ -297,7 +359,8 @@ def write_table1(figures_dir, table: pd.DataFrame, synthetic: bool) -> tuple:
     })
     note = (
         "Pearson chi-squared test without continuity correction on the binarised variables "
-        "(the form that reproduces the paper's p-values); p < 0.05 selects a factor."
+        "(the form that reproduces the paper's p-values); p < 0.05 selects a factor. Patients "
+        f"without a value (level '{MISSING_LEVEL}') are left out of the test."
     )
     if synthetic:
         note = outputs.SYNTHETIC_NOTE + "\n\n" + note
@@ -352,6 +415,8 @@ def _raw_value(var: ClinicalVariable, level: str):
 def variable_p_values(clinical_or_levels: pd.DataFrame, labels, on_single_level: str = "raise") -> dict[str, float]:
     """Chi-squared p-value of every Table 1 variable, keyed by column, in the paper's order.
 
+    Each test uses the patients with a value of that variable (missing values are left out).
+
     Args:
         clinical_or_levels: raw clinical frame or the output of :func:`binarise`.
         labels: 0/1 per row.
@@ -363,7 +428,7 @@ def variable_p_values(clinical_or_levels: pd.DataFrame, labels, on_single_level:
     y = _labels_of(labels, len(clinical_or_levels))
     levels = _levels_of(clinical_or_levels)
     p_values = {}
-    for var in CLINICAL_VARIABLES:
+    for var in variables_of(levels):
         counts = count_table(levels[var.column], y, var)
         if np.sum(counts.sum(axis=1) > 0) < 2:
             if on_single_level == "skip":
@@ -396,30 +461,87 @@ def encode_variables(levels: pd.DataFrame, columns: list[str] | tuple[str, ...])
       cut-off, ``yes``, ``male``, ``multiple``, CP ``B``). For ALB the paper lists
       ``>=40`` first, so its bit is 1 for ``<40``: in every variable the bit marks the level
       associated with the worse prognosis, and ALB ``<40`` (low albumin) is that level.
-    * BCLC stage: three bits as in the paper, ``[C, B, A]`` (0 → 000, A → 001, B → 010,
-      C → 100).
+    * a category with ``onehot`` levels: one bit per listed level, in that order, the other
+      levels all zeros; BCLC stage is ``[C, B, A]`` as in the paper (0 → 000, A → 001,
+      B → 010, C → 100).
     * any other multi-level category: one bit per level (one-hot).
+
+    A missing value (NaN level) gives NaN bits: :func:`clinical_matrix` imputes them.
 
     Returns:
         ``float32 [n_patients, k]`` in the row order of ``levels``, and the ``k`` bit names
         (e.g. ``"age >=60"``, ``"bclc C"``).
     """
+    by_column = {v.column: v for v in (*CLINICAL_VARIABLES, *variables_of(levels))}
     bits, names = [], []
     for column in columns:
-        var = VARIABLES_BY_COLUMN[column]
-        values = levels[column].astype(str)
-        if column == "bclc":
-            for bit, stage in enumerate(("C", "B", "A")):  # the order of the paper's bits
-                bits.append(np.array([BCLC_BITS[v][bit] for v in values], dtype=np.float32))
-                names.append(f"bclc {stage}")
+        var = by_column[column]
+        values = levels[column]
+        missing = values.isna().to_numpy()
+        values = values.astype(str)
+        if var.onehot is not None:
+            coded = var.onehot
         elif len(var.levels) == 2:
-            bits.append((values == var.levels[1]).to_numpy(dtype=np.float32))
-            names.append(f"{column} {var.levels[1]}")
+            coded = (var.levels[1],)
         else:
-            for level in var.levels:
-                bits.append((values == level).to_numpy(dtype=np.float32))
-                names.append(f"{column} {level}")
+            coded = var.levels
+        for level in coded:
+            bit = (values == level).to_numpy(dtype=np.float32)
+            bit[missing] = np.nan
+            bits.append(bit)
+            names.append(f"{column} {level}")
     matrix = np.column_stack(bits).astype(np.float32) if bits else np.zeros((len(levels), 0), np.float32)
+    return matrix, names
+
+
+def impute_levels(levels: pd.DataFrame, columns, train: np.ndarray) -> tuple[pd.DataFrame, list[str]]:
+    """The study's rule for missing clinical values, fitted on the training patients only.
+
+    A missing level becomes the most frequent level among the training patients with a
+    value (ties: the first in Table 1's order); a variable that some training patient
+    lacks also gets an indicator bit ``"<column> missing"`` (1 = the value was missing).
+    Nothing of the test patients is used: a test patient may lack a variable that every
+    training patient has (imputed, no indicator).
+
+    Args:
+        levels: the output of :func:`binarise`.
+        columns: the variables to fill.
+        train: boolean ``[n_patients]``, the training patients.
+
+    Returns:
+        The filled levels (a copy) and the columns that get an indicator, in ``columns`` order.
+
+    Raises:
+        ValueError: a variable that no training patient has.
+    """
+    train = np.asarray(train, dtype=bool)
+    filled = levels.copy()
+    by_column = {v.column: v for v in (*CLINICAL_VARIABLES, *variables_of(levels))}
+    indicators = []
+    for column in columns:
+        values = levels[column]
+        if not values.isna().any():
+            continue
+        observed = values[train & values.notna().to_numpy()]
+        if observed.empty:
+            raise ValueError(f"variable {column!r}: no training patient has a value; it cannot be imputed")
+        counts = observed.value_counts()
+        order = list(by_column[column].levels)
+        mode = max(counts.index, key=lambda level: (counts[level], -order.index(level)))
+        filled[column] = values.fillna(mode)
+        if values[train].isna().any():
+            indicators.append(column)
+    return filled, indicators
+
+
+def _fold_matrix(levels: pd.DataFrame, selected: list[str], train: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Encoded ``selected`` variables with missing values imputed from ``train`` (see :func:`impute_levels`)."""
+    filled, indicators = impute_levels(levels, selected, train)
+    matrix, names = encode_variables(filled, selected)
+    if indicators:
+        flags = np.column_stack([levels[c].isna().to_numpy(dtype=np.float32) for c in indicators])
+        matrix = np.column_stack([matrix, flags]).astype(np.float32)
+        names = names + [f"{c} {MISSING_LEVEL}" for c in indicators]
     return matrix, names
 
 
@@ -438,8 +560,12 @@ def clinical_matrix(
             selection on the patients ``train_ids`` only, so that nothing of the test
             patients is used; a variable with a single level among them cannot be tested
             and is not selected.
-        train_ids: patient ids of the training fold (``"strict"`` only).
+        train_ids: patient ids of the training fold (needed by ``"strict"``; under
+            ``"paper"`` they fit the imputation of missing values, default every patient).
         alpha: selection threshold on the p-value.
+
+    Missing values: selection tests the patients with a value; the matrix imputes and flags
+    them by :func:`impute_levels`, fitted on the ``train_ids`` patients.
 
     Returns:
         ``float32 [n_patients, k]`` in the row order of ``clinical`` and the ``k`` bit names.
@@ -449,20 +575,22 @@ def clinical_matrix(
         ``"paper"``, or no variable selected.
     """
     levels = binarise(clinical)
+    in_train = np.ones(len(clinical), dtype=bool)
+    if train_ids is not None:
+        in_train = clinical["patient_id"].astype(str).isin([str(i) for i in train_ids]).to_numpy()
+        if not in_train.any():
+            raise ValueError("none of train_ids is a patient_id of the clinical frame")
     if protocol == "paper":
         selected = select_variables(levels, clinical[LABEL_COLUMN], alpha)
     elif protocol == "strict":
         if train_ids is None:
             raise ValueError("protocol 'strict' needs train_ids (the patients of the training fold)")
-        in_train = clinical["patient_id"].astype(str).isin([str(i) for i in train_ids]).to_numpy()
-        if not in_train.any():
-            raise ValueError("none of train_ids is a patient_id of the clinical frame")
         selected = select_variables(levels[in_train], clinical[LABEL_COLUMN][in_train], alpha, on_single_level="skip")
     else:
         raise ValueError(f"protocol must be 'paper' or 'strict', got {protocol!r}")
     if not selected:
         raise ValueError(f"no clinical variable has chi-squared p < {alpha} (protocol {protocol!r})")
-    return encode_variables(levels, selected)
+    return _fold_matrix(levels, selected, in_train)
 
 
 # ---------------------------------------------------------------------------------------
@@ -511,13 +639,16 @@ def cross_validate_clinical(
     fold = fold_of(folds, ids)
     y = clinical[LABEL_COLUMN].to_numpy(dtype=int)
     if protocol == "paper":
-        whole_matrix, whole_names = clinical_matrix(clinical, "paper", alpha=alpha)
+        levels = binarise(clinical)
+        selected = select_variables(levels, clinical[LABEL_COLUMN], alpha)
+        if not selected:
+            raise ValueError(f"no clinical variable has chi-squared p < {alpha} (protocol 'paper')")
     prob = np.full(len(ids), np.nan)
     names_per_fold = {}
     for k in sorted(np.unique(fold)):
         test = fold == k
-        if protocol == "paper":
-            matrix, names = whole_matrix, whole_names
+        if protocol == "paper":  # selected once; missing values imputed from the training fold
+            matrix, names = _fold_matrix(levels, selected, ~test)
         else:
             matrix, names = clinical_matrix(clinical, protocol, train_ids=ids[~test], alpha=alpha)
         model = make_clinical_rf(seed, **rf_params).fit(matrix[~test], y[~test])

@@ -58,7 +58,8 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from hccer_lib.clinical import binarise
+from hccer_lib.clinical import EXCLUDED_ATTR, LABEL_COLUMN, VARIABLES_ATTR, binarise
+from hccer_lib.dictionary import DICTIONARY_FILE, DictionaryError, load_dictionary, raw_to_level
 
 logger = logging.getLogger("hccer")
 
@@ -69,27 +70,6 @@ BOX_TABLE_FILE = "roi_boxes.csv"
 BOX_COLUMNS = ("patient_id", "phase", "slice", "x_min", "x_max", "y_min", "y_max")
 REFERENCE_PHASE = "PV"  # the phase whose ROI slices ValidationReport.n_slices counts
 
-CLINICAL_COLUMNS = (
-    "patient_id", "early_recurrence", "sex", "age", "tumor_size_mm", "tumor_number",
-    "portal_vein_invasion", "cirrhosis", "hbv", "nlr", "alt", "ast", "akp", "ggt", "alb",
-    "tb", "afp", "child_pugh", "bclc",
-)  # fmt: skip
-# Numeric columns and their plausible closed range (low, high); None means unbounded.
-NUMERIC_RANGES: dict[str, tuple[float, float | None]] = {
-    "age": (0, 120),
-    "tumor_size_mm": (0, 500),  # > 0, checked separately
-    "tumor_number": (1, None),
-    "nlr": (0, None),
-    "alt": (0, None),
-    "ast": (0, None),
-    "akp": (0, None),
-    "ggt": (0, None),
-    "alb": (0, None),
-    "tb": (0, None),
-    "afp": (0, None),
-}
-BINARY_COLUMNS = ("early_recurrence", "portal_vein_invasion", "cirrhosis", "hbv")
-CATEGORY_CODES = {"sex": ("M", "F"), "child_pugh": ("A", "B"), "bclc": ("0", "A", "B", "C")}
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ID_COLUMN = "patient_id"
 OTHER_DELIMITERS = (";", "\t", "|")  # a header holding one of these and no comma was written with another delimiter
@@ -170,102 +150,234 @@ def list_patients(cohort_dir: str | os.PathLike) -> list[str]:
 
 
 def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
-    """Read ``clinical.csv``; return the cleaned frame and every problem found."""
-    path = cohort_dir / CLINICAL_FILE
+    """Read the clinical table through the cohort's data dictionary.
+
+    Returns the frame in the library's terms (``patient_id``, ``early_recurrence`` and one
+    column per variable, named and in the unit of the dictionary's variable; categories as
+    their codes, binary variables as 0/1, a missing value of a variable that is not required
+    as NaN) and every problem found. The dictionary's variables are in
+    ``frame.attrs[clinical.VARIABLES_ATTR]``; patients excluded by a time-to-event outcome
+    (censored before the horizon) in ``frame.attrs[clinical.EXCLUDED_ATTR]`` as
+    ``(patient_id, reason)`` pairs.
+    """
+    try:
+        dictionary = load_dictionary(cohort_dir)
+    except DictionaryError as err:
+        raise CohortError(str(err), file=DICTIONARY_FILE) from None
+    rel = dictionary.table
+    path = cohort_dir / rel
     if not path.is_file():
-        raise CohortError(f"missing: the cohort folder {cohort_dir} has no {CLINICAL_FILE}", file=CLINICAL_FILE)
-    text_columns = {c: str for c in ("patient_id", *CATEGORY_CODES)}
-    frame = _read_table(path, CLINICAL_FILE, text_columns, CLINICAL_COLUMNS)
-    if frame.empty:
-        raise CohortError("no patient rows", file=CLINICAL_FILE)
+        raise CohortError(f"missing: the cohort folder {cohort_dir} has no {rel}", file=rel)
+    named = {v.source_column: v.column for v in dictionary.variables if v.source_column != v.column}
+    text_columns = {dictionary.id_column: str, **{v.source_column: str for v in dictionary.variables if v.kind == "category"}}
+    required = tuple(dictionary.source_columns())
+    if rel.endswith(".xlsx"):
+        raw = _read_workbook(path, rel, dictionary.sheet, required, named, dictionary.id_column)
+    else:
+        raw = _read_table(path, rel, text_columns, required, named, dictionary.id_column)
+    if raw.empty:
+        raise CohortError("no patient rows", file=rel)
 
     problems: list[CohortError] = []
+    ids = raw[dictionary.id_column].astype(object).where(raw[dictionary.id_column].notna())
 
     def problem(row: int, text: str) -> None:
-        pid = frame.at[row, "patient_id"]
+        pid = ids[row]
         patient = None if pd.isna(pid) else str(pid)
         line = f"line {row + 2}: " if patient is None else ""
-        problems.append(CohortError(line + text, patient=patient, file=CLINICAL_FILE))
+        problems.append(CohortError(line + text, patient=patient, file=rel))
 
-    ids = frame["patient_id"]
+    def name(source: str, column: str) -> str:
+        return f"column {source!r}" + (f" (variable {column})" if source != column else "")
+
     for row, pid in ids.items():
         if pd.isna(pid) or str(pid).strip() == "":
-            problem(row, "empty patient_id")
+            problem(row, f"empty {ID_COLUMN}")
         elif not SAFE_ID.match(str(pid)):
-            problem(row, f"patient_id {pid!r} is not a safe folder name (letters, digits, '.', '_', '-')")
+            problem(row, f"{ID_COLUMN} {pid!r} is not a safe folder name (letters, digits, '.', '_', '-')")
     duplicated = ids[ids.duplicated(keep="first") & ids.notna()]
     for row, pid in duplicated.items():
-        problem(row, f"duplicate patient_id {pid!r} (line {row + 2})")
+        problem(row, f"duplicate {ID_COLUMN} {pid!r} (line {row + 2})")
 
-    for column in CLINICAL_COLUMNS[1:]:
-        for row in frame.index[frame[column].isna()]:
-            problem(row, f"missing value in column {column!r}")
+    unused = [c for c in raw.columns if c not in required]
+    frame = raw.drop(columns=[c for c in unused if c in {ID_COLUMN, LABEL_COLUMN, *named.values()}])
+    frame = frame.rename(columns={dictionary.id_column: ID_COLUMN, **named})
+    frame[ID_COLUMN] = ids.to_numpy()
 
-    for column in (*BINARY_COLUMNS, *NUMERIC_RANGES):
-        raw = frame[column]
-        numeric = pd.to_numeric(raw, errors="coerce")
-        for row in frame.index[numeric.isna() & raw.notna()]:
-            problem(row, f"column {column!r} has non-numeric value {raw[row]!r}")
+    def numbers(source: str, column: str, required_value: bool) -> pd.Series:
+        """The column as floats; missing, non-numeric and infinite values reported (NaN)."""
+        values = raw[source]
+        numeric = pd.to_numeric(values, errors="coerce")
+        if required_value:
+            for row in raw.index[values.isna()]:
+                problem(row, f"missing value in {name(source, column)}")
+        for row in raw.index[numeric.isna() & values.notna()]:
+            problem(row, f"{name(source, column)} has non-numeric value {values[row]!r}")
         infinite = np.isinf(numeric.to_numpy(dtype=float))
-        for row in frame.index[infinite]:
-            problem(row, f"column {column!r} has non-finite value {_show(numeric[row])}, expected a finite number")
-        frame[column] = numeric.mask(infinite)  # reported above; kept out of the range checks
-    for column in BINARY_COLUMNS:
-        values = frame[column]
-        for row in frame.index[values.notna() & ~values.isin([0, 1])]:
-            problem(row, f"column {column!r} has value {_show(values[row])}, expected 0 or 1")
-    for column, (low, high) in NUMERIC_RANGES.items():
-        values = frame[column]
-        bad = values.notna() & ((values < low) | (values > high if high is not None else False))
-        if column == "tumor_size_mm":
-            bad |= values.notna() & (values <= 0)
-        if column == "tumor_number":
-            bad |= values.notna() & (values != np.round(values))
-        expected = {
-            "tumor_size_mm": f"> 0 and <= {high} mm",
-            "tumor_number": "a whole number >= 1",
-        }.get(column, f"between {low} and {high}" if high is not None else f">= {low}")
-        for row in frame.index[bad]:
-            problem(row, f"column {column!r} has implausible value {_show(values[row])}, expected {expected}")
+        for row in raw.index[infinite]:
+            problem(row, f"{name(source, column)} has non-finite value {_show(numeric[row])}, expected a finite number")
+        return numeric.mask(infinite).astype(float)
 
-    for column, codes in CATEGORY_CODES.items():
-        text = frame[column].astype(object).where(frame[column].notna())
-        text = text.map(lambda v: v if pd.isna(v) else re.sub(r"\.0$", "", str(v).strip()))
-        frame[column] = text
-        for row in frame.index[text.notna() & ~text.isin(codes)]:
-            problem(row, f"column {column!r} has unknown category {text[row]!r}, expected one of {', '.join(codes)}")
+    def zero_one(values: pd.Series, source: str, column: str) -> None:
+        for row in raw.index[values.notna() & ~values.isin([0, 1])]:
+            problem(row, f"{name(source, column)} has value {_show(values[row])}, expected 0 or 1")
 
+    excluded: list[tuple[str, str]] = []
+    outcome = dictionary.outcome
+    if outcome.is_time_to_event:
+        time = numbers(outcome.time, outcome.time, True)
+        for row in raw.index[time < 0]:
+            problem(row, f"{name(outcome.time, outcome.time)} has negative time {_show(time[row])}")
+        event = numbers(outcome.event, outcome.event, True)
+        zero_one(event, outcome.event, outcome.event)
+        label = pd.Series(np.where((event == 1) & (time <= outcome.horizon), 1.0, 0.0), index=raw.index)
+        censored = (event == 0) & (time < outcome.horizon)
+        for row in raw.index[censored]:
+            excluded.append((str(ids[row]), f"censored at {time[row]:g} {outcome.time_unit}, before the "
+                                            f"{outcome.horizon:g}-{outcome.time_unit} horizon"))  # fmt: skip
+        frame.insert(1, LABEL_COLUMN, label.mask(time.isna() | event.isna()))
+    else:
+        label = numbers(outcome.column, LABEL_COLUMN, True)
+        zero_one(label, outcome.column, LABEL_COLUMN)
+        censored = pd.Series(False, index=raw.index)
+        frame[LABEL_COLUMN] = label
+
+    for var in dictionary.variables:
+        source, column = var.source_column, var.column
+        if var.kind in ("threshold", "count"):
+            values = numbers(source, column, var.required) * dictionary.factor(column)
+            low, high = var.value_range
+            bad = values.notna() & ((values < low if low is not None else False) | (values > high if high is not None else False))
+            if var.positive:
+                bad |= values.notna() & (values <= 0)
+            if var.kind == "count":
+                bad |= values.notna() & ((values < 1) | (values != np.round(values)))
+            unit = f" {var.unit}" if var.unit else ""
+            if var.kind == "count":
+                expected = "a whole number >= 1"
+            elif var.positive:
+                expected = f"> 0 and <= {high:g}{unit}"
+            elif low is not None and high is not None:
+                expected = f"between {low:g} and {high:g}"
+            elif low is not None or high is not None:
+                expected = f">= {low:g}" if low is not None else f"<= {high:g}"
+            else:
+                expected = "a finite number"
+            for row in raw.index[bad]:
+                shown = _show(raw[source][row]) if dictionary.factor(column) != 1 else _show(values[row])
+                problem(row, f"{name(source, column)} has implausible value {shown}, expected {expected}"
+                             + (f" (after conversion to {var.unit})" if dictionary.factor(column) != 1 else ""))  # fmt: skip
+            frame[column] = values
+        else:
+            lookup = raw_to_level(var)
+            text = raw[source].astype(object).where(raw[source].notna())
+            text = text.map(lambda v: v if pd.isna(v) else re.sub(r"\.0$", "", str(v).strip()))
+            if var.required:
+                for row in raw.index[text.isna()]:
+                    problem(row, f"missing value in {name(source, column)}")
+            levels = text.map(lookup).astype(object)  # NaN: missing or unknown
+            unknown = (text.notna() & levels.isna()).to_numpy()
+            if var.kind == "binary" and not var.aliases:
+                numeric = pd.to_numeric(text, errors="coerce")
+                for row in raw.index[numeric.isna() & text.notna()]:
+                    problem(row, f"{name(source, column)} has non-numeric value {raw[source][row]!r}")
+                zero_one(numeric, source, column)
+            else:
+                what = "category" if var.kind == "category" else "value"
+                for row in raw.index[unknown]:
+                    problem(row, f"{name(source, column)} has unknown {what} {text[row]!r}, expected one of {', '.join(lookup)}")
+            if var.kind == "binary":
+                frame[column] = levels.map({level: float(i) for i, level in enumerate(var.levels)})
+            else:
+                codes = dict(zip(var.levels, var.codes or var.levels, strict=True))
+                frame[column] = levels.map(codes)
+
+    frame = frame[~censored.to_numpy()].reset_index(drop=True)
+    frame.attrs[VARIABLES_ATTR] = dictionary.variables
+    frame.attrs[EXCLUDED_ATTR] = tuple(excluded)
     if not problems:
-        frame["patient_id"] = frame["patient_id"].astype(str)
-        for column in BINARY_COLUMNS:
-            frame[column] = frame[column].astype(int)
+        frame[ID_COLUMN] = frame[ID_COLUMN].astype(str)
+        frame[LABEL_COLUMN] = frame[LABEL_COLUMN].astype(int)
+        for var in dictionary.variables:
+            if var.kind == "binary" and var.required:
+                frame[var.column] = frame[var.column].astype(int)
         try:  # the library's own binarisation must accept every row
             binarise(frame)
         except ValueError as err:
-            problems.append(CohortError(str(err), file=CLINICAL_FILE))
+            problems.append(CohortError(str(err), file=rel))
     return frame, problems
+
+
+def _read_workbook(path: Path, rel: str, sheet: str | None, required: tuple[str, ...], named: dict[str, str],
+                   id_column: str) -> pd.DataFrame:  # fmt: skip
+    """Read the clinical table from an Excel workbook (``.xlsx``): the first sheet or ``sheet``.
+
+    Cells are read as written (an id ``007`` stays ``007``; whole numbers stored as floats
+    lose their ``.0``); an empty cell is missing. Errors are CohortErrors naming the file.
+    """
+    try:
+        import openpyxl
+
+        book = openpyxl.load_workbook(path, read_only=True, data_only=True)
+        try:
+            names = book.sheetnames
+            if sheet is not None and sheet not in names:
+                raise CohortError(f"no sheet {sheet!r}; the workbook has {', '.join(map(repr, names))}", file=rel)
+            rows = list(book[sheet or names[0]].iter_rows(values_only=True))
+        finally:
+            book.close()
+    except CohortError:
+        raise
+    except Exception as err:  # openpyxl raises many kinds (zip, XML, key) for a damaged file
+        raise CohortError(f"unreadable Excel workbook ({_first_line(err)})", file=rel) from None
+    rows = [r for r in rows if r is not None and any(c is not None and str(c).strip() != "" for c in r)]
+    if not rows:
+        raise CohortError("empty sheet: no header row", file=rel)
+    header = [("" if c is None else str(c).strip()) for c in rows[0]]
+    width = len(header)
+    cells = [[_cell(c) for c in (list(r) + [None] * width)[:width]] for r in rows[1:]]
+    frame = pd.DataFrame(cells, columns=[f"column {i + 1}" for i in range(width)], dtype=object)
+    return _named_columns(frame, header, rel, required, named)
+
+
+def _cell(value):
+    """An Excel cell as the CSV reader would give it: text stripped, empty as missing, whole floats as ints."""
+    if value is None:
+        return np.nan
+    if isinstance(value, str):
+        return value.strip() if value.strip() else np.nan
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 # %% Images -----------------------------------------------------------------------------
 
 
-def _read_table(path: Path, rel: str, dtype: dict, required: tuple[str, ...]) -> pd.DataFrame:
+def _read_table(path: Path, rel: str, dtype: dict, required: tuple[str, ...], named: dict[str, str] | None = None,
+                id_column: str = ID_COLUMN) -> pd.DataFrame:  # fmt: skip
     """Read one of the cohort's CSV tables (comma-separated, one header line).
 
-    ``patient_id`` is read as written: an id such as ``NA`` or ``None`` is an id, not a
+    ``id_column`` is read as written: an id such as ``NA`` or ``None`` is an id, not a
     missing value (only an empty cell is missing). Unreadable files, a duplicated column
     name, a file that looks separated by another delimiter and a missing column are
-    CohortErrors naming the file.
+    CohortErrors naming the file (and, through ``named``, the variable a column holds).
     """
     try:
         frame = pd.read_csv(path, dtype=dtype, skipinitialspace=True)
         header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, skipinitialspace=True)
         names = [str(c).strip() for c in header.iloc[0]]
-        if ID_COLUMN in names:  # again, every value as written: "NA" is an id; only an empty cell is missing
-            ids = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, usecols=[names.index(ID_COLUMN)]).iloc[:, 0]
-            frame[frame.columns[names.index(ID_COLUMN)]] = ids.where(ids.str.strip() != "").to_numpy()
+        if id_column in names:  # again, every value as written: "NA" is an id; only an empty cell is missing
+            ids = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True, usecols=[names.index(id_column)]).iloc[:, 0]
+            frame[frame.columns[names.index(id_column)]] = ids.where(ids.str.strip() != "").to_numpy()
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
         raise CohortError(f"unreadable CSV ({_first_line(err)})", file=rel) from err
+    return _named_columns(frame, names, rel, required, named or {})
+
+
+def _named_columns(frame: pd.DataFrame, names: list[str], rel: str, required: tuple[str, ...],
+                   named: dict[str, str]) -> pd.DataFrame:  # fmt: skip
+    """``frame`` with the header ``names``; a duplicated or missing column is a CohortError."""
     seen: dict[str, int] = {}
     for position, name in enumerate(names, start=1):
         if name in seen:
@@ -281,7 +393,8 @@ def _read_table(path: Path, rel: str, dtype: dict, required: tuple[str, ...]) ->
                 "write a comma-separated file",
                 file=rel,
             )  # fmt: skip
-        raise CohortError(f"missing column(s) {', '.join(missing)}", file=rel)
+        shown = [c + (f" (variable {named[c]})" if c in named else "") for c in missing]
+        raise CohortError(f"missing column(s) {', '.join(shown)}", file=rel)
     return frame
 
 
