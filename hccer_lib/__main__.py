@@ -13,6 +13,9 @@ import sys
 #: TensorFlow's C++ log level for the command line: 2 hides its start-up INFO and WARNING
 #: lines (absl, CPU features), so that a refused input is the one line on stderr. Errors show.
 TF_LOG_LEVEL = "2"
+#: Exit code of ``predict --cohort`` when some patients could not be predicted (their rows
+#: in predictions.csv say why); 2 is bad input that stops the whole command.
+PARTLY_PREDICTED = 1
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -61,9 +64,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         patients, slices = final_model.predict_cohort(model, args.cohort)
         outputs.write_csv(out / "predictions.csv", patients)
         outputs.write_csv(out / "slices.csv", slices)
-        print(f"{len(patients)} patients: ER probability of {model.primary_model} "
-              f"{patients[model.primary_model].min():.3f}..{patients[model.primary_model].max():.3f}")
+        failed = patients[patients["status"] == final_model.STATUS_FAILED]
+        predicted = patients[patients["status"] == final_model.STATUS_OK]
+        shown = (f": ER probability of {model.primary_model} {predicted[model.primary_model].min():.3f}.."
+                 f"{predicted[model.primary_model].max():.3f}" if len(predicted) else "")  # fmt: skip
+        print(f"{len(predicted)} of {len(patients)} patients predicted{shown}")
+        for _, row in failed.iterrows():
+            print(f"not predicted: patient {row['patient_id']}: {row['reason']}", file=sys.stderr)
         print(f"wrote {out / 'predictions.csv'} and {out / 'slices.csv'}")
+        if len(failed):
+            print(model.manifest["note"])
+            return PARTLY_PREDICTED
     else:
         prediction = model.predict_patient(patient)
         out = Path(args.out or f"prediction_{patient.patient_id}")
@@ -120,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict early recurrence with a model folder written by notebook 07 (<work_dir>/final_model). "
         "A patient folder holds clinical.csv (one row; early_recurrence may be empty), NC/ART/PV.nii.gz and "
         "<phase>_roi.nii.gz label images and/or roi_boxes.csv. Prints the probability of every model and "
-        "writes prediction.csv, slices.csv and gradcam.png (or, with --cohort, predictions.csv and slices.csv).",
+        "writes prediction.csv, slices.csv and gradcam.png (or, with --cohort, predictions.csv and slices.csv: "
+        "a patient that cannot be predicted gets a row with status 'failed' and the reason, and the exit code is 1).",
     )
     p.add_argument("--model", required=True, help="model folder (manifest.json, ...)")
     target = p.add_mutually_exclusive_group(required=True)

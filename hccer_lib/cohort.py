@@ -296,16 +296,45 @@ def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
     frame.attrs[VARIABLES_ATTR] = dictionary.variables
     frame.attrs[EXCLUDED_ATTR] = tuple(excluded)
     if not problems:
-        frame[ID_COLUMN] = frame[ID_COLUMN].astype(str)
-        frame[LABEL_COLUMN] = frame[LABEL_COLUMN].astype(int)
-        for var in dictionary.variables:
-            if var.kind == "binary" and var.required:
-                frame[var.column] = frame[var.column].astype(int)
-        try:  # the library's own binarisation must accept every row
-            binarise(frame)
-        except ValueError as err:
-            problems.append(CohortError(str(err), file=rel))
+        problems += _typed(frame, rel)
     return frame, problems
+
+
+def _typed(frame: pd.DataFrame, rel: str) -> list[CohortError]:
+    """Give a checked frame its types (in place); a row binarise refuses is a problem."""
+    frame[ID_COLUMN] = frame[ID_COLUMN].astype(str)
+    frame[LABEL_COLUMN] = frame[LABEL_COLUMN].astype(int)
+    for var in frame.attrs[VARIABLES_ATTR]:
+        if var.kind == "binary" and var.required:
+            frame[var.column] = frame[var.column].astype(int)
+    try:  # the library's own binarisation must accept every row
+        binarise(frame)
+    except ValueError as err:
+        return [CohortError(str(err), file=rel)]
+    return []
+
+
+def load_clinical_rows(cohort_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, CohortError]]:
+    """The clinical table with each patient's problems kept apart, for per-patient work (``predict``).
+
+    Returns:
+        The rows without a problem (as :func:`load_clinical` gives them) and, per patient id
+        with a problem, the first one.
+
+    Raises:
+        CohortError: a problem of the table itself (a missing column, an empty id, ...).
+    """
+    frame, problems = _check_clinical(Path(cohort_dir))
+    whole = [p for p in problems if p.patient is None]
+    _raise_first(whole)
+    per_patient: dict[str, CohortError] = {}
+    for err in problems:
+        per_patient.setdefault(str(err.patient), err)
+    good = frame[~frame[ID_COLUMN].astype(str).isin(per_patient).to_numpy()].reset_index(drop=True)
+    good.attrs = dict(frame.attrs)
+    if not good.empty:
+        _raise_first(_typed(good, CLINICAL_FILE))
+    return good, per_patient
 
 
 def _read_workbook(path: Path, rel: str, sheet: str | None, required: tuple[str, ...], named: dict[str, str],

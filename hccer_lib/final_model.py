@@ -470,13 +470,11 @@ class FinalModel:
             settings["tolerance_mm"], settings["min_texture_voxels"],
         )  # fmt: skip
         frame = pd.DataFrame.from_records(rows)
-        missing = [c for c in self.radiomics["feature_columns"] if c not in frame.columns]
-        if frame.empty or missing:
-            raise CohortError(
-                f"radiomics extraction gave {len(frame)} rows without {len(missing)} of the model's features "
-                f"(e.g. {missing[:1]})", patient.patient_id,
-            )  # fmt: skip
-        return frame
+        if frame.empty:
+            raise CohortError("radiomics extraction gave no row (no matched tumour slice)", patient.patient_id)
+        # A feature PyRadiomics could not compute (an ROI too small or failed, whose rows then lack
+        # its columns) is NaN, as in the study's folds: the fitted imputer fills it (small-ROI rule).
+        return frame.reindex(columns=[*frame.columns, *(c for c in self.radiomics["feature_columns"] if c not in frame.columns)])
 
     # -- saving ---------------------------------------------------------------------------------
 
@@ -1365,22 +1363,76 @@ def prediction_frame(predictions: list[PatientPrediction]) -> pd.DataFrame:
     return frame
 
 
+#: ``status`` of a row of ``predictions.csv``: predicted, or not (``reason`` says why).
+STATUS_OK, STATUS_FAILED = "ok", "failed"
+
+
 def predict_cohort(final: FinalModel, cohort_dir: str | os.PathLike, progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Predict every patient of a cohort folder.
+    """Predict every patient of a cohort folder; one patient that cannot be predicted stops no other.
+
+    A patient whose clinical row, images or ROI are refused, or whose prediction fails, gets
+    a row with ``status`` ``"failed"``, no probability and the one-line ``reason``; the others
+    are predicted as :meth:`FinalModel.predict_patient` predicts them. A problem of the table
+    itself (a missing column, an unreadable file) still ends the whole run (CohortError).
 
     Returns:
-        ``(patients, slices)``: one row per patient (:func:`prediction_row`) and one row
-        per matched tumour slice (:attr:`PatientPrediction.slices`).
+        ``(patients, slices)``: one row per patient of the table, in its order
+        (:func:`prediction_row` plus ``status`` and ``reason``), and one row per matched
+        tumour slice of the predicted patients (:attr:`PatientPrediction.slices`).
     """
     from tqdm import tqdm
 
+    from hccer_lib import cohort
+
+    cohort_dir = Path(cohort_dir)
+    if not cohort_dir.is_dir():
+        raise CohortError(f"cohort folder {cohort_dir} does not exist")
+    if not (cohort_dir / cohort.CLINICAL_FILE).is_file():
+        raise CohortError(f"missing: the cohort folder {cohort_dir} has no {cohort.CLINICAL_FILE}", file=cohort.CLINICAL_FILE)
     rows, slices = [], []
-    for patient in tqdm(iter_cohort_patients(cohort_dir), desc="predict patients", unit="patient", disable=not progress):
-        prediction = final.predict_patient(patient)
-        prediction.images = prediction.images[:0]  # keep only the numbers: a cohort's images add up
-        rows.append(prediction)
-        slices.append(prediction.slices)
-    return prediction_frame(rows), pd.concat(slices, ignore_index=True)
+    with _labelled_view(cohort_dir) as (view, unknown):
+        clinical, refused = cohort.load_clinical_rows(view)
+        order = _table_ids(cohort_dir)
+        good = {pid: row for row, pid in enumerate(clinical["patient_id"])}
+        for position, patient_id in enumerate(tqdm(order, desc="predict patients", unit="patient", disable=not progress)):
+            if patient_id in refused:
+                rows.append(_failed_row(patient_id, None, str(refused[patient_id])))
+                continue
+            row = good[patient_id]
+            y_true = None if unknown and unknown[position] else int(clinical[LABEL_COLUMN].iloc[row])
+            try:
+                patient = _patient_inputs(clinical, row, y_true, cohort.load_patient(view, patient_id))
+                prediction = final.predict_patient(patient)
+            except Exception as err:  # noqa: BLE001  any failure of one patient is that patient's row
+                reason = str(err) if isinstance(err, CohortError) else f"{type(err).__name__}: {_first_line_of(err)}"
+                rows.append(_failed_row(patient_id, y_true, reason))
+                continue
+            prediction.images = prediction.images[:0]  # keep only the numbers: a cohort's images add up
+            rows.append({**prediction_row(prediction), "status": STATUS_OK, "reason": ""})
+            slices.append(prediction.slices)
+    patients = pd.DataFrame(rows)
+    patients["y_true"] = patients["y_true"].astype("Int64")
+    patients = patients[[c for c in patients.columns if c not in ("status", "reason")] + ["status", "reason"]]
+    return patients, (pd.concat(slices, ignore_index=True) if slices else pd.DataFrame(columns=["patient_id", "slice", "z_mm"]))
+
+
+def _table_ids(cohort_dir: Path) -> list[str]:
+    """The patient ids of ``clinical.csv`` as written, in file order (empty ids left out)."""
+    from hccer_lib import cohort
+
+    ids = pd.read_csv(cohort_dir / cohort.CLINICAL_FILE, dtype=str, keep_default_na=False, skipinitialspace=True)
+    ids.columns = [str(c).strip() for c in ids.columns]
+    return [pid for pid in ids["patient_id"].str.strip() if pid]
+
+
+def _failed_row(patient_id: str, y_true: int | None, reason: str) -> dict:
+    return {"patient_id": patient_id, "y_true": pd.NA if y_true is None else y_true, "n_slices": 0,
+            "status": STATUS_FAILED, "reason": reason}  # fmt: skip
+
+
+def _first_line_of(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def gradcam_figure(final: FinalModel, prediction: PatientPrediction, max_slices: int = 6, layer_name: str | None = None,

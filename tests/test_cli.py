@@ -219,6 +219,22 @@ def test_predict_cohort(model_and_cohort, tmp_path):
     assert written["clinical_rf"].between(0, 1).all(), written
 
 
+def test_predict_cohort_with_an_unpredictable_patient_exits_1(model_and_cohort, tmp_path):
+    import shutil
+
+    folder, cohort = model_and_cohort
+    broken = tmp_path / "cohort"
+    shutil.copytree(cohort, broken)
+    (broken / "images" / "P001" / "ART.nii.gz").write_bytes(b"not an image")
+    result = run_cli("predict", "--model", str(folder), "--cohort", str(broken), "--out", str(tmp_path / "out"))
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "2 of 3 patients predicted" in result.stdout, result.stdout
+    assert "not predicted: patient P001: patient P001, file images/P001/ART.nii.gz: unreadable image" in result.stderr, result.stderr[-2000:]
+    written = pd.read_csv(tmp_path / "out" / "predictions.csv", dtype={"patient_id": str}, keep_default_na=False)
+    assert written["status"].tolist() == ["failed", "ok", "ok"], written
+    assert written.loc[0, "clinical_rf"] == "" and written.loc[1:, "clinical_rf"].astype(float).between(0, 1).all(), written
+
+
 def test_predict_bad_patient_one_line(model_and_cohort, tmp_path):
     from test_final_model import patient_folder
 

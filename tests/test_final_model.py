@@ -206,6 +206,42 @@ def test_predict_cohort_equals_patient_folders(study, tmp_path):
         assert row[name] == pytest.approx(value, abs=1e-6), (name, row[name], value)
 
 
+def test_predict_cohort_gives_a_failed_row_and_predicts_the_others(study, tmp_path):
+    """Issue 14: one patient's missing phase or bad clinical value stops no other patient."""
+    loaded = fm.load_final_model(study["folder"], self_check=False)
+    intact, _ = fm.predict_cohort(loaded, study["cohort"], progress=False)
+    cohort = tmp_path / "cohort"
+    shutil.copytree(study["cohort"], cohort)
+    (cohort / "images" / "P002" / "PV_roi.nii.gz").unlink()
+    (cohort / "images" / "P002" / "PV.nii.gz").unlink()
+    clinical = pd.read_csv(cohort / "clinical.csv", dtype=str)
+    clinical.loc[clinical["patient_id"] == "P003", "age"] = "150"
+    clinical.to_csv(cohort / "clinical.csv", index=False)
+    patients, slices = fm.predict_cohort(loaded, cohort, progress=False)
+    assert patients["patient_id"].tolist() == ["P001", "P002", "P003"], patients
+    assert patients["status"].tolist() == [fm.STATUS_OK, fm.STATUS_FAILED, fm.STATUS_FAILED], patients
+    reasons = patients.set_index("patient_id")["reason"]
+    assert reasons["P002"] == "patient P002, file images/P002/PV.nii.gz: missing phase PV", reasons["P002"]
+    assert "column 'age' has implausible value 150" in reasons["P003"], reasons["P003"]
+    assert patients.loc[1:, "fusion_d_joint"].isna().all(), patients
+    assert patients.loc[0, "fusion_d_joint"] == pytest.approx(intact.loc[0, "fusion_d_joint"], abs=1e-6)
+    assert set(slices["patient_id"]) == {"P001"}, slices["patient_id"].unique()
+
+
+def test_radiomics_features_missing_for_a_small_roi_are_imputed_not_refused(study, monkeypatch):
+    """Issue 14: an ROI PyRadiomics cannot measure gives NaN features, filled by the fitted imputer."""
+    loaded = fm.load_final_model(study["folder"], self_check=False)
+    patient = next(fm.iter_cohort_patients(study["cohort"], ["P001"]))
+    full = loaded.radiomics_rows(patient)
+    dropped = loaded.radiomics["feature_columns"][:3]
+    rows = full.drop(columns=dropped).to_dict("records")
+    monkeypatch.setattr(rb, "extract_patient", lambda *args, **kwargs: (rows, {}))
+    partial = loaded.radiomics_rows(patient)
+    assert partial[dropped].isna().all().all(), partial[dropped]
+    prediction = loaded.predict_patient(patient)
+    assert 0 <= prediction.probabilities["radiomics_rf"] <= 1, prediction.probabilities
+
+
 # %% Refusals ---------------------------------------------------------------------------------------
 
 
