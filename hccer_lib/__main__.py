@@ -44,7 +44,12 @@ def _cmd_import_dicom(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from hccer_lib.runner import run_notebooks
 
-    return run_notebooks(profile=args.profile, cohort=args.cohort, seed=args.seed)
+    try:
+        return run_notebooks(profile=args.profile, cohort=args.cohort, seed=args.seed,
+                             imagenet="none" if args.random_init else "auto")
+    except ValueError as err:  # a profile that needs the ImageNet weights file without it
+        print(f"hccer: {err}", file=sys.stderr)
+        return 2
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -145,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
     p.add_argument("--cohort", default=None, help="cohort folder (default: the synthetic cohort)")
     p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--random-init", action="store_true",
+                   help="train the networks from random weights even where the profile fine-tunes ImageNet weights (paper)")
     p.set_defaults(func=_cmd_run)
     return parser
 

@@ -4,7 +4,13 @@ Every model of the study is evaluated on the same folds (10-fold cross-validatio
 patient, stratified by label, computed once per cohort, seed and number of folds) and
 writes its out-of-fold predictions to ``<work_dir>/predictions/<model>.csv``::
 
-    patient_id, slice, fold, y_true, y_prob      (slice empty for patient-level models)
+    patient_id, slice, fold, y_true, y_prob[, train_seed]   (slice empty for patient-level models)
+
+A network trained with several initialisation seeds keeps every seed's out-of-fold
+predictions in one file, told apart by ``train_seed``. Unless said otherwise a statistic
+uses the **seed ensemble**: the mean probability per patient over slices and seeds
+(:func:`patient_level`); :func:`seed_aucs` gives the pooled AUC of each seed alone, whose
+spread is the training noise.
 
 Everything statistical is computed from those files:
 
@@ -28,12 +34,19 @@ import pandas as pd
 from hccer_lib import outputs
 
 PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
+#: The optional column of a network trained with several seeds: the seed of the row's network.
+SEED_COLUMN = "train_seed"
 FOLD_COLUMNS = ["patient_id", "y_true", "fold"]
 #: Columns of ``figures/model_comparisons.csv``: the DeLong test, then the paired bootstrap
 #: 95% interval of ``auc_a - auc_b`` (patients resampled with ``n_bootstrap`` and ``bootstrap_seed``).
+#: The DeLong test and the bootstrap compare the seed ensembles and are conditional on the fitted
+#: models; the ``seed_*`` columns give the difference of the pooled patient AUCs over training
+#: seeds (paired by seed where both models have it): its mean, SD, the number of seed pairs and
+#: the fraction of them in which model_a was better. A model without seeds counts as one seed.
 COMPARISON_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "p_value",
                       "auc_difference", "difference_ci_low", "difference_ci_high", "n_patients",
-                      "n_bootstrap", "bootstrap_seed"]
+                      "n_bootstrap", "bootstrap_seed", "seed_difference_mean", "seed_difference_sd",
+                      "n_seed_pairs", "seed_fraction_a_better"]
 COMPARISONS_FILE = "model_comparisons.csv"
 
 # The paper's Tables 3-5: accuracy in percent and AUC, mean ± SD over the 10 folds.
@@ -53,6 +66,9 @@ TABLE_MODELS: dict[str, tuple[str, ...]] = {
     "table4": ("deep_resnet50", "clinical_rf", "fusion_a", "fusion_b", "fusion_c", "fusion_d"),
     "table5": ("fusion_d", "fusion_d_joint"),
 }
+#: The columns of :func:`summarise_model` that the results tables show, in order.
+RESULT_SUMMARY_COLUMNS = ("level", "n_patients", "accuracy_mean", "accuracy_sd", "auc_mean", "auc_sd", "pooled_auc",
+                          "pooled_auc_ci_low", "pooled_auc_ci_high", "n_train_seeds", "seed_auc_mean", "seed_auc_sd")
 TABLE_FILES = {"table3": "table3_radiomics_vs_deep", "table4": "table4_fusion", "table5": "table5_joint_loss"}
 TABLE_TITLES = {
     "table3": "Table 3: conventional radiomics model vs deep learning model",
@@ -166,18 +182,22 @@ def _check_model_name(model: str) -> None:
 def validate_predictions(frame: pd.DataFrame, model: str = "predictions") -> pd.DataFrame:
     """The predictions frame with normalised types; ``ValueError`` says what is wrong.
 
-    Checks: the five columns, y_true 0/1, y_prob finite in [0, 1], one fold and one label
-    per patient, no duplicate (patient_id, slice).
+    Checks: the five columns (and ``train_seed``, kept when present), y_true 0/1, y_prob
+    finite in [0, 1], one fold and one label per patient, no duplicate (patient_id, slice,
+    train_seed), and every seed predicting the same rows.
     """
     missing = [c for c in PREDICTION_COLUMNS if c not in frame]
     if missing:
         raise ValueError(f"{model}: missing columns {missing}; need {PREDICTION_COLUMNS}")
-    out = frame[PREDICTION_COLUMNS].copy()
+    seeded = SEED_COLUMN in frame
+    out = frame[PREDICTION_COLUMNS + ([SEED_COLUMN] if seeded else [])].copy()
     if len(out) == 0:
         raise ValueError(f"{model}: no predictions")
     out["patient_id"] = out["patient_id"].astype(str)
     out["slice"] = pd.to_numeric(out["slice"], errors="raise").astype("Int64")
     out["fold"] = pd.to_numeric(out["fold"], errors="raise").astype(int)
+    if seeded:
+        out[SEED_COLUMN] = pd.to_numeric(out[SEED_COLUMN], errors="raise").astype(int)
     y_true = pd.to_numeric(out["y_true"], errors="coerce")
     if not y_true.isin([0, 1]).all():
         raise ValueError(f"{model}: y_true must be 0/1, got {sorted(set(out['y_true']) - {0, 1})[:5]}")
@@ -192,10 +212,45 @@ def validate_predictions(frame: pd.DataFrame, model: str = "predictions") -> pd.
     inconsistent = per_patient[(per_patient > 1).any(axis=1)]
     if len(inconsistent):
         raise ValueError(f"{model}: patient {inconsistent.index[0]} has more than one fold or label")
-    if out.duplicated(["patient_id", "slice"]).any():
-        row = out[out.duplicated(["patient_id", "slice"])].iloc[0]
-        raise ValueError(f"{model}: duplicate row for patient {row['patient_id']}, slice {row['slice']}")
+    row_key = ["patient_id", "slice"] + ([SEED_COLUMN] if seeded else [])
+    if out.duplicated(row_key).any():
+        row = out[out.duplicated(row_key)].iloc[0]
+        seed_text = f", train seed {row[SEED_COLUMN]}" if seeded else ""
+        raise ValueError(f"{model}: duplicate row for patient {row['patient_id']}, slice {row['slice']}{seed_text}")
+    if seeded:
+        rows_per_seed = out.groupby(SEED_COLUMN).size()
+        if rows_per_seed.nunique() > 1:
+            raise ValueError(f"{model}: the training seeds predict different numbers of rows {rows_per_seed.to_dict()}")
     return out
+
+
+def seed_ensemble(frame: pd.DataFrame) -> pd.DataFrame:
+    """The mean probability of each row (patient, slice) over training seeds, without ``train_seed``.
+
+    A frame without ``train_seed`` comes back validated and otherwise unchanged.
+    """
+    frame = validate_predictions(frame)
+    if SEED_COLUMN not in frame:
+        return frame
+    keys = ["patient_id", "slice", "fold", "y_true"]
+    return frame.groupby(keys, as_index=False, dropna=False, sort=False)["y_prob"].mean()[PREDICTION_COLUMNS]
+
+
+def seed_frames(frame: pd.DataFrame) -> dict[int | None, pd.DataFrame]:
+    """``{train_seed: that seed's rows}``; ``{None: frame}`` for a frame without seeds."""
+    frame = validate_predictions(frame)
+    if SEED_COLUMN not in frame:
+        return {None: frame}
+    return {int(s): part.drop(columns=SEED_COLUMN) for s, part in frame.groupby(SEED_COLUMN)}
+
+
+def seed_aucs(frame: pd.DataFrame) -> dict[int | None, float]:
+    """Pooled patient-level AUC of each training seed alone (``{None: auc}`` without seeds)."""
+    aucs = {}
+    for seed, part in seed_frames(frame).items():
+        patients = patient_level(part)
+        aucs[seed] = auc(patients["y_true"], patients["y_prob"])
+    return aucs
 
 
 def predictions_path(work_dir: str | os.PathLike, model: str) -> Path:
@@ -220,6 +275,9 @@ def read_predictions(work_dir: str | os.PathLike, model: str) -> pd.DataFrame:
 
 def patient_level(frame: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
     """One row per patient: slice probabilities aggregated by ``how`` (mean, median, max).
+
+    With ``train_seed``, the slices of every seed are aggregated together: with ``mean``,
+    the seed ensemble's patient probability.
 
     Returns:
         ``patient_id, fold, y_true, y_prob`` sorted by patient_id; a patient-level frame
@@ -384,7 +442,8 @@ def fold_metrics(frame: pd.DataFrame) -> pd.DataFrame:
     """Accuracy (threshold 0.5) and AUC of each fold, on the rows as given.
 
     For a slice-level model pass the slice rows (the paper's form) or
-    :func:`patient_level` of them.
+    :func:`patient_level` of them. Rows of several training seeds are averaged per row
+    first (:func:`seed_ensemble`).
 
     Returns:
         ``fold, n, n_er, accuracy, auc`` (accuracy as a fraction).
@@ -392,7 +451,7 @@ def fold_metrics(frame: pd.DataFrame) -> pd.DataFrame:
     Raises:
         ValueError: naming the fold, when a fold has a single class (AUC undefined).
     """
-    frame = validate_predictions(frame) if "slice" in frame else frame
+    frame = seed_ensemble(frame) if "slice" in frame else frame
     rows = []
     for fold, part in frame.groupby("fold"):
         n_er = int(part["y_true"].sum())
@@ -414,11 +473,16 @@ def summarise_model(frame: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 20
         ``patient_auc_sd`` (fold metrics on per-patient mean probabilities),
         ``pooled_auc`` (all out-of-fold patients together), ``pooled_auc_ci_low``,
         ``pooled_auc_ci_high`` (95% percentile bootstrap over patients), ``brier``
-        (patient level).
+        (patient level), ``n_train_seeds``, ``seed_auc_mean``, ``seed_auc_sd`` (the
+        pooled patient AUC of each training seed alone: mean and SD over seeds, SD NaN
+        for one seed). With several training seeds every other entry is the seed
+        ensemble's (fold metrics on the mean probability per row over seeds).
     """
     frame = validate_predictions(frame)
     patients = patient_level(frame)
     slice_level = frame["slice"].notna().any()
+    per_seed = pd.Series(seed_aucs(frame))
+    frame = seed_ensemble(frame)
     per_fold = fold_metrics(frame)
     per_fold_patient = fold_metrics(patients)
     low, high = bootstrap_auc_ci(patients["y_true"], patients["y_prob"], n_bootstrap, seed)
@@ -436,6 +500,9 @@ def summarise_model(frame: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 20
         "pooled_auc_ci_low": low,
         "pooled_auc_ci_high": high,
         "brier": brier_score(patients["y_true"], patients["y_prob"]),
+        "n_train_seeds": len(per_seed),
+        "seed_auc_mean": per_seed.mean(),
+        "seed_auc_sd": per_seed.std(ddof=1) if len(per_seed) > 1 else float("nan"),
     }
     return {k: (v if isinstance(v, str) else float(v) if not isinstance(v, int) else v) for k, v in summary.items()}
 
@@ -526,7 +593,9 @@ def results_table(
 
     Returns:
         ``model, level, n_patients, accuracy_mean, accuracy_sd`` (percent),
-        ``auc_mean, auc_sd, pooled_auc, pooled_auc_ci_low, pooled_auc_ci_high``,
+        ``auc_mean, auc_sd, pooled_auc, pooled_auc_ci_low, pooled_auc_ci_high`` (of the
+        seed ensemble for networks trained with several seeds), ``n_train_seeds,
+        seed_auc_mean, seed_auc_sd`` (pooled patient AUC over training seeds),
         ``paper_accuracy, paper_auc`` (as printed, "76.03±10.0"; empty for variants the
         paper did not run), ``cohort``.
     """
@@ -542,15 +611,12 @@ def results_table(
         paper = PAPER_RESULTS.get(model)
         rows.append({
             "model": model,
-            **{k: summary[k] for k in ("level", "n_patients", "accuracy_mean", "accuracy_sd", "auc_mean", "auc_sd",
-                                       "pooled_auc", "pooled_auc_ci_low", "pooled_auc_ci_high")},
+            **{k: summary[k] for k in RESULT_SUMMARY_COLUMNS},
             "paper_accuracy": f"{paper['accuracy_mean']:.2f}±{paper['accuracy_sd']:.1f}" if paper else "",
             "paper_auc": f"{paper['auc_mean']:.4f}±{paper['auc_sd']:.2f}" if paper else "",
             "cohort": cohort,
         })
-    columns = ["model", "level", "n_patients", "accuracy_mean", "accuracy_sd", "auc_mean", "auc_sd", "pooled_auc",
-               "pooled_auc_ci_low", "pooled_auc_ci_high", "paper_accuracy", "paper_auc", "cohort"]
-    return pd.DataFrame(rows, columns=columns)
+    return pd.DataFrame(rows, columns=["model", *RESULT_SUMMARY_COLUMNS, "paper_accuracy", "paper_auc", "cohort"])
 
 
 def write_results_table(figures_dir: str | os.PathLike, table: str, frame: pd.DataFrame, synthetic: bool) -> tuple[Path, Path]:
@@ -559,7 +625,9 @@ def write_results_table(figures_dir: str | os.PathLike, table: str, frame: pd.Da
         "Accuracy in percent (threshold 0.5) and AUC: mean ± SD over the cross-validation folds (SD with ddof=1), "
         "on the rows each model predicts (slices or patients), as the paper reports them. Pooled AUC: all "
         "out-of-fold patients together (slice probabilities averaged per patient), with a 95% bootstrap "
-        "interval over patients. paper_*: the values the paper prints."
+        "interval over patients. Networks trained with several initialisation seeds: every column but seed_* is "
+        "the seed ensemble's (mean probability over seeds); seed_auc_mean ± seed_auc_sd is the pooled patient "
+        "AUC of one training seed, over seeds (the training noise). paper_*: the values the paper prints."
     )
     if synthetic:
         note = outputs.SYNTHETIC_NOTE + "\n\n" + note
@@ -607,9 +675,27 @@ def comparison_row(
     y, prob_a, prob_b = pairs["y_true"].to_numpy(), pairs["prob_a"].to_numpy(), pairs["prob_b"].to_numpy()
     auc_a, auc_b, p_value = delong_test(y, prob_a, prob_b)
     low, high = bootstrap_auc_difference_ci(y, prob_a, prob_b, n_bootstrap, seed)
+    over_seeds = seed_auc_differences(seed_aucs(read_predictions(work_dir, model_a)),
+                                      seed_aucs(read_predictions(work_dir, model_b)))
     return {"model_a": model_a, "model_b": model_b, "auc_a": auc_a, "auc_b": auc_b, "p_value": p_value,
             "auc_difference": auc_a - auc_b, "difference_ci_low": low, "difference_ci_high": high,
-            "n_patients": len(pairs), "n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(seed)}
+            "n_patients": len(pairs), "n_bootstrap": int(n_bootstrap), "bootstrap_seed": int(seed),
+            "seed_difference_mean": float(over_seeds.mean()),
+            "seed_difference_sd": float(over_seeds.std(ddof=1)) if len(over_seeds) > 1 else float("nan"),
+            "n_seed_pairs": len(over_seeds), "seed_fraction_a_better": float((over_seeds > 0).mean())}
+
+
+def seed_auc_differences(aucs_a: dict, aucs_b: dict) -> np.ndarray:
+    """Differences ``auc_a - auc_b`` of per-seed pooled AUCs (:func:`seed_aucs` of each model).
+
+    Paired by training seed where the two models share seeds (the same initialisation
+    seeds, as the study trains every network); otherwise every seed of one model against
+    every seed of the other (a model without seeds is one seed, ``None``).
+    """
+    shared = sorted(set(aucs_a) & set(aucs_b) - {None})
+    if shared:
+        return np.array([aucs_a[s] - aucs_b[s] for s in shared])
+    return np.array([a - b for a in aucs_a.values() for b in aucs_b.values()])
 
 
 def record_comparison(
@@ -635,7 +721,7 @@ def record_comparison(
     )
     kept = table.loc[~same_pair].reindex(columns=COMPARISON_COLUMNS)
     table = pd.concat([kept, row], ignore_index=True) if len(kept) else row
-    counts = ["n_patients", "n_bootstrap", "bootstrap_seed"]
+    counts = ["n_patients", "n_bootstrap", "bootstrap_seed", "n_seed_pairs"]
     table[counts] = table[counts].astype("Int64")  # whole numbers, empty for rows without the interval
     outputs.write_csv(path, table)
     return table

@@ -29,6 +29,15 @@ class Profile:
         augment: turn each training image by a random symmetry of the square (flips and
             quarter turns, ``training.dihedral``), drawn anew every epoch. Off in the
             ``paper`` profile: the paper does not augment.
+        train_seeds: how many times every network is trained, with different
+            initialisation seeds (``training.train_seeds``): the training noise.
+        validation_fraction: share of each fold's *training* patients held out to choose
+            the epoch whose weights are kept (``training.BestEpoch``); 0: the last epoch.
+        weight_decay: AdamW's decoupled weight decay; 0: Adam.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (per epoch, towards 0).
+        imagenet_required: the profile is the paper's fine-tuning of ImageNet weights: a
+            run refuses to start without the weights file unless random initialisation is
+            asked for explicitly (``training.check_imagenet``).
     """
 
     name: str
@@ -43,6 +52,11 @@ class Profile:
     radiomics_feature_classes: tuple[str, ...]
     n_bootstrap: int
     augment: bool = False
+    train_seeds: int = 1
+    validation_fraction: float = 0.0
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    imagenet_required: bool = False
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -63,6 +77,7 @@ PROFILES: dict[str, Profile] = {
         radiomics_mode="2d",
         radiomics_feature_classes=_ALL_RADIOMICS,
         n_bootstrap=2000,
+        imagenet_required=True,
     ),
 }
 PROFILES["quick"] = replace(
@@ -79,6 +94,7 @@ PROFILES["quick"] = replace(
     resnet_blocks=(1, 1, 1, 1),
     resnet_width=8,
     n_bootstrap=1000,
+    imagenet_required=False,  # a reduced ResNet: there are no ImageNet weights for it
 )
 PROFILES["smoke"] = replace(
     PROFILES["quick"],

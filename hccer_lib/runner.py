@@ -95,6 +95,7 @@ def run_notebooks(
     cwd: str | os.PathLike = REPO_ROOT,
     report_dir: str | os.PathLike | None = None,
     write_report: bool = True,
+    imagenet: str = "auto",
 ) -> int:
     """Execute the notebooks in order; return 0 when all passed, 1 otherwise.
 
@@ -105,10 +106,19 @@ def run_notebooks(
     this run are combined into ``<report_dir>/study_report_<profile>.html``
     (``report_dir`` defaults to ``<cwd>/reports``), also after a failure; a report that
     cannot be written is named in one line and does not change the return code.
+
+    ``imagenet`` reaches the notebooks that declare it (the networks'): ``"auto"`` (the
+    weights file when present) or ``"none"`` (random initialisation, ``--random-init``). A
+    profile that fine-tunes ImageNet weights (``paper``) without the file raises
+    ``ValueError`` before any notebook runs (``training.check_imagenet``).
     """
     import papermill as pm
 
+    from hccer_lib import training
+    from hccer_lib.profiles import get_profile
+
     params = notebook_parameters(profile, cohort, seed, data_root, figures_dir)
+    training.check_imagenet(get_profile(profile), imagenet)
     if cohort is not None:
         validate_cohort_first(Path(cwd) / cohort, profile)
     notebooks = list_notebooks() if notebooks is None else list(notebooks)
@@ -123,10 +133,11 @@ def run_notebooks(
         start = time.perf_counter()
         try:
             with _kernel_environment(MPLBACKEND=KERNEL_MPLBACKEND):
+                declared = pm.inspect_notebook(str(nb))
                 pm.execute_notebook(
                     str(nb),
                     str(executed_dir / nb.name),
-                    parameters=params,
+                    parameters={**params, **({"imagenet": imagenet} if "imagenet" in declared else {})},
                     cwd=str(cwd),
                     kernel_name="python3",
                     progress_bar=False,

@@ -5,11 +5,26 @@ One network is trained per model and fold on the shared patient-level folds
 sample, paired with its patient's clinical vector (``clinical.clinical_matrix``); the
 slices of the test patients get out-of-fold probabilities. Adam, cross entropy (or the
 joint loss), batch size, learning rate and epochs from the profile (the paper: 16, 1e-4,
-50). Each fold is seeded with ``keras.utils.set_random_seed(seed + fold)``.
+50).
+
+**Training seeds.** Every network is trained ``profile.train_seeds`` times with different
+initialisation seeds (:func:`train_seeds`: ``seed``, ``seed + 1000``, ...); fold ``k`` of
+training seed ``s`` is seeded with ``keras.utils.set_random_seed(s + k)``. The prediction
+file keeps every seed's out-of-fold predictions in a ``train_seed`` column, so that the
+tables give the training noise (AUC over seeds) and the seed ensemble.
+
+**The recipe** (:class:`~hccer_lib.profiles.Profile` fields, chosen for the CPU profile on
+development cohorts only, see the README): with ``validation_fraction > 0`` a stratified
+share of the *training* patients of the fold is held out (never a test patient); the
+network trains on the others for up to ``epochs`` epochs and keeps the weights of the
+epoch whose patient-level AUC on those held-out patients was best (checkpoint choice; the
+test fold is never looked at). ``weight_decay`` (AdamW), ``lr_schedule`` (``"cosine"``:
+the learning rate falls per epoch from ``learning_rate`` towards 0) and ``augment``
+(:func:`dihedral`) complete it. The ``paper`` profile uses none of them.
 
 Resuming: each finished fold is saved as ``<work_dir>/runs/<model>/<settings key>/
-fold_<k>.csv`` (its out-of-fold predictions) with ``fold_<k>.json`` (its settings and
-AUC). The settings key is a hash of everything that changes the result (profile deep
+seed_<s>/fold_<k>.csv`` (its out-of-fold predictions) with ``fold_<k>.json`` (its settings,
+chosen epoch and AUC). The settings key is a hash of everything that changes the result (profile deep
 fields, network config, seed, selection protocol, the data and the folds), so a rerun
 with the same settings continues at the first unfinished fold, and a rerun with other
 settings goes to another folder: finished folds are never lost nor mixed. When every
@@ -34,16 +49,19 @@ import keras
 import numpy as np
 import pandas as pd
 
-from hccer_lib import networks, outputs
+from hccer_lib import evaluation, networks, outputs
 from hccer_lib.profiles import Profile
 
 logger = logging.getLogger("hccer")
 
-PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
-# The profile's fields that change a network's training (part of every run's settings key).
-DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment")
+# The profile's fields that change a network's training (part of every run's settings key;
+# ``train_seeds`` is not: each seed has its own files under the key).
+DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
+                       "validation_fraction", "weight_decay", "lr_schedule")
 # Part of every run's settings key: raise it when a change of this module changes results.
-TRAINING_VERSION = 1
+TRAINING_VERSION = 2
+#: Distance between two training seeds of a run (more than any number of folds).
+TRAIN_SEED_STEP = 1000
 
 
 def use_fast_cpu_graphs() -> bool:
@@ -62,6 +80,26 @@ def use_fast_cpu_graphs() -> bool:
         return False
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     return True
+
+
+def check_imagenet(profile: Profile, imagenet: str = "auto") -> None:
+    """Refuse a profile that fine-tunes ImageNet weights when the weights file is missing.
+
+    The ``paper`` profile is the paper's method: ResNet50 pre-trained on ImageNet, then
+    fine-tuned. Trained from random weights it is another method, so with
+    ``imagenet="auto"`` and no local weights file this raises ``ValueError`` (one line
+    saying how to get the file). ``imagenet="none"`` (``run_all.sh --random-init``) asks for
+    random initialisation explicitly; a weights file path is checked when the network is built.
+    """
+    if not profile.imagenet_required or imagenet != "auto" or networks.imagenet_weights_path() is not None:
+        return
+    wanted = networks.keras_home() / "models" / networks.IMAGENET_WEIGHTS_FILE
+    raise ValueError(
+        f"profile {profile.name!r} fine-tunes ImageNet weights (the paper's method) but {wanted} does not exist: on a "
+        f"machine with internet run python -c \"import keras; keras.applications.ResNet50(include_top=False, "
+        f"weights='imagenet')\" and copy {networks.IMAGENET_WEIGHTS_FILE} from ~/.keras/models/ to "
+        f"{wanted.parent}/ (or set KERAS_HOME), or train from random weights on purpose with run_all.sh --random-init"
+    )
 
 
 def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto", **overrides) -> networks.NetworkConfig:
@@ -146,15 +184,114 @@ def fit_model(
     verbose: int | str = 0,
     seed: int = 0,
     augment: bool = False,
+    validation: tuple[dict, np.ndarray, np.ndarray] | None = None,
+    lr_schedule: str = "constant",
 ):
     """Train ``model`` (compiled) on ``inputs`` (dict of ``[n, ...]`` arrays), labels ``y`` ``[n]`` 0/1.
 
     Batches come from :class:`SliceBatches` (full batches, reshuffled each epoch with
     ``seed``; image symmetries with ``augment``). A joint-loss model gets the same labels
-    on its three heads. Returns the Keras History.
+    on its three heads. ``lr_schedule="cosine"`` lowers the learning rate every epoch
+    (:func:`cosine_learning_rate`). With ``validation = (inputs, y, patient_id)`` (rows of
+    held-out *training* patients), the model ends with the weights of the epoch whose
+    patient-level AUC on them was best (:class:`BestEpoch`). Returns the Keras History;
+    its ``best_epoch`` attribute is the epoch kept (1-based; ``epochs`` without validation).
     """
+    if lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     targets = model_targets(model, np.asarray(y, dtype="int32"))
-    return model.fit(SliceBatches(inputs, targets, batch_size, seed, augment), epochs=epochs, verbose=verbose)
+    callbacks = []
+    if lr_schedule == "cosine":
+        base_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+        callbacks.append(keras.callbacks.LearningRateScheduler(lambda epoch: cosine_learning_rate(base_rate, epoch, epochs)))
+    best = BestEpoch(*validation) if validation is not None else None
+    if best is not None:
+        callbacks.append(best)
+    history = model.fit(SliceBatches(inputs, targets, batch_size, seed, augment), epochs=epochs, verbose=verbose,
+                        callbacks=callbacks)
+    if best is not None:
+        best.restore()
+    history.best_epoch = best.best_epoch if best is not None else epochs
+    return history
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def cosine_learning_rate(base_rate: float, epoch: int, epochs: int) -> float:
+    """Learning rate of ``epoch`` (0-based) of ``epochs``: ``base_rate`` falling as a half cosine.
+
+    ``base_rate * (1 + cos(pi * epoch / epochs)) / 2``: ``base_rate`` at epoch 0, above 0
+    at the last epoch.
+    """
+    return float(base_rate * 0.5 * (1.0 + np.cos(np.pi * epoch / max(int(epochs), 1))))
+
+
+class BestEpoch(keras.callbacks.Callback):
+    """Keep the weights of the epoch with the best patient-level AUC on held-out training patients.
+
+    After each epoch the model predicts the held-out rows (``inputs`` ``[n, ...]``, labels
+    ``y`` ``[n]``, ``patient_id`` ``[n]``); the patient probability is the mean over the
+    patient's rows. The first epoch with the highest AUC wins (ties keep the earlier
+    one). :meth:`restore` puts its weights back. Used only with rows of training patients:
+    the test fold is never seen.
+    """
+
+    def __init__(self, inputs: dict, y, patient_id):
+        super().__init__()
+        self.inputs = inputs
+        patients = pd.DataFrame({"patient_id": np.asarray(patient_id).astype(str), "y_true": np.asarray(y, dtype=int)})
+        if patients.groupby("patient_id")["y_true"].first().nunique() < 2:
+            raise ValueError("the held-out validation patients must hold both classes")
+        self.patients = patients
+        self.best_auc, self.best_epoch, self.best_weights = -np.inf, 0, None
+        self.aucs: list[float] = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        frame = self.patients.assign(y_prob=predict_probability(self.model, self.inputs))
+        per_patient = frame.groupby("patient_id").mean()
+        value = evaluation.auc(per_patient["y_true"], per_patient["y_prob"])
+        self.aucs.append(value)
+        if value > self.best_auc:
+            self.best_auc, self.best_epoch, self.best_weights = value, epoch + 1, self.model.get_weights()
+
+    def restore(self) -> None:
+        """Put the best epoch's weights back into the model."""
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)
+
+
+def validation_patients(patient_ids, labels, fraction: float, seed: int) -> np.ndarray:
+    """Patients held out for checkpoint choice: ``fraction`` of each class, drawn with ``seed``.
+
+    Args:
+        patient_ids: ``[n]`` the training patients (one entry each); labels ``[n]`` 0/1.
+        fraction: share held out per class, in ``[0, 1)``; at least one patient of each
+            class when ``fraction > 0``.
+    Returns:
+        the held-out patient ids, sorted.
+    """
+    if not 0 <= fraction < 1:
+        raise ValueError(f"validation_fraction must be in [0, 1), got {fraction}")
+    patient_ids, labels = np.asarray(patient_ids).astype(str), np.asarray(labels, dtype=int)
+    if fraction == 0:
+        return np.array([], dtype=str)
+    rng = np.random.default_rng(seed)
+    held = []
+    for value in (0, 1):
+        members = np.sort(patient_ids[labels == value])
+        if len(members) < 2:
+            raise ValueError(f"a validation split needs at least 2 training patients of class {value}, got {len(members)}")
+        count = min(max(1, int(round(fraction * len(members)))), len(members) - 1)
+        held.append(rng.choice(members, count, replace=False))
+    return np.sort(np.concatenate(held))
+
+
+def train_seeds(profile: Profile, seed: int) -> list[int]:
+    """The initialisation seeds of a run: ``seed + TRAIN_SEED_STEP * i`` for ``i < profile.train_seeds``."""
+    if profile.train_seeds < 1:
+        raise ValueError(f"profile {profile.name!r}: train_seeds must be at least 1, got {profile.train_seeds}")
+    return [int(seed) + TRAIN_SEED_STEP * i for i in range(profile.train_seeds)]
 
 
 def model_targets(model: keras.Model, y):
@@ -179,9 +316,10 @@ class FoldModel:
     as building a new network per fold with that seed.
     """
 
-    def __init__(self, model_name: str, learning_rate: float):
+    def __init__(self, model_name: str, learning_rate: float, weight_decay: float = 0.0):
         self.model_name = model_name
         self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
         self.config: networks.NetworkConfig | None = None
         self.model: keras.Model | None = None
 
@@ -189,7 +327,8 @@ class FoldModel:
         """The compiled network of ``config`` with the initial weights of ``seed``."""
         if self.model is None or config != self.config:
             keras.backend.clear_session()
-            self.model = networks.compile_model(networks.build_model(self.model_name, config), self.learning_rate)
+            self.model = networks.compile_model(networks.build_model(self.model_name, config), self.learning_rate,
+                                                self.weight_decay)
             self.config = config
         keras.utils.set_random_seed(seed)
         initial = networks.build_model(self.model_name, config)
@@ -227,8 +366,6 @@ def array_digest(*arrays) -> str:
 
 def _patient_level_auc(frame: pd.DataFrame) -> float:
     """AUC of the mean slice probability per patient (``evaluation.patient_level``); NaN with one class."""
-    from hccer_lib import evaluation
-
     patients = evaluation.patient_level(frame)
     if patients["y_true"].nunique() < 2:
         return float("nan")
@@ -260,6 +397,8 @@ class FoldData:
         clinical_names: the bits of the clinical vector (selected on this fold's training
             patients under the ``strict`` protocol, on every patient under ``paper``).
         config: the :class:`networks.NetworkConfig` of the fold's network.
+        validation: ``[n]`` bool mask of the training rows held out for the choice of the
+            epoch (a subset of ``train``; all ``False`` without a validation split).
     """
 
     inputs: dict
@@ -270,6 +409,11 @@ class FoldData:
     test: np.ndarray
     clinical_names: list
     config: networks.NetworkConfig
+    validation: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.validation is None:
+            self.validation = np.zeros_like(self.train, dtype=bool)
 
     def subset(self, mask) -> dict:
         """``inputs`` restricted to the rows of ``mask``."""
@@ -303,12 +447,12 @@ def fold_data(
     ``folds`` or ``None`` for the whole-cohort fit (no test slices).
     """
     from hccer_lib import clinical as clinical_module
-    from hccer_lib import evaluation
 
     if model_name not in networks.MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
     if selection_protocol not in ("paper", "strict"):
         raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
+    check_imagenet(profile, imagenet)
     images, slice_pids, y_slices, slice_index = _dataset_arrays(dataset, profile)
     if fold is None:
         test = np.zeros(len(slice_pids), dtype=bool)
@@ -342,20 +486,71 @@ def train_fold(
 ) -> tuple[keras.Model, FoldData]:
     """Train the network of one fold (``None``: of the whole cohort); return it and its data.
 
-    The same network, initial weights (``keras.utils.set_random_seed(seed + fold)``),
-    batches and epochs as :func:`train_cross_validated`'s fold ``fold``, so predicting
+    ``seed`` is one training seed (:func:`train_seeds`). The same network, initial weights
+    (``keras.utils.set_random_seed(seed + fold)``), validation patients, batches and epochs
+    as :func:`train_cross_validated`'s fold ``fold`` of that seed, so predicting
     ``data.subset(data.test)`` gives that fold's out-of-fold predictions again. The
     whole-cohort fit (``fold=None``) is seeded with ``seed + n_folds``, after the folds'.
-    ``fold_model``: a :class:`FoldModel` to reuse (its traced graphs) across calls.
+    With ``profile.validation_fraction > 0`` a share of the training patients is held out
+    for the choice of the epoch (``data.validation``; the network's history says which,
+    ``model.history.best_epoch``). ``fold_model``: a :class:`FoldModel` to reuse (its
+    traced graphs) across calls.
     """
     if fast_cpu_graphs:
         use_fast_cpu_graphs()
     data = fold_data(model_name, dataset, clinical, folds, profile, fold, selection_protocol, imagenet, network_overrides)
-    fold_seed = seed + (int(fold) if fold is not None else folds["fold"].nunique())
-    model = (fold_model or FoldModel(model_name, profile.learning_rate)).fresh(data.config, fold_seed)
-    fit_model(model, data.subset(data.train), data.y[data.train], profile.epochs, profile.batch_size, verbose, fold_seed,
-              augment=profile.augment)
+    fold_seed = int(seed) + (int(fold) if fold is not None else folds["fold"].nunique())
+    training_patients = pd.DataFrame({"patient_id": data.patient_id[data.train], "y": data.y[data.train]}).drop_duplicates()
+    held_out = validation_patients(training_patients["patient_id"], training_patients["y"], profile.validation_fraction,
+                                   fold_seed)
+    data.validation = data.train & np.isin(data.patient_id, held_out)
+    fit_rows = data.train & ~data.validation
+    model = (fold_model or FoldModel(model_name, profile.learning_rate, profile.weight_decay)).fresh(data.config, fold_seed)
+    validation = None
+    if data.validation.any():
+        validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation])
+    fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
+              augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule)
     return model, data
+
+
+def run_folder(
+    model_name: str,
+    dataset,
+    clinical: pd.DataFrame,
+    folds: pd.DataFrame,
+    profile: Profile,
+    work_dir: str | os.PathLike,
+    seed: int = 2020,
+    selection_protocol: str = "paper",
+    output_name: str | None = None,
+    network_overrides: dict | None = None,
+    imagenet: str = "auto",
+) -> tuple[Path, dict]:
+    """The run folder ``<work_dir>/runs/<output_name>/<settings key>`` and its settings.
+
+    The key hashes everything that changes a fold's result: the model, the profile's
+    :data:`DEEP_PROFILE_FIELDS`, the network, :data:`TRAINING_VERSION`, the ImageNet
+    setting, the run seed, the selection protocol, the data, the clinical table, the folds
+    and the Keras backend. The number of training seeds is not part of it.
+    """
+    images, slice_pids, y_slices, slice_index = _dataset_arrays(dataset, profile)
+    settings = {
+        "model": model_name,
+        "profile_deep": {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS},
+        "network": {k: v for k, v in network_config(profile, 1, imagenet, **(network_overrides or {})).as_dict().items() if k != "n_clinical"},
+        "training_version": TRAINING_VERSION,
+        "imagenet": imagenet if imagenet in ("auto", "none") else str(imagenet),
+        "imagenet_file_found": networks.imagenet_weights_path() is not None if imagenet == "auto" else None,
+        "seed": int(seed),
+        "selection_protocol": selection_protocol,
+        "data": array_digest(images, slice_pids, y_slices, slice_index),
+        "clinical": array_digest(pd.util.hash_pandas_object(clinical, index=False).to_numpy()),
+        "folds": array_digest(folds["patient_id"].astype(str).to_numpy(), folds["fold"].to_numpy()),
+        "keras_backend": keras.backend.backend(),
+    }
+    key = outputs.settings_key(settings)
+    return Path(work_dir) / "runs" / (output_name or model_name) / key, {**settings, "key": key}
 
 
 def train_cross_validated(
@@ -374,7 +569,7 @@ def train_cross_validated(
     predict_batch_size: int = 64,
     fast_cpu_graphs: bool = True,
 ) -> pd.DataFrame:
-    """Train ``model_name`` on every fold; return and save its out-of-fold slice predictions.
+    """Train ``model_name`` on every fold, once per training seed; return and save its out-of-fold predictions.
 
     Args:
         model_name: one of :data:`networks.MODEL_NAMES` (the architecture).
@@ -382,10 +577,13 @@ def train_cross_validated(
             ``[0, 1]`` (NC, ART, PV), ``patient_id`` ``[n]``, ``slice`` ``[n]``, ``y_true`` ``[n]``.
         clinical: the raw clinical frame (``patient_id``, ``early_recurrence``, ...).
         folds: ``patient_id, y_true, fold`` from ``evaluation.load_or_make_folds``.
-        profile: epochs, batch size, learning rate, ResNet blocks and width.
+        profile: the training recipe (epochs, batch size, learning rate, ResNet blocks and
+            width, ``train_seeds``, ``validation_fraction``, ``weight_decay``,
+            ``lr_schedule``, ``augment``).
         work_dir: the cohort's work folder; runs go to ``runs/``, the result to
             ``predictions/<output_name>.csv``.
-        seed: each fold trains with ``keras.utils.set_random_seed(seed + fold)``.
+        seed: the run seed; the training seeds are :func:`train_seeds` of it, and fold
+            ``k`` of training seed ``s`` trains with ``keras.utils.set_random_seed(s + k)``.
         selection_protocol: ``"paper"`` (clinical variables selected on the whole cohort)
             or ``"strict"`` (selected on each training fold), see ``clinical.clinical_matrix``.
         output_name: the prediction file's model name (default ``model_name``), e.g.
@@ -397,94 +595,105 @@ def train_cross_validated(
         fast_cpu_graphs: call :func:`use_fast_cpu_graphs` (TensorFlow on CPU only).
 
     Returns:
-        ``patient_id, slice, fold, y_true, y_prob``, one row per slice of the dataset.
+        ``patient_id, slice, fold, y_true, y_prob, train_seed``, one row per slice of the
+        dataset and training seed.
     """
-    from hccer_lib import evaluation
-
     if model_name not in networks.MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
     if selection_protocol not in ("paper", "strict"):
         raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
     output_name = output_name or model_name
-    work_dir = Path(work_dir)
+    check_imagenet(profile, imagenet)
     if fast_cpu_graphs:
         use_fast_cpu_graphs()
-    images, slice_pids, y_slices, slice_index = _dataset_arrays(dataset, profile)
+    _, slice_pids, _, _ = _dataset_arrays(dataset, profile)
     evaluation.fold_of(folds, slice_pids)  # every slice's patient has a fold
     fold_numbers = sorted(set(folds["fold"].astype(int)))
-
-    deep_fields = {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS}
-    base_settings = {
-        "model": model_name,
-        "profile_deep": deep_fields,
-        "network": {k: v for k, v in network_config(profile, 1, imagenet, **(network_overrides or {})).as_dict().items() if k != "n_clinical"},
-        "training_version": TRAINING_VERSION,
-        "imagenet": imagenet if imagenet in ("auto", "none") else str(imagenet),
-        "imagenet_file_found": networks.imagenet_weights_path() is not None if imagenet == "auto" else None,
-        "seed": int(seed),
-        "selection_protocol": selection_protocol,
-        "data": array_digest(images, slice_pids, y_slices, slice_index),
-        "clinical": array_digest(pd.util.hash_pandas_object(clinical, index=False).to_numpy()),
-        "folds": array_digest(folds["patient_id"].astype(str).to_numpy(), folds["fold"].to_numpy()),
-        "keras_backend": keras.backend.backend(),
-    }
-    key = outputs.settings_key(base_settings)
-    run_dir = work_dir / "runs" / output_name / key
-    outputs.write_json(run_dir / "settings.json", {**base_settings, "key": key, "profile": profile.name})
-    print(f"hccer: training {output_name} ({model_name}), {len(fold_numbers)} folds, run folder {run_dir}", flush=True)
+    seeds = train_seeds(profile, seed)
+    run_dir, settings = run_folder(model_name, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
+                                   output_name, network_overrides, imagenet)
+    outputs.write_json(run_dir / "settings.json", {**settings, "profile": profile.name})
+    print(f"hccer: training {output_name} ({model_name}), {len(fold_numbers)} folds x {len(seeds)} training seeds "
+          f"{seeds}, run folder {run_dir}", flush=True)
 
     frames = []
-    fold_model = FoldModel(model_name, profile.learning_rate)
-    for fold in fold_numbers:
-        fold_csv, fold_json = run_dir / f"fold_{fold}.csv", run_dir / f"fold_{fold}.json"
-        if fold_csv.is_file() and fold_json.is_file() and json.loads(fold_json.read_text())["key"] == key:
-            frame = pd.read_csv(fold_csv, dtype={"patient_id": str})
-            frames.append(frame)
-            print(f"  fold {fold}: done before, read {fold_csv.name} (AUC {_patient_level_auc(frame):.3f})", flush=True)
-            continue
-        start = time.perf_counter()
-        model, data = train_fold(model_name, dataset, clinical, folds, profile, fold, seed, selection_protocol, imagenet,
-                                 network_overrides, verbose, fast_cpu_graphs=False, fold_model=fold_model)
-        test, train = data.test, data.train
-        probability = predict_probability(model, data.subset(test), predict_batch_size)
-        frame = pd.DataFrame(
-            {
-                "patient_id": slice_pids[test],
-                "slice": slice_index[test],
-                "fold": fold,
-                "y_true": y_slices[test],
-                "y_prob": probability,
-            }
-        )
-        seconds = time.perf_counter() - start
-        fold_auc = _patient_level_auc(frame)
-        outputs.write_csv(fold_csv, frame)
-        losses = model.history.history.get("loss", [float("nan")])
-        outputs.write_json(
-            fold_json,
-            {
-                "key": key,
-                "fold": fold,
-                "n_train_slices": int(train.sum()),
-                "n_test_slices": int(test.sum()),
-                "clinical_columns": list(data.clinical_names),
-                "network": data.config.as_dict(),
-                "final_training_loss": float(losses[-1]),
-                "patient_auc": fold_auc,
-                "seconds": round(seconds, 1),
-            },
-        )
-        frames.append(frame)
-        print(
-            f"  fold {fold}: {int(train.sum())} training / {int(test.sum())} test slices, "
-            f"final loss {losses[-1]:.3f}, patient AUC {fold_auc:.3f}, {seconds:.0f} s",
-            flush=True,
-        )
+    fold_model = FoldModel(model_name, profile.learning_rate, profile.weight_decay)
+    for train_seed in seeds:
+        for fold in fold_numbers:
+            frames.append(_train_or_read_fold(model_name, dataset, clinical, folds, profile, fold, train_seed, run_dir,
+                                              settings["key"], selection_protocol, imagenet, network_overrides, verbose,
+                                              fold_model, predict_batch_size))
+        seed_frame = pd.concat(frames[-len(fold_numbers):], ignore_index=True)
+        print(f"  training seed {train_seed}: out-of-fold patient AUC {_patient_level_auc(seed_frame):.3f}", flush=True)
     del fold_model
     keras.backend.clear_session()
 
-    predictions = pd.concat(frames, ignore_index=True)[PREDICTION_COLUMNS]
+    predictions = pd.concat(frames, ignore_index=True)[[*evaluation.PREDICTION_COLUMNS, evaluation.SEED_COLUMN]]
     evaluation.write_predictions(work_dir, output_name, predictions)
-    print(f"hccer: {output_name}: out-of-fold patient AUC {_patient_level_auc(predictions):.3f} (pooled over folds)", flush=True)
+    per_seed = evaluation.seed_aucs(predictions)
+    print(f"hccer: {output_name}: pooled patient AUC {np.mean(list(per_seed.values())):.3f} ± "
+          f"{np.std(list(per_seed.values()), ddof=1) if len(per_seed) > 1 else float('nan'):.3f} over {len(per_seed)} "
+          f"training seeds; seed ensemble {_patient_level_auc(predictions):.3f}", flush=True)
     return predictions
 
+
+def _train_or_read_fold(
+    model_name: str,
+    dataset,
+    clinical: pd.DataFrame,
+    folds: pd.DataFrame,
+    profile: Profile,
+    fold: int,
+    train_seed: int,
+    run_dir: Path,
+    key: str,
+    selection_protocol: str,
+    imagenet: str,
+    network_overrides: dict | None,
+    verbose: int | str,
+    fold_model: FoldModel,
+    predict_batch_size: int,
+) -> pd.DataFrame:
+    """The out-of-fold predictions of (``fold``, ``train_seed``): read when saved under ``key``, else trained and saved."""
+    fold_csv = run_dir / f"seed_{train_seed}" / f"fold_{fold}.csv"
+    fold_json = fold_csv.with_suffix(".json")
+    if fold_csv.is_file() and fold_json.is_file() and json.loads(fold_json.read_text())["key"] == key:
+        frame = pd.read_csv(fold_csv, dtype={"patient_id": str})
+        print(f"  seed {train_seed} fold {fold}: done before, read {fold_csv.name} (AUC {_patient_level_auc(frame):.3f})",
+              flush=True)
+        return frame
+    start = time.perf_counter()
+    model, data = train_fold(model_name, dataset, clinical, folds, profile, fold, train_seed, selection_protocol, imagenet,
+                             network_overrides, verbose, fast_cpu_graphs=False, fold_model=fold_model)
+    test = data.test
+    frame = pd.DataFrame({
+        "patient_id": data.patient_id[test],
+        "slice": data.slice[test],
+        "fold": fold,
+        "y_true": data.y[test],
+        "y_prob": predict_probability(model, data.subset(test), predict_batch_size),
+        evaluation.SEED_COLUMN: int(train_seed),
+    })
+    seconds = time.perf_counter() - start
+    fold_auc = _patient_level_auc(frame)
+    outputs.write_csv(fold_csv, frame)
+    history = model.history
+    losses = history.history.get("loss", [float("nan")])
+    outputs.write_json(fold_json, {
+        "key": key,
+        "fold": fold,
+        "train_seed": int(train_seed),
+        "n_train_slices": int((data.train & ~data.validation).sum()),
+        "n_validation_slices": int(data.validation.sum()),
+        "n_test_slices": int(test.sum()),
+        "clinical_columns": list(data.clinical_names),
+        "network": data.config.as_dict(),
+        "best_epoch": int(history.best_epoch),
+        "final_training_loss": float(losses[-1]),
+        "patient_auc": fold_auc,
+        "seconds": round(seconds, 1),
+    })
+    print(f"  seed {train_seed} fold {fold}: {int((data.train & ~data.validation).sum())} training / "
+          f"{int(data.validation.sum())} validation / {int(test.sum())} test slices, epoch kept {history.best_epoch}, "
+          f"loss {losses[-1]:.3f}, patient AUC {fold_auc:.3f}, {seconds:.0f} s", flush=True)
+    return frame

@@ -386,3 +386,75 @@ def test_bootstrap_difference_equals_the_resamples_computed_one_by_one_with_ties
     by_hand = [ev.auc(y[i], prob_a[i]) - ev.auc(y[i], prob_b[i]) for i in index if 0 < y[i].sum() < 30]
     assert len(by_hand) == 40, "with 30 patients every resample holds both classes"
     assert (low, high) == pytest.approx(tuple(np.percentile(by_hand, [5, 95]))), (low, high)
+
+
+# --- training seeds -------------------------------------------------------------------------
+
+
+def seeded(frame: pd.DataFrame, seeds=(11, 12, 13)) -> pd.DataFrame:
+    """The same rows once per training seed, each seed's probabilities shifted by its own amount."""
+    parts = []
+    for k, seed in enumerate(seeds):
+        part = frame.copy()
+        part["y_prob"] = np.clip(part["y_prob"] + 0.05 * (k - 1), 0, 1)
+        parts.append(part.assign(train_seed=seed))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_seed_ensemble_and_patient_level_average_over_seeds_by_hand():
+    frame = pd.DataFrame({"patient_id": ["A", "A", "B", "B"], "slice": [0, 0, 0, 0], "fold": 0, "y_true": [1, 1, 0, 0],
+                          "y_prob": [0.2, 0.6, 0.1, 0.3], "train_seed": [1, 2, 1, 2]})
+    ensemble = ev.seed_ensemble(frame).set_index("patient_id")
+    assert list(ensemble.columns) == ["slice", "fold", "y_true", "y_prob"] and ensemble.loc["A", "y_prob"] == pytest.approx(0.4)
+    patients = ev.patient_level(frame).set_index("patient_id")
+    assert patients.loc["B", "y_prob"] == pytest.approx(0.2), patients
+
+
+def test_seed_aucs_are_each_seeds_pooled_patient_auc():
+    base = predictions(slices=2, seed=3)
+    frame = seeded(base)
+    aucs = ev.seed_aucs(frame)
+    for seed, part in frame.groupby("train_seed"):
+        patients = part.groupby("patient_id").agg(y=("y_true", "first"), p=("y_prob", "mean"))
+        assert aucs[seed] == pytest.approx(roc_auc_score(patients["y"], patients["p"])), seed
+    assert set(ev.seed_aucs(base)) == {None}
+
+
+def test_summary_of_seeded_predictions_gives_the_spread_over_seeds():
+    frame = seeded(predictions(slices=2, seed=4))
+    summary = ev.summarise_model(frame, n_bootstrap=50)
+    aucs = list(ev.seed_aucs(frame).values())
+    assert summary["n_train_seeds"] == 3
+    assert summary["seed_auc_mean"] == pytest.approx(np.mean(aucs)) and summary["seed_auc_sd"] == pytest.approx(np.std(aucs, ddof=1))
+    ensemble = ev.patient_level(frame)
+    assert summary["pooled_auc"] == pytest.approx(roc_auc_score(ensemble["y_true"], ensemble["y_prob"]))
+    assert summary["n_rows"] == len(frame) // 3 and summary["n_patients"] == 40  # rows of the seed ensemble
+
+
+def test_seeded_predictions_round_trip_and_refuse_duplicates_or_uneven_seeds(tmp_path):
+    frame = seeded(predictions(slices=2, seed=5))
+    ev.write_predictions(tmp_path, "deep_resnet50", frame)
+    back = ev.read_predictions(tmp_path, "deep_resnet50")
+    assert list(back.columns) == [*ev.PREDICTION_COLUMNS, "train_seed"] and len(back) == len(frame)
+    with pytest.raises(ValueError, match="train seed 11"):
+        ev.validate_predictions(pd.concat([frame, frame.iloc[:1]]))
+    with pytest.raises(ValueError, match="different numbers of rows"):
+        ev.validate_predictions(frame.iloc[1:])
+
+
+def test_comparison_over_seeds_pairs_the_same_seeds(tmp_path):
+    base = predictions(slices=2, seed=6)
+    ev.write_predictions(tmp_path, "fusion_d", seeded(base))
+    better = base.assign(y_prob=np.clip(base["y_prob"] + 0.3 * (base["y_true"] - 0.5), 0, 1))
+    ev.write_predictions(tmp_path, "fusion_d_joint", seeded(better))
+    ev.write_predictions(tmp_path, "clinical_rf", ev.patient_level(base).assign(slice=pd.NA))
+    row = ev.comparison_row(tmp_path, "fusion_d_joint", "fusion_d", n_bootstrap=50)
+    a, b = ev.seed_aucs(seeded(better)), ev.seed_aucs(seeded(base))
+    expected = [a[s] - b[s] for s in (11, 12, 13)]
+    assert row["n_seed_pairs"] == 3 and row["seed_difference_mean"] == pytest.approx(np.mean(expected))
+    assert row["seed_difference_sd"] == pytest.approx(np.std(expected, ddof=1)) and row["seed_fraction_a_better"] == 1.0
+    # a model without seeds is one seed: each seed of the other model against it
+    against_forest = ev.comparison_row(tmp_path, "fusion_d", "clinical_rf", n_bootstrap=50)
+    assert against_forest["n_seed_pairs"] == 3 and np.isfinite(against_forest["seed_difference_sd"])
+    table = ev.record_comparison(tmp_path, tmp_path, "fusion_d_joint", "fusion_d", n_bootstrap=50)
+    assert list(table.columns) == ev.COMPARISON_COLUMNS

@@ -134,3 +134,33 @@ def test_report_of_an_executed_folder_reads_each_status_from_papermill(tmp_path)
     assert "Notebook 00_a.ipynb" in text and "Notebook 01_b.ipynb" in text
     assert "1 of 2 notebooks passed, 1 failed" in text and "profile quick" in text
     assert "Synthetic cohort" not in text
+
+
+def _run_cli(args, keras_home, cwd):
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-m", "hccer_lib", "run", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd)
+
+
+def test_paper_profile_without_imagenet_weights_refuses_to_start_in_one_line(tmp_path):
+    proc = _run_cli(["--profile", "paper"], tmp_path / "empty_keras_home", tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in lines[0], proc.stderr
+    assert "--random-init" in lines[0] and "Traceback" not in proc.stderr
+    assert "notebooks" not in proc.stdout, "no notebook may start"
+
+
+def test_random_init_reaches_the_network_notebooks_only(tmp_path, capsys):
+    """``--random-init`` lets the paper profile start; ``imagenet`` goes to the notebooks that declare it."""
+    log = tmp_path / "log.txt"
+    networks_nb = tmp_path / "00_net.ipynb"
+    _notebook(networks_nb, f"open({str(log)!r}, 'a').write(f'{{imagenet}}\\n')")
+    nb = json.loads(networks_nb.read_text())
+    nb["cells"][0]["source"] += '\nimagenet = "auto"'
+    networks_nb.write_text(json.dumps(nb))
+    _notebook(tmp_path / "01_plain.ipynb", f"open({str(log)!r}, 'a').write(str('imagenet' in globals()) + '\\n')")
+    code = run_notebooks("paper", notebooks=list_notebooks(tmp_path), executed_dir=tmp_path / "out", cwd=tmp_path,
+                         imagenet="none", write_report=False)
+    assert code == 0, capsys.readouterr().out
+    assert log.read_text() == "none\nFalse\n"

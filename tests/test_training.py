@@ -87,7 +87,7 @@ def test_slice_clinical_vectors_follow_patient_ids():
 @pytest.mark.slow
 def test_same_seed_same_predictions_and_resume(study, capsys):
     first = run(study)
-    assert list(first.columns) == ["patient_id", "slice", "fold", "y_true", "y_prob"]
+    assert list(first.columns) == ["patient_id", "slice", "fold", "y_true", "y_prob", "train_seed"]
     assert len(first) == N_PATIENTS * SLICES_PER_PATIENT and first["y_prob"].between(0, 1).all()
     saved = pd.read_csv(study.work_dir / "predictions" / "fusion_d.csv", dtype={"patient_id": str})
     np.testing.assert_allclose(saved.sort_values(["patient_id", "slice"])["y_prob"], first.sort_values(["patient_id", "slice"])["y_prob"], rtol=1e-6)
@@ -101,7 +101,7 @@ def test_same_seed_same_predictions_and_resume(study, capsys):
     # delete one finished fold: only that one is retrained, and it comes out the same
     run_dirs = list((study.work_dir / "runs" / "fusion_d").iterdir())
     assert len(run_dirs) == 1, run_dirs
-    (run_dirs[0] / "fold_1.csv").unlink()
+    (run_dirs[0] / "seed_1" / "fold_1.csv").unlink()
     resumed = run(study)
     out = capsys.readouterr().out
     assert out.count("done before") == 1, out
@@ -114,9 +114,9 @@ def test_other_settings_get_their_own_run_folder(study):
     other = run(study, model_name="deep_resnet50", seed=2)
     run_dirs = sorted((study.work_dir / "runs" / "deep_resnet50").iterdir())
     assert len(run_dirs) == 2, run_dirs
-    assert all(len(list(d.glob("fold_*.csv"))) == 2 for d in run_dirs)
-    first = pd.read_csv(run_dirs[0] / "fold_0.csv")
-    second = pd.read_csv(run_dirs[1] / "fold_0.csv")
+    assert sorted(len(list(d.glob("seed_*/fold_*.csv"))) for d in run_dirs) == [2, 2]
+    first = pd.read_csv(next(run_dirs[0].glob("seed_*/fold_0.csv")))
+    second = pd.read_csv(next(run_dirs[1].glob("seed_*/fold_0.csv")))
     assert not np.allclose(first["y_prob"], second["y_prob"]), "different seeds should give different networks"
     assert len(other) == N_PATIENTS * SLICES_PER_PATIENT
 
@@ -206,3 +206,66 @@ def test_train_fold_reproduces_the_out_of_fold_predictions(study):
     stored = predictions[predictions["fold"] == 1].sort_values(["patient_id", "slice"])
     order = np.lexsort((data.slice[data.test], data.patient_id[data.test]))
     np.testing.assert_allclose(again[order], stored["y_prob"].to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_train_seeds_are_spaced_beyond_the_folds():
+    assert training.train_seeds(replace(TINY_PROFILE, train_seeds=3), 7) == [7, 1007, 2007]
+    with pytest.raises(ValueError, match="train_seeds"):
+        training.train_seeds(replace(TINY_PROFILE, train_seeds=0), 7)
+
+
+def test_validation_patients_are_a_seeded_stratified_share_of_the_training_patients():
+    ids = np.array([f"P{i:02d}" for i in range(20)])
+    labels = np.array([0] * 12 + [1] * 8)
+    held = training.validation_patients(ids, labels, 0.25, seed=3)
+    assert set(held) <= set(ids) and len(held) == 3 + 2, held  # 25 % of 12 and of 8
+    assert (labels[np.isin(ids, held)] == 1).sum() == 2
+    np.testing.assert_array_equal(held, training.validation_patients(ids, labels, 0.25, seed=3))
+    assert not np.array_equal(held, training.validation_patients(ids, labels, 0.25, seed=4))
+    assert len(training.validation_patients(ids, labels, 0.0, seed=3)) == 0
+    with pytest.raises(ValueError, match="validation_fraction"):
+        training.validation_patients(ids, labels, 1.0, seed=3)
+    with pytest.raises(ValueError, match="class 1"):
+        training.validation_patients(ids[:13], labels[:13], 0.2, seed=3)
+
+
+def test_cosine_learning_rate_falls_from_the_base_rate_by_hand():
+    rates = [training.cosine_learning_rate(1e-3, epoch, 4) for epoch in range(4)]
+    np.testing.assert_allclose(rates, [1e-3, 1e-3 * (1 + np.cos(np.pi / 4)) / 2, 5e-4, 1e-3 * (1 + np.cos(3 * np.pi / 4)) / 2])
+
+
+def test_best_epoch_keeps_the_weights_of_the_best_validation_auc():
+    """A one-weight model whose validation AUC is best at epoch 2 (of 3): those weights come back."""
+    import keras
+
+    inputs = keras.Input((1,), name="image")
+    model = keras.Model({"image": inputs}, keras.layers.Dense(2, activation="softmax", name="fused")(inputs))
+    x = {"image": np.array([[0.0], [1.0], [2.0], [3.0]], dtype="float32")}
+    best = training.BestEpoch(x, np.array([0, 0, 1, 1]), np.array(["A", "B", "C", "D"]))
+    best.set_model(model)
+    signs = {0: -1.0, 1: 1.0, 2: -0.5}  # epoch 1 (0-based) ranks C, D above A, B: AUC 1
+    for epoch, sign in signs.items():
+        model.get_layer("fused").set_weights([np.array([[-sign, sign]], dtype="float32"), np.zeros(2, "float32")])
+        best.on_epoch_end(epoch)
+    assert best.best_epoch == 2 and best.aucs == [0.0, 1.0, 0.0], best.aucs
+    best.restore()
+    np.testing.assert_allclose(model.get_layer("fused").get_weights()[0], [[-1.0, 1.0]])
+    with pytest.raises(ValueError, match="both classes"):
+        training.BestEpoch(x, np.array([0, 0, 0, 0]), np.array(["A", "B", "C", "D"]))
+
+
+@pytest.mark.slow
+def test_several_training_seeds_with_validation_split_resume_and_differ(study, capsys):
+    profile = replace(TINY_PROFILE, train_seeds=2, validation_fraction=0.34, epochs=2, lr_schedule="cosine", weight_decay=1e-4)
+    first = run(study, model_name="deep_resnet50", seed=5, profile=profile)
+    assert sorted(first["train_seed"].unique()) == [5, 1005] and len(first) == 2 * N_PATIENTS * SLICES_PER_PATIENT
+    a, b = (part.sort_values(["patient_id", "slice"])["y_prob"].to_numpy() for _, part in first.groupby("train_seed"))
+    assert not np.allclose(a, b), "two training seeds should give two networks"
+    run_dir = next((study.work_dir / "runs" / "deep_resnet50").iterdir())
+    record = __import__("json").loads((run_dir / "seed_1005" / "fold_1.json").read_text())
+    assert record["n_validation_slices"] > 0 and 1 <= record["best_epoch"] <= 2, record
+    # a third seed reuses the two trained ones
+    capsys.readouterr()
+    more = run(study, model_name="deep_resnet50", seed=5, profile=replace(profile, train_seeds=3))
+    assert capsys.readouterr().out.count("done before") == 4
+    pd.testing.assert_frame_equal(more[more["train_seed"] < 2000].reset_index(drop=True), first, check_dtype=False)

@@ -1,0 +1,92 @@
+"""Measure a training recipe of the networks on development cohorts (never a reported one).
+
+Generates (once) the synthetic cohorts of the given generator seeds in ``data/dev_seed<N>/``,
+preprocesses them with the study's defaults, and trains the chosen networks with a profile
+whose fields are changed by ``--set``; prints each model's pooled patient-level AUC (mean ±
+SD over training seeds, and the seed ensemble) beside the cohort's learned references (the
+logistic regressions on the generator's true inputs, ``cv_auc`` of ``ground_truth.json``) and
+the clinical random forest. This is how the ``quick`` profile's recipe was chosen (README,
+"How the CPU recipe was chosen"); seed 2020 and the other reported cohorts are refused.
+
+    python scripts/develop_recipe.py --seeds 3 4 --models deep_resnet50 fusion_d_joint \\
+        --set epochs=12 validation_fraction=0.2 augment=true
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hccer_lib import evaluation, networks, outputs, preprocessing, synth, training
+from hccer_lib.clinical import cross_validate_clinical
+from hccer_lib.cohort import load_clinical
+from hccer_lib.profiles import get_profile
+
+#: Generator seeds whose results the study reports: never used to choose a setting.
+REPORTED_SEEDS = (2020,)
+
+
+def parse_settings(items: list[str]) -> dict:
+    """``["epochs=12", "augment=true"]`` → ``{"epochs": 12, "augment": True}`` (Python literals)."""
+    settings = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        text = {"true": "True", "false": "False"}.get(text.lower(), text)
+        try:
+            settings[name] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            settings[name] = text
+    return settings
+
+
+def development_cohort(seed: int, data_root: Path) -> Path:
+    """``data_root/dev_seed<seed>``, generated when missing."""
+    if seed in REPORTED_SEEDS:
+        raise SystemExit(f"seed {seed} is a reported cohort: choose settings on development seeds only")
+    folder = data_root / f"dev_seed{seed}"
+    if not (folder / "clinical.csv").is_file():
+        synth.generate_cohort(folder, synth.SynthConfig(seed=seed))
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4], help="development generator seeds")
+    parser.add_argument("--models", nargs="+", default=["deep_resnet50", "fusion_d_joint"], choices=networks.MODEL_NAMES)
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="profile fields to change")
+    parser.add_argument("--data-root", default="data")
+    args = parser.parse_args()
+
+    profile = dataclasses.replace(get_profile(args.profile), **parse_settings(args.set))
+    print(f"recipe: {json.dumps({k: v for k, v in profile.as_dict().items() if k in training.DEEP_PROFILE_FIELDS + ('train_seeds',)})}")
+    for seed in args.seeds:
+        cohort_dir = development_cohort(seed, Path(args.data_root))
+        work_dir = outputs.work_dir_for(cohort_dir, args.data_root)
+        clinical = load_clinical(cohort_dir)
+        folds = evaluation.load_or_make_folds(work_dir, clinical, profile.n_folds, seed)
+        dataset = preprocessing.study_dataset(cohort_dir, work_dir, profile.image_size, progress=False)
+        references = json.loads((cohort_dir / "ground_truth.json").read_text())["oracle_auc"]
+        forest = evaluation.patient_level(cross_validate_clinical(clinical, folds, protocol="paper", seed=seed)[0])
+        line = [f"cohort seed {seed}: learned references image {references['image']['cv_auc']:.3f}, "
+                f"clinical {references['clinical']['cv_auc']:.3f}, both {references['both']['cv_auc']:.3f}; "
+                f"clinical_rf {evaluation.auc(forest['y_true'], forest['y_prob']):.3f}"]
+        for model in args.models:
+            start = time.perf_counter()
+            predictions = training.train_cross_validated(model, dataset, clinical, folds, profile, work_dir, seed=seed)
+            per_seed = np.array(list(evaluation.seed_aucs(predictions).values()))
+            ensemble = evaluation.patient_level(predictions)
+            line.append(f"  {model}: AUC {per_seed.mean():.3f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0:.3f} "
+                        f"over {len(per_seed)} seeds, ensemble {evaluation.auc(ensemble['y_true'], ensemble['y_prob']):.3f}, "
+                        f"{time.perf_counter() - start:.0f} s")
+        print("\n".join(line), flush=True)
+
+
+if __name__ == "__main__":
+    main()
