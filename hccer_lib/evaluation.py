@@ -43,10 +43,10 @@ FOLD_COLUMNS = ["patient_id", "y_true", "fold"]
 #: models; the ``seed_*`` columns give the difference of the pooled patient AUCs over training
 #: seeds (paired by seed where both models have it): its mean, SD, the number of seed pairs and
 #: the fraction of them in which model_a was better. A model without seeds counts as one seed.
+SEED_COMPARISON_COLUMNS = ("seed_difference_mean", "seed_difference_sd", "n_seed_pairs", "seed_fraction_a_better")
 COMPARISON_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "p_value",
                       "auc_difference", "difference_ci_low", "difference_ci_high", "n_patients",
-                      "n_bootstrap", "bootstrap_seed", "seed_difference_mean", "seed_difference_sd",
-                      "n_seed_pairs", "seed_fraction_a_better"]
+                      "n_bootstrap", "bootstrap_seed", *SEED_COMPARISON_COLUMNS]
 COMPARISONS_FILE = "model_comparisons.csv"
 
 # The paper's Tables 3-5: accuracy in percent and AUC, mean ± SD over the 10 folds.

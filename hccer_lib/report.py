@@ -230,7 +230,9 @@ def study_comparisons(
         ``source, question, model_a, model_b, paper_auc_a, paper_auc_b, paper_difference``
         (the paper's fold-mean AUCs, empty where it did not run the model), ``auc_a,
         auc_b, auc_difference, difference_ci_low, difference_ci_high, p_value``
-        (DeLong), ``p_holm`` (Holm over the rows), ``ci_excludes_zero, n_patients``.
+        (DeLong), ``p_holm`` (Holm over the rows), ``ci_excludes_zero, n_patients`` (all of
+        the seed ensembles, conditional on the fitted models), then the difference of the
+        pooled AUCs over training seeds (``evaluation.SEED_COMPARISON_COLUMNS``).
     """
     from hccer_lib import evaluation
 
@@ -249,10 +251,10 @@ def study_comparisons(
         rows.append({"source": source, "question": question, "model_a": model_a, "model_b": model_b,
                      "paper_auc_a": paper_a, "paper_auc_b": paper_b, "paper_difference": paper_a - paper_b,
                      **{k: row[k] for k in ("auc_a", "auc_b", "auc_difference", "difference_ci_low",
-                                            "difference_ci_high", "p_value", "n_patients")}})
+                                            "difference_ci_high", "p_value", "n_patients", *evaluation.SEED_COMPARISON_COLUMNS)}})
     columns = ["source", "question", "model_a", "model_b", "paper_auc_a", "paper_auc_b", "paper_difference", "auc_a",
                "auc_b", "auc_difference", "difference_ci_low", "difference_ci_high", "p_value", "p_holm",
-               "ci_excludes_zero", "n_patients"]
+               "ci_excludes_zero", "n_patients", *evaluation.SEED_COMPARISON_COLUMNS]
     frame = pd.DataFrame(rows, columns=[c for c in columns if c not in ("p_holm", "ci_excludes_zero")])
     frame["p_holm"] = holm_adjust(frame["p_value"]) if len(frame) else pd.Series(dtype=float)
     frame["ci_excludes_zero"] = (frame["difference_ci_low"] > 0) | (frame["difference_ci_high"] < 0)
