@@ -1121,13 +1121,17 @@ def refit_final_model(
         folds = evaluation.load_or_make_folds(work_dir, clinical, profile.n_folds, seed)
         for name in networks_wanted:
             logger.info("final model: training %s on %d slices of %d patients", name, len(dataset), len(clinical))
+            # one fit per network: XLA's compilation would cost more than it saves (networks.compile_model)
+            single_fit = training.FoldModel(name, profile.learning_rate, profile.weight_decay, xla=False)
             model, data = training.train_fold(name, dataset, clinical, folds, profile, None, seed=seed,
-                                              selection_protocol=selection_protocol, imagenet=imagenet, verbose=verbose)  # fmt: skip
+                                              selection_protocol=selection_protocol, imagenet=imagenet, verbose=verbose,
+                                              fold_model=single_fit)  # fmt: skip
+            fitted = data.train & ~data.validation
             if name != "deep_resnet50" and list(data.clinical_names) != final.bit_names:
                 raise ValueError(f"{name} was trained on clinical bits {data.clinical_names}, the final model encodes {final.bit_names}")
             add_network(final, name, model, data.config, seed=int(seed), imagenet=imagenet if imagenet in ("auto", "none") else Path(imagenet).name,
-                        n_training_slices=int(data.train.sum()), n_training_patients=len(set(data.patient_id[data.train])),
-                        training={f: getattr(profile, f) for f in ("epochs", "batch_size", "learning_rate")})  # fmt: skip
+                        n_training_slices=int(fitted.sum()), n_training_patients=len(set(data.patient_id[fitted])),
+                        training={f: getattr(profile, f) for f in training.DEEP_PROFILE_FIELDS if f != "xla"})  # fmt: skip
     return final
 
 

@@ -8,8 +8,9 @@ joint loss), batch size, learning rate and epochs from the profile (the paper: 1
 50).
 
 **Training seeds.** Every network is trained ``profile.train_seeds`` times with different
-initialisation seeds (:func:`train_seeds`: ``seed``, ``seed + 1000``, ...); fold ``k`` of
-training seed ``s`` is seeded with ``keras.utils.set_random_seed(s + k)``. The prediction
+initialisation seeds (:func:`train_seeds`: ``seed``, ``seed + 1000``, ...): training seed
+``s`` draws the initial weights of every fold (``keras.utils.set_random_seed(s)``), and fold
+``k`` of it shuffles its batches with ``s + k``. The prediction
 file keeps every seed's out-of-fold predictions in a ``train_seed`` column, so that the
 tables give the training noise (AUC over seeds) and the seed ensemble.
 
@@ -57,9 +58,9 @@ logger = logging.getLogger("hccer")
 # The profile's fields that change a network's training (part of every run's settings key;
 # ``train_seeds`` is not: each seed has its own files under the key).
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
-                       "validation_fraction", "weight_decay", "lr_schedule")
+                       "validation_fraction", "weight_decay", "lr_schedule", "xla")
 # Part of every run's settings key: raise it when a change of this module changes results.
-TRAINING_VERSION = 2
+TRAINING_VERSION = 3
 #: Distance between two training seeds of a run (more than any number of folds).
 TRAIN_SEED_STEP = 1000
 
@@ -307,32 +308,35 @@ def reset_optimizer(model: keras.Model, learning_rate: float) -> None:
 
 
 class FoldModel:
-    """One compiled network reused for every fold, re-initialised per fold.
+    """One compiled network reused for every fold and seed, re-initialised for each.
 
-    Tracing the training and prediction graphs costs more than a quick fold's training on
-    a CPU, so the network of a model is built and compiled once; each fold then gets fresh
-    weights, drawn by building the same architecture after
-    ``keras.utils.set_random_seed(seed)``, and a reset optimizer. The result is the same
-    as building a new network per fold with that seed.
+    Tracing (or compiling) the training and prediction graphs costs more than a quick
+    fold's training on a CPU, so the network of a model is built and compiled once; each
+    fit then gets the initial weights of its seed, drawn by building the same architecture
+    after ``keras.utils.set_random_seed(seed)`` (once per seed, then kept), and a reset
+    optimizer. The result is the same as building a new network with that seed.
     """
 
-    def __init__(self, model_name: str, learning_rate: float, weight_decay: float = 0.0):
+    def __init__(self, model_name: str, learning_rate: float, weight_decay: float = 0.0, xla: bool = False):
         self.model_name = model_name
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
+        self.xla = xla
         self.config: networks.NetworkConfig | None = None
         self.model: keras.Model | None = None
+        self.initial_weights: dict[int, list] = {}
 
     def fresh(self, config: networks.NetworkConfig, seed: int) -> keras.Model:
         """The compiled network of ``config`` with the initial weights of ``seed``."""
         if self.model is None or config != self.config:
             keras.backend.clear_session()
             self.model = networks.compile_model(networks.build_model(self.model_name, config), self.learning_rate,
-                                                self.weight_decay)
-            self.config = config
-        keras.utils.set_random_seed(seed)
-        initial = networks.build_model(self.model_name, config)
-        self.model.set_weights(initial.get_weights())
+                                                self.weight_decay, self.xla)
+            self.config, self.initial_weights = config, {}
+        if seed not in self.initial_weights:
+            keras.utils.set_random_seed(seed)
+            self.initial_weights[seed] = networks.build_model(self.model_name, config).get_weights()
+        self.model.set_weights(self.initial_weights[seed])
         reset_optimizer(self.model, self.learning_rate)
         keras.utils.set_random_seed(seed)
         return self.model
@@ -486,9 +490,11 @@ def train_fold(
 ) -> tuple[keras.Model, FoldData]:
     """Train the network of one fold (``None``: of the whole cohort); return it and its data.
 
-    ``seed`` is one training seed (:func:`train_seeds`). The same network, initial weights
-    (``keras.utils.set_random_seed(seed + fold)``), validation patients, batches and epochs
-    as :func:`train_cross_validated`'s fold ``fold`` of that seed, so predicting
+    ``seed`` is one training seed (:func:`train_seeds`): it draws the initial weights
+    (``keras.utils.set_random_seed(seed)``, the same for every fold of the seed), and
+    ``seed + fold`` the validation patients, the batches and the symmetries. The same
+    network, initial weights, validation patients, batches and epochs as
+    :func:`train_cross_validated`'s fold ``fold`` of that seed, so predicting
     ``data.subset(data.test)`` gives that fold's out-of-fold predictions again. The
     whole-cohort fit (``fold=None``) is seeded with ``seed + n_folds``, after the folds'.
     With ``profile.validation_fraction > 0`` a share of the training patients is held out
@@ -505,7 +511,9 @@ def train_fold(
                                    fold_seed)
     data.validation = data.train & np.isin(data.patient_id, held_out)
     fit_rows = data.train & ~data.validation
-    model = (fold_model or FoldModel(model_name, profile.learning_rate, profile.weight_decay)).fresh(data.config, fold_seed)
+    fold_model = fold_model or FoldModel(model_name, profile.learning_rate, profile.weight_decay, xla=profile.xla)
+    model = fold_model.fresh(data.config, int(seed))
+    keras.utils.set_random_seed(fold_seed)
     validation = None
     if data.validation.any():
         validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation])
@@ -582,8 +590,8 @@ def train_cross_validated(
             ``lr_schedule``, ``augment``).
         work_dir: the cohort's work folder; runs go to ``runs/``, the result to
             ``predictions/<output_name>.csv``.
-        seed: the run seed; the training seeds are :func:`train_seeds` of it, and fold
-            ``k`` of training seed ``s`` trains with ``keras.utils.set_random_seed(s + k)``.
+        seed: the run seed; the training seeds are :func:`train_seeds` of it (see
+            :func:`train_fold` for what each seeds).
         selection_protocol: ``"paper"`` (clinical variables selected on the whole cohort)
             or ``"strict"`` (selected on each training fold), see ``clinical.clinical_matrix``.
         output_name: the prediction file's model name (default ``model_name``), e.g.
@@ -617,7 +625,7 @@ def train_cross_validated(
           f"{seeds}, run folder {run_dir}", flush=True)
 
     frames = []
-    fold_model = FoldModel(model_name, profile.learning_rate, profile.weight_decay)
+    fold_model = FoldModel(model_name, profile.learning_rate, profile.weight_decay, xla=profile.xla)
     for train_seed in seeds:
         for fold in fold_numbers:
             frames.append(_train_or_read_fold(model_name, dataset, clinical, folds, profile, fold, train_seed, run_dir,
