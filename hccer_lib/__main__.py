@@ -42,11 +42,14 @@ def _cmd_import_dicom(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from hccer_lib.cohort import CohortError
     from hccer_lib.runner import run_notebooks
 
     try:
         return run_notebooks(profile=args.profile, cohort=args.cohort, seed=args.seed,
-                             imagenet="none" if args.random_init else "auto")
+                             imagenet="none" if args.random_init else "auto", external_cohort=args.external_cohort)
+    except CohortError:  # a bad cohort: main() prints "error: <patient, file: problem>"
+        raise
     except ValueError as err:  # a profile that needs the ImageNet weights file without it
         print(f"hccer: {err}", file=sys.stderr)
         return 2
@@ -106,6 +109,28 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_external_validate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from hccer_lib import external_validation, final_model
+
+    out = Path(args.out or f"external_validation_{Path(args.cohort).resolve().name}")
+    try:
+        result = external_validation.validate_externally(args.model, args.cohort, args.development_cohort,
+                                                         n_bootstrap=args.n_bootstrap, seed=args.seed, progress=True)
+    except final_model.ModelFolderError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # CohortError is a ValueError too: one line, exit 2
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    written = external_validation.write_external_validation(result, out)
+    print("\n".join(result.summary_lines()))
+    print(f"wrote {len(written)} files to {out}: " + ", ".join(sorted(p.name for p in written)))
+    print(result.note)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m hccer_lib",
@@ -146,12 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: prediction_<patient id or cohort name>)")
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser(
+        "external-validate",
+        help="apply the final models of one cohort to another labelled cohort: AUC with CI, calibration, decision curves, case-mix",
+        description="External validation: predict every patient of a labelled cohort (the paper's clinical.csv columns, "
+        "images as for predict --cohort) with a model folder written by notebook 07, and write to --out: "
+        "external_discrimination (AUC, 95%% bootstrap CI), external_calibration (intercept with slope fixed at 1, slope), "
+        "external_reliability.csv, external_decision_curve.csv, external_case_mix (Table 1 of both cohorts), "
+        "external_predictions.csv and fig9_external_validation.png. Patients that cannot be predicted are left out and counted.",
+    )
+    p.add_argument("--model", required=True, help="model folder (manifest.json, ...), e.g. data/synthetic/final_model")
+    p.add_argument("--cohort", required=True, help="the labelled cohort folder to validate on")
+    p.add_argument("--out", default=None, help="output folder (default: external_validation_<cohort name>)")
+    p.add_argument("--development-cohort", default=None,
+                   help="the cohort the models were fitted on, for the case-mix table (default: the model folder's parent "
+                   "when it holds a clinical table)")
+    p.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples of the AUC interval (default 1000)")
+    p.add_argument("--seed", type=int, default=2020, help="seed of the bootstrap (default 2020)")
+    p.set_defaults(func=_cmd_external_validate)
+
     p = sub.add_parser("run", help="run every notebook in order with papermill (run_all.sh)")
     p.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
     p.add_argument("--cohort", default=None, help="cohort folder (default: the synthetic cohort)")
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--random-init", action="store_true",
                    help="train the networks from random weights even where the profile fine-tunes ImageNet weights (paper)")
+    p.add_argument("--external-cohort", default=None,
+                   help="a labelled cohort on which notebook 09 validates the final models of notebook 07")
     p.set_defaults(func=_cmd_run)
     return parser
 

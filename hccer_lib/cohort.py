@@ -38,6 +38,10 @@ Decisions (tested in ``tests/test_cohort.py``):
   with neither source, an empty label, or no row is an error.
 - A patient folder under ``images/`` that has no row in ``clinical.csv`` is a warning
   (listed in the report), not an error: excluded patients may keep their images.
+- A cohort folder without an ``images/`` folder is a clinical-only cohort
+  (:func:`is_clinical_only`): its clinical table is validated, no image is looked for, and
+  the runner skips the notebooks that read images. A cohort with an ``images/`` folder
+  needs every patient's three phases.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ logger = logging.getLogger("hccer")
 PHASES = ("NC", "ART", "PV")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 CLINICAL_FILE = "clinical.csv"
+IMAGES_DIR = "images"
 BOX_TABLE_FILE = "roi_boxes.csv"
 BOX_COLUMNS = ("patient_id", "phase", "slice", "x_min", "x_max", "y_min", "y_max")
 REFERENCE_PHASE = "PV"  # the phase whose ROI slices ValidationReport.n_slices counts
@@ -845,6 +850,8 @@ class ValidationReport:
         spacing_range: per phase, ``((min, max) per axis x, y, z)`` in mm.
         size_range: per phase, ``((min, max) per axis x, y, z)`` in voxels.
         warnings: problems that do not stop the study (e.g. a folder with no clinical row).
+        clinical_only: the folder has no ``images/`` folder (:func:`is_clinical_only`): only
+            the clinical table was checked, and the per-phase fields are empty.
     """
 
     cohort_dir: Path
@@ -855,6 +862,7 @@ class ValidationReport:
     spacing_range: dict[str, tuple[tuple[float, float], ...]]
     size_range: dict[str, tuple[tuple[int, int], ...]]
     warnings: list[str] = field(default_factory=list)
+    clinical_only: bool = False
 
     @property
     def n_patients(self) -> int:
@@ -868,8 +876,11 @@ class ValidationReport:
     def summary(self) -> str:
         lines = [
             f"cohort {self.cohort_dir}: {self.n_patients} patients (ER {self.n_er}, NER {self.n_ner}), valid",
-            "ROI slices: " + ", ".join(f"{p} {n}" for p, n in self.slices_per_phase.items()),
         ]
+        if self.clinical_only:
+            lines.append(f"clinical-only cohort: no {IMAGES_DIR}/ folder; the notebooks that read images are skipped")
+        else:
+            lines.append("ROI slices: " + ", ".join(f"{p} {n}" for p, n in self.slices_per_phase.items()))
         for phase in self.spacing_range:
             spacing = " x ".join(f"{lo:.3g}-{hi:.3g}" for lo, hi in self.spacing_range[phase])
             size = " x ".join(f"{lo}-{hi}" for lo, hi in self.size_range[phase])
@@ -886,6 +897,9 @@ def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None,
     of each in every test fold), ``roi_boxes.csv`` when present, then per patient every
     phase image and its ROI. Problems are collected; the first is raised with the count of
     the others.
+
+    A folder without ``images/`` is a clinical-only cohort: the clinical table is checked
+    and the report says ``clinical_only``.
 
     Args:
         progress: show a tqdm bar over patients; None shows it for 20 patients or more
@@ -907,6 +921,13 @@ def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None,
     _raise_first(problems)
     problems += _check_classes(clinical["early_recurrence"], n_folds)
     patients = clinical["patient_id"].tolist()
+    clinical_only = is_clinical_only(cohort_dir)
+    if clinical_only:
+        _raise_first(problems)
+        n_er = int(clinical["early_recurrence"].sum())
+        return ValidationReport(cohort_dir=cohort_dir, patients=patients, n_er=n_er, n_ner=len(patients) - n_er,
+                                slices_per_phase=dict.fromkeys(PHASES, 0), spacing_range={}, size_range={},
+                                clinical_only=True)  # fmt: skip
     table = _read_box_table(cohort_dir, known_patients=set(patients))
 
     slices = dict.fromkeys(PHASES, 0)
@@ -946,6 +967,11 @@ def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None,
         size_range={p: _ranges(sizes[p], int) for p in PHASES},
         warnings=warnings,
     )
+
+
+def is_clinical_only(cohort_dir: str | os.PathLike) -> bool:
+    """Whether a cohort folder is clinical-only: it has no ``images/`` folder."""
+    return not (Path(cohort_dir) / IMAGES_DIR).is_dir()
 
 
 def _check_classes(labels: pd.Series, n_folds: int | None) -> list[CohortError]:

@@ -3,7 +3,14 @@
 Every ``notebooks/NN_*.ipynb`` is executed in numeric order with the same injected
 parameters (``profile``, ``cohort_dir``, ``synthetic``, ``seed``, ``data_root``,
 ``figures_dir``); the executed copies go to ``executed/<profile>/``. The run stops at the
-first failing notebook, names it, and ends with "N of M notebooks passed".
+first failing notebook, names it, and ends with "N of M notebooks passed" (", K skipped"
+when notebooks were skipped).
+
+A notebook whose metadata says ``"hccer": {"needs_images": true}`` reads the CT images. On a
+clinical-only cohort (a folder without ``images/``, ``cohort.is_clinical_only``) it is not
+run: its executed copy is the notebook with a first markdown cell saying that it was
+skipped and why, and ``"hccer": {"skipped": <reason>}`` in its metadata. Skipped notebooks
+count as neither passed nor failed; a run whose other notebooks all passed exits with 0.
 
 After the notebooks ran (also when one failed) the executed copies of this run are
 combined into one HTML file, ``reports/study_report_<profile>.html``: readable in any
@@ -24,6 +31,10 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SYNTHETIC_COHORT = "data/synthetic"
+#: Key of the study's own entries in a notebook's metadata (``needs_images``; ``skipped`` in an executed copy).
+METADATA_KEY = "hccer"
+#: Optional parameter that reaches the notebooks declaring it (09): a labelled cohort to validate the final models on.
+EXTERNAL_PARAMETER = "external_cohort"
 #: matplotlib backend of the notebook kernels: Jupyter's inline backend, so that every figure a
 #: notebook shows is stored in its executed copy as a PNG, whatever MPLBACKEND the caller has
 #: (run_all.sh and the tests set Agg for themselves, which would leave the notebooks without figures).
@@ -35,6 +46,7 @@ REPORT_STYLE = """
 .hccer-status.passed { background: #d8f0d8; color: #145214; }
 .hccer-status.failed { background: #f8d0d0; color: #8a1010; }
 .hccer-status.not-run { background: #e4e4e4; color: #444; }
+.hccer-status.skipped { background: #f4ecc8; color: #5a4a00; }
 .hccer-notebook { border-top: 4px solid #2c5f8a; margin-top: 3em; padding-top: 0.5em; font-family: sans-serif; }
 </style>
 """
@@ -46,9 +58,9 @@ class NotebookRun:
 
     Attributes:
         name: file name, e.g. ``03_radiomics_baseline.ipynb``.
-        status: ``"passed"``, ``"failed"`` or ``"not run"``.
+        status: ``"passed"``, ``"failed"``, ``"skipped"`` or ``"not run"``.
         seconds: wall time, ``None`` when it did not run.
-        error: first line of the error of a failed notebook.
+        error: first line of the error of a failed notebook, or why a notebook was skipped.
     """
 
     name: str
@@ -96,8 +108,9 @@ def run_notebooks(
     report_dir: str | os.PathLike | None = None,
     write_report: bool = True,
     imagenet: str = "auto",
+    external_cohort: str | None = None,
 ) -> int:
-    """Execute the notebooks in order; return 0 when all passed, 1 otherwise.
+    """Execute the notebooks in order; return 0 when all passed or were skipped, 1 otherwise.
 
     A cohort folder given as ``cohort`` is validated first (:func:`validate_cohort_first`):
     a bad one raises ``CohortError`` before any notebook runs. Relative paths in the
@@ -111,6 +124,11 @@ def run_notebooks(
     weights file when present) or ``"none"`` (random initialisation, ``--random-init``). A
     profile that fine-tunes ImageNet weights (``paper``) without the file raises
     ``ValueError`` before any notebook runs (``training.check_imagenet``).
+    ``external_cohort`` (a labelled cohort folder, or ``None``) reaches the notebooks that
+    declare it (09, external validation).
+
+    On a clinical-only cohort the notebooks that need images are skipped
+    (:func:`skip_reason`, :func:`write_skipped_copy`).
     """
     import papermill as pm
 
@@ -119,16 +137,25 @@ def run_notebooks(
 
     params = notebook_parameters(profile, cohort, seed, data_root, figures_dir)
     training.check_imagenet(get_profile(profile), imagenet)
+    clinical_only = False
     if cohort is not None:
-        validate_cohort_first(Path(cwd) / cohort, profile)
+        clinical_only = validate_cohort_first(Path(cwd) / cohort, profile).clinical_only
+    optional = {"imagenet": imagenet, EXTERNAL_PARAMETER: external_cohort}
     notebooks = list_notebooks() if notebooks is None else list(notebooks)
     executed_dir = Path(executed_dir) if executed_dir else Path(cwd) / "executed" / profile
     executed_dir.mkdir(parents=True, exist_ok=True)
     total = len(notebooks)
     print(f"hccer: {total} notebooks, profile={profile}, cohort={params['cohort_dir']}, seed={seed}", flush=True)
     runs: list[NotebookRun] = []
-    passed = 0
+    passed = skipped = 0
     for i, nb in enumerate(notebooks, start=1):
+        reason = skip_reason(nb, params["cohort_dir"]) if clinical_only else None
+        if reason:
+            write_skipped_copy(nb, executed_dir / nb.name, reason)
+            skipped += 1
+            runs.append(NotebookRun(nb.name, "skipped", None, reason))
+            print(f"[{i}/{total}] {nb.name} skipped: {reason}", flush=True)
+            continue
         print(f"[{i}/{total}] {nb.name} ...", flush=True)
         start = time.perf_counter()
         try:
@@ -137,7 +164,7 @@ def run_notebooks(
                 pm.execute_notebook(
                     str(nb),
                     str(executed_dir / nb.name),
-                    parameters={**params, **({"imagenet": imagenet} if "imagenet" in declared else {})},
+                    parameters={**params, **{k: v for k, v in optional.items() if k in declared}},
                     cwd=str(cwd),
                     kernel_name="python3",
                     progress_bar=False,
@@ -161,12 +188,48 @@ def run_notebooks(
             print(f"hccer: study report -> {target}", flush=True)
         except Exception as err:  # the report must never hide the notebooks' own result
             print(f"hccer: could not write the study report {target}: {_first_line(err)}", flush=True)
-    print(f"{passed} of {total} notebooks passed", flush=True)
-    return 0 if passed == total else 1
+    print(f"{passed} of {total} notebooks passed" + (f", {skipped} skipped" if skipped else ""), flush=True)
+    return 0 if passed + skipped == total else 1
 
 
-def validate_cohort_first(cohort_dir: str | os.PathLike, profile: str) -> None:
+def needs_images(notebook: str | os.PathLike) -> bool:
+    """Whether a notebook reads the CT images (``"hccer": {"needs_images": true}`` in its metadata)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    return bool(nb.metadata.get(METADATA_KEY, {}).get("needs_images", False))
+
+
+def skip_reason(notebook: str | os.PathLike, cohort_dir: str) -> str | None:
+    """Why a notebook is skipped on the clinical-only cohort ``cohort_dir``; ``None`` when it runs."""
+    if not needs_images(notebook):
+        return None
+    return (f"the cohort {cohort_dir} is clinical-only (it has no images/ folder) and this notebook reads the "
+            "CT images; the notebooks without images (Table 1, selection, clinical models, study report) still run")
+
+
+def write_skipped_copy(notebook: str | os.PathLike, target: str | os.PathLike, reason: str) -> Path:
+    """The executed copy of a skipped notebook: a first markdown cell saying so and why, the cells not run.
+
+    Its metadata holds ``"hccer": {"skipped": reason}`` (:func:`notebook_status` reads it).
+    """
+    import nbformat
+
+    from hccer_lib import outputs
+
+    nb = nbformat.read(notebook, as_version=4)
+    banner = nbformat.v4.new_markdown_cell(f"**Skipped, not run:** {reason}.\n\n"
+                                           "The cells below are the notebook as committed, without outputs.")
+    nb.cells = [banner, *nb.cells]
+    nb.metadata.setdefault(METADATA_KEY, {})["skipped"] = reason
+    return outputs.write_text(target, nbformat.writes(nb))
+
+
+def validate_cohort_first(cohort_dir: str | os.PathLike, profile: str):
     """Validate a cohort folder for a run of ``profile`` (its folds) before any notebook runs.
+
+    Returns:
+        the ``cohort.ValidationReport`` (``clinical_only`` says whether images are skipped).
 
     Raises:
         CohortError: the first problem, one line naming the patient and the file (the
@@ -176,7 +239,11 @@ def validate_cohort_first(cohort_dir: str | os.PathLike, profile: str) -> None:
     from hccer_lib.profiles import get_profile
 
     print(f"hccer: validating the cohort {cohort_dir} ...", flush=True)
-    validate_cohort(cohort_dir, n_folds=get_profile(profile).n_folds)
+    report = validate_cohort(cohort_dir, n_folds=get_profile(profile).n_folds)
+    if report.clinical_only:
+        print(f"hccer: {cohort_dir} is a clinical-only cohort (no images/ folder): "
+              "the notebooks that read images are skipped", flush=True)
+    return report
 
 
 @contextlib.contextmanager
@@ -208,7 +275,10 @@ def _first_line(err: BaseException) -> str:
 
 
 def notebook_status(nb) -> str:
-    """``"failed"`` when papermill recorded an exception in an executed notebook, else ``"passed"``."""
+    """``"skipped"`` for the copy of a skipped notebook (:func:`write_skipped_copy`), ``"failed"``
+    when papermill recorded an exception in an executed notebook, else ``"passed"``."""
+    if nb.metadata.get(METADATA_KEY, {}).get("skipped"):
+        return "skipped"
     return "failed" if nb.metadata.get("papermill", {}).get("exception") else "passed"
 
 
@@ -227,7 +297,7 @@ def _anchor(name: str) -> str:
 
 
 def _status_badge(status: str) -> str:
-    label = {"passed": "passed", "failed": "FAILED", "not run": "not run"}.get(status, status)
+    label = {"passed": "passed", "failed": "FAILED", "not run": "not run", "skipped": "skipped"}.get(status, status)
     return f'<span class="hccer-status {status.replace(" ", "-")}">{html.escape(label)}</span>'
 
 
@@ -272,7 +342,9 @@ def combined_report_notebook(
     if runs is None:
         runs = []
         for path in sorted(executed_dir.glob("*.ipynb")):
-            runs.append(NotebookRun(path.name, notebook_status(nbformat.read(path, as_version=4))))
+            executed = nbformat.read(path, as_version=4)
+            runs.append(NotebookRun(path.name, notebook_status(executed),
+                                    error=executed.metadata.get(METADATA_KEY, {}).get("skipped", "")))
     combined = nbformat.v4.new_notebook()
     toc, body = [], []
     for run in runs:
@@ -285,7 +357,7 @@ def combined_report_notebook(
                        f'{" (no executed copy)" if status != "not run" else ""}</li>')
             continue
         nb = nbformat.read(path, as_version=4)
-        status = run.status if run.status in ("passed", "failed") else notebook_status(nb)
+        status = run.status if run.status in ("passed", "failed", "skipped") else notebook_status(nb)
         name_title = notebook_title(nb, run.name)
         sections = _anchored_sections(nb, anchor)
         section_items = "".join(f'<li><a href="#{anchor}-s{k}">{html.escape(t)}</a></li>'
@@ -293,7 +365,8 @@ def combined_report_notebook(
         toc.append(f'<li><a href="#{anchor}">{html.escape(name_title)}</a> {_status_badge(status)}'
                    f' <small>{html.escape(run.name)}{seconds}</small>'
                    f'{f"<ul>{section_items}</ul>" if section_items else ""}</li>')
-        error = f"<p><b>Error:</b> <code>{html.escape(run.error)}</code></p>" if run.error else ""
+        what = "Skipped" if status == "skipped" else "Error"
+        error = f"<p><b>{what}:</b> <code>{html.escape(run.error)}</code></p>" if run.error else ""
         banner = (f'<div class="hccer-notebook" id="{anchor}"><p>{_status_badge(status)} '
                   f'<b>{html.escape(run.name)}</b>{seconds}</p>{error}</div>')
         body.append(nbformat.v4.new_markdown_cell(banner))
@@ -301,8 +374,9 @@ def combined_report_notebook(
         if not combined.metadata and nb.metadata.get("kernelspec"):
             combined.metadata["kernelspec"] = nb.metadata["kernelspec"]
             combined.metadata["language_info"] = nb.metadata.get("language_info", {"name": "python"})
-    counts = {s: sum(r.status == s for r in runs) for s in ("passed", "failed", "not run")}
+    counts = {s: sum(r.status == s for r in runs) for s in ("passed", "failed", "skipped", "not run")}
     facts = [f"{counts['passed']} of {len(runs)} notebooks passed"
+             + (f", {counts['skipped']} skipped" if counts["skipped"] else "")
              + (f", {counts['failed']} failed" if counts["failed"] else "")
              + (f", {counts['not run']} not run" if counts["not run"] else ""),
              "written " + datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")]

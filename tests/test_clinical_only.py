@@ -1,0 +1,143 @@
+"""Clinical-only cohorts (issue 14): a cohort folder without images/ runs the clinical study.
+
+The runner skips the notebooks whose metadata says ``"hccer": {"needs_images": true}``: their
+executed copy says at its top that they were skipped and why, the run ends with
+"N of M notebooks passed, K skipped" and exit code 0.
+"""
+
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from test_cohort import CLINICAL_ROW, write_cohort
+
+from hccer_lib import runner
+from hccer_lib.cohort import CohortError, validate_cohort
+from hccer_lib.runner import REPO_ROOT, list_notebooks, run_notebooks
+
+#: The committed notebooks that read the CT images, and so are skipped on a clinical-only cohort.
+IMAGE_NOTEBOOKS = {"00_build_cohort", "02_preprocess_images", "03_radiomics_baseline", "04_deep_model",
+                   "05_fusion_models", "06_joint_loss", "07_final_model"}  # fmt: skip
+
+
+def write_clinical_only_cohort(root: Path, n_er: int = 10, n_ner: int = 14) -> Path:
+    """``clinical.csv`` only: ER patients younger than 60 (all: the strict protocol selects age in each
+    training fold of 12 patients), mostly with tumours of 50 mm or more; every other variable takes
+    both of its levels (one patient in three on the second), as notebook 01's chi-squared tests need."""
+    rows = []
+    for k in range(n_er + n_ner):
+        er = int(k < n_er)
+        aligned = k % 5 != 0  # one patient in five goes against the signal
+        young_large = er == aligned
+        c = int(k % 3 == 0)
+        rows.append(dict(CLINICAL_ROW, patient_id=f"C{k:03d}", early_recurrence=er, age=50 if er else 70,
+                         tumor_size_mm=60.0 if young_large else 30.0, sex="MF"[c], tumor_number=1 + c,
+                         portal_vein_invasion=c, cirrhosis=1 - c, hbv=c, nlr=2.0 + c, alt=30 + 20 * c, ast=40 + 20 * c,
+                         akp=100 + 50 * c, ggt=40 + 10 * c, alb=45 - 10 * c, tb=15.0 + 10 * c, afp=5.0 + 10 * c,
+                         child_pugh="AB"[c], bclc="0ABC"[k % 4]))  # fmt: skip
+    root.mkdir(parents=True)
+    pd.DataFrame(rows).to_csv(root / "clinical.csv", index=False)
+    return root
+
+
+def test_validate_accepts_a_cohort_without_images(tmp_path):
+    cohort = write_clinical_only_cohort(tmp_path / "clinical_only", n_er=3, n_ner=5)
+    report = validate_cohort(cohort, n_folds=2)
+    assert report.clinical_only and (report.n_patients, report.n_er, report.n_ner) == (8, 3, 5), report
+    assert "clinical-only cohort: no images/ folder" in report.summary(), report.summary()
+    assert report.n_slices == 0 and report.spacing_range == {}, report
+    # A cohort that has an images/ folder still needs every patient's images.
+    with_images = write_cohort(tmp_path / "with_images")
+    shutil.rmtree(with_images / "images" / "P002")
+    with pytest.raises(CohortError, match="P002"):
+        validate_cohort(with_images)
+    assert validate_cohort(write_cohort(tmp_path / "whole")).clinical_only is False
+
+
+def test_committed_notebooks_say_which_need_images():
+    marked = {nb.stem for nb in list_notebooks() if runner.needs_images(nb)}
+    assert marked == IMAGE_NOTEBOOKS, sorted(marked)
+
+
+def _notebook(path: Path, body: str, needs_images: bool) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "quick"\ncohort_dir = ""')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    if needs_images:
+        nb.metadata["hccer"] = {"needs_images": True}
+    nbformat.write(nb, path)
+
+
+def test_runner_skips_image_notebooks_on_a_clinical_only_cohort(tmp_path, capsys):
+    cohort = write_clinical_only_cohort(tmp_path / "clinical_only", n_er=3, n_ner=3)
+    log = tmp_path / "log.txt"
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_clinical.ipynb", f"open({str(log)!r}, 'a').write('clinical ' + cohort_dir)", needs_images=False)
+    _notebook(nbs / "01_images.ipynb", f"open({str(log)!r}, 'a').write('images')\nraise ValueError('no images')",
+              needs_images=True)  # fmt: skip
+    code = run_notebooks("smoke", cohort=str(cohort), notebooks=list_notebooks(nbs), executed_dir=tmp_path / "executed",
+                         cwd=tmp_path, report_dir=tmp_path / "reports")  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.strip().splitlines()[-1] == "1 of 2 notebooks passed, 1 skipped", out
+    assert log.read_text() == f"clinical {cohort}", "the clinical notebook ran, the image notebook did not"
+
+    skipped = nbformat.read(tmp_path / "executed" / "01_images.ipynb", as_version=4)
+    first = skipped.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith("**Skipped, not run:**"), first.source
+    assert "clinical-only" in first.source and "no images/ folder" in first.source, first.source
+    assert runner.notebook_status(skipped) == "skipped" and "clinical-only" in skipped.metadata["hccer"]["skipped"]
+    assert not any(c.get("outputs") for c in skipped.cells if c.cell_type == "code"), "a skipped notebook has no outputs"
+
+    html = (tmp_path / "reports" / "study_report_smoke.html").read_text()
+    assert "1 of 2 notebooks passed, 1 skipped" in html
+    assert 'class="hccer-status skipped"' in html and "Skipped, not run" in html
+    # Read back from the folder alone (no record of the run), the copy is still shown as skipped.
+    combined = runner.combined_report_notebook(tmp_path / "executed")
+    assert "1 of 2 notebooks passed, 1 skipped" in combined.cells[0].source, combined.cells[0].source
+
+
+@pytest.mark.slow
+def test_clinical_only_cohort_runs_the_clinical_study_end_to_end(tmp_path, capsys):
+    """The real notebooks on a 24-patient clinical-only cohort, smoke profile: 01, 08 and 09 run, the rest are skipped."""
+    cohort = write_clinical_only_cohort(tmp_path / "clinical_only")
+    notebooks = list_notebooks()
+    code = run_notebooks("smoke", cohort=str(cohort), seed=2020, data_root=str(tmp_path / "data"),
+                         figures_dir=str(tmp_path / "figures"), executed_dir=tmp_path / "executed", cwd=REPO_ROOT,
+                         report_dir=tmp_path / "reports")  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out[-4000:]
+    n_skipped = len(IMAGE_NOTEBOOKS)
+    last = out.strip().splitlines()[-1]
+    assert last == f"{len(notebooks) - n_skipped} of {len(notebooks)} notebooks passed, {n_skipped} skipped", out[-4000:]
+
+    figures, work = tmp_path / "figures", tmp_path / "data" / "clinical_only"
+    table1 = pd.read_csv(figures / "table1_clinical.csv")
+    age = table1[table1["variable"] == "age"].set_index("level")
+    assert int(age["total"].sum()) == 24 and int(age["er"].sum()) == 10, age
+    for model in ("clinical_rf", "clinical_rf_strict"):
+        predictions = pd.read_csv(work / "predictions" / f"{model}.csv", dtype={"patient_id": str})
+        assert predictions["patient_id"].nunique() == 24 and set(predictions["fold"]) == {0, 1}, model
+    results = pd.read_csv(figures / "study_results_vs_paper.csv")
+    assert "clinical_rf" in set(results["model"]) and set(results["model"]) <= {"clinical_rf", "clinical_rf_strict"}, results
+    comparisons = pd.read_csv(figures / "study_comparisons.csv")
+    assert comparisons["p_value"].between(0, 1).all() and len(comparisons) >= 1, comparisons
+    assert (figures / "reporting_checklist.csv").is_file() and (figures / "study_calibration.csv").is_file()
+    for name in ("fig1_phases_roi.png", "fig2_preprocessing.png", "table3_radiomics_vs_deep.csv"):
+        assert not (figures / name).exists(), f"{name} written although its notebook was skipped"
+
+    for nb in notebooks:
+        executed = nbformat.read(tmp_path / "executed" / nb.name, as_version=4)
+        status = runner.notebook_status(executed)
+        assert status == ("skipped" if nb.stem in IMAGE_NOTEBOOKS else "passed"), (nb.name, status)
+    html = (tmp_path / "reports" / "study_report_smoke.html").read_text()
+    assert html.count('class="hccer-status skipped"') >= n_skipped, "the report shows each skipped notebook"
+    validation = nbformat.read(tmp_path / "executed" / "09_external_validation.ipynb", as_version=4)
+    shown = json.dumps([c.get("outputs", []) for c in validation.cells])
+    assert "External validation not run" in shown and "no external cohort given" in shown, shown[:2000]
