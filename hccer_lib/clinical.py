@@ -1,6 +1,6 @@
 """Clinical variables: the paper's cut-offs, binarisation, Table 1 and the clinical vector.
 
-The raw clinical values of a cohort (``clinical.csv``, see DESIGN.md) are binarised here,
+The raw clinical values of a cohort (``clinical.csv``, see docs/DESIGN.md) are binarised here,
 in one place, with the cut-offs of Wang et al. 2020, section II.A and Table 1.
 """
 

@@ -1,6 +1,6 @@
 """The cohort folder: load it, check it, and turn its ROIs into per-slice boxes.
 
-A cohort folder (DESIGN.md, "The cohort folder") holds::
+A cohort folder (docs/DESIGN.md, "The cohort folder") holds::
 
     clinical.csv                              one row per patient
     images/<patient_id>/{NC,ART,PV}.nii.gz    phase volumes in HU, each with its own geometry

@@ -1,4 +1,4 @@
-"""Run profiles: one parameter, ``profile``, sets the cost of a run (DESIGN.md, Profiles).
+"""Run profiles: one parameter, ``profile``, sets the cost of a run (docs/DESIGN.md, Profiles).
 
 | profile | for | what it runs |
 |---|---|---|

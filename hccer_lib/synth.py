@@ -1,7 +1,7 @@
 """The seeded synthetic triple-phase CT cohort: a stand-in for the paper's private cohort.
 
 ``generate_cohort(out, SynthConfig(seed=2020))`` writes a cohort folder in the format of
-DESIGN.md ("The cohort folder"):
+docs/DESIGN.md ("The cohort folder"):
 
 - ``clinical.csv``: 167 patients (65 ER, 102 NER) whose 17 clinical variables, binarised
   with the paper's cut-offs (:func:`hccer_lib.clinical.binarise`), give the counts of the
@@ -406,7 +406,7 @@ def synthesize_clinical(config: SynthConfig | None = None) -> pd.DataFrame:
     counts per class exactly; raw values keep ``CUTOFF_MARGIN`` from every cut-off.
 
     Returns:
-        One row per patient, columns ``CLINICAL_COLUMNS`` (DESIGN.md), sorted by id.
+        One row per patient, columns ``CLINICAL_COLUMNS`` (docs/DESIGN.md), sorted by id.
     """
     return _clinical_and_risk(config or SynthConfig())[0]
 
