@@ -88,8 +88,8 @@ PROFILES["quick"] = replace(
     PROFILES["paper"],
     name="quick",
     # A reduced ResNet, randomly initialised (no ImageNet weights for it): 48 px, one block per
-    # stage, width 8. The recipe was chosen on development cohorts only (generator seeds 3 and
-    # 4, never a reported one; README, "How the CPU recipe was chosen", and
+    # stage, width 8. The recipe was chosen on a development cohort only (generator seed 3,
+    # never a reported one; README, "How the CPU recipe was chosen", and
     # scripts/develop_recipe.py): 6 epochs of batches of 32, learning rate 2e-3 falling as a
     # cosine, the 8 symmetries of the square, XLA (1.4 times faster on 2 cores), and every
     # network trained with 3 seeds. Longer training was better still (dev seed 3, one seed:
