@@ -614,12 +614,11 @@ def train_cross_validated(
     check_imagenet(profile, imagenet)
     if fast_cpu_graphs:
         use_fast_cpu_graphs()
-    _, slice_pids, _, _ = _dataset_arrays(dataset, profile)
-    evaluation.fold_of(folds, slice_pids)  # every slice's patient has a fold
-    fold_numbers = sorted(set(folds["fold"].astype(int)))
     seeds = train_seeds(profile, seed)
     run_dir, settings = run_folder(model_name, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
-                                   output_name, network_overrides, imagenet)
+                                   output_name, network_overrides, imagenet)  # checks the dataset's arrays
+    evaluation.fold_of(folds, np.asarray(dataset.patient_id).astype(str))  # every slice's patient has a fold
+    fold_numbers = sorted(set(folds["fold"].astype(int)))
     outputs.write_json(run_dir / "settings.json", {**settings, "profile": profile.name})
     print(f"hccer: training {output_name} ({model_name}), {len(fold_numbers)} folds x {len(seeds)} training seeds "
           f"{seeds}, run folder {run_dir}", flush=True)
