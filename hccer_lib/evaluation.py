@@ -19,7 +19,8 @@ Everything statistical is computed from those files:
 * the pooled patient-level AUC with a 95% bootstrap confidence interval over patients;
 * the DeLong test of two correlated AUCs (same patients), fast algorithm of Sun & Xu (2014),
   with a paired bootstrap confidence interval of the AUC difference (patients resampled);
-* Brier score, reliability curve, decision curve (net benefit).
+* Brier score, calibration intercept (slope fixed at 1, ``logit(p)`` an offset) and calibration
+  slope (free fit), reliability curve, decision curve (net benefit).
 """
 
 from __future__ import annotations
@@ -505,6 +506,53 @@ def summarise_model(frame: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 20
         "seed_auc_sd": per_seed.std(ddof=1) if len(per_seed) > 1 else float("nan"),
     }
     return {k: (v if isinstance(v, str) else float(v) if not isinstance(v, int) else v) for k, v in summary.items()}
+
+
+#: Probabilities are clipped to [CALIBRATION_CLIP, 1 - CALIBRATION_CLIP] before their logit is taken.
+CALIBRATION_CLIP = 1e-6
+#: Largest |intercept| searched for the calibration-in-the-large (logit units).
+INTERCEPT_BOUND = 50.0
+
+
+def _clipped_logit(y_prob) -> np.ndarray:
+    p = np.clip(np.asarray(y_prob, dtype=float), CALIBRATION_CLIP, 1 - CALIBRATION_CLIP)
+    return np.log(p / (1 - p))
+
+
+def calibration_intercept(y_true, y_prob) -> float:
+    """Calibration-in-the-large: ``a`` of ``logit P(ER) = a + logit(p)`` (slope fixed at 1).
+
+    The maximum-likelihood ``a`` with ``logit(p)`` as an offset (Van Calster et al., J Clin
+    Epidemiol 2016; Van Calster et al., BMC Med 2019): the root of ``sum(y) =
+    sum(expit(logit(p) + a))``. It is 0 when the predicted risks match the observed rate on
+    average, negative when they are too high. It is *not* the intercept of the free fit of
+    :func:`calibration_slope`, which depends on the slope. Probabilities are clipped to
+    ``[CALIBRATION_CLIP, 1 - CALIBRATION_CLIP]``. NaN when one class is absent.
+    """
+    from scipy.optimize import brentq
+    from scipy.special import expit
+
+    y = np.asarray(y_true, dtype=float)
+    offset = _clipped_logit(y_prob)
+    if len(y) == 0 or y.sum() in (0, len(y)):
+        return float("nan")
+    return float(brentq(lambda a: y.sum() - expit(offset + a).sum(), -INTERCEPT_BOUND, INTERCEPT_BOUND, xtol=1e-12))
+
+
+def calibration_slope(y_true, y_prob) -> float:
+    """Calibration slope: ``b`` of ``logit P(ER) = a + b · logit(p)``, both fitted (unpenalised).
+
+    1 when calibrated; below 1 when the predictions are too extreme, above 1 when too timid.
+    NaN when one class is absent or every prediction is the same.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y_true, dtype=int)
+    x = _clipped_logit(y_prob)
+    if len(y) == 0 or y.sum() in (0, len(y)) or np.ptp(x) == 0:
+        return float("nan")
+    fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(x[:, None], y)
+    return float(fit.coef_[0, 0])
 
 
 def brier_score(y_true, y_prob) -> float:

@@ -30,14 +30,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from hccer_lib import outputs
+from hccer_lib import evaluation, outputs
 
 #: Probabilities are clipped to [CLIP, 1 - CLIP] before their logit is taken.
-CLIP = 1e-6
+CLIP = evaluation.CALIBRATION_CLIP
 #: Equal-width bins of the reliability curve.
 RELIABILITY_BINS = 10
-#: Largest |intercept| searched for the calibration-in-the-large (logit units).
-INTERCEPT_BOUND = 50.0
 #: Output files (in the output folder); tables are written as .csv and .md.
 DISCRIMINATION_FILE = "external_discrimination"
 CALIBRATION_FILE = "external_calibration"
@@ -51,42 +49,9 @@ SYNTHETIC_LABEL = "SYNTHETIC"
 
 # %% Calibration -------------------------------------------------------------------------------
 
-
-def _logit(y_prob) -> np.ndarray:
-    p = np.clip(np.asarray(y_prob, dtype=float), CLIP, 1 - CLIP)
-    return np.log(p / (1 - p))
-
-
-def calibration_intercept(y_true, y_prob) -> float:
-    """Calibration-in-the-large: ``a`` of ``logit P(ER) = a + logit(p)`` (slope fixed at 1).
-
-    The maximum-likelihood ``a`` with ``logit(p)`` as an offset: the root of
-    ``sum(y) = sum(expit(logit(p) + a))``. 0 when the predicted risks match the observed
-    rate on average. NaN when one class is absent.
-    """
-    from scipy.optimize import brentq
-    from scipy.special import expit
-
-    y = np.asarray(y_true, dtype=float)
-    offset = _logit(y_prob)
-    if len(y) == 0 or y.sum() in (0, len(y)):
-        return float("nan")
-    return float(brentq(lambda a: y.sum() - expit(offset + a).sum(), -INTERCEPT_BOUND, INTERCEPT_BOUND, xtol=1e-12))
-
-
-def calibration_slope(y_true, y_prob) -> float:
-    """``b`` of ``logit P(ER) = a + b · logit(p)`` (both fitted, unpenalised); 1 when calibrated.
-
-    NaN when one class is absent or every prediction is the same.
-    """
-    from sklearn.linear_model import LogisticRegression
-
-    y = np.asarray(y_true, dtype=int)
-    x = _logit(y_prob)
-    if len(y) == 0 or y.sum() in (0, len(y)) or np.ptp(x) == 0:
-        return float("nan")
-    fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(x[:, None], y)
-    return float(fit.coef_[0, 0])
+# One implementation for the study report and external validation (hccer_lib.evaluation).
+calibration_intercept = evaluation.calibration_intercept
+calibration_slope = evaluation.calibration_slope
 
 
 # %% Per-model tables -----------------------------------------------------------------------------

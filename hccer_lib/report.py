@@ -131,33 +131,30 @@ def calibration_table(frames: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """Calibration of out-of-fold predictions at patient level, one row per model.
 
     Args:
-        frames: model name → predictions frame (slice- or patient-level).
+        frames: model name → predictions frame (slice- or patient-level; the seed
+            ensemble's patient probability, ``evaluation.patient_level``).
 
     Returns:
         ``model, n_patients, observed_er_percent, mean_predicted_percent, brier,
-        calibration_intercept, calibration_slope``: the last two from the logistic
-        recalibration ``logit P(ER) = a + b · logit(p)`` (unpenalised; probabilities
-        clipped to [1e-6, 1 - 1e-6]); perfect calibration is a = 0, b = 1. The intercept
-        is fitted with b free, as in Van Calster et al. (2019).
+        calibration_intercept, calibration_slope``. The intercept is the
+        calibration-in-the-large, ``a`` of ``logit P(ER) = a + logit(p)`` with
+        ``logit(p)`` as an offset (slope fixed at 1; ``evaluation.calibration_intercept``);
+        the slope is ``b`` of the separate free fit ``logit P(ER) = a' + b · logit(p)``
+        (``evaluation.calibration_slope``), whose own intercept ``a'`` is not reported
+        (Van Calster et al., J Clin Epidemiol 2016 and BMC Med 2019). Perfect calibration
+        is 0 and 1; probabilities are clipped to [1e-6, 1 - 1e-6].
     """
-    from sklearn.linear_model import LogisticRegression
-
     from hccer_lib import evaluation
 
     rows = []
     for model, frame in frames.items():
         patients = evaluation.patient_level(frame)
         y = patients["y_true"].to_numpy(int)
-        p = np.clip(patients["y_prob"].to_numpy(float), 1e-6, 1 - 1e-6)
-        logit = np.log(p / (1 - p))[:, None]
-        intercept = slope = np.nan
-        if np.ptp(logit) > 0 and 0 < y.sum() < len(y):
-            fit = LogisticRegression(C=np.inf).fit(logit, y)
-            intercept, slope = float(fit.intercept_[0]), float(fit.coef_[0, 0])
+        p = patients["y_prob"].to_numpy(float)
         rows.append({"model": model, "n_patients": len(y), "observed_er_percent": 100 * y.mean(),
-                     "mean_predicted_percent": 100 * patients["y_prob"].mean(),
-                     "brier": evaluation.brier_score(y, patients["y_prob"]),
-                     "calibration_intercept": intercept, "calibration_slope": slope})
+                     "mean_predicted_percent": 100 * p.mean(), "brier": evaluation.brier_score(y, p),
+                     "calibration_intercept": evaluation.calibration_intercept(y, p),
+                     "calibration_slope": evaluation.calibration_slope(y, p)})
     return pd.DataFrame(rows)
 
 

@@ -49,6 +49,63 @@ def _patient_frame(prob, y) -> pd.DataFrame:
                          "fold": np.arange(n) % 2, "y_true": y, "y_prob": prob})
 
 
+def _bernoulli_fit(y, logit_p, free_slope: bool) -> np.ndarray:
+    """An independent maximum-likelihood fit: Nelder-Mead on the Bernoulli log-likelihood of
+    ``logit P = a + b * logit(p)``, ``b`` fixed at 1 (offset) unless ``free_slope``."""
+    from scipy.optimize import minimize
+
+    y = np.asarray(y, dtype=float)
+
+    def negative_log_likelihood(theta):
+        eta = theta[0] + (theta[1] if free_slope else 1.0) * logit_p
+        return float(np.sum(np.logaddexp(0.0, eta) - y * eta))
+
+    start = np.array([0.0, 1.0]) if free_slope else np.array([0.0])
+    return minimize(negative_log_likelihood, start, method="Nelder-Mead",
+                    options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 20_000}).x
+
+
+def test_calibration_intercept_is_the_offset_fit_not_the_free_fits_intercept_by_hand():
+    # Ten patients predicted 0.25 of whom 1 recurs (observed 0.1), ten predicted 0.5 of whom 5 recur. The free fit
+    # is saturated: logit(0.5) = 0 = a' + b * 0 and logit(0.1) = -ln 9 = a' - b ln 3, so a' = 0 and b = 2. The
+    # calibration-in-the-large solves 6 = 10 expit(a - ln 3) + 10 expit(a): the predictions (mean 0.375) are too
+    # high for the observed 0.30, so a < 0, and a' = 0 would wrongly call them calibrated in the large.
+    y = np.array([1] + [0] * 9 + [1] * 5 + [0] * 5)
+    p = np.array([0.25] * 10 + [0.5] * 10)
+    table = report.calibration_table({"m": _patient_frame(p, y)}).set_index("model")
+    intercept, slope = table.loc["m", "calibration_intercept"], table.loc["m", "calibration_slope"]
+    assert slope == pytest.approx(2.0, abs=1e-4), table
+    expected = _bernoulli_fit(y, np.log(p / (1 - p)), free_slope=False)[0]
+    assert intercept == pytest.approx(expected, abs=1e-6), (intercept, expected)
+    assert intercept < -0.3, f"the predictions are too high on average, the intercept must be clearly negative: {intercept}"
+    # the score equation of the offset fit: mean predicted risk after the shift equals the observed rate
+    shifted = 1 / (1 + np.exp(-(np.log(p / (1 - p)) + intercept)))
+    assert shifted.mean() == pytest.approx(y.mean(), abs=1e-9)
+
+
+def test_calibration_intercept_and_slope_recover_a_known_miscalibration():
+    # Outcomes drawn from logit P(ER) = 0.4 + logit(p) (slope 1): the intercept is 0.4 by construction; and from
+    # logit P(ER) = 0.5 + 0.6 logit(p): the slope is 0.6, and the offset intercept is the independent fit's.
+    rng = np.random.default_rng(13)
+    n = 200_000
+    logit_p = rng.normal(-0.3, 1.2, n)
+    p = 1 / (1 + np.exp(-logit_p))
+    shifted = (rng.random(n) < 1 / (1 + np.exp(-(0.4 + logit_p)))).astype(int)
+    steep = (rng.random(n) < 1 / (1 + np.exp(-(0.5 + 0.6 * logit_p)))).astype(int)
+    table = report.calibration_table({"shifted": _patient_frame(p, shifted),
+                                      "steep": _patient_frame(p, steep)}).set_index("model")
+    assert table.loc["shifted", "calibration_intercept"] == pytest.approx(0.4, abs=0.02), table
+    assert table.loc["shifted", "calibration_slope"] == pytest.approx(1.0, abs=0.02), table
+    assert table.loc["steep", "calibration_slope"] == pytest.approx(0.6, abs=0.02), table
+    sub = slice(0, 20_000)  # the independent fits on a subset (Nelder-Mead is slow on 200 000 rows)
+    small = report.calibration_table({"steep": _patient_frame(p[sub], steep[sub])}).set_index("model").loc["steep"]
+    intercept = _bernoulli_fit(steep[sub], logit_p[sub], free_slope=False)[0]
+    free_intercept, free_slope = _bernoulli_fit(steep[sub], logit_p[sub], free_slope=True)
+    assert small["calibration_intercept"] == pytest.approx(intercept, abs=1e-5), (small, intercept)
+    assert small["calibration_slope"] == pytest.approx(free_slope, abs=1e-4), (small, free_slope)
+    assert abs(small["calibration_intercept"] - free_intercept) > 0.1, "the offset fit is not the free fit's intercept"
+
+
 def test_calibration_slope_is_one_when_calibrated_and_a_third_when_three_times_overconfident():
     rng = np.random.default_rng(0)
     logit = rng.normal(0, 1.2, 6000)
