@@ -28,7 +28,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     from hccer_lib.cohort import validate_cohort
 
-    report = validate_cohort(args.cohort)
+    report = validate_cohort(args.cohort, clinical_only=args.clinical_only)
     print(report.summary())
     return 0
 
@@ -47,7 +47,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     try:
         return run_notebooks(profile=args.profile, cohort=args.cohort, seed=args.seed,
-                             imagenet="none" if args.random_init else "auto", external_cohort=args.external_cohort)
+                             imagenet="none" if args.random_init else "auto", external_cohort=args.external_cohort,
+                             clinical_only=args.clinical_only)
     except CohortError:  # a bad cohort: main() prints "error: <patient, file: problem>"
         raise
     except ValueError as err:  # a profile that needs the ImageNet weights file without it
@@ -146,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a cohort folder; exit 2 with one line on bad input")
     p.add_argument("cohort", help="cohort folder (clinical.csv, images/<patient_id>/...)")
+    p.add_argument("--clinical-only", action="store_true",
+                   help="check the clinical table only and list the patients without images (as run --clinical-only)")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("import-dicom", help="import one DICOM CT series as a phase of a patient")
@@ -198,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train the networks from random weights even where the profile fine-tunes ImageNet weights (paper)")
     p.add_argument("--external-cohort", default=None,
                    help="a labelled cohort on which notebook 09 validates the final models of notebook 07")
+    p.add_argument("--clinical-only", action="store_true",
+                   help="run the clinical study on every patient of --cohort and skip the notebooks that read images "
+                   "(for a cohort where some patients have no images)")
     p.set_defaults(func=_cmd_run)
     return parser
 

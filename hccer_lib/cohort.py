@@ -41,7 +41,14 @@ Decisions (tested in ``tests/test_cohort.py``):
 - A cohort folder without an ``images/`` folder is a clinical-only cohort
   (:func:`is_clinical_only`): its clinical table is validated, no image is looked for, and
   the runner skips the notebooks that read images. A cohort with an ``images/`` folder
-  needs every patient's three phases.
+  needs every patient's three phases: patients without a folder ``images/<patient_id>/``
+  (:func:`patients_without_images`) are refused in one message naming every one of them.
+  Such a cohort runs the clinical study on every patient when asked explicitly
+  (``validate_cohort(..., clinical_only=True)``, ``run --clinical-only``): the images are
+  then not read, and the report lists the patients without images. The image models are
+  not fitted on the imaged patients alone: the study compares every model with every other
+  on the same patients and folds (paired tests), which a mixed cohort would break
+  (docs/real_cohorts.md).
 """
 
 from __future__ import annotations
@@ -850,8 +857,13 @@ class ValidationReport:
         spacing_range: per phase, ``((min, max) per axis x, y, z)`` in mm.
         size_range: per phase, ``((min, max) per axis x, y, z)`` in voxels.
         warnings: problems that do not stop the study (e.g. a folder with no clinical row).
-        clinical_only: the folder has no ``images/`` folder (:func:`is_clinical_only`): only
-            the clinical table was checked, and the per-phase fields are empty.
+        clinical_only: only the clinical table was checked and the per-phase fields are
+            empty: the folder has no ``images/`` folder (:func:`is_clinical_only`), or the
+            clinical study alone was asked for (``requested_clinical_only``).
+        without_images: the patients without a folder ``images/<patient_id>/`` (every patient
+            of a folder without ``images/``), in table order.
+        requested_clinical_only: ``validate_cohort(..., clinical_only=True)`` on a folder that
+            has ``images/``: its images were not read.
     """
 
     cohort_dir: Path
@@ -863,6 +875,8 @@ class ValidationReport:
     size_range: dict[str, tuple[tuple[int, int], ...]]
     warnings: list[str] = field(default_factory=list)
     clinical_only: bool = False
+    without_images: list[str] = field(default_factory=list)
+    requested_clinical_only: bool = False
 
     @property
     def n_patients(self) -> int:
@@ -877,7 +891,12 @@ class ValidationReport:
         lines = [
             f"cohort {self.cohort_dir}: {self.n_patients} patients (ER {self.n_er}, NER {self.n_ner}), valid",
         ]
-        if self.clinical_only:
+        if self.requested_clinical_only:
+            lacking = (f"{len(self.without_images)} of {self.n_patients} patients have no images "
+                       f"({_some(self.without_images)})" if self.without_images else "every patient has images")
+            lines.append(f"clinical study only (asked for): {IMAGES_DIR}/ is not read; {lacking}; "
+                         "the notebooks that read images are skipped")  # fmt: skip
+        elif self.clinical_only:
             lines.append(f"clinical-only cohort: no {IMAGES_DIR}/ folder; the notebooks that read images are skipped")
         else:
             lines.append("ROI slices: " + ", ".join(f"{p} {n}" for p, n in self.slices_per_phase.items()))
@@ -889,7 +908,8 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None, n_folds: int | None = None) -> ValidationReport:
+def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None, n_folds: int | None = None,
+                    clinical_only: bool = False) -> ValidationReport:  # fmt: skip
     """Check every file of a cohort folder; never writes to it.
 
     Checks ``clinical.csv`` (including that both classes, ER and NER, have patients: at
@@ -899,13 +919,18 @@ def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None,
     the others.
 
     A folder without ``images/`` is a clinical-only cohort: the clinical table is checked
-    and the report says ``clinical_only``.
+    and the report says ``clinical_only``. In a folder with ``images/``, patients without a
+    folder ``images/<patient_id>/`` are one problem naming them all, unless ``clinical_only``
+    asks for the clinical study alone: then no image is read and the report lists them
+    (``without_images``).
 
     Args:
         progress: show a tqdm bar over patients; None shows it for 20 patients or more
             when stderr is a terminal.
         n_folds: the folds of the run that will use the cohort (its profile's ``n_folds``);
             None asks for one patient of each class.
+        clinical_only: check the clinical table only, as for a folder without ``images/``
+            (``run --clinical-only``).
 
     Raises:
         CohortError: the first problem, e.g. ``patient HCC007, file images/HCC007/ART.nii.gz:
@@ -921,13 +946,24 @@ def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None,
     _raise_first(problems)
     problems += _check_classes(clinical["early_recurrence"], n_folds)
     patients = clinical["patient_id"].tolist()
-    clinical_only = is_clinical_only(cohort_dir)
-    if clinical_only:
+    no_images_folder = is_clinical_only(cohort_dir)
+    without = list(patients) if no_images_folder else patients_without_images(cohort_dir, patients)
+    if no_images_folder or clinical_only:
         _raise_first(problems)
         n_er = int(clinical["early_recurrence"].sum())
         return ValidationReport(cohort_dir=cohort_dir, patients=patients, n_er=n_er, n_ner=len(patients) - n_er,
                                 slices_per_phase=dict.fromkeys(PHASES, 0), spacing_range={}, size_range={},
-                                clinical_only=True)  # fmt: skip
+                                clinical_only=True, without_images=without,
+                                requested_clinical_only=not no_images_folder)  # fmt: skip
+    if without:
+        first = without[0]
+        problems.insert(0, CohortError(
+            f"missing patient folder {IMAGES_DIR}/{first}: {len(without)} of {len(patients)} patients have no "
+            f"images ({_some(without)}); the image models need every patient's three phases: add their images, "
+            "remove their rows from the clinical table to study the imaged patients, or run the clinical study "
+            "on every patient with --clinical-only",
+            first, _relative(phase_path(cohort_dir, first, PHASES[0]), cohort_dir),
+        ))  # fmt: skip
     table = _read_box_table(cohort_dir, known_patients=set(patients))
 
     slices = dict.fromkeys(PHASES, 0)
@@ -935,15 +971,14 @@ def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None,
     sizes: dict[str, list] = {p: [] for p in PHASES}
     # tqdm: disable=None hides the bar when stderr is not a terminal
     disable = (True if len(patients) < 20 else None) if progress is None else not progress
-    for pid in tqdm(patients, desc="validate", unit="patient", disable=disable, leave=False):
+    imaged = [pid for pid in patients if pid not in set(without)]
+    for pid in tqdm(imaged, desc="validate", unit="patient", disable=disable, leave=False):
         for phase in PHASES:
             try:
                 image = read_phase(cohort_dir, pid, phase)
                 boxes = _phase_boxes(cohort_dir, pid, phase, image, table)
             except CohortError as err:
                 problems.append(err)
-                if str(err.problem).startswith("missing patient folder"):
-                    break
                 continue
             slices[phase] += len(boxes)
             spacings[phase].append(image.GetSpacing())
@@ -972,6 +1007,15 @@ def validate_cohort(cohort_dir: str | os.PathLike, progress: bool | None = None,
 def is_clinical_only(cohort_dir: str | os.PathLike) -> bool:
     """Whether a cohort folder is clinical-only: it has no ``images/`` folder."""
     return not (Path(cohort_dir) / IMAGES_DIR).is_dir()
+
+
+def patients_without_images(cohort_dir: str | os.PathLike, patients: list[str]) -> list[str]:
+    """The ``patients`` (in their order) that have no folder ``images/<patient_id>/``.
+
+    A patient whose folder exists but lacks a phase is not listed: that folder is incomplete
+    (``validate_cohort`` names the missing phase).
+    """
+    return [str(pid) for pid in patients if not _patient_dir(cohort_dir, str(pid)).is_dir()]
 
 
 def _check_classes(labels: pd.Series, n_folds: int | None) -> list[CohortError]:
@@ -1034,6 +1078,12 @@ def _show(value) -> str:
     if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
         return f"{float(value):g}"
     return repr(value)
+
+
+def _some(ids: list[str], shown: int = 20) -> str:
+    """Patient ids for a message: all of them, or the first ``shown`` and how many more."""
+    more = len(ids) - shown
+    return ", ".join(ids[:shown]) + (f" and {more} more" if more > 0 else "")
 
 
 def _fmt(values) -> str:

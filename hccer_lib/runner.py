@@ -9,7 +9,9 @@ when notebooks were skipped).
 A notebook whose metadata says ``"hccer": {"needs_images": true}`` reads the CT images. On a
 clinical-only cohort (a folder without ``images/``, ``cohort.is_clinical_only``) it is not
 run: its executed copy is the notebook with a first markdown cell saying that it was
-skipped and why, and ``"hccer": {"skipped": <reason>}`` in its metadata. Skipped notebooks
+skipped and why, and ``"hccer": {"skipped": <reason>}`` in its metadata. The same holds for a
+cohort with images run with ``clinical_only`` (``run --clinical-only``): the clinical study on
+every patient, e.g. of a cohort where some patients have no images (docs/real_cohorts.md). Skipped notebooks
 count as neither passed nor failed; a run whose other notebooks all passed exits with 0.
 
 After the notebooks ran (also when one failed) the executed copies of this run are
@@ -109,6 +111,7 @@ def run_notebooks(
     write_report: bool = True,
     imagenet: str = "auto",
     external_cohort: str | None = None,
+    clinical_only: bool = False,
 ) -> int:
     """Execute the notebooks in order; return 0 when all passed or were skipped, 1 otherwise.
 
@@ -128,7 +131,12 @@ def run_notebooks(
     declare it (09, external validation).
 
     On a clinical-only cohort the notebooks that need images are skipped
-    (:func:`skip_reason`, :func:`write_skipped_copy`).
+    (:func:`skip_reason`, :func:`write_skipped_copy`); ``clinical_only`` asks for that on a
+    cohort folder that has images (the clinical study on every patient, images not read).
+
+    Raises:
+        ValueError: ``clinical_only`` without a ``cohort`` (the synthetic cohort is generated
+            by an image notebook).
     """
     import papermill as pm
 
@@ -137,9 +145,12 @@ def run_notebooks(
 
     params = notebook_parameters(profile, cohort, seed, data_root, figures_dir)
     training.check_imagenet(get_profile(profile), imagenet)
-    clinical_only = False
+    if clinical_only and cohort is None:
+        raise ValueError("--clinical-only needs --cohort: the synthetic cohort is generated with its images by notebook 00")
+    validation = None
     if cohort is not None:
-        clinical_only = validate_cohort_first(Path(cwd) / cohort, profile).clinical_only
+        validation = validate_cohort_first(Path(cwd) / cohort, profile, clinical_only)
+        clinical_only = validation.clinical_only
     optional = {"imagenet": imagenet, EXTERNAL_PARAMETER: external_cohort}
     notebooks = list_notebooks() if notebooks is None else list(notebooks)
     executed_dir = Path(executed_dir) if executed_dir else Path(cwd) / "executed" / profile
@@ -149,7 +160,7 @@ def run_notebooks(
     runs: list[NotebookRun] = []
     passed = skipped = 0
     for i, nb in enumerate(notebooks, start=1):
-        reason = skip_reason(nb, params["cohort_dir"]) if clinical_only else None
+        reason = skip_reason(nb, params["cohort_dir"], validation) if clinical_only else None
         if reason:
             write_skipped_copy(nb, executed_dir / nb.name, reason)
             skipped += 1
@@ -200,12 +211,24 @@ def needs_images(notebook: str | os.PathLike) -> bool:
     return bool(nb.metadata.get(METADATA_KEY, {}).get("needs_images", False))
 
 
-def skip_reason(notebook: str | os.PathLike, cohort_dir: str) -> str | None:
-    """Why a notebook is skipped on the clinical-only cohort ``cohort_dir``; ``None`` when it runs."""
+def skip_reason(notebook: str | os.PathLike, cohort_dir: str, validation=None) -> str | None:
+    """Why a notebook is skipped on the clinical-only cohort ``cohort_dir``; ``None`` when it runs.
+
+    ``validation``: the cohort's ``cohort.ValidationReport``; when it says the clinical study
+    alone was asked for (``requested_clinical_only``), the reason says so and counts the
+    patients without images.
+    """
     if not needs_images(notebook):
         return None
+    still = "the notebooks without images (Table 1, selection, clinical models, study report) still run"
+    if validation is not None and getattr(validation, "requested_clinical_only", False):
+        lacking = validation.without_images
+        count = (f"{len(lacking)} of {validation.n_patients} patients have no images"
+                 if lacking else "every patient has images")  # fmt: skip
+        return (f"the run was asked for the clinical study only (--clinical-only) on the cohort {cohort_dir} "
+                f"({count}) and this notebook reads the CT images; {still}, on every patient")
     return (f"the cohort {cohort_dir} is clinical-only (it has no images/ folder) and this notebook reads the "
-            "CT images; the notebooks without images (Table 1, selection, clinical models, study report) still run")
+            f"CT images; {still}")
 
 
 def write_skipped_copy(notebook: str | os.PathLike, target: str | os.PathLike, reason: str) -> Path:
@@ -225,8 +248,10 @@ def write_skipped_copy(notebook: str | os.PathLike, target: str | os.PathLike, r
     return outputs.write_text(target, nbformat.writes(nb))
 
 
-def validate_cohort_first(cohort_dir: str | os.PathLike, profile: str):
+def validate_cohort_first(cohort_dir: str | os.PathLike, profile: str, clinical_only: bool = False):
     """Validate a cohort folder for a run of ``profile`` (its folds) before any notebook runs.
+
+    ``clinical_only``: check the clinical table only (``cohort.validate_cohort``).
 
     Returns:
         the ``cohort.ValidationReport`` (``clinical_only`` says whether images are skipped).
@@ -235,12 +260,17 @@ def validate_cohort_first(cohort_dir: str | os.PathLike, profile: str):
         CohortError: the first problem, one line naming the patient and the file (the
             command line prints it and exits with code 2).
     """
-    from hccer_lib.cohort import validate_cohort
+    from hccer_lib.cohort import _some, validate_cohort
     from hccer_lib.profiles import get_profile
 
     print(f"hccer: validating the cohort {cohort_dir} ...", flush=True)
-    report = validate_cohort(cohort_dir, n_folds=get_profile(profile).n_folds)
-    if report.clinical_only:
+    report = validate_cohort(cohort_dir, n_folds=get_profile(profile).n_folds, clinical_only=clinical_only)
+    if report.requested_clinical_only:
+        lacking = report.without_images
+        print(f"hccer: clinical study only on {cohort_dir} (--clinical-only): the notebooks that read images are "
+              f"skipped; " + (f"{len(lacking)} of {report.n_patients} patients have no images: {_some(lacking)}"
+                              if lacking else "every patient has images"), flush=True)  # fmt: skip
+    elif report.clinical_only:
         print(f"hccer: {cohort_dir} is a clinical-only cohort (no images/ folder): "
               "the notebooks that read images are skipped", flush=True)
     return report

@@ -141,3 +141,73 @@ def test_clinical_only_cohort_runs_the_clinical_study_end_to_end(tmp_path, capsy
     validation = nbformat.read(tmp_path / "executed" / "09_external_validation.ipynb", as_version=4)
     shown = json.dumps([c.get("outputs", []) for c in validation.cells])
     assert "External validation not run" in shown and "no external cohort given" in shown, shown[:2000]
+
+
+# %% Cohorts where only some patients have images ------------------------------------------------
+
+
+def test_patients_without_images_are_named_in_one_refusal(tmp_path):
+    cohort = write_cohort(tmp_path / "mixed")
+    shutil.rmtree(cohort / "images" / "P002")
+    shutil.rmtree(cohort / "images" / "P003")
+    with pytest.raises(CohortError) as info:
+        validate_cohort(cohort)
+    err, message = info.value, str(info.value)
+    assert (err.patient, err.file) == ("P002", "images/P002/NC.nii.gz"), message
+    assert "2 of 3 patients have no images (P002, P003)" in message, message
+    assert "--clinical-only" in message and "(and" not in message and "\n" not in message, message
+
+
+def test_clinical_only_request_lists_patients_without_images_and_reads_no_image(tmp_path):
+    cohort = write_cohort(tmp_path / "mixed")
+    shutil.rmtree(cohort / "images" / "P003")
+    (cohort / "images" / "P001" / "NC.nii.gz").write_bytes(b"not an image")  # not read when asked for the clinical study
+    report = validate_cohort(cohort, clinical_only=True)
+    assert report.clinical_only and report.requested_clinical_only, report
+    assert report.without_images == ["P003"] and report.patients == ["P001", "P002", "P003"], report
+    assert (report.n_er, report.n_ner, report.n_slices) == (1, 2, 0), report
+    summary = report.summary()
+    assert "clinical study only (asked for)" in summary and "1 of 3 patients have no images (P003)" in summary, summary
+    # A folder without images/: every patient lacks images, the report reads as before.
+    only = validate_cohort(write_clinical_only_cohort(tmp_path / "clinical_only", n_er=2, n_ner=2))
+    assert only.without_images == ["C000", "C001", "C002", "C003"] and not only.requested_clinical_only
+    # A whole cohort: nothing lacks images, the images are checked.
+    whole = validate_cohort(write_cohort(tmp_path / "whole"))
+    assert whole.without_images == [] and not whole.clinical_only and whole.n_slices == 6, whole
+
+
+def test_runner_with_clinical_only_runs_the_clinical_study_of_a_mixed_cohort(tmp_path, capsys):
+    cohort = write_clinical_only_cohort(tmp_path / "mixed", n_er=3, n_ner=3)
+    (cohort / "images" / "C001").mkdir(parents=True)  # C001 has a folder, the 5 others none
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _notebook(nbs / "00_clinical.ipynb", "print('clinical ran')", needs_images=False)
+    _notebook(nbs / "01_images.ipynb", "raise ValueError('no images')", needs_images=True)
+    kwargs = dict(cohort=str(cohort), notebooks=list_notebooks(nbs), executed_dir=tmp_path / "executed", cwd=tmp_path,
+                  report_dir=tmp_path / "reports")  # fmt: skip
+    with pytest.raises(CohortError, match=r"5 of 6 patients have no images \(C000, C002, C003, C004, C005\)"):
+        run_notebooks("smoke", **kwargs)
+    assert not (tmp_path / "executed" / "00_clinical.ipynb").exists(), "a refused cohort runs no notebook"
+
+    code = run_notebooks("smoke", clinical_only=True, **kwargs)
+    out = capsys.readouterr().out
+    assert code == 0 and out.strip().splitlines()[-1] == "1 of 2 notebooks passed, 1 skipped", out
+    assert "5 of 6 patients have no images: C000, C002, C003, C004, C005" in out, out
+    skipped = nbformat.read(tmp_path / "executed" / "01_images.ipynb", as_version=4)
+    reason = skipped.metadata["hccer"]["skipped"]
+    assert "--clinical-only" in reason and "5 of 6 patients have no images" in reason, reason
+    with pytest.raises(ValueError, match="--clinical-only needs --cohort"):
+        run_notebooks("smoke", clinical_only=True, notebooks=list_notebooks(nbs), cwd=tmp_path, write_report=False)
+
+
+def test_cli_validate_and_run_take_clinical_only(tmp_path, capsys):
+    from hccer_lib.__main__ import build_parser, main
+
+    cohort = write_cohort(tmp_path / "mixed")
+    shutil.rmtree(cohort / "images" / "P001")
+    assert main(["validate", str(cohort)]) == 2
+    assert "error: patient P001, file images/P001/NC.nii.gz: missing patient folder images/P001" in capsys.readouterr().err
+    assert main(["validate", "--clinical-only", str(cohort)]) == 0
+    assert "1 of 3 patients have no images (P001)" in capsys.readouterr().out
+    args = build_parser().parse_args(["run", "--cohort", str(cohort), "--clinical-only"])
+    assert args.clinical_only is True and build_parser().parse_args(["run"]).clinical_only is False
