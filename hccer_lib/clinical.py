@@ -109,7 +109,8 @@ BCLC_BITS = {"0": (0, 0, 0), "A": (0, 0, 1), "B": (0, 1, 0), "C": (1, 0, 0)}
 
 #: ``frame.attrs`` keys set by ``cohort.load_clinical``: the cohort's variables (its data
 #: dictionary's; default :data:`CLINICAL_VARIABLES`) and the patients a time-to-event outcome
-#: excluded, as ``(patient_id, reason)`` pairs.
+#: excluded, as ``(patient_id, reason, group)`` triples (``group``: the reason shared by several
+#: patients, e.g. ``"censored before the 12-months horizon"``; a pair means group = reason).
 VARIABLES_ATTR = "hccer_variables"
 EXCLUDED_ATTR = "hccer_excluded"
 MISSING_LEVEL = "missing"  # Table 1's row of patients without a value
@@ -121,8 +122,14 @@ def variables_of(frame: pd.DataFrame) -> tuple[ClinicalVariable, ...]:
 
 
 def excluded_of(frame: pd.DataFrame) -> pd.DataFrame:
-    """Patients left out by the outcome's definition: ``patient_id, reason`` (may be empty)."""
-    return pd.DataFrame(list(frame.attrs.get(EXCLUDED_ATTR, ())), columns=["patient_id", "reason"])
+    """Patients left out by the outcome's definition: ``patient_id, reason, group`` (may be empty).
+
+    ``reason`` is the patient's own (``"censored at 7 months, before the 12-months horizon"``),
+    ``group`` the reason without the patient's details (``"censored before the 12-months
+    horizon"``), by which the study's data-flow table counts them (``report.add_exclusions``).
+    """
+    rows = [(str(e[0]), str(e[1]), str(e[2] if len(e) > 2 else e[1])) for e in frame.attrs.get(EXCLUDED_ATTR, ())]
+    return pd.DataFrame(rows, columns=["patient_id", "reason", "group"])
 
 
 def binarise(clinical: pd.DataFrame) -> pd.DataFrame:

@@ -170,7 +170,7 @@ def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
     as NaN) and every problem found. The dictionary's variables are in
     ``frame.attrs[clinical.VARIABLES_ATTR]``; patients excluded by a time-to-event outcome
     (censored before the horizon) in ``frame.attrs[clinical.EXCLUDED_ATTR]`` as
-    ``(patient_id, reason)`` pairs.
+    ``(patient_id, reason, group)`` triples (``clinical.excluded_of``).
     """
     try:
         dictionary = load_dictionary(cohort_dir)
@@ -234,7 +234,7 @@ def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
         for row in raw.index[values.notna() & ~values.isin([0, 1])]:
             problem(row, f"{name(source, column)} has value {_show(values[row])}, expected 0 or 1")
 
-    excluded: list[tuple[str, str]] = []
+    excluded: list[tuple[str, str, str]] = []
     outcome = dictionary.outcome
     if outcome.is_time_to_event:
         time = numbers(outcome.time, outcome.time, True)
@@ -244,9 +244,10 @@ def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
         zero_one(event, outcome.event, outcome.event)
         label = pd.Series(np.where((event == 1) & (time <= outcome.horizon), 1.0, 0.0), index=raw.index)
         censored = (event == 0) & (time < outcome.horizon)
+        horizon = f"the {outcome.horizon:g}-{outcome.time_unit} horizon"
         for row in raw.index[censored]:
-            excluded.append((str(ids[row]), f"censored at {time[row]:g} {outcome.time_unit}, before the "
-                                            f"{outcome.horizon:g}-{outcome.time_unit} horizon"))  # fmt: skip
+            excluded.append((str(ids[row]), f"censored at {time[row]:g} {outcome.time_unit}, before {horizon}",
+                             f"censored before {horizon}"))  # fmt: skip
         frame.insert(1, LABEL_COLUMN, label.mask(time.isna() | event.isna()))
     else:
         label = numbers(outcome.column, LABEL_COLUMN, True)

@@ -99,6 +99,33 @@ def data_flow(folds: pd.DataFrame, slice_patient_ids=None) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=columns)
 
 
+def add_exclusions(flow: pd.DataFrame, clinical: pd.DataFrame) -> pd.DataFrame:
+    """The data-flow table with the patients left out before the folds, counted per reason.
+
+    Args:
+        flow: :func:`data_flow` (with any columns joined to it, e.g. the paper's).
+        clinical: the cohort's clinical frame (``cohort.load_clinical``): its excluded patients
+            (``clinical.excluded_of``: censored before a time-to-event outcome's horizon).
+
+    Returns:
+        ``flow`` itself when no patient was excluded; else ``flow`` with the columns
+        ``excluded`` and ``reason`` and one more row per reason (``group``), whose fold and
+        counts are empty, ``excluded`` the number of patients and ``reason`` the reason and
+        their ids (e.g. ``"censored before the 12-months horizon: H003, H017"``).
+    """
+    from hccer_lib.clinical import excluded_of
+
+    excluded = excluded_of(clinical)
+    if excluded.empty:
+        return flow
+    out = flow.astype(object)
+    out["excluded"] = None
+    out["reason"] = ""
+    rows = [{**dict.fromkeys(out.columns), "excluded": len(group), "reason": f"{reason}: {', '.join(group['patient_id'])}"}
+            for reason, group in excluded.groupby("group", sort=False)]  # fmt: skip
+    return pd.concat([out, pd.DataFrame(rows, columns=out.columns, dtype=object)], ignore_index=True)
+
+
 def fold_characteristics(clinical: pd.DataFrame, folds: pd.DataFrame) -> pd.DataFrame:
     """Demographic and clinical make-up of each test fold and of the whole cohort.
 

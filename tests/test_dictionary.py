@@ -316,3 +316,48 @@ def test_docs_example_is_a_valid_dictionary(tmp_path):
     assert dictionary.outcome.horizon == 12 and dictionary.outcome.time_unit == "months"
     assert dictionary.factor("tb") == pytest.approx(17.1) and dictionary.factor("tumor_size_mm") == 10
     assert [v.column for v in dictionary.variables][-4:] == ["hcv", "platelets", "differentiation", "nodularity"]
+
+
+def test_censored_patients_are_counted_in_the_data_flow_table_with_the_reason(tmp_path):
+    from hccer_lib import outputs, report
+
+    frame = pd.DataFrame({
+        "patient_id": [f"T{i}" for i in range(1, 9)],
+        "rfs_months": [3, 20, 7, 12, 30, 2, 5, 15],
+        "recurred": [1, 0, 0, 0, 0, 1, 0, 1],
+        "Age": [50, 70, 65, 40, 45, 62, 55, 58],
+    })  # fmt: skip
+    spec = {"outcome": {"time": "rfs_months", "event": "recurred", "unit": "months", "horizon": 12},
+            "variables": {"age": {"source": "Age"}}}  # fmt: skip
+    clinical = load_clinical(write(tmp_path / "tte", frame, spec))
+    # T3 (7 months) and T7 (5 months) are censored before the 12-month horizon: excluded
+    assert clinical["patient_id"].tolist() == ["T1", "T2", "T4", "T5", "T6", "T8"]
+    excluded = cl.excluded_of(clinical)
+    assert excluded["patient_id"].tolist() == ["T3", "T7"]
+    assert excluded["reason"].tolist() == ["censored at 7 months, before the 12-months horizon",
+                                           "censored at 5 months, before the 12-months horizon"]  # fmt: skip
+    assert set(excluded["group"]) == {"censored before the 12-months horizon"}
+
+    folds = pd.DataFrame({"patient_id": clinical["patient_id"], "y_true": clinical["early_recurrence"],
+                          "fold": [0, 1, 0, 1, 0, 1]})  # fmt: skip
+    flow = report.add_exclusions(report.data_flow(folds), clinical)
+    fold_rows, extra = flow.iloc[:2], flow.iloc[2:]
+    # ER: T1 (3 months) and T6 (2), both in fold 0; T8's recurrence at 15 months is after the horizon
+    assert fold_rows["test_patients"].tolist() == [3, 3] and fold_rows["test_er"].tolist() == [2, 0], flow
+    assert fold_rows["excluded"].isna().all() and (fold_rows["reason"] == "").all(), flow
+    assert len(extra) == 1 and extra["fold"].isna().all() and extra["test_patients"].isna().all(), flow
+    assert extra["excluded"].tolist() == [2], flow
+    assert extra["reason"].tolist() == ["censored before the 12-months horizon: T3, T7"], flow
+    # 6 analysed + 2 excluded = the 8 rows of the table
+    assert int(fold_rows["test_patients"].sum()) + int(extra["excluded"].sum()) == len(frame)
+
+    csv_path, md_path = outputs.write_table(tmp_path / "study_data_flow", flow)
+    lines = csv_path.read_text().splitlines()
+    assert lines[1].startswith("0,3,0,,3,2,,,") and lines[3] == ',,,,,,,2,"censored before the 12-months horizon: T3, T7"', lines
+    assert "| 2 | censored before the 12-months horizon: T3, T7 |" in md_path.read_text()
+
+    # Without exclusions (a 0/1 outcome) the table is data_flow's, unchanged.
+    plain = load_clinical(write(tmp_path / "plain", cl.paper_clinical_frame(seed=0).head(6)))
+    assert cl.excluded_of(plain).empty
+    table = report.data_flow(folds)
+    assert report.add_exclusions(table, plain) is table
