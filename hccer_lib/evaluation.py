@@ -14,8 +14,12 @@ spread is the training noise.
 
 Everything statistical is computed from those files:
 
-* accuracy (threshold 0.5) and AUC per fold, mean ± SD over folds (the paper's form);
-* patient-level results for slice-level models (probabilities averaged per patient);
+* accuracy (threshold 0.5) and AUC per fold, mean ± SD over folds, at **patient level** for
+  every model (slice probabilities averaged per patient): the primary per-fold metrics, the
+  same level for the networks, the radiomics model and the clinical forest, so they can be
+  compared; for slice-level models also on the slice rows (``slice_*``), kept as the paper's
+  form (inferred: the paper does not say at which level its fold metrics are), never set
+  beside another model's patient-level metrics;
 * the pooled patient-level AUC with a 95% bootstrap confidence interval over patients;
 * the DeLong test of two correlated AUCs (same patients), fast algorithm of Sun & Xu (2014),
   with a paired bootstrap confidence interval of the AUC difference (patients resampled);
@@ -69,7 +73,10 @@ TABLE_MODELS: dict[str, tuple[str, ...]] = {
 }
 #: The columns of :func:`summarise_model` that the results tables show, in order.
 RESULT_SUMMARY_COLUMNS = ("level", "n_patients", "accuracy_mean", "accuracy_sd", "auc_mean", "auc_sd", "pooled_auc",
-                          "pooled_auc_ci_low", "pooled_auc_ci_high", "n_train_seeds", "seed_auc_mean", "seed_auc_sd")
+                          "pooled_auc_ci_low", "pooled_auc_ci_high", "n_train_seeds", "seed_auc_mean", "seed_auc_sd",
+                          "slice_accuracy_mean", "slice_accuracy_sd", "slice_auc_mean", "slice_auc_sd")
+#: What the ``slice_*`` columns are, in every table and note that shows them.
+SLICE_LEVEL_LABEL = "the paper's form (inferred: the paper does not say)"
 TABLE_FILES = {"table3": "table3_radiomics_vs_deep", "table4": "table4_fusion", "table5": "table5_joint_loss"}
 TABLE_TITLES = {
     "table3": "Table 3: conventional radiomics model vs deep learning model",
@@ -442,9 +449,10 @@ def bootstrap_auc_difference_ci(
 def fold_metrics(frame: pd.DataFrame) -> pd.DataFrame:
     """Accuracy (threshold 0.5) and AUC of each fold, on the rows as given.
 
-    For a slice-level model pass the slice rows (the paper's form) or
-    :func:`patient_level` of them. Rows of several training seeds are averaged per row
-    first (:func:`seed_ensemble`).
+    For a slice-level model pass :func:`patient_level` of its rows (the study's primary,
+    patient-level fold metrics) or the slice rows (the paper's form, inferred); the two
+    levels are never compared with each other (:func:`fold_table` gives both). Rows of
+    several training seeds are averaged per row first (:func:`seed_ensemble`).
 
     Returns:
         ``fold, n, n_er, accuracy, auc`` (accuracy as a fraction).
@@ -464,39 +472,59 @@ def fold_metrics(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def summarise_model(frame: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 2020) -> dict:
-    """The paper's summary of a model plus patient-level statistics.
+def fold_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per-fold metrics at patient level, and for a slice-level model also on its slice rows.
 
     Returns:
-        ``level`` ("slice" or "patient": the rows the fold metrics use), ``n_patients``,
-        ``n_rows``, ``accuracy_mean``, ``accuracy_sd`` (percent, as the paper prints it),
-        ``auc_mean``, ``auc_sd`` (over folds; SD with ddof=1), ``patient_auc_mean``,
-        ``patient_auc_sd`` (fold metrics on per-patient mean probabilities),
+        ``fold, n_patients, n_er, accuracy, auc`` (:func:`fold_metrics` of
+        :func:`patient_level`: the seed ensemble's mean probability per patient; the
+        primary per-fold metrics of every model), then ``n_slices, slice_accuracy,
+        slice_auc`` (:func:`fold_metrics` of the slice rows: the paper's form, inferred;
+        NaN for a patient-level model).
+    """
+    frame = validate_predictions(frame)
+    table = fold_metrics(patient_level(frame)).rename(columns={"n": "n_patients"})
+    if frame["slice"].notna().any():
+        slices = fold_metrics(frame).rename(columns={"n": "n_slices", "accuracy": "slice_accuracy", "auc": "slice_auc"})
+        table = table.merge(slices.drop(columns="n_er"), on="fold", how="left")
+    else:
+        table = table.assign(n_slices=pd.NA, slice_accuracy=np.nan, slice_auc=np.nan)
+    table["n_slices"] = table["n_slices"].astype("Int64")
+    return table
+
+
+def summarise_model(frame: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 2020) -> dict:
+    """A model's summary: per-fold and pooled, at patient level; the slice-level fold metrics beside.
+
+    Returns:
+        ``level`` ("slice" or "patient": the rows the model predicts), ``n_patients``,
+        ``n_rows``, ``accuracy_mean``, ``accuracy_sd`` (percent), ``auc_mean``, ``auc_sd``
+        (mean and SD over folds, ddof=1, of the per-fold metrics at patient level: slice
+        probabilities averaged per patient; the same level for every model),
         ``pooled_auc`` (all out-of-fold patients together), ``pooled_auc_ci_low``,
         ``pooled_auc_ci_high`` (95% percentile bootstrap over patients), ``brier``
         (patient level), ``n_train_seeds``, ``seed_auc_mean``, ``seed_auc_sd`` (the
         pooled patient AUC of each training seed alone: mean and SD over seeds, SD NaN
-        for one seed). With several training seeds every other entry is the seed
-        ensemble's (fold metrics on the mean probability per row over seeds).
+        for one seed), ``slice_accuracy_mean``, ``slice_accuracy_sd``, ``slice_auc_mean``,
+        ``slice_auc_sd`` (the per-fold metrics on the slice rows of a slice-level model,
+        :data:`SLICE_LEVEL_LABEL`; NaN for a patient-level model: never to be compared
+        with another model's patient-level values). With several training seeds every
+        entry but ``seed_*`` is the seed ensemble's (mean probability over seeds).
     """
     frame = validate_predictions(frame)
     patients = patient_level(frame)
-    slice_level = frame["slice"].notna().any()
     per_seed = pd.Series(seed_aucs(frame))
-    frame = seed_ensemble(frame)
-    per_fold = fold_metrics(frame)
-    per_fold_patient = fold_metrics(patients)
+    per_fold = fold_table(frame)
     low, high = bootstrap_auc_ci(patients["y_true"], patients["y_prob"], n_bootstrap, seed)
+    slice_level = per_fold["slice_auc"].notna().any()
     summary = {
         "level": "slice" if slice_level else "patient",
         "n_patients": len(patients),
-        "n_rows": len(frame),
+        "n_rows": len(seed_ensemble(frame)),
         "accuracy_mean": 100 * per_fold["accuracy"].mean(),
         "accuracy_sd": 100 * per_fold["accuracy"].std(ddof=1),
         "auc_mean": per_fold["auc"].mean(),
         "auc_sd": per_fold["auc"].std(ddof=1),
-        "patient_auc_mean": per_fold_patient["auc"].mean(),
-        "patient_auc_sd": per_fold_patient["auc"].std(ddof=1),
         "pooled_auc": auc(patients["y_true"], patients["y_prob"]),
         "pooled_auc_ci_low": low,
         "pooled_auc_ci_high": high,
@@ -504,6 +532,10 @@ def summarise_model(frame: pd.DataFrame, n_bootstrap: int = 1000, seed: int = 20
         "n_train_seeds": len(per_seed),
         "seed_auc_mean": per_seed.mean(),
         "seed_auc_sd": per_seed.std(ddof=1) if len(per_seed) > 1 else float("nan"),
+        "slice_accuracy_mean": 100 * per_fold["slice_accuracy"].mean() if slice_level else float("nan"),
+        "slice_accuracy_sd": 100 * per_fold["slice_accuracy"].std(ddof=1) if slice_level else float("nan"),
+        "slice_auc_mean": per_fold["slice_auc"].mean() if slice_level else float("nan"),
+        "slice_auc_sd": per_fold["slice_auc"].std(ddof=1) if slice_level else float("nan"),
     }
     return {k: (v if isinstance(v, str) else float(v) if not isinstance(v, int) else v) for k, v in summary.items()}
 
@@ -641,11 +673,14 @@ def results_table(
 
     Returns:
         ``model, level, n_patients, accuracy_mean, accuracy_sd`` (percent),
-        ``auc_mean, auc_sd, pooled_auc, pooled_auc_ci_low, pooled_auc_ci_high`` (of the
-        seed ensemble for networks trained with several seeds), ``n_train_seeds,
-        seed_auc_mean, seed_auc_sd`` (pooled patient AUC over training seeds),
-        ``paper_accuracy, paper_auc`` (as printed, "76.03±10.0"; empty for variants the
-        paper did not run), ``cohort``.
+        ``auc_mean, auc_sd`` (per fold at patient level, mean ± SD over folds),
+        ``pooled_auc, pooled_auc_ci_low, pooled_auc_ci_high`` (of the seed ensemble for
+        networks trained with several seeds), ``n_train_seeds, seed_auc_mean,
+        seed_auc_sd`` (pooled patient AUC over training seeds), ``slice_accuracy_mean,
+        slice_accuracy_sd, slice_auc_mean, slice_auc_sd`` (per fold on the slice rows of
+        a slice-level model: the paper's form, inferred; empty for patient-level
+        models), ``paper_accuracy, paper_auc`` (as printed, "76.03±10.0"; empty for
+        variants the paper did not run), ``cohort``. See :func:`summarise_model`.
     """
     if table not in TABLE_MODELS:
         raise ValueError(f"table must be one of {sorted(TABLE_MODELS)}, got {table!r}")
@@ -671,11 +706,13 @@ def write_results_table(figures_dir: str | os.PathLike, table: str, frame: pd.Da
     """Write ``figures/<table file>.{csv,md}``; the synthetic note heads the Markdown."""
     note = (
         "Accuracy in percent (threshold 0.5) and AUC: mean ± SD over the cross-validation folds (SD with ddof=1), "
-        "on the rows each model predicts (slices or patients), as the paper reports them. Pooled AUC: all "
-        "out-of-fold patients together (slice probabilities averaged per patient), with a 95% bootstrap "
-        "interval over patients. Networks trained with several initialisation seeds: every column but seed_* is "
-        "the seed ensemble's (mean probability over seeds); seed_auc_mean ± seed_auc_sd is the pooled patient "
-        "AUC of one training seed, over seeds (the training noise). paper_*: the values the paper prints."
+        "at patient level for every model (slice probabilities averaged per patient), so that the rows compare "
+        "like with like. Pooled AUC: all out-of-fold patients together, with a 95% bootstrap interval over "
+        "patients. Networks trained with several initialisation seeds: every column but seed_* is the seed "
+        "ensemble's (mean probability over seeds); seed_auc_mean ± seed_auc_sd is the pooled patient AUC of one "
+        "training seed, over seeds (the training noise). slice_*: the same per-fold metrics on the slice rows of "
+        f"the slice-level models, {SLICE_LEVEL_LABEL}; empty for patient-level models and not comparable with "
+        "the patient-level columns. paper_*: the values the paper prints (its level not stated)."
     )
     if synthetic:
         note = outputs.SYNTHETIC_NOTE + "\n\n" + note

@@ -320,7 +320,10 @@ def results_vs_paper(
 
     A model in several tables appears once; ``tables`` lists them. Adds the paper's AUC
     and accuracy as numbers (``paper_auc_mean, paper_auc_sd, paper_accuracy_mean``) and
-    ``auc_minus_paper`` (this study's fold-mean AUC minus the paper's).
+    ``auc_minus_paper`` (this study's fold-mean AUC at patient level minus the paper's fold
+    mean, whose level the paper does not state). Every fold metric is at patient level
+    (``evaluation.summarise_model``); ``slice_*`` keep the slice-level fold metrics of
+    slice-level models, the paper's form (inferred), never compared across levels.
     """
     from hccer_lib import evaluation
 
@@ -355,7 +358,7 @@ def plot_results_vs_paper(frame: pd.DataFrame, title: str = "", ax=None):
         _, ax = plt.subplots(figsize=(max(6, 0.9 * len(frame) + 2), 4.5))
     x = np.arange(len(frame))
     ax.errorbar(x - 0.15, frame["auc_mean"], yerr=frame["auc_sd"], fmt="o", color="tab:blue", capsize=3,
-                label="this study: mean ± SD over folds")
+                label="this study: mean ± SD over folds (patient level)")
     pooled = frame["pooled_auc"].to_numpy(float)
     ax.errorbar(x, pooled, yerr=np.vstack([pooled - frame["pooled_auc_ci_low"], frame["pooled_auc_ci_high"] - pooled]),
                 fmt="s", color="tab:cyan", capsize=3, label="this study: pooled patient AUC, 95% CI")
@@ -745,8 +748,8 @@ def checklist(
     add(T, "12d", "Analytical methods: heterogeneity across clusters", "open",
         "single cohort (one centre): not examined; fold-to-fold SD is reported")
     add(T, "12e", "Analytical methods: performance measures", "filled",
-        "accuracy (threshold 0.5) and AUC per fold as mean ± SD (the paper's form); pooled patient-level AUC with "
-        "95% bootstrap interval; DeLong test and paired bootstrap interval of AUC differences for every paired "
+        "accuracy (threshold 0.5) and AUC per fold as mean ± SD at patient level for every model (slice-level fold "
+        "metrics kept beside, as the paper's form, inferred); pooled patient-level AUC with 95% bootstrap interval; DeLong test and paired bootstrap interval of AUC differences for every paired "
         "comparison; Brier score, calibration intercept and slope, reliability curves; decision curves (net benefit)")
     add(T, "12f", "Analytical methods: model updating", "filled", "none (no recalibration)")
     add(T, "12g", "Analytical methods: how predictions were calculated", "filled",
@@ -875,7 +878,7 @@ def checklist(
     add(C, "37", "Performance metrics and statistical uncertainty", "filled" if performance else "open",
         performance or "run notebooks 01-06")
     add(C, "38", "Diagnostic performance and its precision", "partly filled" if performance else "open",
-        "accuracy at threshold 0.5 per fold (mean ± SD); sensitivity and specificity are not tabulated"
+        "accuracy at threshold 0.5 per fold at patient level (mean ± SD); sensitivity and specificity are not tabulated"
         if performance else "run notebooks 01-06")
     add(C, "39", "Failure analysis of incorrect results", "filled" if have["study_gradcam_patients.csv"] else "open",
         "Grad-CAM of wrongly predicted patients beside correctly predicted ones (figures/study_gradcam_patients.csv)"

@@ -116,7 +116,8 @@ INNER_FOLDS = 5
 
 RESULT_COLUMNS = [
     "design", "cohort", "seed", "model", "level", "n_patients", "auc", "auc_se", "auc_fold_mean", "auc_fold_sd",
-    "accuracy_fold_mean", "oracle_clinical_auc", "oracle_image_auc", "oracle_both_auc",
+    "accuracy_fold_mean", "auc_fold_mean_slice", "auc_fold_sd_slice", "accuracy_fold_mean_slice",
+    "oracle_clinical_auc", "oracle_image_auc", "oracle_both_auc",
 ]  # fmt: skip
 PAIR_COLUMNS = [
     "design", "cohort", "seed", "model_a", "model_b", "auc_a", "auc_b", "difference", "fold_mean_difference",
@@ -368,32 +369,32 @@ def _fold_scores(y: np.ndarray, probs: np.ndarray, fold: np.ndarray) -> tuple[np
 
 
 def patient_metrics(
-    y: np.ndarray, fold: np.ndarray, probs: np.ndarray, models: list[str], fold_scores: dict | None = None
+    y: np.ndarray, fold: np.ndarray, probs: np.ndarray, models: list[str]
 ) -> tuple[list[dict], list[dict]]:
     """Rows and pairs of one cohort from patient-level out-of-fold probabilities.
+
+    Every metric is at patient level, for every model, so that the fold-mean differences
+    of the pairs compare like with like.
 
     Args:
         y: ``[n]`` 0/1 labels; fold: ``[n]`` fold of each patient.
         probs: ``[k, n]`` probability of ER of each of the ``k`` ``models``.
-        fold_scores: model -> (fold AUCs, fold accuracies) computed elsewhere (slice-level
-            models: on their slice rows, the paper's form); others are computed on the
-            patients.
 
     Returns:
         (one dict per model: ``model, n_patients, auc`` (pooled), ``auc_se`` (DeLong),
-        ``auc_fold_mean, auc_fold_sd`` (ddof=1), ``accuracy_fold_mean``; one dict per pair
+        ``auc_fold_mean, auc_fold_sd`` (ddof=1), ``accuracy_fold_mean`` (per fold, at
+        patient level); one dict per pair
         ``model_a, model_b`` (in the order given): ``auc_a, auc_b, difference,
         fold_mean_difference, se_delong, p_delong`` (DeLong test of the paired AUCs, as
         ``evaluation.delong_test``).
     """
     from scipy.stats import norm
 
-    fold_scores = dict(fold_scores or {})
     aucs, cov = evaluation.delong_covariance(y, probs)
-    own_auc, own_accuracy = _fold_scores(y, probs, fold)
+    fold_aucs, fold_accuracies = _fold_scores(y, probs, fold)
     rows = []
     for i, model in enumerate(models):
-        fold_auc, fold_accuracy = fold_scores.get(model) or (own_auc[i], own_accuracy[i])
+        fold_auc, fold_accuracy = fold_aucs[i], fold_accuracies[i]
         rows.append({
             "model": model, "n_patients": len(y), "auc": float(aucs[i]), "auc_se": float(np.sqrt(max(cov[i, i], 0.0))),
             "auc_fold_mean": float(np.mean(fold_auc)), "auc_fold_sd": _sd(np.asarray(fold_auc)),
@@ -422,22 +423,28 @@ def cohort_metrics(predictions: pd.DataFrame) -> tuple[list[dict], list[dict]]:
 
     Args:
         predictions: the shared predictions format plus ``model``. Slice-level models are
-            averaged per patient (``evaluation.patient_level``) for the pooled AUC and the
-            pairs, and scored per fold on their slice rows (the paper's form).
+            averaged per patient (``evaluation.patient_level``); every metric of the rows
+            and the pairs is computed on those patient probabilities (the study's primary
+            level, the same for every model).
 
     Returns:
-        The rows (with ``level``: ``"slice"`` or ``"patient"``) and the pairs, models in
-        :data:`MODEL_ORDER`.
+        The rows (with ``level``: ``"slice"`` or ``"patient"``, the rows the model
+        predicts, and for slice-level models ``auc_fold_mean_slice, auc_fold_sd_slice,
+        accuracy_fold_mean_slice``: the per-fold metrics on the slice rows, the paper's
+        form (inferred), NaN for patient-level models and never differenced against
+        another model) and the pairs, models in :data:`MODEL_ORDER`.
     """
     names = list(dict.fromkeys(predictions["model"]))
     models = [m for m in MODEL_ORDER if m in names] + sorted(set(names) - set(MODEL_ORDER))
-    per_patient, fold_scores, levels = {}, {}, {}
+    per_patient, slice_scores, levels = {}, {}, {}
     for model in models:
         frame = predictions[predictions["model"] == model].drop(columns="model")
         if frame["slice"].notna().any():
             levels[model] = "slice"
             per_fold = evaluation.fold_metrics(frame)
-            fold_scores[model] = (per_fold["auc"].to_numpy(), per_fold["accuracy"].to_numpy())
+            slice_scores[model] = {"auc_fold_mean_slice": float(per_fold["auc"].mean()),
+                                   "auc_fold_sd_slice": _sd(per_fold["auc"].to_numpy()),
+                                   "accuracy_fold_mean_slice": float(per_fold["accuracy"].mean())}
             frame = evaluation.patient_level(frame)
         else:
             levels[model] = "patient"
@@ -452,9 +459,11 @@ def cohort_metrics(predictions: pd.DataFrame) -> tuple[list[dict], list[dict]]:
     y = reference["y_true"].to_numpy(dtype=int)
     fold = reference["fold"].to_numpy(dtype=int)
     probs = np.vstack([per_patient[m]["y_prob"].to_numpy(dtype=float) for m in models])
-    rows, pairs = patient_metrics(y, fold, probs, models, fold_scores)
+    rows, pairs = patient_metrics(y, fold, probs, models)
+    no_slices = dict.fromkeys(("auc_fold_mean_slice", "auc_fold_sd_slice", "accuracy_fold_mean_slice"), np.nan)
     for row in rows:
         row["level"] = levels[row["model"]]
+        row.update(slice_scores.get(row["model"], no_slices))
     return rows, pairs
 
 
@@ -528,10 +537,12 @@ def run_simulation(
         Columns ``design`` (``"study"``: the study's protocol on a generated cohort;
         ``"oracle_replicate"``: a fixed oracle rule on an image-free cohort), ``cohort``
         (``"seed <s>"`` or ``"replicate <r>"``, the pairing key), ``seed`` (generator seed,
-        NA for replicates), ``model``, ``level`` (rows the fold metrics use), ``n_patients``,
+        NA for replicates), ``model``, ``level`` (the rows the model predicts), ``n_patients``,
         ``auc`` (pooled patient-level out-of-fold AUC), ``auc_se`` (its DeLong SE on that
-        cohort), ``auc_fold_mean``, ``auc_fold_sd`` (over the folds: the paper's form),
-        ``accuracy_fold_mean``, and the cohort's oracle AUCs ``oracle_clinical_auc``,
+        cohort), ``auc_fold_mean``, ``auc_fold_sd``, ``accuracy_fold_mean`` (over the folds,
+        at patient level for every model), ``auc_fold_mean_slice``, ``auc_fold_sd_slice``,
+        ``accuracy_fold_mean_slice`` (the same on the slice rows of slice-level models: the
+        paper's form, inferred; NaN otherwise), and the cohort's oracle AUCs ``oracle_clinical_auc``,
         ``oracle_image_auc``, ``oracle_both_auc``. ``attrs``: ``settings_key``,
         ``simulation_dir`` (relative to ``work_root``), ``counts``, ``base_seed`` and
         ``pairs_file``: the per-cohort DeLong tests of every pair of models
@@ -665,9 +676,11 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     Returns:
         One row per model: ``model, n_seeds`` (cohorts), ``auc_mean, auc_sd`` (SD over
         cohorts, ddof=1), ``auc_q025, auc_q975`` (the central 95% of the cohorts' pooled
-        AUCs), ``fold_mean_auc_mean, fold_mean_auc_sd`` (the same for the paper's form,
-        the mean of the fold AUCs), ``fold_sd_mean`` (the typical SD over the folds of one
-        study, what the paper prints after ±), ``auc_se_mean`` (mean DeLong SE: what one
+        AUCs), ``fold_mean_auc_mean, fold_mean_auc_sd`` (the same for the mean of the
+        patient-level fold AUCs), ``fold_sd_mean`` (the typical SD over the folds of one
+        study, what the paper prints after ±), ``fold_mean_auc_slice_mean`` (mean over
+        cohorts of the slice-level fold mean: the paper's form, inferred; NaN for
+        patient-level models), ``auc_se_mean`` (mean DeLong SE: what one
         study would estimate for the spread), ``paper_auc_mean, paper_auc_sd`` (the
         paper's values, where it reports the model).
     """
@@ -682,6 +695,7 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
             "fold_mean_auc_mean": fold_mean.mean(), "fold_mean_auc_sd": _sd(fold_mean),
             "fold_sd_mean": part["auc_fold_sd"].mean(), "fold_sd_q025": part["auc_fold_sd"].quantile(0.025),
             "fold_sd_q975": part["auc_fold_sd"].quantile(0.975), "auc_se_mean": part["auc_se"].mean(),
+            "fold_mean_auc_slice_mean": part["auc_fold_mean_slice"].mean() if "auc_fold_mean_slice" in part else np.nan,
             "paper_auc_mean": paper.get("auc_mean", np.nan), "paper_auc_sd": paper.get("auc_sd", np.nan),
         })  # fmt: skip
     return pd.DataFrame(rows)
@@ -900,7 +914,7 @@ def plot_spread(results: pd.DataFrame, alpha: float = 0.05, power: float = 0.8, 
 
     Left: box (central 95% as whiskers) and points of the pooled patient-level AUC per
     model (at most ``max_points`` points drawn per model), the mean over cohorts of the
-    fold-mean AUC (the paper's form) as a hollow diamond, the paper's reported AUC as a
+    patient-level fold-mean AUC (the form of the paper's ± tables) as a hollow diamond, the paper's reported AUC as a
     red star, lines at the mean oracle AUCs (the ceilings). Right: for
     each of the paper's comparisons (:func:`paper_differences`), the detectable
     difference of its proxy pair (grey bar) and the paper's difference (red dot).
@@ -924,7 +938,7 @@ def plot_spread(results: pd.DataFrame, alpha: float = 0.05, power: float = 0.8, 
                      color=colour, zorder=3)  # fmt: skip
         fold_mean = results.loc[results["model"] == model, "auc_fold_mean"].mean()
         left.scatter([x + 0.33], [fold_mean], marker="D", facecolor="none", edgecolor="black", s=30, zorder=4,
-                     label="mean of fold AUCs (paper's form)" if x == 0 else None)  # fmt: skip
+                     label="mean of fold AUCs (patient level)" if x == 0 else None)  # fmt: skip
         if model in evaluation.PAPER_RESULTS:
             left.scatter([x], [evaluation.PAPER_RESULTS[model]["auc_mean"]], marker="*", s=160, color="tab:red",
                          zorder=5, label=None if paper_shown else "paper's reported AUC (fold mean)")  # fmt: skip

@@ -242,6 +242,52 @@ def test_summarise_model_reports_the_papers_form():
     assert summary["pooled_auc_ci_low"] <= summary["pooled_auc"] <= summary["pooled_auc_ci_high"]
 
 
+def levels_case() -> pd.DataFrame:
+    """Two folds of one ER and one NER patient each, whose slice and patient results differ by hand.
+
+    Fold 0: ER patient A, slices 0.9, 0.1, 0.1 (mean 0.367); NER patient B, slices 0.3, 0.3 (mean 0.3).
+    Fold 1: ER patient C, slices 0.6, 0.6 (mean 0.6); NER patient D, slices 0.2, 0.7 (mean 0.45).
+    Patient level: A above B and C above D, so both fold AUCs are 1; accuracy 1/2 (A called NER) and 2/2.
+    Slice level: fold 0 has 2 of 6 (ER, NER) slice pairs right (AUC 1/3), fold 1 2 of 4 (AUC 1/2); accuracy
+    3/5 and 3/4. Pooled patient AUC: ER 0.367, 0.6 against NER 0.3, 0.45: 3 of 4 pairs, 0.75.
+    """
+    rows = [("A", 0, 1, [0.9, 0.1, 0.1]), ("B", 0, 0, [0.3, 0.3]), ("C", 1, 1, [0.6, 0.6]), ("D", 1, 0, [0.2, 0.7])]
+    return pd.DataFrame([{"patient_id": pid, "slice": s, "fold": fold, "y_true": y, "y_prob": prob}
+                         for pid, fold, y, probs in rows for s, prob in enumerate(probs)])
+
+
+def test_fold_metrics_are_patient_level_with_the_slice_level_beside_by_hand():
+    frame = levels_case()
+    table = ev.fold_table(frame).set_index("fold")
+    assert table["auc"].tolist() == pytest.approx([1.0, 1.0]) and table["accuracy"].tolist() == pytest.approx([0.5, 1.0])
+    assert table["slice_auc"].tolist() == pytest.approx([1 / 3, 1 / 2]), table
+    assert table["slice_accuracy"].tolist() == pytest.approx([3 / 5, 3 / 4]), table
+    assert table["n_patients"].tolist() == [2, 2] and table["n_slices"].tolist() == [5, 4]
+
+    summary = ev.summarise_model(frame, n_bootstrap=20)
+    assert summary["level"] == "slice"
+    assert summary["auc_mean"] == pytest.approx(1.0) and summary["auc_sd"] == pytest.approx(0.0)
+    assert summary["accuracy_mean"] == pytest.approx(75.0)
+    assert summary["slice_auc_mean"] == pytest.approx(5 / 12) and summary["slice_auc_sd"] == pytest.approx((1 / 6) / np.sqrt(2))
+    assert summary["slice_accuracy_mean"] == pytest.approx(67.5)
+    assert summary["pooled_auc"] == pytest.approx(0.75)
+
+    # A patient-level model has no slice-level metrics: nothing to set beside another model's slices.
+    patients = ev.patient_level(frame).assign(slice=pd.NA, y_prob=[0.2, 0.8, 0.7, 0.1])
+    clinical = ev.summarise_model(patients, n_bootstrap=20)
+    assert clinical["level"] == "patient" and clinical["auc_mean"] == pytest.approx(0.5)
+    assert np.isnan(clinical["slice_auc_mean"]) and np.isnan(clinical["slice_accuracy_mean"])
+
+
+def test_fold_metrics_of_seeded_slices_use_the_seed_ensemble_per_patient():
+    base = levels_case()
+    # two seeds whose mean is the case's probabilities: the patient-level fold AUCs stay 1, slices 1/3 and 1/2
+    seeded = pd.concat([base.assign(train_seed=0, y_prob=base["y_prob"] - 0.05),
+                        base.assign(train_seed=1, y_prob=base["y_prob"] + 0.05)], ignore_index=True)
+    table = ev.fold_table(seeded).set_index("fold")
+    assert table["auc"].tolist() == pytest.approx([1.0, 1.0]) and table["slice_auc"].tolist() == pytest.approx([1 / 3, 1 / 2])
+
+
 # --- tables and comparisons ----------------------------------------------------------
 
 

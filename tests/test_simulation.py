@@ -145,6 +145,30 @@ def test_plot_spread_is_labelled_synthetic():
 # %% Metrics equal evaluation's -----------------------------------------------------------------
 
 
+def test_cohort_metrics_compare_fold_means_at_patient_level_by_hand():
+    # evaluation's levels case (see tests/test_evaluation.py): the slice model's patient-level fold AUCs are
+    # 1 and 1, its slice-level ones 1/3 and 1/2. The clinical model scores A 0.2, B 0.8 (fold 0: AUC 0) and
+    # C 0.7, D 0.1 (fold 1: AUC 1), fold mean 0.5. At one level the clinical model is 0.5 below the slice model;
+    # its fold mean set against the slice-level one (5/12) would be 1/12 above it: the sign flips.
+    rows = [("A", 0, 1, [0.9, 0.1, 0.1]), ("B", 0, 0, [0.3, 0.3]), ("C", 1, 1, [0.6, 0.6]), ("D", 1, 0, [0.2, 0.7])]
+    slices = pd.DataFrame([{"patient_id": pid, "slice": s, "fold": fold, "y_true": y, "y_prob": prob}
+                           for pid, fold, y, probs in rows for s, prob in enumerate(probs)])
+    patients = pd.DataFrame({"patient_id": list("ABCD"), "slice": pd.array([pd.NA] * 4, dtype="Int64"),
+                             "fold": [0, 0, 1, 1], "y_true": [1, 0, 1, 0], "y_prob": [0.2, 0.8, 0.7, 0.1]})
+    predictions = pd.concat([patients.assign(model="clinical_rf"), slices.assign(model="radiomics_rf")],
+                            ignore_index=True)
+    rows_out, pairs = simulation.cohort_metrics(predictions)
+    by_model = {r["model"]: r for r in rows_out}
+    assert by_model["radiomics_rf"]["auc_fold_mean"] == pytest.approx(1.0)
+    assert by_model["radiomics_rf"]["auc_fold_mean_slice"] == pytest.approx(5 / 12)
+    assert by_model["radiomics_rf"]["accuracy_fold_mean"] == pytest.approx(0.75)
+    assert by_model["radiomics_rf"]["accuracy_fold_mean_slice"] == pytest.approx(0.675)
+    assert by_model["clinical_rf"]["auc_fold_mean"] == pytest.approx(0.5)
+    assert np.isnan(by_model["clinical_rf"]["auc_fold_mean_slice"])
+    assert len(pairs) == 1 and pairs[0]["model_a"] == "clinical_rf"
+    assert pairs[0]["fold_mean_difference"] == pytest.approx(-0.5), pairs
+
+
 def test_cohort_metrics_match_evaluation_for_patient_and_slice_models():
     rng = np.random.default_rng(3)
     ids = [f"P{i:02d}" for i in range(40)]
