@@ -53,6 +53,19 @@ SOFTWARE = (
     ("jax",), ("matplotlib",), ("papermill",), ("nbconvert",), ("pydicom",),
 )
 
+#: What was tuned, and on which cohorts (TRIPOD+AI 12c); README "How the CPU recipe was chosen".
+TUNING_TEXT = (
+    "what was tuned, and where: nothing on the study's folds or on this cohort. The paper profile uses the paper's "
+    "settings; the training recipe of the CPU profile (epochs, batch size, learning rate and its schedule, "
+    "augmentation, validation share, weight decay, training seeds) was chosen on development synthetic cohorts "
+    "only (generator seeds 3 and 4; README 'How the CPU recipe was chosen' lists what was measured on each), never "
+    "on the study's default cohort (seed 2020), on the seed simulation's cohorts or on a real cohort; the "
+    "preprocessing (HU window, reference phase, margin) and the clinical forest (scikit-learn defaults, 500 trees) "
+    "were fixed in advance; the L1 penalty of the radiomics model is chosen by inner cross-validation inside each "
+    "training fold. Assumptions where the paper is silent: the optimiser (Adam) and the fusion layer sizes (image "
+    "FC 64 units, fusion C Conv1D 8 filters of kernel 3, fusion D clinical FC 16 units)"
+)
+
 MODELS = ("clinical_rf", "radiomics_rf", "deep_resnet50", "fusion_a", "fusion_b", "fusion_c", "fusion_d", "fusion_d_joint")
 
 
@@ -245,6 +258,13 @@ def study_comparisons(
     Each pair is tested at patient level (``evaluation.comparison_row``: DeLong test and
     paired bootstrap 95% interval of the AUC difference, patients resampled) and, when
     ``figures_dir`` is given, recorded in ``figures/model_comparisons.csv``.
+
+    What each answers: the DeLong test and the bootstrap interval are conditional on the
+    fitted fold models (the seed ensembles): they resample patients only and ignore
+    training variance, so they say whether these trained models rank these patients
+    differently. The ``seed_*`` columns, shown beside them, compare the models over
+    retraining (the per-seed pooled AUCs, paired by seed). Neither covers the sampling of
+    the cohort (the seed simulation, :mod:`hccer_lib.simulation`, does).
 
     Args:
         comparisons: ``(source, model_a, model_b, question)`` tuples; default
@@ -629,7 +649,8 @@ def checklist(
                       f"{s['window_width']:g} mapped to [0, 1], NC/ART/PV stacked as 3 channels; "
                       f"{len(dataset_meta.get('dropped', []))} reference slices dropped for lack of a match")
     deep_spec = (f"profile {profile.name!r}: image {profile.image_size} px, ResNet blocks {tuple(profile.resnet_blocks)} "
-                 f"width {profile.resnet_width} ((3, 4, 6, 3) and 64 are ResNet50), Adam lr {profile.learning_rate:g}, "
+                 f"width {profile.resnet_width} ((3, 4, 6, 3) and 64 are ResNet50), Adam (an assumption: the paper does not name "
+                 f"its optimiser) lr {profile.learning_rate:g}, "
                  f"batch {profile.batch_size}, {profile.epochs} epochs (fixed, no early stopping), cross entropy on "
                  "the 2-neuron softmax; augmentation " + ("dihedral flips/turns" if getattr(profile, "augment", False) else "none"))
     network_text = ""
@@ -637,7 +658,8 @@ def checklist(
         any_fusion = next((runs[m] for m in ("fusion_d", "fusion_b", "fusion_c", "fusion_a", "fusion_d_joint") if m in runs), None)
         if any_fusion is not None:
             net = any_fusion["network"]
-            network_text = (f"; fusion layers: image FC {net['image_units']} units (B, C, D), C: Conv1D "
+            network_text = (f"; fusion layers (sizes assumed: the paper does not state them): image FC "
+                            f"{net['image_units']} units (B, C, D), C: Conv1D "
                             f"{net['clinical_filters']} filters kernel {net['clinical_kernel']}, D: clinical FC "
                             f"{net['clinical_units']} units; D joint: equation (4) loss weights")
     imagenet_text = "no network trained yet"
@@ -742,15 +764,13 @@ def checklist(
         "clinical: binary indicators at the paper's cut-offs (BCLC 3 bits); images: HU window to [0, 1], the networks' "
         "PhaseScaling maps them to ImageNet's caffe input; radiomics: median imputation and standardisation fitted "
         "on the training fold")
-    add(T, "12c", "Analytical methods: model type and building", "filled", models_text
-        + "; hyper-parameters fixed by the profile (not tuned on the folds), except the L1 penalty of the radiomics "
-          "model (inner cross-validation)")
+    add(T, "12c", "Analytical methods: model type and building", "filled", models_text + "; " + TUNING_TEXT)
     add(T, "12d", "Analytical methods: heterogeneity across clusters", "open",
         "single cohort (one centre): not examined; fold-to-fold SD is reported")
     add(T, "12e", "Analytical methods: performance measures", "filled",
         "accuracy (threshold 0.5) and AUC per fold as mean ± SD at patient level for every model (slice-level fold "
         "metrics kept beside, as the paper's form, inferred); pooled patient-level AUC with 95% bootstrap interval; DeLong test and paired bootstrap interval of AUC differences for every paired "
-        "comparison; Brier score, calibration intercept and slope, reliability curves; decision curves (net benefit)")
+        "comparison (conditional on the fitted fold models), beside the AUC differences over training seeds; Brier score, calibration intercept and slope, reliability curves; decision curves (net benefit)")
     add(T, "12f", "Analytical methods: model updating", "filled", "none (no recalibration)")
     add(T, "12g", "Analytical methods: how predictions were calculated", "filled",
         "by the study's code (hccer_lib, notebooks 01-06); out-of-fold probabilities in predictions/<model>.csv; "
@@ -858,12 +878,15 @@ def checklist(
         "accuracy and AUC (per fold and pooled), Brier score, calibration intercept and slope, net benefit")
     add(C, "29", "Statistical significance and uncertainty", "filled",
         "95% bootstrap interval of each pooled AUC; DeLong test and paired bootstrap 95% interval of every AUC "
-        "difference (patients resampled)" + ("; the seed simulation's spread of AUCs over training seeds"
-                                            if have["study_seed_spread.csv"] else ""))
+        "difference (patients resampled; conditional on the fitted fold models, training variance ignored), beside "
+        "the difference over training seeds (mean, SD, share of seed pairs in which model_a was better)"
+        + ("; the seed simulation's spread of AUCs over simulated cohorts, with the significance threshold (1.96 SE) "
+           "and detectable difference (2.80 SE) of every simulated pair" if have["study_seed_spread.csv"] else ""))
     add(C, "30", "Robustness or sensitivity analysis", "filled" if have["study_seed_spread.csv"] else "partly filled",
         "clinical variable selection on the whole cohort (paper) vs inside each training fold (strict)"
-        + ("; seed simulation: every model retrained with other seeds" if have["study_seed_spread.csv"]
-           else "; the seed simulation has not run"))
+        + ("; seed simulation: the study's protocol repeated on other simulated cohorts (clinical models on every "
+           "cohort, radiomics on the first ones, networks only when deep cohorts are asked for)"
+           if have["study_seed_spread.csv"] else "; the seed simulation has not run"))
     add(C, "31", "Explainability or interpretability", "filled" if have["fig8_gradcam.png"] else "open",
         "Grad-CAM on the three phases for correctly and wrongly predicted patients (figures/fig8_gradcam.png)"
         if have["fig8_gradcam.png"] else "run notebook 08 (Grad-CAM)")

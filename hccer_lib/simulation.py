@@ -5,11 +5,14 @@ study's own protocol on many cohorts drawn by the generator (:mod:`hccer_lib.syn
 other seeds, and measures
 
 * the spread of each model's AUC at n = 167 (:func:`summarise`);
-* the smallest difference between two models that this design detects
-  (:func:`detectable_differences`), from the SD of their paired AUC difference across
-  the simulated cohorts;
-* which of the paper's reported differences lie inside that noise
-  (:func:`paper_differences`), and a figure of both (:func:`plot_spread`).
+* for every pair of simulated models, from the SD (``SE``) of their paired AUC difference
+  across the simulated cohorts, the **significance threshold** ``z_{0.975} · SE ≈ 1.96 · SE``
+  (the smallest observed difference a two-sided test at alpha 0.05 calls significant) and the
+  **detectable difference** ``(z_{0.975} + z_{0.8}) · SE ≈ 2.80 · SE`` (the smallest true
+  difference such a test finds with power 0.8) (:func:`detectable_differences`);
+* the paper's reported differences against both, for the pairs whose two models were
+  simulated; a pair whose models were not simulated is "not measured", never judged by
+  another pair's noise (:func:`paper_differences`), and a figure (:func:`plot_spread`).
 
 What runs on each simulated cohort (seed ``s``; folds, forests and networks are seeded
 with ``s`` too, as the notebooks seed everything with ``seed``):
@@ -66,7 +69,7 @@ SIMULATION_VERSION = 1  # part of the settings key: raise it when a change here 
 STUDY_SEED = 2020  # the study's own cohort (data/synthetic); never one of the simulated seeds
 ORACLE_RULE_SEED = STUDY_SEED  # the oracle rules are those of the study cohort's ground_truth.json
 ORACLE_CHUNK = 100  # replicate cohorts drawn (and cached) together
-MIN_PROXY_COHORTS = 5  # a pair stands in for a paper comparison only with this many cohorts
+MIN_PAIR_COHORTS = 5  # a paper comparison is measured only when its own pair ran on this many cohorts
 
 
 class SeedCounts(NamedTuple):
@@ -715,6 +718,15 @@ def paired_tests(results: pd.DataFrame) -> pd.DataFrame | None:
     return pairs[pairs["cohort"].isin(set(results["cohort"]))].reset_index(drop=True)
 
 
+def z_significance(alpha: float = 0.05) -> float:
+    """``z_{1 - alpha/2}`` (1.96 for alpha 0.05): the significance threshold in SEs."""
+    from scipy.stats import norm
+
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    return float(norm.ppf(1 - alpha / 2))
+
+
 def z_factor(alpha: float = 0.05, power: float = 0.8) -> float:
     """``z_{1 - alpha/2} + z_{power}`` (2.80 for alpha 0.05 and power 0.8)."""
     from scipy.stats import norm
@@ -735,8 +747,14 @@ def detectable_differences(results: pd.DataFrame, alpha: float = 0.05, power: fl
 
         Delta >= (z_{1 - alpha/2} + z_{power}) * SD(d)        (2.80 * SD for 0.05 and 0.8)
 
-    which is ``min_detectable_difference`` (pooled patient-level AUC). The same on the
-    paper's form (mean of the fold AUCs) is ``min_detectable_difference_fold_mean``.
+    which is ``min_detectable_difference``, the **detectable difference** (pooled
+    patient-level AUC). An *observed* difference is significant at level ``alpha`` when it
+    exceeds the **significance threshold** ``z_{1 - alpha/2} * SD(d)`` (1.96 * SD):
+    ``significance_threshold``. The two answer different questions (is this observed
+    difference beyond chance; would this design find a true difference of this size) and
+    are given side by side. The same on the mean of the patient-level fold AUCs (the form of
+    the paper's tables) are ``significance_threshold_fold_mean`` and
+    ``min_detectable_difference_fold_mean``.
 
     ``min_detectable_difference_unpaired = (z_{1 - alpha/2} + z_{power}) *
     sqrt(SD_a^2 + SD_b^2)``, from the single-model SDs over the same cohorts, is the
@@ -750,21 +768,23 @@ def detectable_differences(results: pd.DataFrame, alpha: float = 0.05, power: fl
     gives every cohort the paper's exact Table 1 counts, so the simulated spread of
     models that read the clinical variables is smaller than that of cohorts sampled
     freely (the fixed clinical oracle: SD 0.013 over cohorts against a DeLong SE of
-    0.037): the simulated detectable differences are optimistic, and a difference found
-    inside them is inside the noise a fortiori.
+    0.037): the simulated thresholds are optimistic, and a difference found below them is
+    inside the noise a fortiori.
 
     Returns:
         One row per pair run on at least two common cohorts: ``model_a, model_b,
-        n_seeds, mean_difference, sd_difference, min_detectable_difference,
-        correlation`` (of the two AUCs over cohorts), ``min_detectable_difference_unpaired``,
-        ``fold_mean_difference, sd_fold_mean_difference,
+        n_seeds, mean_difference, sd_difference, significance_threshold,
+        min_detectable_difference, correlation`` (of the two AUCs over cohorts),
+        ``min_detectable_difference_unpaired``, ``fold_mean_difference,
+        sd_fold_mean_difference, significance_threshold_fold_mean,
         min_detectable_difference_fold_mean``, ``se_delong_mean`` (mean DeLong SE of the
-        difference within one cohort), ``min_detectable_difference_delong`` and
-        ``delong_power`` (share of cohorts whose DeLong test gives p < alpha: the power
+        difference within one cohort), ``significance_threshold_delong``,
+        ``min_detectable_difference_delong`` and ``delong_power`` (share of cohorts whose DeLong test gives p < alpha: the power
         of one study at the simulated true difference); the last three NaN when the
         pairs file is not available.
     """
     factor = z_factor(alpha, power)
+    z_sig = z_significance(alpha)
     wide = results.pivot_table(index="cohort", columns="model", values=["auc", "auc_fold_mean"], aggfunc="first")
     models = sorted(results["model"].unique(), key=_model_sort_key)
     tests = paired_tests(results)
@@ -787,123 +807,102 @@ def detectable_differences(results: pd.DataFrame, alpha: float = 0.05, power: fl
             rows.append({
                 "model_a": model_a, "model_b": model_b, "n_seeds": len(both),
                 "mean_difference": float(np.mean(a - b)), "sd_difference": sd_difference,
-                "min_detectable_difference": factor * sd_difference,
+                "significance_threshold": z_sig * sd_difference, "min_detectable_difference": factor * sd_difference,
                 "correlation": float(np.corrcoef(a, b)[0, 1]) if np.std(a) > 0 and np.std(b) > 0 else np.nan,
                 "min_detectable_difference_unpaired": factor * float(np.sqrt(_sd(a) ** 2 + _sd(b) ** 2)),
                 "fold_mean_difference": float(np.mean(fold_a - fold_b)), "sd_fold_mean_difference": sd_fold,
-                "min_detectable_difference_fold_mean": factor * sd_fold,
-                "se_delong_mean": se_mean, "min_detectable_difference_delong": factor * se_mean,
+                "significance_threshold_fold_mean": z_sig * sd_fold, "min_detectable_difference_fold_mean": factor * sd_fold,
+                "se_delong_mean": se_mean, "significance_threshold_delong": z_sig * se_mean,
+                "min_detectable_difference_delong": factor * se_mean,
                 "delong_power": power_delong,
             })  # fmt: skip
     return pd.DataFrame(rows)
 
 
-# The paper's comparisons, and the simulated pairs that can stand in for each, best first:
-# (model_a, model_b, kind, why).
-PAPER_COMPARISONS: tuple[tuple[str, str, str, tuple[tuple[str, str, str, str], ...]], ...] = (
-    ("Table 5: joint loss", "fusion_d_joint", "fusion_d", (
-        ("fusion_d_joint", "fusion_d", "same pair", "the paper's pair itself"),
-        ("clinical_rf", "clinical_rf_strict", "similar pair",
-         "two variants of one learner on the same inputs, as the paper's pair (one network, two losses): "
-         "strongly correlated predictions, the smallest paired noise among the simulated learned models"),
-    )),
-    ("Table 4: fusion D vs fusion B", "fusion_d", "fusion_b", (
-        ("fusion_d", "fusion_b", "same pair", "the paper's pair itself"),
-        ("clinical_rf", "clinical_rf_strict", "similar pair",
-         "two learned models on the same inputs, as the paper's pair (two fusion architectures)"),
-    )),
-    ("Table 4: fusion D vs clinical model", "fusion_d", "clinical_rf", (
-        ("fusion_d", "clinical_rf", "same pair", "the paper's pair itself"),
-        ("oracle_both", "oracle_clinical", "lower bound",
-         "the fixed oracle rules with and without the image inputs: sampling noise alone, no training noise; "
-         "learned models vary more, so their detectable difference is larger"),
-    )),
-    ("Table 4: fusion D vs deep model", "fusion_d", "deep_resnet50", (
-        ("fusion_d", "deep_resnet50", "same pair", "the paper's pair itself"),
-        ("oracle_both", "oracle_image", "lower bound",
-         "the fixed oracle rules with and without the clinical inputs: sampling noise alone (a lower bound)"),
-    )),
-    ("Table 4: clinical model vs deep model", "clinical_rf", "deep_resnet50", (
-        ("clinical_rf", "deep_resnet50", "same pair", "the paper's pair itself"),
-        ("clinical_rf", RADIOMICS_MODEL, "similar pair", "a learned clinical model against a learned image model"),
-        ("oracle_clinical", "oracle_image", "lower bound",
-         "the fixed clinical and image oracle rules: sampling noise alone (a lower bound)"),
-    )),
-    ("Table 3: deep vs radiomics model", "deep_resnet50", RADIOMICS_MODEL, (
-        ("deep_resnet50", RADIOMICS_MODEL, "same pair", "the paper's pair itself"),
-        (RADIOMICS_MODEL, "oracle_image", "similar pair",
-         "a learned image model against the ideal image rule on the same cohorts (one model's training noise)"),
-        ("clinical_rf", "oracle_clinical", "similar pair",
-         "a learned model against the ideal rule on its own inputs (clinical data stand in for images: "
-         "too few cohorts with images)"),
-    )),
-    ("Conclusion: fusion D vs radiomics model", "fusion_d", RADIOMICS_MODEL, (
-        ("fusion_d", RADIOMICS_MODEL, "same pair", "the paper's pair itself"),
-        ("oracle_both", "oracle_image", "lower bound",
-         "the fixed oracle rules with and without the clinical inputs: sampling noise alone (a lower bound)"),
-    )),
+#: The paper's comparisons: (label, model_a, model_b). Each is measured only by the simulated
+#: pair of its own two models; no other pair stands in for it.
+PAPER_COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("Table 5: joint loss", "fusion_d_joint", "fusion_d"),
+    ("Table 4: fusion D vs fusion B", "fusion_d", "fusion_b"),
+    ("Table 4: fusion D vs clinical model", "fusion_d", "clinical_rf"),
+    ("Table 4: fusion D vs deep model", "fusion_d", "deep_resnet50"),
+    ("Table 4: clinical model vs deep model", "clinical_rf", "deep_resnet50"),
+    ("Table 3: deep vs radiomics model", "deep_resnet50", RADIOMICS_MODEL),
+    ("Conclusion: fusion D vs radiomics model", "fusion_d", RADIOMICS_MODEL),
 )
+
+PAPER_DIFFERENCE_COLUMNS = [
+    "comparison", "model_a", "model_b", "paper_a", "paper_b", "paper_difference", "measured", "n_seeds",
+    "se_difference", "significance_threshold", "detectable_difference", "detectable_difference_pooled",
+    "detectable_difference_delong", "verdict", "reason",
+]  # fmt: skip
+
+
+def verdict_of(difference: float, significance_threshold: float, detectable_difference: float) -> str:
+    """An observed AUC difference against the significance threshold (z_{0.975} SE) and the
+    detectable difference ((z_{0.975} + z_{0.8}) SE), in words."""
+    size = abs(difference)
+    if size < significance_threshold:
+        return "below the significance threshold: not distinguishable from this design's noise"
+    if size < detectable_difference:
+        return ("above the significance threshold, below the detectable difference: significant as observed, "
+                "but a true difference this size is found with power below 0.8")
+    return "above the detectable difference"
 
 
 def paper_differences(results: pd.DataFrame, alpha: float = 0.05, power: float = 0.8) -> pd.DataFrame:
-    """The paper's reported AUC differences against this design's detectable difference.
+    """The paper's reported AUC differences against this design's noise, pair by pair.
 
-    The paper reports the mean of the 10 fold AUCs, so each difference is set against
-    ``min_detectable_difference_fold_mean`` of :func:`detectable_differences` for the
-    most similar pair that the simulation ran on at least :data:`MIN_PROXY_COHORTS`
-    cohorts (``proxy``, with ``proxy_kind`` and ``proxy_reason``): the pair itself when
-    simulated, else a pair of the same structure, else fixed oracle rules, whose
-    detectable difference is a lower bound for learned models.
+    The paper reports the mean of the 10 fold AUCs, so each difference is set against the
+    SD over the simulated cohorts of the same pair's difference of patient-level fold-mean
+    AUCs (``sd_fold_mean_difference`` of :func:`detectable_differences`): its
+    **significance threshold** ``z_{1 - alpha/2} · SE`` (1.96 · SE) and its **detectable
+    difference** ``(z_{1 - alpha/2} + z_{power}) · SE`` (2.80 · SE). A comparison is
+    measured only when both of its models were simulated on at least
+    :data:`MIN_PAIR_COHORTS` cohorts; otherwise it is "not measured" (the networks are not
+    simulated unless deep cohorts are asked for), never judged by another pair's noise.
 
     Returns:
-        ``comparison, model_a, model_b, paper_a, paper_b, paper_difference, proxy,
-        proxy_kind, proxy_reason, proxy_n_seeds, min_detectable_difference`` (fold-mean
-        form), ``min_detectable_difference_pooled``, ``min_detectable_difference_delong``
-        (the proxy's, from its mean DeLong SE: patients sampled independently),
-        ``inside_noise`` (|paper difference|
-        below the detectable difference) and ``verdict`` (in words; a difference above a
-        lower bound is undecided).
+        :data:`PAPER_DIFFERENCE_COLUMNS`: ``comparison, model_a, model_b, paper_a, paper_b,
+        paper_difference, measured, n_seeds`` (cohorts of the pair), ``se_difference``
+        (fold-mean form), ``significance_threshold``, ``detectable_difference`` (fold-mean
+        form), ``detectable_difference_pooled`` (pooled patient AUC),
+        ``detectable_difference_delong`` (from the pair's mean DeLong SE: patients sampled
+        independently), ``verdict`` (:func:`verdict_of`, or "not measured") and ``reason``
+        (why not measured, or what the SE is).
     """
     table = detectable_differences(results, alpha, power)
+    z_sig, factor = z_significance(alpha), z_factor(alpha, power)
+    simulated = set(results["model"])
     rows = []
-    for label, model_a, model_b, candidates in PAPER_COMPARISONS:
+    for label, model_a, model_b in PAPER_COMPARISONS:
         paper_a = evaluation.PAPER_RESULTS[model_a]["auc_mean"]
         paper_b = evaluation.PAPER_RESULTS[model_b]["auc_mean"]
-        chosen = None
-        for a, b, kind, why in candidates:
-            match = table[(table["model_a"] == a) & (table["model_b"] == b)] if len(table) else table
-            if len(match) == 0 and len(table):
-                match = table[(table["model_a"] == b) & (table["model_b"] == a)]
-            if len(match) and match["n_seeds"].iloc[0] >= MIN_PROXY_COHORTS:
-                chosen = (a, b, kind, why, match.iloc[0])
-                break
-        difference = paper_a - paper_b
+        difference = round(paper_a - paper_b, 4)
         row = {"comparison": label, "model_a": model_a, "model_b": model_b, "paper_a": paper_a, "paper_b": paper_b,
-               "paper_difference": round(difference, 4)}
-        if chosen is None:
-            rows.append({**row, "proxy": "", "proxy_kind": "none", "proxy_n_seeds": 0,
-                         "proxy_reason": f"no candidate pair ran on {MIN_PROXY_COHORTS} or more cohorts",
-                         "min_detectable_difference": np.nan, "min_detectable_difference_pooled": np.nan,
-                         "min_detectable_difference_delong": np.nan, "inside_noise": False, "verdict": "not assessed"})  # fmt: skip
+               "paper_difference": difference}
+        match = table[((table["model_a"] == model_a) & (table["model_b"] == model_b))
+                      | ((table["model_a"] == model_b) & (table["model_b"] == model_a))] if len(table) else table
+        n_seeds = int(match["n_seeds"].iloc[0]) if len(match) else 0
+        if n_seeds < MIN_PAIR_COHORTS:
+            missing = [m for m in (model_a, model_b) if m not in simulated]
+            reason = (f"{' and '.join(missing)} not simulated" if missing else
+                      f"the pair ran on {n_seeds} cohorts, fewer than {MIN_PAIR_COHORTS}")
+            rows.append({**row, "measured": False, "n_seeds": n_seeds, "se_difference": np.nan,
+                         "significance_threshold": np.nan, "detectable_difference": np.nan,
+                         "detectable_difference_pooled": np.nan, "detectable_difference_delong": np.nan,
+                         "verdict": "not measured", "reason": reason})  # fmt: skip
             continue
-        a, b, kind, why, stats = chosen
-        mdd = float(stats["min_detectable_difference_fold_mean"])
-        inside = bool(abs(difference) < mdd)
-        if inside:
-            verdict = "inside the noise: this design does not detect it"
-        elif kind == "lower bound":
-            verdict = "above a lower bound only: undecided"
-        else:
-            verdict = "larger than the detectable difference"
-        rows.append({**row, "proxy": f"{a} vs {b}", "proxy_kind": kind, "proxy_reason": why,
-                     "proxy_n_seeds": int(stats["n_seeds"]), "min_detectable_difference": mdd,
-                     "min_detectable_difference_pooled": float(stats["min_detectable_difference"]),
-                     "min_detectable_difference_delong": float(stats["min_detectable_difference_delong"]),
-                     "inside_noise": inside, "verdict": verdict})  # fmt: skip
-    columns = ["comparison", "model_a", "model_b", "paper_a", "paper_b", "paper_difference", "proxy", "proxy_kind",
-               "proxy_reason", "proxy_n_seeds", "min_detectable_difference", "min_detectable_difference_pooled",
-               "min_detectable_difference_delong", "inside_noise", "verdict"]  # fmt: skip
-    return pd.DataFrame(rows, columns=columns)
+        stats = match.iloc[0]
+        se = float(stats["sd_fold_mean_difference"])
+        threshold, detectable = z_sig * se, factor * se
+        rows.append({**row, "measured": True, "n_seeds": n_seeds, "se_difference": se,
+                     "significance_threshold": threshold, "detectable_difference": detectable,
+                     "detectable_difference_pooled": float(stats["min_detectable_difference"]),
+                     "detectable_difference_delong": float(stats["min_detectable_difference_delong"]),
+                     "verdict": verdict_of(difference, threshold, detectable),
+                     "reason": f"SD over {n_seeds} simulated cohorts of the pair's fold-mean AUC difference"})  # fmt: skip
+    return pd.DataFrame(rows, columns=PAPER_DIFFERENCE_COLUMNS)
 
 
 # %% Figure ------------------------------------------------------------------------------------
@@ -914,10 +913,11 @@ def plot_spread(results: pd.DataFrame, alpha: float = 0.05, power: float = 0.8, 
 
     Left: box (central 95% as whiskers) and points of the pooled patient-level AUC per
     model (at most ``max_points`` points drawn per model), the mean over cohorts of the
-    patient-level fold-mean AUC (the form of the paper's ± tables) as a hollow diamond, the paper's reported AUC as a
-    red star, lines at the mean oracle AUCs (the ceilings). Right: for
-    each of the paper's comparisons (:func:`paper_differences`), the detectable
-    difference of its proxy pair (grey bar) and the paper's difference (red dot).
+    patient-level fold-mean AUC as a hollow diamond, the paper's reported AUC as a red
+    star, lines at the mean oracle AUCs (the ceilings). Right: for each of the paper's
+    comparisons (:func:`paper_differences`), the paper's difference (red dot) and, where
+    the pair was simulated, its significance threshold (dark bar, 1.96 SE) and detectable
+    difference (light bar, 2.80 SE); "not measured" where it was not.
 
     Returns:
         The matplotlib Figure (labelled SYNTHETIC).
@@ -958,16 +958,18 @@ def plot_spread(results: pd.DataFrame, alpha: float = 0.05, power: float = 0.8, 
 
     table = paper_differences(results, alpha, power)
     y = np.arange(len(table))[::-1]
-    lower = (table["proxy_kind"] == "lower bound").to_numpy()
-    for mask, hatch, text in ((~lower, None, "detectable difference of the proxy pair"),
-                              (lower, "//", "the same, a lower bound (fixed oracle rules)")):  # fmt: skip
-        if mask.any():
-            right.barh(y[mask], table["min_detectable_difference"].fillna(0)[mask], color="lightgrey", edgecolor="grey",
-                       hatch=hatch, label=f"{text} (alpha {alpha}, power {power})")  # fmt: skip
+    measured = table["measured"].to_numpy(dtype=bool)
+    if measured.any():
+        right.barh(y[measured], table["detectable_difference"][measured], color="lightgrey", edgecolor="grey",
+                   label=f"detectable difference ((z {1 - alpha / 2:g} + z {power:g}) SE, power {power:g})")
+        right.barh(y[measured], table["significance_threshold"][measured], height=0.4, color="dimgrey",
+                   label=f"significance threshold (z {1 - alpha / 2:g} SE, alpha {alpha:g})")  # fmt: skip
     right.scatter(table["paper_difference"], y, color="tab:red", zorder=3, label="paper's difference (fold-mean AUC)")
-    largest = np.nanmax([table["paper_difference"].abs().max(), table["min_detectable_difference"].max(), 0.01])
+    largest = np.nanmax([table["paper_difference"].abs().max(), table["detectable_difference"].max(), 0.01])
     right.set_xlim(min(0.0, table["paper_difference"].min() * 1.1), largest * 1.15)
-    labels = [f"{r.model_a} vs {r.model_b}\nproxy: {r.proxy or 'none'} ({r.proxy_kind})" for r in table.itertuples()]
+    for row_y in y[~measured]:
+        right.text(largest * 0.02, row_y, "not measured (models not simulated)", fontsize=7, va="center", color="dimgrey")
+    labels = [f"{r.model_a} vs {r.model_b}" for r in table.itertuples()]
     right.set_yticks(y, labels, fontsize=7)
     right.axvline(0, color="black", linewidth=0.8)
     right.set_xlabel("AUC difference")

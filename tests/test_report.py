@@ -195,6 +195,12 @@ def test_checklist_fills_what_the_run_knows_and_leaves_the_rest_open(run_folder,
     assert "scikit-learn" in claim.loc["23", "value"] and "pyradiomics" in claim.loc["23", "value"]
     assert "7 too small for texture" in tripod.loc["11", "value"]
     assert "random initialisation" in claim.loc["24", "value"] and "clinical FC 16 units" in claim.loc["22", "value"]
+    # what was tuned and on which cohorts; the paper's silences marked as assumptions; what the tests answer
+    assert "development synthetic cohorts only (generator seeds 3 and 4" in tripod.loc["12c", "value"]
+    assert "never on the study's default cohort (seed 2020)" in tripod.loc["12c", "value"]
+    assert "Adam (an assumption: the paper does not name its optimiser)" in claim.loc["25", "value"]
+    assert "sizes assumed: the paper does not state them" in claim.loc["22", "value"]
+    assert "conditional on the fitted fold models" in claim.loc["29", "value"]
     assert "clinical_rf" in claim.loc["37", "value"] and claim.loc["37", "status"] == "filled"
     # image headers: only P001 has images
     assert "NC: 1 volumes, in-plane spacing 0.70 mm, slice spacing 5.00 mm" in claim.loc["13", "value"]
@@ -268,6 +274,29 @@ def test_study_comparisons_test_every_pair_that_ran_and_record_it(tmp_path):
     assert len(on_disk) == 5 and on_disk["n_bootstrap"].eq(50).all(), on_disk
 
 
+def test_study_comparisons_show_the_difference_over_training_seeds_beside_the_conditional_tests(tmp_path):
+    # Two patients of each class, two training seeds per model. fusion_d_joint: seed 0 ranks perfectly (AUC 1),
+    # seed 1 gets 2 of 4 pairs (0.5); fusion_d: 3 of 4 pairs (0.75) with both seeds. Over seeds the difference
+    # is +0.25 and -0.25: mean 0, SD 0.25 * sqrt(2), model_a better in half of the 2 seed pairs, whatever the
+    # seed ensembles' DeLong test says (it is conditional on these fitted models).
+    probs = {"fusion_d_joint": {0: [0.9, 0.8, 0.2, 0.1], 1: [0.4, 0.1, 0.3, 0.2]},
+             "fusion_d": {0: [0.6, 0.3, 0.4, 0.2], 1: [0.6, 0.3, 0.4, 0.2]}}
+    for model, by_seed in probs.items():
+        evaluation.write_predictions(tmp_path, model, pd.concat([pd.DataFrame({
+            "patient_id": ["P1", "P2", "P3", "P4"], "slice": pd.NA, "fold": [0, 1, 0, 1], "y_true": [1, 1, 0, 0],
+            "y_prob": p, "train_seed": seed}) for seed, p in by_seed.items()], ignore_index=True))
+    comparisons = [("Table 5", "fusion_d_joint", "fusion_d", "joint loss")]
+    row = report.study_comparisons(tmp_path, comparisons=comparisons, n_bootstrap=20).iloc[0]
+    assert row["n_seed_pairs"] == 2 and row["seed_fraction_a_better"] == pytest.approx(0.5), row.to_dict()
+    assert row["seed_difference_mean"] == pytest.approx(0.0, abs=1e-12)
+    assert row["seed_difference_sd"] == pytest.approx(0.25 * np.sqrt(2)), row.to_dict()
+    # the conditional comparison is of the seed ensembles: mean probability over the two seeds per patient
+    # (fusion_d_joint: 0.65, 0.45 for the ER patients against 0.25, 0.15: AUC 1)
+    assert row["auc_a"] == pytest.approx(1.0) and row["auc_b"] == pytest.approx(0.75), row.to_dict()
+    # and the columns sit beside DeLong and the bootstrap interval in one row
+    assert {"p_value", "difference_ci_low", "difference_ci_high", *evaluation.SEED_COMPARISON_COLUMNS} <= set(row.index)
+
+
 def test_results_vs_paper_lists_each_model_once_with_its_tables(tmp_path):
     for seed, model in enumerate(["deep_resnet50", "radiomics_rf", "fusion_d"]):
         _patient_predictions(tmp_path, model, seed=seed)
@@ -321,3 +350,16 @@ def test_report_plots_draw_every_row():
     ax2 = report.plot_results_vs_paper(results)
     assert [t.get_text() for t in ax2.get_xticklabels()] == ["m1", "m2"]
     plt.close("all")
+
+
+def test_the_tuning_statement_names_the_networks_actual_layer_sizes():
+    # The checklist says which layer sizes are assumptions: they must be the ones the networks are built with.
+    import dataclasses
+
+    from hccer_lib import networks
+
+    defaults = {f.name: f.default for f in dataclasses.fields(networks.NetworkConfig)}
+    assert (defaults["image_units"], defaults["clinical_filters"], defaults["clinical_kernel"],
+            defaults["clinical_units"]) == (64, 8, 3, 16), defaults
+    assert ("image FC 64 units, fusion C Conv1D 8 filters of kernel 3, fusion D clinical FC 16 units"
+            in report.TUNING_TEXT), report.TUNING_TEXT

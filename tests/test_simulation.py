@@ -86,6 +86,8 @@ def test_detectable_difference_formula_on_a_known_frame():
     unpaired = factor * np.sqrt(np.var(a, ddof=1) + np.var(b, ddof=1))
     assert row["min_detectable_difference_unpaired"] == pytest.approx(unpaired)
     assert row["min_detectable_difference_fold_mean"] == pytest.approx(factor * sd)
+    assert row["significance_threshold"] == pytest.approx(1.959964 * sd, abs=1e-7)
+    assert row["significance_threshold_fold_mean"] == pytest.approx(1.959964 * sd, abs=1e-7)
     assert np.isnan(row["delong_power"]), "no pairs file: DeLong columns must be NaN"
 
 
@@ -100,31 +102,68 @@ def test_summarise_gives_the_spread_and_quantiles():
     assert summary["paper_auc_mean"] == evaluation.PAPER_RESULTS["clinical_rf"]["auc_mean"]
 
 
-def test_paper_differences_use_the_closest_simulated_pair():
-    rng = np.random.default_rng(0)
-    a = 0.7 + 0.05 * rng.standard_normal(8)
-    fold_difference = np.array([0.0, 0.02, -0.02, 0.01, -0.01, 0.03, -0.03, 0.0])
+def _with_sd(sd: float, n: int = 8) -> np.ndarray:
+    """``n`` differences with mean 0 and sample SD exactly ``sd``."""
+    base = np.array([1.0, -1.0] * (n // 2))
+    return base * sd / np.std(base, ddof=1)
+
+
+def test_paper_differences_give_the_significance_threshold_and_the_detectable_difference():
+    # Three simulated pairs whose SD of the fold-mean difference is set by hand (pooled AUCs shifted by 0.01):
+    # joint loss 0.8331 - 0.8248 = 0.0083 with SE 0.0035: 1.96 SE = 0.0069 < 0.0083 < 2.80 SE = 0.0098;
+    # clinical vs deep 0.7532 - 0.7233 = 0.0299 with SE 0.02: below 1.96 SE = 0.0392;
+    # fusion D vs clinical 0.8248 - 0.7532 = 0.0716 with SE 0.01: above 2.80 SE = 0.028.
+    a = np.full(8, 0.7)
+    other = _with_sd(0.02) * np.array([1, 1, -1, -1] * 2)  # SD 0.02, uncorrelated with _with_sd(0.01)
     results = frame_of(
-        {"clinical_rf": list(a), "clinical_rf_strict": list(a - 0.01)},
-        {"clinical_rf": list(a), "clinical_rf_strict": list(a - fold_difference)},
+        {"fusion_d_joint": list(a), "fusion_d": list(a - 0.01), "clinical_rf": list(a - 0.02),
+         "deep_resnet50": list(a - 0.03)},
+        {"fusion_d_joint": list(a + _with_sd(0.0035)), "fusion_d": list(a),
+         "clinical_rf": list(a - _with_sd(0.01)), "deep_resnet50": list(a - _with_sd(0.01) - other)},
     )
     table = simulation.paper_differences(results).set_index("comparison")
+    z_sig, factor = 1.959964, 1.959964 + 0.841621
+    assert simulation.z_significance() == pytest.approx(z_sig, abs=1e-5)
 
     joint = table.loc["Table 5: joint loss"]
-    expected = simulation.z_factor() * np.std(fold_difference, ddof=1)  # 2.80 * 0.0196 = 0.055
-    assert joint["proxy"] == "clinical_rf vs clinical_rf_strict", f"proxy {joint['proxy']}"
-    assert joint["paper_difference"] == pytest.approx(0.8331 - 0.8248)
-    assert joint["min_detectable_difference"] == pytest.approx(expected), "the paper's form (fold mean) is compared"
-    assert joint["inside_noise"] and joint["verdict"].startswith("inside"), f"{joint.to_dict()}"
-    # no simulated pair for radiomics or the oracles: not assessed, never claimed inside the noise
-    deep = table.loc["Table 3: deep vs radiomics model"]
-    assert deep["proxy_kind"] == "none" and not deep["inside_noise"], f"{deep.to_dict()}"
+    assert joint["measured"] and joint["n_seeds"] == 8
+    assert joint["se_difference"] == pytest.approx(0.0035)
+    assert joint["significance_threshold"] == pytest.approx(z_sig * 0.0035, abs=1e-6)
+    assert joint["detectable_difference"] == pytest.approx(factor * 0.0035, abs=1e-6)
+    assert joint["verdict"].startswith("above the significance threshold, below the detectable"), joint.to_dict()
+
+    fusion_clinical = table.loc["Table 4: fusion D vs clinical model"]
+    assert fusion_clinical["se_difference"] == pytest.approx(0.01)
+    assert fusion_clinical["verdict"] == "above the detectable difference", fusion_clinical.to_dict()
+
+    clinical_deep = table.loc["Table 4: clinical model vs deep model"]
+    assert clinical_deep["se_difference"] == pytest.approx(0.02)
+    assert clinical_deep["verdict"].startswith("below the significance threshold"), clinical_deep.to_dict()
+
+    # fusion_b and radiomics_rf were not simulated: not measured, whatever the other pairs' noise
+    for comparison in ("Table 4: fusion D vs fusion B", "Table 3: deep vs radiomics model"):
+        row = table.loc[comparison]
+        assert not row["measured"] and row["verdict"] == "not measured" and np.isnan(row["significance_threshold"])
+        assert "not simulated" in row["reason"], row.to_dict()
+
+
+def test_paper_differences_are_not_measured_by_another_pairs_noise():
+    # Only the two clinical forests were simulated (no network: deep cohorts = 0): their paired noise must not
+    # stand in for the joint loss or fusion D vs B, as it once did.
+    rng = np.random.default_rng(0)
+    a = 0.7 + 0.05 * rng.standard_normal(8)
+    results = frame_of({"clinical_rf": list(a), "clinical_rf_strict": list(a - 0.01)})
+    table = simulation.paper_differences(results).set_index("comparison")
+    assert (~table["measured"]).all() and (table["verdict"] == "not measured").all(), table
+    assert table.loc["Table 5: joint loss", "reason"] == "fusion_d_joint and fusion_d not simulated"
+    assert table.loc["Table 4: fusion D vs clinical model", "reason"] == "fusion_d not simulated"
 
 
 def test_paper_differences_need_enough_cohorts():
-    results = frame_of({"clinical_rf": [0.7, 0.72, 0.69], "clinical_rf_strict": [0.68, 0.7, 0.7]})
+    results = frame_of({"fusion_d_joint": [0.7, 0.72, 0.69], "fusion_d": [0.68, 0.7, 0.7]})
     joint = simulation.paper_differences(results).set_index("comparison").loc["Table 5: joint loss"]
-    assert joint["proxy_kind"] == "none", f"3 cohorts < {simulation.MIN_PROXY_COHORTS} were used: {joint.to_dict()}"
+    assert not joint["measured"] and joint["verdict"] == "not measured", joint.to_dict()
+    assert joint["reason"] == f"the pair ran on 3 cohorts, fewer than {simulation.MIN_PAIR_COHORTS}"
 
 
 def test_plot_spread_is_labelled_synthetic():
