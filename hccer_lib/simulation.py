@@ -122,6 +122,12 @@ RESULT_COLUMNS = [
     "accuracy_fold_mean", "auc_fold_mean_slice", "auc_fold_sd_slice", "accuracy_fold_mean_slice",
     "oracle_clinical_auc", "oracle_image_auc", "oracle_both_auc",
 ]  # fmt: skip
+DETECTABLE_COLUMNS = [
+    "model_a", "model_b", "n_seeds", "mean_difference", "sd_difference", "significance_threshold",
+    "min_detectable_difference", "correlation", "min_detectable_difference_unpaired", "fold_mean_difference",
+    "sd_fold_mean_difference", "significance_threshold_fold_mean", "min_detectable_difference_fold_mean",
+    "se_delong_mean", "significance_threshold_delong", "min_detectable_difference_delong", "delong_power",
+]  # fmt: skip
 PAIR_COLUMNS = [
     "design", "cohort", "seed", "model_a", "model_b", "auc_a", "auc_b", "difference", "fold_mean_difference",
     "se_delong", "p_delong",
@@ -816,7 +822,7 @@ def detectable_differences(results: pd.DataFrame, alpha: float = 0.05, power: fl
                 "min_detectable_difference_delong": factor * se_mean,
                 "delong_power": power_delong,
             })  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=DETECTABLE_COLUMNS)
 
 
 #: The paper's comparisons: (label, model_a, model_b). Each is measured only by the simulated
