@@ -61,7 +61,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from hccer_lib import final_model, outputs
 
-    patient = final_model.read_patient_folder(args.patient) if args.patient else None  # bad input first: no model to load
+    # bad input first (no model to load), read with the model folder's data dictionary
+    patient = final_model.read_patient_folder(args.patient, final_model.peek_clinical_settings(args.model)) if args.patient else None
     try:
         model = final_model.load_final_model(args.model)
     except final_model.ModelFolderError as err:

@@ -541,6 +541,49 @@ def impute_levels(levels: pd.DataFrame, columns, train: np.ndarray) -> tuple[pd.
     return filled, indicators
 
 
+def fit_imputation(levels: pd.DataFrame, columns, train: np.ndarray) -> tuple[dict[str, str], list[str]]:
+    """The imputation of :func:`impute_levels` for every variable of ``columns``, to be saved.
+
+    The final model (``final_model``) keeps it to encode a new patient as its training
+    patients were encoded: a missing level becomes ``modes[column]`` (the most frequent
+    level among the ``train`` patients with a value; ties: the first in Table 1's order), and
+    each column of ``indicators`` (some training patient lacks it) gets a bit
+    ``"<column> missing"``. On the same patients :func:`apply_imputation` then gives what
+    :func:`impute_levels` and :func:`encode_variables` give.
+
+    Raises:
+        ValueError: a variable that no training patient has.
+    """
+    train = np.asarray(train, dtype=bool)
+    by_column = {v.column: v for v in (*CLINICAL_VARIABLES, *variables_of(levels))}
+    modes, indicators = {}, []
+    for column in columns:
+        values = levels[column]
+        observed = values[train & values.notna().to_numpy()]
+        if observed.empty:
+            raise ValueError(f"variable {column!r}: no training patient has a value; it cannot be imputed")
+        counts = observed.value_counts()
+        order = list(by_column[column].levels)
+        modes[column] = str(max(counts.index, key=lambda level: (counts[level], -order.index(level))))
+        if values[train].isna().any():
+            indicators.append(column)
+    return modes, indicators
+
+
+def apply_imputation(levels: pd.DataFrame, columns, modes: dict[str, str], indicators) -> tuple[np.ndarray, list[str]]:
+    """Encoded ``columns`` with missing levels filled from ``modes`` and the ``indicators`` bits
+    appended (``"<column> missing"``), as :func:`fit_imputation` fitted them."""
+    filled = levels.copy()
+    for column in columns:
+        filled[column] = levels[column].fillna(modes[column])
+    matrix, names = encode_variables(filled, list(columns))
+    if indicators:
+        flags = np.column_stack([levels[c].isna().to_numpy(dtype=np.float32) for c in indicators])
+        matrix = np.column_stack([matrix, flags]).astype(np.float32)
+        names = names + [f"{c} {MISSING_LEVEL}" for c in indicators]
+    return matrix, names
+
+
 def _fold_matrix(levels: pd.DataFrame, selected: list[str], train: np.ndarray) -> tuple[np.ndarray, list[str]]:
     """Encoded ``selected`` variables with missing values imputed from ``train`` (see :func:`impute_levels`)."""
     filled, indicators = impute_levels(levels, selected, train)

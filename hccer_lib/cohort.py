@@ -137,8 +137,11 @@ class CohortError(ValueError):
 # %% Clinical table ---------------------------------------------------------------------
 
 
-def load_clinical(cohort_dir: str | os.PathLike) -> pd.DataFrame:
-    """Read and validate ``clinical.csv``.
+def load_clinical(cohort_dir: str | os.PathLike, dictionary=None) -> pd.DataFrame:
+    """Read and validate ``clinical.csv`` (or the table the cohort's data dictionary names).
+
+    ``dictionary``: a ``dictionary.DataDictionary`` to read the table with, instead of the
+    cohort folder's own (``data_dictionary.yaml``, else the paper's).
 
     Returns:
         One row per patient, in file order: ``patient_id`` as ``str`` (leading zeros
@@ -151,7 +154,7 @@ def load_clinical(cohort_dir: str | os.PathLike) -> pd.DataFrame:
             id, a value outside its range, an unknown category), with the count of the
             further problems.
     """
-    frame, problems = _check_clinical(Path(cohort_dir))
+    frame, problems = _check_clinical(Path(cohort_dir), dictionary)
     _raise_first(problems)
     return frame
 
@@ -161,7 +164,7 @@ def list_patients(cohort_dir: str | os.PathLike) -> list[str]:
     return load_clinical(cohort_dir)["patient_id"].tolist()
 
 
-def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
+def _check_clinical(cohort_dir: Path, dictionary=None) -> tuple[pd.DataFrame, list[CohortError]]:
     """Read the clinical table through the cohort's data dictionary.
 
     Returns the frame in the library's terms (``patient_id``, ``early_recurrence`` and one
@@ -172,10 +175,11 @@ def _check_clinical(cohort_dir: Path) -> tuple[pd.DataFrame, list[CohortError]]:
     (censored before the horizon) in ``frame.attrs[clinical.EXCLUDED_ATTR]`` as
     ``(patient_id, reason, group)`` triples (``clinical.excluded_of``).
     """
-    try:
-        dictionary = load_dictionary(cohort_dir)
-    except DictionaryError as err:
-        raise CohortError(str(err), file=DICTIONARY_FILE) from None
+    if dictionary is None:
+        try:
+            dictionary = load_dictionary(cohort_dir)
+        except DictionaryError as err:
+            raise CohortError(str(err), file=DICTIONARY_FILE) from None
     rel = dictionary.table
     path = cohort_dir / rel
     if not path.is_file():
@@ -327,7 +331,7 @@ def _typed(frame: pd.DataFrame, rel: str) -> list[CohortError]:
     return []
 
 
-def load_clinical_rows(cohort_dir: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, CohortError]]:
+def load_clinical_rows(cohort_dir: str | os.PathLike, dictionary=None) -> tuple[pd.DataFrame, dict[str, CohortError]]:
     """The clinical table with each patient's problems kept apart, for per-patient work (``predict``).
 
     Returns:
@@ -337,7 +341,7 @@ def load_clinical_rows(cohort_dir: str | os.PathLike) -> tuple[pd.DataFrame, dic
     Raises:
         CohortError: a problem of the table itself (a missing column, an empty id, ...).
     """
-    frame, problems = _check_clinical(Path(cohort_dir))
+    frame, problems = _check_clinical(Path(cohort_dir), dictionary)
     whole = [p for p in problems if p.patient is None]
     _raise_first(whole)
     per_patient: dict[str, CohortError] = {}

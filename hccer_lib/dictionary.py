@@ -158,6 +158,32 @@ def load_dictionary(cohort_dir: str | os.PathLike) -> DataDictionary:
     return parse_dictionary(spec or {}, default_table=find_table(cohort_dir))
 
 
+def load_spec(cohort_dir: str | os.PathLike) -> dict | None:
+    """The cohort's ``data_dictionary.yaml`` as a JSON mapping (None without the file), for saving.
+
+    The final model keeps it (``final_model``) and reads a new cohort with it; the mapping
+    must parse to the same dictionary as the file.
+
+    Raises:
+        DictionaryError: as :func:`load_dictionary`.
+    """
+    import json
+
+    import yaml
+
+    cohort_dir = Path(cohort_dir)
+    path = cohort_dir / DICTIONARY_FILE
+    if not path.is_file():
+        return None
+    dictionary = load_dictionary(cohort_dir)
+    spec = json.loads(json.dumps(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, default=str))
+    if parse_dictionary(spec, default_table=find_table(cohort_dir)) != dictionary:
+        raise DictionaryError("the dictionary does not survive its conversion to JSON (a value YAML reads as a date or "
+                              "another type?); quote such values")  # fmt: skip
+    spec.setdefault("table", dictionary.table)
+    return spec
+
+
 def parse_dictionary(spec: dict, default_table: str = DEFAULT_TABLE) -> DataDictionary:
     """A :class:`DataDictionary` from the parsed YAML mapping (see the module docstring)."""
     if not isinstance(spec, dict):

@@ -49,6 +49,18 @@ A new patient is a folder (:func:`read_patient_folder`)::
 which is checked by the cohort loaders of :mod:`hccer_lib.cohort` (the same one-line
 messages naming the patient and the file, here relative to the patient folder). Every
 patient of a cohort folder is predicted by :func:`predict_cohort`.
+
+The clinical table of a new patient or cohort is read as the training cohort's was:
+``manifest["clinical"]["dictionary"]`` holds the training cohort's data dictionary (its
+``data_dictionary.yaml`` as a mapping; None: the paper's), and a folder without its own
+``data_dictionary.yaml`` is read with it (its table: the dictionary's ``table`` when the folder
+has it, else ``clinical.csv`` / ``clinical.xlsx``). A folder with its own dictionary is read
+with that one, which must define every variable the model reads as the model's does (units
+may differ: they are converted). The outcome may be absent or empty (unknown); a patient a
+time-to-event outcome would exclude (censored before the horizon) is predicted, with an
+unknown label. ``manifest["clinical"]["imputation"]`` holds the rule fitted on the whole
+training cohort (``clinical.fit_imputation``): a missing value of a selected variable becomes
+its ``modes`` level, and each variable of ``indicators`` has its bit ``"<variable> missing"``.
 """
 
 from __future__ import annotations
@@ -78,7 +90,8 @@ logger = logging.getLogger("hccer")
 FORMAT_NAME = "hccer-final-model"
 #: Raise when the folder layout or the meaning of a stored field changes.
 #: 2: manifest_sha256 covers the manifest's settings; self_check_cohort/ is predicted end to end.
-FORMAT_VERSION = 2
+#: 3: the cohort's data dictionary and the clinical imputation (modes, indicator bits) are saved.
+FORMAT_VERSION = 3
 MANIFEST_FILE = "manifest.json"
 SELF_CHECK_FILE = "self_check.npz"
 #: The manifest's own digest: sha256 of its canonical JSON without this key (:func:`manifest_digest`).
@@ -391,11 +404,18 @@ class FinalModel:
 
     # -- inputs -------------------------------------------------------------------------------
 
-    def clinical_bits(self, clinical: pd.DataFrame) -> np.ndarray:
-        """The clinical vector ``[n, k]`` of raw clinical rows, encoded as at fitting time."""
-        from hccer_lib.clinical import binarise, encode_variables
+    @property
+    def dictionary_spec(self) -> dict | None:
+        """The training cohort's data dictionary (a mapping), or None for the paper's."""
+        return self.manifest["clinical"].get("dictionary")
 
-        bits, names = encode_variables(binarise(clinical), self.manifest["clinical"]["variables"])
+    def clinical_bits(self, clinical: pd.DataFrame) -> np.ndarray:
+        """The clinical vector ``[n, k]`` of raw clinical rows, encoded and imputed as at fitting time."""
+        from hccer_lib.clinical import apply_imputation, binarise
+
+        imputation = self.manifest["clinical"]["imputation"]
+        bits, names = apply_imputation(binarise(clinical), self.manifest["clinical"]["variables"], imputation["modes"],
+                                       imputation["indicators"])  # fmt: skip
         if names != self.bit_names:
             raise ValueError(f"the clinical encoding gives {names}, the model was fitted on {self.bit_names}")
         return bits
@@ -513,7 +533,8 @@ class FinalModel:
             for name, entry in manifest["models"].items():
                 outputs.write_json(tmp / name / "model.json", {"model": name, **entry.get("details", {})})
             check = self.self_check_arrays()
-            check.update(self.self_check_patients(write_self_check_cohort(tmp / SELF_CHECK_COHORT)))
+            check.update(self.self_check_patients(write_self_check_cohort(tmp / SELF_CHECK_COHORT,
+                                                                          dictionary_spec=self.dictionary_spec)))
             save_arrays(tmp / SELF_CHECK_FILE, check)
             manifest["files"] = {
                 p.relative_to(tmp).as_posix(): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
@@ -759,17 +780,40 @@ def _read_manifest(folder: Path) -> dict:
 
 
 def _check_clinical_spec(manifest: dict, folder: Path) -> None:
-    """The recorded clinical variables must encode to the recorded bits."""
-    from hccer_lib.clinical import VARIABLES_BY_COLUMN, encode_variables
+    """The recorded dictionary must parse, and the recorded variables and imputation encode to the recorded bits."""
+    from hccer_lib.clinical import MISSING_LEVEL, VARIABLES_ATTR, encode_variables
 
-    variables, bit_names = manifest["clinical"].get("variables", []), manifest["clinical"].get("bit_names", [])
-    unknown = [v for v in variables if v not in VARIABLES_BY_COLUMN]
+    clinical = manifest["clinical"]
+    variables, bit_names = clinical.get("variables", []), clinical.get("bit_names", [])
+    try:
+        by_column = {v.column: v for v in model_variables(clinical.get("dictionary"))}
+    except ValueError as err:
+        raise ModelFolderError(f"its clinical data dictionary is unusable ({err})", folder, MANIFEST_FILE) from None
+    unknown = [v for v in variables if v not in by_column]
     if unknown or not variables:
         raise ModelFolderError(f"unknown or no clinical variables {unknown}", folder, MANIFEST_FILE)
-    levels = pd.DataFrame({v: [VARIABLES_BY_COLUMN[v].levels[0]] for v in variables})
+    imputation = clinical.get("imputation")
+    if (not isinstance(imputation, dict) or not isinstance(imputation.get("modes"), dict)
+            or not isinstance(imputation.get("indicators"), list)):  # fmt: skip
+        raise ModelFolderError("no clinical imputation (modes, indicators)", folder, MANIFEST_FILE)
+    modes, indicators = imputation["modes"], imputation["indicators"]
+    levels = pd.DataFrame({v: [by_column[v].levels[0]] for v in variables})
+    levels.attrs[VARIABLES_ATTR] = tuple(by_column.values())
     _, names = encode_variables(levels, variables)
+    names += [f"{c} {MISSING_LEVEL}" for c in indicators]
     if names != bit_names:
         raise ModelFolderError(f"clinical variables {variables} encode to bits {names}, not the recorded {bit_names}", folder, MANIFEST_FILE)
+    wrong = [v for v in variables if modes.get(v) not in by_column[v].levels] + [v for v in indicators if v not in variables]
+    if wrong:
+        raise ModelFolderError(f"the clinical imputation of {wrong[0]!r} is not one of its levels or variables", folder, MANIFEST_FILE)
+
+
+def model_variables(spec: dict | None):
+    """The candidate variables of a saved dictionary mapping (None: the paper's 17)."""
+    from hccer_lib.clinical import CLINICAL_VARIABLES
+    from hccer_lib.dictionary import parse_dictionary
+
+    return CLINICAL_VARIABLES if spec is None else parse_dictionary(spec).variables
 
 
 def _check_versions(manifest: dict, folder: Path) -> None:
@@ -948,24 +992,31 @@ def new_final_model(
     alpha: float = 0.05,
     synthetic: bool = False,
     preprocess_settings=None,
+    dictionary_spec: dict | None = None,
 ) -> FinalModel:
     """An empty :class:`FinalModel` (no model yet) for a cohort and its settings.
 
     Args:
         cohort_name: the cohort folder's name (no path).
-        clinical: the raw clinical frame the models are fitted on (counts only are kept).
+        clinical: the raw clinical frame the models are fitted on (counts and the imputation
+            of missing values are kept).
         variables: the selected clinical variables (``clinical.select_variables``); their
-            bits (``clinical.encode_variables``) are the clinical vector of every model.
+            bits (``clinical.encode_variables``), with an indicator bit for each variable some
+            patient lacks, are the clinical vector of every model.
         preprocess_settings: ``preprocessing.PreprocessSettings`` (default: the profile's
             image size with the default window, phase, margin and tolerance).
+        dictionary_spec: the cohort's data dictionary (``dictionary.load_spec``; None: the
+            paper's), saved to read new patients as the cohort was read.
     """
     from hccer_lib import preprocessing
-    from hccer_lib.clinical import binarise, encode_variables
+    from hccer_lib.clinical import apply_imputation, binarise, fit_imputation
 
     if preprocess_settings is None:
         preprocess_settings = preprocessing.PreprocessSettings(image_size=profile.image_size)
     settings = preprocess_settings if isinstance(preprocess_settings, dict) else asdict(preprocess_settings)
-    _, bit_names = encode_variables(binarise(clinical), variables)
+    levels = binarise(clinical)
+    modes, indicators = fit_imputation(levels, variables, np.ones(len(levels), dtype=bool))
+    _, bit_names = apply_imputation(levels, variables, modes, indicators)
     labels = clinical[LABEL_COLUMN].to_numpy(dtype=int)
     manifest = {
         "format": FORMAT_NAME,
@@ -976,7 +1027,9 @@ def new_final_model(
         "profile": profile.as_dict(),
         "seed": int(seed),
         "selection_protocol": selection_protocol,
-        "clinical": {"alpha": alpha, "variables": list(variables), "bit_names": list(bit_names)},
+        "clinical": {"alpha": alpha, "variables": list(variables), "bit_names": list(bit_names),
+                     "imputation": {"modes": modes, "indicators": list(indicators)},
+                     "dictionary": None if dictionary_spec is None else json.loads(json.dumps(dictionary_spec))},
         "preprocessing": {"settings": dict(settings), "format_version": preprocessing.FORMAT_VERSION},
         "models": {},
         "primary_model": None,
@@ -1082,7 +1135,7 @@ def refit_final_model(
         the :class:`FinalModel`, not yet saved (:meth:`FinalModel.save`).
     """
     from hccer_lib import clinical as clinical_module
-    from hccer_lib import cohort, evaluation, preprocessing, training
+    from hccer_lib import cohort, dictionary, evaluation, preprocessing, training
 
     unknown = [m for m in models if m not in MODEL_NAMES]
     if unknown or not models:
@@ -1103,11 +1156,16 @@ def refit_final_model(
     if networks_wanted:
         dataset = preprocessing.study_dataset(cohort_dir, work_dir, profile.image_size)
         settings = dataset.settings
+    try:
+        spec = dictionary.load_spec(cohort_dir)
+    except dictionary.DictionaryError as err:
+        raise CohortError(str(err), file=dictionary.DICTIONARY_FILE) from None
     final = new_final_model(Path(cohort_dir).name, clinical, profile, variables, seed, selection_protocol, alpha,
-                            synthetic, settings)  # fmt: skip
+                            synthetic, settings, dictionary_spec=spec)  # fmt: skip
 
-    if "clinical_rf" in models:
-        bits, _ = clinical_module.encode_variables(levels, variables)
+    if "clinical_rf" in models:  # imputed as the networks' folds impute (clinical.clinical_matrix on every patient)
+        imputation = final.manifest["clinical"]["imputation"]
+        bits, _ = clinical_module.apply_imputation(levels, variables, imputation["modes"], imputation["indicators"])
         logger.info("final model: clinical_rf on %d patients, %d clinical bits", len(clinical), bits.shape[1])
         forest = clinical_module.make_clinical_rf(seed, n_estimators=clinical_estimators).fit(bits, labels)
         add_clinical_rf(final, forest, rf_params=clinical_module.RF_PARAMS, seed=int(seed), n_patients=len(clinical))
@@ -1156,7 +1214,7 @@ def _refit_radiomics(final, cohort_dir, work_dir, profile, seed, n_estimators, i
 # %% The self-check cohort --------------------------------------------------------------------
 
 
-def write_self_check_cohort(cohort_dir: str | os.PathLike, seed: int = 0) -> Path:
+def write_self_check_cohort(cohort_dir: str | os.PathLike, seed: int = 0, dictionary_spec: dict | None = None) -> Path:
     """Write the tiny generated cohort that a model folder is checked with, end to end.
 
     :data:`N_SELF_CHECK_PATIENTS` patients, no patient's data: clinical rows of
@@ -1166,6 +1224,11 @@ def write_self_check_cohort(cohort_dir: str | os.PathLike, seed: int = 0) -> Pat
     :data:`SELF_CHECK_TISSUE_HU` holding a 10 x 10 voxel tumour of
     :data:`SELF_CHECK_TUMOUR_HU` on two slices (seeded noise, a different place and offset
     per patient), its boxes in ``roi_boxes.csv``. The same ``seed`` writes the same cohort.
+
+    With ``dictionary_spec`` (a model's data dictionary) the clinical table follows that
+    dictionary instead (``data_dictionary.yaml`` beside it; :func:`_dictionary_rows`): its
+    column names, units, codes and outcome, and the last patient without any value that the
+    dictionary does not require, so that every load checks the saved imputation too.
 
     Returns:
         ``cohort_dir``.
@@ -1200,9 +1263,63 @@ def write_self_check_cohort(cohort_dir: str | os.PathLike, seed: int = 0) -> Pat
             sitk.WriteImage(image, str(path), useCompression=True)
             boxes += [{"patient_id": pid, "phase": phase, "slice": k, "x_min": x0, "x_max": x0 + 9, "y_min": y0, "y_max": y0 + 9}
                       for k in (2, 3)]  # fmt: skip
-    outputs.write_csv(cohort_dir / cohort.CLINICAL_FILE, clinical)
+    if dictionary_spec is None:
+        outputs.write_csv(cohort_dir / cohort.CLINICAL_FILE, clinical)
+    else:
+        import yaml
+
+        from hccer_lib.dictionary import DICTIONARY_FILE, parse_dictionary
+
+        spec = {k: v for k, v in dictionary_spec.items() if k != "sheet"} | {"table": cohort.CLINICAL_FILE}
+        rows = _dictionary_rows(parse_dictionary(spec), list(clinical["patient_id"]), clinical[LABEL_COLUMN].tolist())
+        outputs.write_csv(cohort_dir / cohort.CLINICAL_FILE, rows)
+        outputs.write_text(cohort_dir / DICTIONARY_FILE, yaml.safe_dump(spec, sort_keys=False, allow_unicode=True))
     outputs.write_csv(cohort_dir / cohort.BOX_TABLE_FILE, pd.DataFrame(boxes))
     return cohort_dir
+
+
+def _dictionary_rows(dictionary, ids: list[str], labels: list[int]) -> pd.DataFrame:
+    """A raw clinical table in ``dictionary``'s terms (columns, units, codes, outcome).
+
+    Patient ``i`` has level ``(i + j) % n_levels`` of variable ``j`` (numbers 20% of the
+    cut-off on either side of it, converted back to the table's unit); the last patient has
+    no value of the variables that are not required. Outcome: the 0/1 ``labels``, or times
+    at half the horizon (event) and twice the horizon (no event).
+    """
+    outcome = dictionary.outcome
+    table: dict[str, list] = {dictionary.id_column: list(ids)}
+    if outcome.is_time_to_event:
+        table[outcome.time] = [f"{outcome.horizon * (0.5 if y else 2.0):g}" for y in labels]
+        table[outcome.event] = [str(int(y)) for y in labels]
+    else:
+        table[outcome.column] = [str(int(y)) for y in labels]
+    for j, var in enumerate(dictionary.variables):
+        values = []
+        for i in range(len(ids)):
+            if i == len(ids) - 1 and not var.required:
+                values.append("")
+                continue
+            level = var.levels[(i + j) % len(var.levels)]
+            values.append(_raw_of_level(var, level, dictionary.factor(var.column)))
+        table[var.source_column] = values
+    return pd.DataFrame(table)
+
+
+def _raw_of_level(var, level: str, factor: float) -> str:
+    """A raw table value (text) that the dictionary reads as ``level`` of ``var``."""
+    index = var.levels.index(level)
+    if var.kind == "threshold":
+        step = abs(var.cutoff) * 0.2 or 1.0
+        value = var.cutoff + step if level.startswith(">=") else var.cutoff - step
+        return f"{value / factor:.10g}"
+    if var.kind == "count":
+        return str(1 + index)
+    raw = next((raw for raw, lvl in var.aliases if lvl == level), None)
+    if raw is not None:
+        return raw
+    if var.kind == "binary":
+        return str(index)
+    return (var.codes or var.levels)[index]
 
 
 # %% Reading patients -------------------------------------------------------------------------
@@ -1211,26 +1328,36 @@ def write_self_check_cohort(cohort_dir: str | os.PathLike, seed: int = 0) -> Pat
 UNKNOWN_LABELS = {"", "na", "nan", "unknown"}
 
 
-def read_patient_folder(patient_dir: str | os.PathLike) -> PatientInputs:
+def read_patient_folder(patient_dir: str | os.PathLike, clinical_settings: dict | None = None) -> PatientInputs:
     """Read and validate one new patient's folder (module docstring); labels may be unknown.
 
     Checked by :mod:`hccer_lib.cohort` (the patient folder is presented to it as a
     one-patient cohort), so bad input raises the same :class:`CohortError` messages, with
     files named relative to the patient folder (``ART.nii.gz``, ``clinical.csv``).
+
+    ``clinical_settings``: the model's ``manifest["clinical"]`` (:func:`peek_clinical_settings`):
+    its data dictionary reads the clinical table (module docstring); None: the paper's.
     """
     from hccer_lib import cohort
 
     patient_dir = Path(patient_dir)
     if not patient_dir.is_dir():
         raise CohortError(f"patient folder {patient_dir} does not exist")
-    if not (patient_dir / cohort.CLINICAL_FILE).is_file():
+    reading = _reading(patient_dir, clinical_settings)
+    if reading is None and not (patient_dir / cohort.CLINICAL_FILE).is_file():
         raise CohortError(f"missing: the patient folder {patient_dir} has no {cohort.CLINICAL_FILE}", file=cohort.CLINICAL_FILE)
     with tempfile.TemporaryDirectory(prefix="hccer-patient-") as view:
         view = Path(view)
-        unknown = _write_labelled_clinical(patient_dir / cohort.CLINICAL_FILE, view / cohort.CLINICAL_FILE)
-        clinical = cohort.load_clinical(view)
+        if reading is None:
+            table = cohort.CLINICAL_FILE
+            unknown = _write_labelled_clinical(patient_dir / cohort.CLINICAL_FILE, view / cohort.CLINICAL_FILE)
+            clinical = cohort.load_clinical(view)
+        else:
+            table = reading.table
+            unknown, _ = _write_dictionary_view(patient_dir, reading, view, link=False)
+            clinical = _renamed(lambda: cohort.load_clinical(view, _view_dictionary(reading)), table)
         if len(clinical) != 1:
-            raise CohortError(f"a patient folder's {cohort.CLINICAL_FILE} holds one row, got {len(clinical)}", file=cohort.CLINICAL_FILE)
+            raise CohortError(f"a patient folder's {table} holds one row, got {len(clinical)}", file=table)
         patient_id = clinical["patient_id"].iloc[0]
         (view / "images").mkdir()
         _link(patient_dir, view / "images" / patient_id)
@@ -1246,21 +1373,20 @@ def read_patient_folder(patient_dir: str | os.PathLike) -> PatientInputs:
     return _patient_inputs(clinical, 0, y_true, phases)
 
 
-def iter_cohort_patients(cohort_dir: str | os.PathLike, patient_ids: list[str] | None = None) -> Iterator[PatientInputs]:
+def iter_cohort_patients(cohort_dir: str | os.PathLike, patient_ids: list[str] | None = None,
+                         clinical_settings: dict | None = None) -> Iterator[PatientInputs]:  # fmt: skip
     """The patients of a cohort folder (all, or ``patient_ids`` in that order), read and validated.
 
     Labels may be empty (unknown: ``y_true`` None). An id not in ``clinical.csv`` is a
-    :class:`CohortError`.
+    :class:`CohortError`. ``clinical_settings``: as for :func:`read_patient_folder`.
     """
     from hccer_lib import cohort
 
     cohort_dir = Path(cohort_dir)
     if not cohort_dir.is_dir():
         raise CohortError(f"cohort folder {cohort_dir} does not exist")
-    if not (cohort_dir / cohort.CLINICAL_FILE).is_file():
-        raise CohortError(f"missing: the cohort folder {cohort_dir} has no {cohort.CLINICAL_FILE}", file=cohort.CLINICAL_FILE)
-    with _labelled_view(cohort_dir) as (view, unknown):
-        clinical = cohort.load_clinical(view)
+    with _cohort_view(cohort_dir, clinical_settings) as (view, unknown, _, dictionary, table):
+        clinical = _renamed(lambda: cohort.load_clinical(view, dictionary), table)
         rows = {pid: row for row, pid in enumerate(clinical["patient_id"])}
         for patient_id in clinical["patient_id"] if patient_ids is None else map(str, patient_ids):
             if patient_id not in rows:
@@ -1277,6 +1403,161 @@ def _patient_inputs(clinical: pd.DataFrame, row: int, y_true, phases: dict) -> P
         patient_id=str(one["patient_id"].iloc[0]), clinical=one, y_true=y_true,
         images={p: image for p, (image, _) in phases.items()}, boxes={p: boxes for p, (_, boxes) in phases.items()},
     )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """How a folder's clinical table is read: its dictionary (a ``DataDictionary``) and table file."""
+
+    dictionary: object
+    table: str
+
+
+def peek_clinical_settings(model_folder: str | os.PathLike) -> dict | None:
+    """The ``clinical`` settings of a model folder's manifest, read without any check (None when
+    unreadable: :func:`load_final_model` then names the problem). For reading a patient folder
+    before the model is loaded."""
+    try:
+        manifest = json.loads((Path(model_folder) / MANIFEST_FILE).read_text(encoding="utf-8"))
+        return manifest["clinical"] if isinstance(manifest["clinical"], dict) else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _reading(folder: Path, clinical_settings: dict | None) -> _Reading | None:
+    """How to read ``folder``'s clinical table; None: the paper's dictionary on ``clinical.csv`` (as always).
+
+    The folder's own ``data_dictionary.yaml`` (checked against the model's variables), else the
+    model's saved dictionary (its table when the folder has it, else ``clinical.csv`` / ``.xlsx``).
+    """
+    from hccer_lib import dictionary as dictionary_module
+
+    spec = (clinical_settings or {}).get("dictionary")
+    if (folder / dictionary_module.DICTIONARY_FILE).is_file():
+        try:
+            own = dictionary_module.load_dictionary(folder)
+        except dictionary_module.DictionaryError as err:
+            raise CohortError(str(err), file=dictionary_module.DICTIONARY_FILE) from None
+        if clinical_settings is not None:
+            _check_compatible(own, model_variables(spec), clinical_settings.get("variables", []))
+        return _Reading(own, own.table)
+    if spec is None:
+        return None
+    saved = dictionary_module.parse_dictionary(spec)
+    if not (folder / saved.table).is_file():
+        saved = replace(saved, table=dictionary_module.find_table(folder), sheet=None)
+    return _Reading(saved, saved.table)
+
+
+def _encoding(variable) -> tuple:
+    return (variable.kind, variable.levels, variable.cutoff, variable.codes, variable.onehot, variable.high_first)
+
+
+def _check_compatible(own, variables, columns) -> None:
+    """A folder's own dictionary must define every variable the model reads as the model's dictionary does."""
+    from hccer_lib.dictionary import DICTIONARY_FILE
+
+    ours = {v.column: v for v in variables}
+    theirs = {v.column: v for v in own.variables}
+    for column in columns:
+        if column not in theirs:
+            raise CohortError(f"variable {column!r}: the model reads it, but this {DICTIONARY_FILE} does not define it", file=DICTIONARY_FILE)
+        if column in ours and _encoding(theirs[column]) != _encoding(ours[column]):
+            raise CohortError(
+                f"variable {column!r}: defined otherwise than in the model's dictionary (type, levels, cut-off or "
+                f"one-hot bits: {_encoding(theirs[column])[:3]} here, {_encoding(ours[column])[:3]} in the model)",
+                file=DICTIONARY_FILE,
+            )  # fmt: skip
+
+
+def _view_dictionary(reading: _Reading):
+    """The dictionary that reads the view's ``clinical.csv`` (:func:`_write_dictionary_view`)."""
+    from hccer_lib import cohort
+
+    return replace(reading.dictionary, table=cohort.CLINICAL_FILE, sheet=None)
+
+
+def _renamed(read, table: str):
+    """``read()``, its CohortErrors naming ``table`` instead of the view's ``clinical.csv``."""
+    try:
+        return read()
+    except CohortError as err:
+        raise _renamed_error(err, table) from None
+
+
+def _renamed_error(err: CohortError, table: str) -> CohortError:
+    from hccer_lib import cohort
+
+    if err.file == cohort.CLINICAL_FILE and table != cohort.CLINICAL_FILE:
+        return CohortError(err.problem.replace(cohort.CLINICAL_FILE, table), err.patient, table)
+    return err
+
+
+def _write_dictionary_view(folder: Path, reading: _Reading, view: Path, link: bool = True) -> tuple[list[bool], list[str]]:
+    """Write ``folder``'s table as ``view/clinical.csv``, an unknown outcome made readable.
+
+    An absent or empty outcome (``early_recurrence`` or the dictionary's column; a time or an
+    event), and a time-to-event outcome that would exclude the patient (censored before the
+    horizon), are written as known and NER (the time at the horizon, no event) and flagged
+    unknown. With ``link``, the folder's ``images/`` and ``roi_boxes.csv`` are linked into the
+    view. Returns the unknown flags and the patient ids, in table order.
+    """
+    from hccer_lib import cohort
+
+    dictionary = reading.dictionary
+    path = folder / reading.table
+    if not path.is_file():
+        raise CohortError(f"missing: the folder {folder} has no {reading.table}", file=reading.table)
+    if reading.table.endswith(".xlsx"):
+        frame = cohort._read_workbook(path, reading.table, dictionary.sheet, (), {}, dictionary.id_column)
+        frame = frame.astype(object).where(frame.notna(), "")
+    else:
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+            raise CohortError(f"unreadable CSV ({str(err).strip().splitlines()[0]})", file=reading.table) from None
+        frame.columns = [str(c).strip() for c in frame.columns]
+    outcome = dictionary.outcome
+    for column in outcome.source_columns:
+        if column not in frame.columns:
+            frame[column] = ""
+    text = {c: frame[c].astype(str).str.strip() for c in outcome.source_columns}
+    unknown = pd.Series(False, index=frame.index)
+    for values in text.values():
+        unknown |= values.str.lower().isin(UNKNOWN_LABELS)
+    if outcome.is_time_to_event:
+        time = pd.to_numeric(text[outcome.time], errors="coerce")
+        event = pd.to_numeric(text[outcome.event], errors="coerce")
+        unknown |= (event == 0) & (time < outcome.horizon)  # would be excluded: predicted, label unknown
+        frame.loc[unknown, outcome.time] = f"{outcome.horizon:g}"
+        frame.loc[unknown, outcome.event] = "0"
+    else:
+        frame.loc[unknown, outcome.column] = "0"
+    frame.to_csv(view / cohort.CLINICAL_FILE, index=False)
+    for name in (cohort.IMAGES_DIR, cohort.BOX_TABLE_FILE) if link else ():
+        if (folder / name).exists():
+            _link(folder / name, view / name)
+    ids = frame[dictionary.id_column].astype(str).str.strip() if dictionary.id_column in frame.columns else pd.Series([], dtype=str)
+    return unknown.tolist(), [pid for pid in ids if pid]
+
+
+@contextlib.contextmanager
+def _cohort_view(cohort_dir: Path, clinical_settings: dict | None):
+    """``(view, unknown, ids, dictionary, table)``: a folder whose clinical table the cohort loaders
+    read with ``dictionary`` (None: the folder's own), the unknown-label flags and ids in table order."""
+    from hccer_lib import cohort
+
+    reading = _reading(cohort_dir, clinical_settings)
+    if reading is None:
+        if not (cohort_dir / cohort.CLINICAL_FILE).is_file():
+            raise CohortError(f"missing: the cohort folder {cohort_dir} has no {cohort.CLINICAL_FILE}", file=cohort.CLINICAL_FILE)
+        with _labelled_view(cohort_dir) as (view, unknown):
+            yield view, unknown, None, None, cohort.CLINICAL_FILE
+        return
+    with tempfile.TemporaryDirectory(prefix="hccer-cohort-") as view:
+        view = Path(view)
+        unknown, ids = _write_dictionary_view(cohort_dir, reading, view)
+        yield view, unknown, ids, _view_dictionary(reading), reading.table
 
 
 @contextlib.contextmanager
@@ -1391,12 +1672,11 @@ def predict_cohort(final: FinalModel, cohort_dir: str | os.PathLike, progress: b
     cohort_dir = Path(cohort_dir)
     if not cohort_dir.is_dir():
         raise CohortError(f"cohort folder {cohort_dir} does not exist")
-    if not (cohort_dir / cohort.CLINICAL_FILE).is_file():
-        raise CohortError(f"missing: the cohort folder {cohort_dir} has no {cohort.CLINICAL_FILE}", file=cohort.CLINICAL_FILE)
     rows, slices = [], []
-    with _labelled_view(cohort_dir) as (view, unknown):
-        clinical, refused = cohort.load_clinical_rows(view)
-        order = _table_ids(cohort_dir)
+    with _cohort_view(cohort_dir, final.manifest["clinical"]) as (view, unknown, ids, dictionary, table):
+        clinical, refused = _renamed(lambda: cohort.load_clinical_rows(view, dictionary), table)
+        refused = {pid: _renamed_error(err, table) for pid, err in refused.items()}
+        order = _table_ids(cohort_dir) if ids is None else ids
         good = {pid: row for row, pid in enumerate(clinical["patient_id"])}
         for position, patient_id in enumerate(tqdm(order, desc="predict patients", unit="patient", disable=not progress)):
             if patient_id in refused:

@@ -361,3 +361,22 @@ def test_censored_patients_are_counted_in_the_data_flow_table_with_the_reason(tm
     assert cl.excluded_of(plain).empty
     table = report.data_flow(folds)
     assert report.add_exclusions(table, plain) is table
+
+
+def test_saved_imputation_equals_the_folds_imputation():
+    """fit_imputation + apply_imputation (the final model's) give what a training fold's matrix gives."""
+    frame = cl.paper_clinical_frame(seed=2)
+    frame.loc[frame.index[::7], "afp"] = np.nan
+    frame.attrs[cl.VARIABLES_ATTR] = tuple(
+        v if v.column != "afp" else type(v)(**{**v.__dict__, "required": False}) for v in cl.CLINICAL_VARIABLES
+    )
+    levels = cl.binarise(frame)
+    everyone = np.ones(len(frame), dtype=bool)
+    modes, indicators = cl.fit_imputation(levels, ["age", "afp", "bclc"], everyone)
+    observed = levels["afp"].dropna()
+    assert modes["afp"] == observed.value_counts().idxmax() and indicators == ["afp"], (modes, indicators)
+    assert modes["bclc"] == "A", modes  # the paper's most frequent stage (117 of 167)
+    got, names = cl.apply_imputation(levels, ["age", "afp", "bclc"], modes, indicators)
+    expected, expected_names = cl._fold_matrix(levels, ["age", "afp", "bclc"], everyone)
+    assert names == expected_names and names[-1] == "afp missing", names
+    assert np.array_equal(got, expected)
