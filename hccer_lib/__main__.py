@@ -178,8 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "external-validate",
         help="apply the final models of one cohort to another labelled cohort: AUC with CI, calibration, decision curves, case-mix",
-        description="External validation: predict every patient of a labelled cohort (the paper's clinical.csv columns, "
-        "images as for predict --cohort) with a model folder written by notebook 07, and write to --out: "
+        description="External validation: predict every patient of a labelled cohort (its clinical table read as for "
+        "predict --cohort: its own data_dictionary.yaml, else the model's, else the paper's columns; images as for "
+        "predict --cohort) with a model folder written by notebook 07, and write to --out: "
         "external_discrimination (AUC, 95%% bootstrap CI), external_calibration (intercept with slope fixed at 1, slope), "
         "external_reliability.csv, external_decision_curve.csv, external_case_mix (Table 1 of both cohorts), "
         "external_predictions.csv and fig9_external_validation.png. Patients that cannot be predicted are left out and counted.",

@@ -14,7 +14,9 @@ left out, counted). On the predicted patients of the second cohort, per model:
   the reliability curve (``evaluation.reliability_curve``); a calibrated model has 0 and 1;
 - **decision curves**: net benefit against threshold (``evaluation.net_benefit``);
 - **case-mix**: Table 1 (``clinical.table1``) of both cohorts side by side, when the
-  development cohort's folder is known.
+  development cohort's folder is known. Both are read by the rule of ``predict --cohort``
+  (their own ``data_dictionary.yaml``, else the model's saved dictionary, else the paper's):
+  the external cohort exactly as its predictions read it (``final_model.read_cohort_clinical``).
 
 Probabilities are clipped to ``[CLIP, 1 - CLIP]`` before the logit. Everything is computed at
 patient level (the final models give one probability per patient). Results on a synthetic
@@ -230,18 +232,41 @@ class ExternalValidation:
         return lines
 
 
-def find_development_cohort(model_folder: str | os.PathLike) -> Path | None:
+def find_development_cohort(model_folder: str | os.PathLike, clinical_settings: dict | None = None) -> Path | None:
     """The development cohort of a model folder written by notebook 07, when it lies beside it.
 
     Notebook 07 writes ``<work_dir>/final_model``; the synthetic cohort is its own work
     folder, so its clinical table is in the model folder's parent. Returns that parent when
-    it holds a clinical table (``clinical.csv`` or a data dictionary), else ``None``.
+    it holds a clinical table (``clinical.csv``, a data dictionary, or the table named by the
+    model's saved dictionary in ``clinical_settings``), else ``None``.
     """
     from hccer_lib.cohort import CLINICAL_FILE
     from hccer_lib.dictionary import DICTIONARY_FILE
 
     parent = Path(model_folder).resolve().parent
-    return parent if (parent / CLINICAL_FILE).is_file() or (parent / DICTIONARY_FILE).is_file() else None
+    spec = (clinical_settings or {}).get("dictionary") or {}
+    names = [CLINICAL_FILE, DICTIONARY_FILE] + ([spec["table"]] if isinstance(spec.get("table"), str) else [])
+    return parent if any((parent / name).is_file() for name in names) else None
+
+
+def read_development_cohort(development_dir: str | os.PathLike, clinical_settings: dict | None = None) -> pd.DataFrame:
+    """The development cohort's clinical table for the case-mix, read by the rule of ``predict --cohort``.
+
+    Its own ``data_dictionary.yaml`` when it has one (checked against the model's variables),
+    else the model's saved dictionary (``clinical_settings``: the model's ``manifest["clinical"]``),
+    else the paper's (``final_model.cohort_dictionary``); every row must be valid.
+
+    Raises:
+        cohort.CohortError: the first problem, its text naming the development cohort's folder
+            (the patient and the file as ``cohort.load_clinical`` names them).
+    """
+    from hccer_lib import cohort, final_model
+
+    development_dir = Path(development_dir)
+    try:
+        return cohort.load_clinical(development_dir, final_model.cohort_dictionary(development_dir, clinical_settings))
+    except cohort.CohortError as err:
+        raise cohort.CohortError(f"development cohort {development_dir}: {err.problem}", err.patient, err.file) from None
 
 
 def validate_externally(
@@ -268,15 +293,17 @@ def validate_externally(
         ValueError: the development cohort does not match the folder's manifest (patients),
             or the predicted, labelled patients do not hold both classes.
     """
-    from hccer_lib import cohort, final_model
+    from hccer_lib import final_model
 
     model_folder, cohort_dir = Path(model_folder), Path(cohort_dir)
     final = final_model.load_final_model(model_folder, self_check=self_check)
     trained_on = final.manifest["cohort"]
-    development_dir = Path(development_cohort) if development_cohort is not None else find_development_cohort(model_folder)
+    settings = final.manifest["clinical"]
+    development_dir = (Path(development_cohort) if development_cohort is not None
+                       else find_development_cohort(model_folder, settings))  # fmt: skip
     development = None
     if development_dir is not None:
-        development = cohort.load_clinical(development_dir)
+        development = read_development_cohort(development_dir, settings)
         if len(development) != trained_on["n_patients"]:
             raise ValueError(f"the development cohort {development_dir} has {len(development)} patients; the models of "
                              f"{model_folder} were fitted on {trained_on['n_patients']} ({trained_on['name']!r})")  # fmt: skip
@@ -291,7 +318,8 @@ def validate_externally(
                          f"({int((~ok).sum())} not predicted)")  # fmt: skip
     frames = model_frames(patients, final.model_names)
 
-    external, _ = cohort.load_clinical_rows(cohort_dir)
+    # the external cohort read as predict_cohort read it: its own dictionary, else the model's
+    external, _ = final_model.read_cohort_clinical(cohort_dir, settings)
     used = set(patients.loc[labelled, "patient_id"].astype(str))
     attrs = dict(external.attrs)
     external = external[external["patient_id"].astype(str).isin(used)].reset_index(drop=True)

@@ -1674,9 +1674,7 @@ def predict_cohort(final: FinalModel, cohort_dir: str | os.PathLike, progress: b
         raise CohortError(f"cohort folder {cohort_dir} does not exist")
     rows, slices = [], []
     with _cohort_view(cohort_dir, final.manifest["clinical"]) as (view, unknown, ids, dictionary, table):
-        clinical, refused = _renamed(lambda: cohort.load_clinical_rows(view, dictionary), table)
-        refused = {pid: _renamed_error(err, table) for pid, err in refused.items()}
-        order = _table_ids(cohort_dir) if ids is None else ids
+        clinical, refused, order = _view_rows(cohort_dir, view, ids, dictionary, table)
         good = {pid: row for row, pid in enumerate(clinical["patient_id"])}
         for position, patient_id in enumerate(tqdm(order, desc="predict patients", unit="patient", disable=not progress)):
             if patient_id in refused:
@@ -1698,6 +1696,54 @@ def predict_cohort(final: FinalModel, cohort_dir: str | os.PathLike, progress: b
     patients["y_true"] = patients["y_true"].astype("Int64")
     patients = patients[[c for c in patients.columns if c not in ("status", "reason")] + ["status", "reason"]]
     return patients, (pd.concat(slices, ignore_index=True) if slices else pd.DataFrame(columns=["patient_id", "slice", "z_mm"]))
+
+
+def _view_rows(cohort_dir: Path, view: Path, ids: list[str] | None, dictionary, table: str):
+    """``(clinical, refused, order)`` of a :func:`_cohort_view`: the rows without a problem, each refused
+    patient's error (naming the folder's own table) and the patient ids in table order."""
+    from hccer_lib import cohort
+
+    clinical, refused = _renamed(lambda: cohort.load_clinical_rows(view, dictionary), table)
+    refused = {pid: _renamed_error(err, table) for pid, err in refused.items()}
+    return clinical, refused, (_table_ids(cohort_dir) if ids is None else ids)
+
+
+def read_cohort_clinical(cohort_dir: str | os.PathLike, clinical_settings: dict | None = None,
+                         ) -> tuple[pd.DataFrame, dict[str, CohortError]]:  # fmt: skip
+    """A cohort folder's clinical table read exactly as :func:`predict_cohort` reads it.
+
+    The folder's own ``data_dictionary.yaml`` (checked against the model's variables), else the
+    model's saved dictionary (``clinical_settings``: the model's ``manifest["clinical"]``), else
+    the paper's (module docstring). For tables beside the predictions, such as external
+    validation's case-mix.
+
+    Returns:
+        ``(frame, refused)``: the patients with a known label whose row is not refused, in
+        table order, as ``cohort.load_clinical`` gives them (the dictionary's variables in
+        ``frame.attrs``); and, per refused patient, its error (naming the folder's table).
+        Patients with an unknown label (empty outcome, or censored before a time-to-event
+        horizon) are in neither.
+
+    Raises:
+        CohortError: a problem of the table itself, or a dictionary that does not fit the model.
+    """
+    cohort_dir = Path(cohort_dir)
+    if not cohort_dir.is_dir():
+        raise CohortError(f"cohort folder {cohort_dir} does not exist")
+    with _cohort_view(cohort_dir, clinical_settings) as (view, unknown, ids, dictionary, table):
+        clinical, refused, order = _view_rows(cohort_dir, view, ids, dictionary, table)
+    unknown_ids = {pid for pid, flag in zip(order, unknown or [False] * len(order), strict=False) if flag}
+    attrs = dict(clinical.attrs)
+    known = clinical[~clinical["patient_id"].astype(str).isin(unknown_ids).to_numpy()].reset_index(drop=True)
+    known.attrs = attrs
+    return known, {pid: err for pid, err in refused.items() if pid not in unknown_ids}
+
+
+def cohort_dictionary(folder: str | os.PathLike, clinical_settings: dict | None = None):
+    """The ``DataDictionary`` that reads ``folder``'s clinical table with a model's settings (the
+    folder's own, else the model's saved one, its table found in the folder), or None: the paper's."""
+    reading = _reading(Path(folder), clinical_settings)
+    return None if reading is None else reading.dictionary
 
 
 def _table_ids(cohort_dir: Path) -> list[str]:

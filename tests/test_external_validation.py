@@ -17,6 +17,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from test_cohort import CLINICAL_ROW, write_cohort
 from test_final_model import study  # noqa: F401  the module's tiny cohort and saved final model
+from test_final_model_dictionary import saved  # noqa: F401  a clinical forest fitted through a data dictionary
 from test_training import tiny_clinical
 
 from hccer_lib import external_validation as ev
@@ -180,3 +181,115 @@ def test_notebook_09_validates_when_given_an_external_cohort(study, external, tm
     shown = nbformat.read(target, as_version=4)
     text = "".join(o.get("text", "") for c in shown.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "clinical_rf" in text and "AUC" in text, text[-2000:]
+
+
+# %% External cohort read by the model's data dictionary ------------------------------------------------
+# The clinical forest of test_final_model_dictionary (fitted on 40 patients exported with other column
+# names and units: age in months, size in cm, AFP in ng/mL; selected: size >= 50 mm and AFP >= 9 with an
+# "afp missing" bit, the saved mode of AFP ">=9") applied to a second hospital whose table follows the
+# model's dictionary but has no data_dictionary.yaml of its own, as predict --cohort reads it.
+
+EXTERNAL_ROWS = [  # MRN, ER_1y, age_months, size_cm, AFP, antiHCV, PLT
+    ("E1", "1", 840, "6.5", 250, "pos", 80), ("E2", "1", 600, "6.0", None, "neg", 200),
+    ("E3", "1", 720, "5.0", 3, "pos", 200), ("E4", "1", 719, "3.0", 40, "neg", 80),
+    ("E5", "0", 840, "7.0", 2, "pos", 200), ("E6", "0", 600, "2.0", None, "neg", 80),
+    ("E7", "0", 600, "3.0", 500, "neg", 200), ("E8", "0", 600, "4.9", 1, "pos", 200),
+    ("E9", "", 700, "7.0", 30, "pos", 150),  # no outcome: predicted, label unknown, left out
+    ("E10", "1", 700, "big", 30, "pos", 150),  # refused: not predicted, left out
+]  # fmt: skip
+# Hand counts of the eight labelled patients (n, ER), the units converted: 720 months = 60 years (>= 60),
+# 719 months < 60; 5.0 cm = 50 mm (>= 50), 4.9 cm < 50; AFP missing for E2 and E6.
+EXTERNAL_CASE_MIX = {
+    ("patients", "all"): (8, 4), ("age", "<60"): (5, 2), ("age", ">=60"): (3, 2),
+    ("tumor_size_mm", "<50"): (4, 1), ("tumor_size_mm", ">=50"): (4, 3),
+    ("afp", "<9"): (3, 1), ("afp", ">=9"): (3, 2), ("afp", "missing"): (2, 1),
+    ("hcv", "no"): (4, 2), ("hcv", "yes"): (4, 2), ("platelets", "<100"): (3, 2), ("platelets", ">=100"): (5, 2),
+}  # fmt: skip
+# The bits the model reads (size >= 50, AFP >= 9, AFP missing), E2 and E6 given the saved mode ">=9".
+EXTERNAL_BITS = [[1, 1, 0], [1, 1, 1], [1, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 1], [0, 1, 0], [0, 0, 0]]
+
+
+def write_dictionary_cohort(root: Path, table: pd.DataFrame, name: str, own: dict | None = None) -> Path:
+    """A cohort folder with ``table`` as ``name``, every patient's images, and ``own`` as its dictionary."""
+    import yaml
+    from test_final_model_dictionary import write_images
+
+    from hccer_lib.dictionary import DICTIONARY_FILE
+
+    root.mkdir(parents=True)
+    table.to_csv(root / name, index=False)
+    if own is not None:
+        (root / DICTIONARY_FILE).write_text(yaml.safe_dump(own, sort_keys=False), encoding="utf-8")
+    for pid in table.iloc[:, 0]:
+        write_images(root, str(pid))
+    return root
+
+
+def check_case_mix(case_mix: pd.DataFrame, side: str, expected: dict) -> None:
+    table = case_mix.set_index(["variable", "level"])
+    for key, (n, er) in expected.items():
+        assert table.loc[key, [f"{side}_n", f"{side}_er"]].tolist() == [n, er], (side, key, table.loc[key])
+
+
+def test_external_cohort_without_its_own_dictionary_is_read_with_the_models(saved, tmp_path):  # noqa: F811
+    from test_final_model_dictionary import COLUMNS, training_table
+
+    from hccer_lib import final_model as fm
+
+    table = pd.DataFrame(EXTERNAL_ROWS, columns=COLUMNS)
+    external = write_dictionary_cohort(tmp_path / "hospital_b", table, "export.csv")  # no data_dictionary.yaml
+    # the development cohort without its own dictionary either: read with the model's too
+    development = tmp_path / "hospital_a"
+    development.mkdir()
+    training_table().to_csv(development / "export.csv", index=False)
+
+    result = ev.validate_externally(saved["folder"], external, development_cohort=development, n_bootstrap=200,
+                                    seed=1, self_check=False)  # fmt: skip
+    assert (result.n_failed, result.n_unlabelled) == (1, 1), result.predictions[["patient_id", "status", "reason"]]
+    reason = result.predictions.set_index("patient_id").loc["E10", "reason"]
+    assert reason.startswith("patient E10, file export.csv: column 'size_cm' (variable tumor_size_mm)"), reason
+
+    predicted = result.predictions[result.predictions["status"] == "ok"].iloc[:8]
+    expected = fm.forest_predict_proba(saved["final"].forests["clinical_rf"], np.array(EXTERNAL_BITS, dtype=np.float32))[:, 1]
+    assert predicted["patient_id"].tolist() == [f"E{k}" for k in range(1, 9)], predicted
+    assert np.allclose(predicted["clinical_rf"].to_numpy(float), expected, rtol=0, atol=1e-12), (predicted, expected)
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    row = result.discrimination.set_index("model").loc["clinical_rf"]
+    assert (row["n_patients"], row["n_er"]) == (8, 4) and row["auc"] == pytest.approx(roc_auc_score(y, expected), abs=1e-12)
+
+    check_case_mix(result.case_mix, "external", EXTERNAL_CASE_MIX)
+    check_case_mix(result.case_mix, "development", {  # test_final_model_dictionary.training_table's counts
+        ("patients", "all"): (40, 20), ("tumor_size_mm", ">=50"): (20, 16), ("afp", ">=9"): (19, 15),
+        ("afp", "missing"): (5, 2), ("age", ">=60"): (20, 10), ("platelets", "<100"): (20, 10)})  # fmt: skip
+
+    # The same patients exported by a third hospital with its own dictionary (other names, millimetres,
+    # age in years, no HCV or platelets): the external columns of the variables it defines are the same.
+    own = {"id": "pid", "outcome": {"column": "recurrence"},
+           "variables": {"age": {"source": "age_years"}, "tumor_size_mm": {"source": "diameter_mm"}, "afp": {"source": "AFP"}}}  # fmt: skip
+    mine = pd.DataFrame({"pid": table["MRN"], "recurrence": table["ER_1y"], "age_years": table["age_months"] / 12,
+                         "diameter_mm": [str(float(s) * 10) if s != "big" else s for s in table["size_cm"]], "AFP": table["AFP"]})  # fmt: skip
+    third = write_dictionary_cohort(tmp_path / "hospital_c", mine, "clinical.csv", own)
+    again = ev.validate_externally(saved["folder"], third, development_cohort=development, n_bootstrap=200, seed=1,
+                                   self_check=False)  # fmt: skip
+    assert (again.n_failed, again.n_unlabelled) == (1, 1), again.predictions[["patient_id", "status", "reason"]]
+    shared = {key: value for key, value in EXTERNAL_CASE_MIX.items() if key[0] not in ("hcv", "platelets")}
+    check_case_mix(again.case_mix, "external", shared)
+    undefined = again.case_mix[again.case_mix["variable"].isin(["hcv", "platelets"])]  # the development cohort's only
+    assert len(undefined) == 4 and undefined["external_n"].isna().all() and (undefined["development_n"] == 20).all(), undefined
+    assert np.allclose(again.predictions["clinical_rf"].iloc[:8].to_numpy(float), expected, rtol=0, atol=1e-12)
+
+
+def test_a_bad_development_row_names_the_folder_the_patient_and_the_file(saved, tmp_path):  # noqa: F811
+    from test_final_model_dictionary import training_table
+
+    from hccer_lib.cohort import CohortError
+
+    development = tmp_path / "hospital_a"
+    development.mkdir()
+    bad = training_table().astype(object)
+    bad.loc[3, "size_cm"] = "big"
+    bad.to_csv(development / "export.csv", index=False)
+    with pytest.raises(CohortError) as info:
+        ev.read_development_cohort(development, saved["final"].manifest["clinical"])
+    message = str(info.value)
+    assert message.startswith(f"patient D003, file export.csv: development cohort {development}: column 'size_cm'"), message
