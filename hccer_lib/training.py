@@ -60,7 +60,7 @@ logger = logging.getLogger("hccer")
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
                        "validation_fraction", "weight_decay", "lr_schedule", "xla")
 # Part of every run's settings key: raise it when a change of this module changes results.
-TRAINING_VERSION = 3
+TRAINING_VERSION = 4
 #: Distance between two training seeds of a run (more than any number of folds).
 TRAIN_SEED_STEP = 1000
 
@@ -104,7 +104,18 @@ def check_imagenet(profile: Profile, imagenet: str = "auto") -> None:
 
 
 def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto", **overrides) -> networks.NetworkConfig:
-    """The :class:`networks.NetworkConfig` of ``profile`` (image size, ResNet blocks, width)."""
+    """The :class:`networks.NetworkConfig` of ``profile`` (image size, ResNet blocks, width).
+
+    Fusion C's Conv1D kernel (3) is shortened to the clinical vector's length when the
+    selection keeps fewer bits (a cohort where only one or two variables pass the
+    chi-squared test): the convolution then spans the whole vector, the nearest the paper's
+    layer can come, instead of the study stopping. An explicit ``clinical_kernel`` override
+    is kept as given (and refused by ``networks.build_model`` when too long).
+    """
+    if "clinical_kernel" not in overrides:
+        default_kernel = networks.NetworkConfig.__dataclass_fields__["clinical_kernel"].default
+        if n_clinical < default_kernel:
+            overrides = {**overrides, "clinical_kernel": max(int(n_clinical), 1)}
     return networks.NetworkConfig(
         image_size=profile.image_size,
         n_clinical=n_clinical,
@@ -513,6 +524,9 @@ def train_fold(
     fit_rows = data.train & ~data.validation
     fold_model = fold_model or FoldModel(model_name, profile.learning_rate, profile.weight_decay, xla=profile.xla)
     model = fold_model.fresh(data.config, int(seed))
+    if "clinical" in data.inputs:  # standardised on the patients it is fitted on, one row each
+        first_rows = np.unique(data.patient_id[fit_rows], return_index=True)[1]
+        networks.set_clinical_scaling(model, data.inputs["clinical"][fit_rows][first_rows])
     keras.utils.set_random_seed(fold_seed)
     validation = None
     if data.validation.any():

@@ -98,15 +98,14 @@ def clinical_reference_auc(study) -> float:
 
 
 def train(study, model_name: str, work_dir) -> float:
-    """Pooled patient AUC of ``model_name``; fusion C's kernel no longer than the selected clinical vector.
+    """Pooled patient AUC of ``model_name`` (with the quick recipe on small images).
 
     Where only the image carries the label, the chi-squared selection keeps one or two noise
-    bits, shorter than fusion C's default kernel of 3 (``NetworkConfig`` refuses that).
+    bits, shorter than fusion C's kernel of 3: ``training.network_config`` shortens the
+    kernel to the vector (tested in tests/test_training.py).
     """
-    n_bits = clinical_matrix(study.clinical, protocol="paper")[0].shape[1]
-    overrides = {"clinical_kernel": min(3, n_bits)} if model_name == "fusion_c" else None
     predictions = training.train_cross_validated(model_name, study.dataset, study.clinical, study.folds, small_profile(),
-                                                 work_dir, seed=3, imagenet="none", network_overrides=overrides)
+                                                 work_dir, seed=3, imagenet="none")
     return pooled_auc(predictions)
 
 
@@ -119,15 +118,8 @@ def reference(informative: str, work_dir: str) -> tuple[SimpleNamespace, float]:
     return study, train(study, "deep_resnet50", work_dir)
 
 
-#: Fusion model A concatenates the raw clinical bits with 256 image features before one
-#: fully connected layer; with noise images it does not find the clinical signal in the quick
-#: recipe's training (AUC 0.54 against the reference 0.84 when this test was written). A known
-#: fault of the recipe, recorded here: the test turns into a failure the day it is fixed.
-A_IGNORES_CLINICAL = pytest.mark.xfail(strict=True, reason="fusion A does not yet use its clinical input in the quick recipe")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("model_name", [pytest.param("fusion_a", marks=A_IGNORES_CLINICAL), *FUSION_MODELS[1:]])
+@pytest.mark.parametrize("model_name", FUSION_MODELS)
 def test_fusion_models_use_the_clinical_vector_when_only_it_carries_the_label(model_name, tmp_path_factory):
     study, reference_auc = reference("clinical", str(tmp_path_factory.getbasetemp() / "clinical"))
     assert reference_auc > 0.8, f"the clinical vector should carry the label, reference AUC {reference_auc:.3f}"

@@ -77,7 +77,10 @@ def test_small_resnet_scales_with_blocks_and_width():
 def test_fusion_layer_sizes_and_parameter_counts(model_name, concat_width, extra_params):
     backbone_params = networks.build_resnet(32, (1, 1, 1, 1), 4).count_params()
     model = networks.build_model(model_name, TINY)
-    assert model.count_params() - backbone_params == extra_params, (model.count_params() - backbone_params, extra_params)
+    scaling = 0 if model_name == "deep_resnet50" else 2 * 9  # ClinicalScaling's mean and scale, not trained
+    assert model.count_params() - backbone_params == extra_params + scaling, (model.count_params() - backbone_params, extra_params)
+    if scaling:
+        assert [w.name for w in model.get_layer("clinical_scaling").trainable_weights] == []
     if concat_width is not None:
         assert model.get_layer("concat").output.shape[-1] == concat_width, model.get_layer("concat").output.shape
     heads = model.output if isinstance(model.output, dict) else {"fused": model.output}
@@ -95,6 +98,37 @@ def test_fusion_sizes_are_parameters():
         networks.build_model("fusion_e", TINY)
     with pytest.raises(ValueError, match="image_size"):
         NetworkConfig(image_size=16)
+
+
+@pytest.mark.parametrize(("model_name", "n_image"), [("fusion_a", TINY_FEATURES), ("fusion_b", 64), ("fusion_d_joint", 64)])
+def test_clinical_scaling_standardises_on_given_patients_and_balances_the_blocks(model_name, n_image, tmp_path):
+    config = NetworkConfig(32, n_clinical=3, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none")
+    model = networks.build_model(model_name, config)
+    layer = model.get_layer("clinical_scaling")
+    assert layer.gain == pytest.approx(np.sqrt(n_image / 9))  # the paper's 9 bits, whatever k
+    # three training patients: bit 0 is 0, 1, 1 (mean 2/3, SD sqrt(2)/3); bit 1 constant; bit 2 is 0, 0, 3
+    train = np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 3.0]])
+    networks.set_clinical_scaling(model, train)
+    scaled = keras.Model(model.inputs, layer.output)
+    new = np.array([[1.0, 1.0, 3.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    got = np.asarray(scaled.predict({"image": np.zeros((2, 32, 32, 3), np.float32), "clinical": new}, verbose=0))
+    expected = (new - train.mean(0)) / np.array([np.sqrt(2) / 3, 1.0, np.sqrt(2)]) * np.sqrt(n_image / 9)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+    # saved and loaded with the model: a new patient is scaled as in training
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded.get_layer("clinical_scaling").scale.numpy(), layer.scale.numpy())
+    np.testing.assert_allclose(loaded.get_layer("clinical_scaling").mean.numpy(), train.mean(0), rtol=1e-6)
+    with pytest.raises(ValueError, match="non-empty"):
+        networks.set_clinical_scaling(model, np.zeros((0, 3)))
+
+
+def test_clinical_scaling_is_a_no_op_for_the_deep_model():
+    model = networks.build_model("deep_resnet50", TINY)
+    before = [w.copy() for w in model.get_weights()]
+    networks.set_clinical_scaling(model, np.ones((4, 9)))
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 
 def test_phase_scaling_is_caffe_preprocessing_of_0_255():

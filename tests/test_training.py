@@ -146,6 +146,22 @@ def test_network_config_follows_profile():
     assert networks.NetworkConfig(**{**config.as_dict(), "resnet_width": 8}).is_resnet50 is False
 
 
+def test_network_config_shortens_fusion_c_kernel_to_a_short_clinical_vector():
+    quick = get_profile("smoke")
+    assert training.network_config(quick, n_clinical=9, imagenet="none").clinical_kernel == 3
+    assert training.network_config(quick, n_clinical=3, imagenet="none").clinical_kernel == 3
+    short = training.network_config(quick, n_clinical=2, imagenet="none")
+    assert short.clinical_kernel == 2
+    model = networks.build_model("fusion_c", short)  # the whole 2-bit vector in one window: 1 position
+    assert model.get_layer("clinical_conv").output.shape[1:] == (1, short.clinical_filters)
+    assert training.network_config(quick, n_clinical=1, imagenet="none").clinical_kernel == 1
+    # an explicit kernel is the user's: kept, and refused by build_model when too long
+    explicit = training.network_config(quick, n_clinical=2, imagenet="none", clinical_kernel=3)
+    assert explicit.clinical_kernel == 3
+    with pytest.raises(ValueError, match="clinical_kernel 3 is longer"):
+        networks.build_model("fusion_c", explicit)
+
+
 def test_dihedral_gives_the_eight_symmetries_of_the_square():
     image = np.arange(2 * 2 * 3, dtype=np.float32).reshape(1, 2, 2, 3)  # [[a, b], [c, d]] per channel
     results = [training.dihedral(image, [t])[0, :, :, 0] for t in range(8)]
