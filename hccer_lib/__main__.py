@@ -43,11 +43,13 @@ def _cmd_import_dicom(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from hccer_lib.cohort import CohortError
+    from hccer_lib.outputs import from_working_folder
     from hccer_lib.runner import run_notebooks
 
-    try:
-        return run_notebooks(profile=args.profile, cohort=args.cohort, seed=args.seed,
-                             imagenet="none" if args.random_init else "auto", external_cohort=args.external_cohort,
+    try:  # the folders given here are relative to the working folder, the notebooks' to the project root
+        return run_notebooks(profile=args.profile, cohort=from_working_folder(args.cohort), seed=args.seed,
+                             imagenet="none" if args.random_init else "auto",
+                             external_cohort=from_working_folder(args.external_cohort),
                              clinical_only=args.clinical_only)
     except CohortError:  # a bad cohort: main() prints "error: <patient, file: problem>"
         raise

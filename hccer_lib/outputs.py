@@ -3,6 +3,11 @@
 Every table, figure and prediction file of the study is written through these helpers:
 the content goes to a temporary file in the same folder, which then replaces the target
 in one ``os.replace``. A run that fails half-way leaves the last good file in place.
+
+The study's relative paths (the cohort folder ``data/synthetic``, ``data/``, ``figures/``)
+mean paths inside the project folder (:func:`project_root`), whatever the working folder:
+a notebook opened in JupyterLab, whose kernel starts in ``notebooks/``, reads and writes
+the same files as ``run_all.sh`` (:func:`project_path`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,6 +36,74 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+
+#: Environment variable naming the project folder (an installed package, or a run of the
+#: study in another folder; the runner sets it for its notebook kernels).
+ROOT_VARIABLE = "HCCER_ROOT"
+PROJECT_NAME = "hccer"
+
+
+def _is_project_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds this project's ``pyproject.toml``."""
+    try:
+        with open(folder / "pyproject.toml", "rb") as handle:
+            return tomllib.load(handle).get("project", {}).get("name") == PROJECT_NAME
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+
+
+def project_root() -> Path:
+    """The project folder, from which the study's relative paths are read (absolute).
+
+    In order: the folder named by ``$HCCER_ROOT``; the folder holding the project's
+    ``pyproject.toml`` above this package (a checkout, an editable install); the nearest one
+    at or above the working folder; else the working folder.
+    """
+    named = os.environ.get(ROOT_VARIABLE)
+    if named:
+        return Path(named).expanduser().resolve()
+    above_package = Path(__file__).resolve().parent.parent
+    if _is_project_folder(above_package):
+        return above_package
+    cwd = Path.cwd().resolve()
+    return next((folder for folder in (cwd, *cwd.parents) if _is_project_folder(folder)), cwd)
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """``path`` as the study reads it: an absolute path as given, a relative one from :func:`project_root`.
+
+    When the working folder is the project root (``run_all.sh``, the runner's kernels) a
+    relative path already means that and is returned as given (a ``Path``), so that the paths
+    a run prints and records stay as they were.
+
+    Example:
+        >>> project_path("data/synthetic")   # doctest: +SKIP
+        PosixPath('/home/me/hccer/data/synthetic')   # in a kernel started in notebooks/
+    """
+    path = Path(path).expanduser()
+    if path.is_absolute():
+        return path
+    root = project_root()
+    return path if Path.cwd().resolve() == root else root / path
+
+
+def project_paths(*paths: str | os.PathLike | None) -> tuple[Path | None, ...]:
+    """:func:`project_path` of each of ``paths`` (``None`` stays ``None``): a notebook's set-up."""
+    return tuple(None if p is None else project_path(p) for p in paths)
+
+
+def from_working_folder(path: str | os.PathLike | None) -> str | None:
+    """A path given on the command line (relative to the working folder) as the notebooks will read it.
+
+    Relative paths of the notebooks' parameters are read from the project root
+    (:func:`project_path`); a relative path given elsewhere is made absolute. An absolute path,
+    or any path when the working folder is the project root, is returned as given.
+    """
+    if path is None:
+        return None
+    if Path(path).expanduser().is_absolute() or Path.cwd().resolve() == project_root():
+        return str(path)
+    return os.path.abspath(Path(path).expanduser())
 
 
 @contextlib.contextmanager
@@ -116,10 +190,11 @@ def work_dir_for(cohort_dir: str | os.PathLike, data_root: str | os.PathLike = "
 
     A cohort folder that already lies under ``data_root`` (the synthetic one) is its own
     work folder; any other cohort folder is never written to, its outputs go to
-    ``data_root/<folder name>/``.
+    ``data_root/<folder name>/``. Relative paths are read from the project root
+    (:func:`project_path`).
     """
-    cohort_dir = Path(cohort_dir).resolve()
-    data_root = Path(data_root).resolve()
+    cohort_dir = project_path(cohort_dir).resolve()
+    data_root = project_path(data_root).resolve()
     if cohort_dir.parent == data_root:
         return cohort_dir
     return data_root / cohort_dir.name

@@ -2,7 +2,9 @@
 
 Every ``notebooks/NN_*.ipynb`` is executed in numeric order with the same injected
 parameters (``profile``, ``cohort_dir``, ``synthetic``, ``seed``, ``data_root``,
-``figures_dir``); the executed copies go to ``executed/<profile>/``. The run stops at the
+``figures_dir``); the executed copies go to ``executed/<profile>/``. The kernels run in the
+project folder with ``$HCCER_ROOT`` naming it, so that the notebooks, which read relative
+paths from the project root (``outputs.project_path``), read them from that folder. The run stops at the
 first failing notebook, names it, and ends with "N of M notebooks passed" (", K skipped"
 when notebooks were skipped).
 
@@ -106,7 +108,7 @@ def run_notebooks(
     figures_dir: str = "figures",
     executed_dir: str | os.PathLike | None = None,
     notebooks: list[Path] | None = None,
-    cwd: str | os.PathLike = REPO_ROOT,
+    cwd: str | os.PathLike | None = None,
     report_dir: str | os.PathLike | None = None,
     write_report: bool = True,
     imagenet: str = "auto",
@@ -117,8 +119,8 @@ def run_notebooks(
 
     A cohort folder given as ``cohort`` is validated first (:func:`validate_cohort_first`):
     a bad one raises ``CohortError`` before any notebook runs. Relative paths in the
-    parameters are relative to ``cwd`` (the repository root by
-    default), where the notebooks run. With ``write_report`` the executed notebooks of
+    parameters are relative to ``cwd``, the project folder of the run (``outputs.project_root()``
+    by default): the notebooks run there, with ``$HCCER_ROOT`` set to it. With ``write_report`` the executed notebooks of
     this run are combined into ``<report_dir>/study_report_<profile>.html``
     (``report_dir`` defaults to ``<cwd>/reports``), also after a failure; a report that
     cannot be written is named in one line and does not change the return code.
@@ -140,10 +142,11 @@ def run_notebooks(
     """
     import papermill as pm
 
-    from hccer_lib import training
+    from hccer_lib import outputs, training
     from hccer_lib.profiles import get_profile
 
     params = notebook_parameters(profile, cohort, seed, data_root, figures_dir)
+    cwd = Path(cwd).resolve() if cwd is not None else outputs.project_root()
     training.check_imagenet(get_profile(profile), imagenet)
     if clinical_only and cohort is None:
         raise ValueError("--clinical-only needs --cohort: the synthetic cohort is generated with its images by notebook 00")
@@ -170,7 +173,7 @@ def run_notebooks(
         print(f"[{i}/{total}] {nb.name} ...", flush=True)
         start = time.perf_counter()
         try:
-            with _kernel_environment(MPLBACKEND=KERNEL_MPLBACKEND):
+            with _kernel_environment(MPLBACKEND=KERNEL_MPLBACKEND, **{outputs.ROOT_VARIABLE: str(cwd)}):
                 declared = pm.inspect_notebook(str(nb))
                 pm.execute_notebook(
                     str(nb),

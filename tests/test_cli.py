@@ -143,6 +143,11 @@ def test_run_validates_the_cohort_before_any_notebook(tmp_path, monkeypatch, cap
     ], captured.err
     assert "[1/" not in captured.out and not (tmp_path / "executed").exists(), captured.out
     assert folder_hashes(cohort) == before
+    # A relative --cohort is the working folder's, not the project root's (where the notebooks run).
+    assert main(["run", "--profile", "smoke", "--cohort", "cohort"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: file clinical.csv: 3 patients, 1 ER"), captured.err
+    assert f"validating the cohort {cohort.resolve()}" in captured.out, captured.out
     corrupt_nan_nifti(cohort)
     assert main(["run", "--profile", "quick", "--cohort", str(cohort)]) == 2
     assert capsys.readouterr().err.startswith("error: file clinical.csv: 3 patients, 1 ER"), "the first problem is named"

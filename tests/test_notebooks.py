@@ -11,9 +11,12 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
+import papermill as pm
 import pytest
 from papermill.translators import PythonTranslator
+from test_clinical_only import write_clinical_only_cohort
 
+from hccer_lib import outputs
 from hccer_lib.runner import REPO_ROOT, list_notebooks, notebook_parameters, run_notebooks
 
 # What each notebook must leave behind (relative to figures_dir or to the cohort's work folder).
@@ -108,3 +111,35 @@ def test_papermill_reads_every_line_of_the_parameters_cell(notebook):
     assert parsed == assigned, f"{notebook.name}: papermill reads {parsed}, the cell assigns {assigned}"
     missing = set(notebook_parameters("quick", None, 2020)) - set(assigned)
     assert not missing, f"{notebook.name} lacks the runner's parameters {sorted(missing)}"
+
+
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under ``folder`` (hidden ones too) with its size and modification time."""
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow
+def test_a_notebook_opened_in_its_folder_runs_with_its_defaults(tmp_path, monkeypatch):
+    """JupyterLab starts a notebook's kernel in notebooks/. Notebook 01, executed there with its
+    default parameters (smoke profile, data/synthetic, data, figures), reads and writes the
+    project root's folders (here a temporary project, named by $HCCER_ROOT) and writes nothing
+    beside the notebooks (issue 17)."""
+    root = tmp_path / "project"
+    write_clinical_only_cohort(root / "data" / "synthetic")
+    monkeypatch.setenv(outputs.ROOT_VARIABLE, str(root))
+    notebooks_dir = REPO_ROOT / "notebooks"
+    before = _files(notebooks_dir)
+    executed = tmp_path / "01_select_clinical.ipynb"
+    pm.execute_notebook(str(notebooks_dir / "01_select_clinical.ipynb"), str(executed), parameters={},
+                        cwd=str(notebooks_dir), kernel_name="python3", progress_bar=False)  # fmt: skip
+
+    assert _files(notebooks_dir) == before, "the notebook wrote beside the notebooks"
+    table1 = pd.read_csv(root / "figures" / "table1_clinical.csv")
+    assert int(table1[table1["variable"] == "age"]["total"].sum()) == 24, table1
+    for model in ("clinical_rf", "clinical_rf_strict"):
+        predictions = pd.read_csv(root / "data" / "synthetic" / "predictions" / f"{model}.csv", dtype={"patient_id": str})
+        assert predictions["patient_id"].nunique() == 24 and set(predictions["fold"]) == {0, 1}, model
+    assert (root / "data" / "synthetic" / "folds.csv").is_file()
+    shown = json.dumps([c.get("outputs", []) for c in nbformat.read(executed, as_version=4).cells])
+    assert f"work folder {root.resolve() / 'data' / 'synthetic'}" in shown, shown[:2000]

@@ -52,3 +52,36 @@ def test_written_files_get_the_usual_permissions_not_mkstemps_private_ones(tmp_p
     os.umask(mask)
     mode = stat.S_IMODE(path.stat().st_mode)
     assert mode == 0o666 & ~mask, f"mode {oct(mode)}, umask {oct(mask)}"
+
+
+# %% The project root: the study's relative paths, whatever the working folder (issue 17) ---------
+
+PACKAGE_PARENT = Path(outputs.__file__).resolve().parent.parent
+
+
+def test_project_root_is_the_checkout_above_the_package_unless_named(tmp_path, monkeypatch):
+    monkeypatch.delenv(outputs.ROOT_VARIABLE, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert outputs.project_root() == PACKAGE_PARENT, "the folder holding the project's pyproject.toml"
+    monkeypatch.setenv(outputs.ROOT_VARIABLE, str(tmp_path / "elsewhere"))
+    assert outputs.project_root() == (tmp_path / "elsewhere").resolve()
+
+
+def test_relative_study_paths_are_read_from_the_project_root(tmp_path, monkeypatch):
+    root = tmp_path / "project"
+    (root / "notebooks").mkdir(parents=True)
+    monkeypatch.setenv(outputs.ROOT_VARIABLE, str(root))
+    # A kernel started in notebooks/ (JupyterLab): relative paths from the root, absolute ones as given.
+    monkeypatch.chdir(root / "notebooks")
+    assert outputs.project_path("data/synthetic") == root.resolve() / "data" / "synthetic"
+    assert outputs.project_path(tmp_path / "cohort") == tmp_path / "cohort"
+    assert outputs.project_paths("figures", None) == (root.resolve() / "figures", None)
+    assert outputs.work_dir_for("data/synthetic") == root.resolve() / "data" / "synthetic"
+    assert outputs.work_dir_for(tmp_path / "hospital" / "c1") == root.resolve() / "data" / "c1"
+    # A command-line path is relative to the working folder: made absolute, so the notebooks read the same folder.
+    assert outputs.from_working_folder("../my_cohort") == str(root.resolve() / "my_cohort")
+    assert outputs.from_working_folder(None) is None
+    # In the project root (run_all.sh, the runner's kernels) relative paths are kept as given.
+    monkeypatch.chdir(root)
+    assert outputs.project_path("data/synthetic") == Path("data/synthetic")
+    assert outputs.from_working_folder("my_cohort") == "my_cohort"
