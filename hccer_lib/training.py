@@ -60,7 +60,7 @@ logger = logging.getLogger("hccer")
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
                        "validation_fraction", "weight_decay", "lr_schedule", "xla")
 # Part of every run's settings key: raise it when a change of this module changes results.
-TRAINING_VERSION = 4
+TRAINING_VERSION = 5
 #: Distance between two training seeds of a run (more than any number of folds).
 TRAIN_SEED_STEP = 1000
 

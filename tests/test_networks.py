@@ -100,12 +100,12 @@ def test_fusion_sizes_are_parameters():
         NetworkConfig(image_size=16)
 
 
-@pytest.mark.parametrize(("model_name", "n_image"), [("fusion_a", TINY_FEATURES), ("fusion_b", 64), ("fusion_d_joint", 64)])
+@pytest.mark.parametrize(("model_name", "n_image"), [("fusion_a", TINY_FEATURES), ("fusion_b", 64), ("fusion_c", 9), ("fusion_d_joint", 9)])
 def test_clinical_scaling_standardises_on_given_patients_and_balances_the_blocks(model_name, n_image, tmp_path):
     config = NetworkConfig(32, n_clinical=3, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none")
     model = networks.build_model(model_name, config)
     layer = model.get_layer("clinical_scaling")
-    assert layer.gain == pytest.approx(np.sqrt(n_image / 9))  # the paper's 9 bits, whatever k
+    assert layer.gain == pytest.approx(np.sqrt(n_image / 9))  # the paper's 9 bits, whatever k; 1 in C and D
     # three training patients: bit 0 is 0, 1, 1 (mean 2/3, SD sqrt(2)/3); bit 1 constant; bit 2 is 0, 0, 3
     train = np.array([[0.0, 1.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 3.0]])
     networks.set_clinical_scaling(model, train)
