@@ -10,8 +10,10 @@ import shutil
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from test_cohort import CLINICAL_ROW, write_cohort
 
 from hccer_lib import runner
@@ -211,3 +213,75 @@ def test_cli_validate_and_run_take_clinical_only(tmp_path, capsys):
     assert "1 of 3 patients have no images (P001)" in capsys.readouterr().out
     args = build_parser().parse_args(["run", "--cohort", str(cohort), "--clinical-only"])
     assert args.clinical_only is True and build_parser().parse_args(["run"]).clinical_only is False
+
+
+# %% A hospital export as it comes, end to end --------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dictionary_cohort_with_censoring_and_missing_values_runs_end_to_end(tmp_path, capsys):
+    """The real notebooks (smoke) on a clinical-only hospital export read through a data dictionary.
+
+    An ``.xlsx`` sheet with its own id and column names, age in months, tumour size in cm,
+    coded sex, a time-to-event outcome (12-month horizon) with 2 patients censored before
+    it, and AFP missing for 3 patients. Known answers: the 24 analysed patients of
+    :func:`write_clinical_only_cohort` (10 ER), the 2 censored patients excluded and listed in
+    the data-flow table, AFP's 3 missing values counted in Table 1, every analysed patient
+    predicted out of fold by both clinical forests.
+    """
+    base = pd.read_csv(write_clinical_only_cohort(tmp_path / "base") / "clinical.csv")
+    censored = base.iloc[:2].assign(patient_id=["X900", "X901"], early_recurrence=0)
+    frame = pd.concat([base, censored], ignore_index=True)
+    export = pd.DataFrame({
+        "MRN": frame["patient_id"],
+        # ER: recurrence at 4-11 months; NER: followed 13-40 months without one; censored at 6 and 9
+        "rfs_months": [4 + k % 8 if er else 13 + k for k, er in enumerate(frame["early_recurrence"])],
+        "recurrence": frame["early_recurrence"],
+        "age_months": frame["age"] * 12,
+        "max_diameter_cm": frame["tumor_size_mm"] / 10,
+        "gender": frame["sex"].map({"M": 1, "F": 2}),
+        "AFP": frame["afp"].astype(float),
+        "n_nodules": frame["tumor_number"],
+        "PVTT": frame["portal_vein_invasion"].map({1: "Y", 0: "N"}),
+        "BCLC": frame["bclc"],
+    })  # fmt: skip
+    export.loc[export["MRN"].isin(["X900", "X901"]), "rfs_months"] = [6, 9]
+    export.loc[export["MRN"].isin(["C001", "C011", "C020"]), "AFP"] = np.nan
+    cohort = tmp_path / "hospital"
+    cohort.mkdir()
+    export.to_excel(cohort / "export.xlsx", sheet_name="Patients", index=False)
+    dictionary = {
+        "table": "export.xlsx", "sheet": "Patients", "id": "MRN",
+        "outcome": {"time": "rfs_months", "event": "recurrence", "unit": "months", "horizon": 12},
+        "variables": {
+            "age": {"source": "age_months", "unit": "months", "required": True},
+            "tumor_size_mm": {"source": "max_diameter_cm", "unit": "cm"},
+            "sex": {"source": "gender", "codes": {1: "male", 2: "female"}},
+            "afp": {"source": "AFP"},
+            "tumor_number": {"source": "n_nodules"},
+            "portal_vein_invasion": {"source": "PVTT", "codes": {"Y": "yes", "N": "no"}},
+            "bclc": {"source": "BCLC"},
+        },
+    }  # fmt: skip
+    (cohort / "data_dictionary.yaml").write_text(yaml.safe_dump(dictionary, sort_keys=False), encoding="utf-8")
+
+    code = run_notebooks("smoke", cohort=str(cohort), seed=2020, data_root=str(tmp_path / "data"),
+                         figures_dir=str(tmp_path / "figures"), executed_dir=tmp_path / "executed", cwd=REPO_ROOT,
+                         report_dir=tmp_path / "reports")  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out[-4000:]
+    figures, work = tmp_path / "figures", tmp_path / "data" / "hospital"
+    table1 = pd.read_csv(figures / "table1_clinical.csv")
+    age = table1[table1["variable"] == "age"]
+    assert int(age["total"].sum()) == 24 and int(age["er"].sum()) == 10, age
+    afp = table1[table1["variable"] == "afp"].set_index("level")
+    assert int(afp.loc["missing", "total"]) == 3 and int(afp["total"].sum()) == 24, afp
+    assert "sex" in set(table1["variable"]) and "hbv" not in set(table1["variable"]), "only the dictionary's variables"
+    for model in ("clinical_rf", "clinical_rf_strict"):
+        predictions = pd.read_csv(work / "predictions" / f"{model}.csv", dtype={"patient_id": str})
+        assert set(predictions["patient_id"]) == set(base["patient_id"]), model
+        assert predictions["y_prob"].between(0, 1).all(), model
+    flow = pd.read_csv(figures / "study_data_flow.csv")
+    excluded = flow[flow["excluded"].notna()]
+    assert excluded["excluded"].tolist() == [2], flow
+    assert excluded["reason"].iloc[0] == "censored before the 12-months horizon: X900, X901", flow
