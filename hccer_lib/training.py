@@ -58,9 +58,9 @@ logger = logging.getLogger("hccer")
 # The profile's fields that change a network's training (part of every run's settings key;
 # ``train_seeds`` is not: each seed has its own files under the key).
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
-                       "validation_fraction", "weight_decay", "lr_schedule", "xla")
+                       "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum")
 # Part of every run's settings key: raise it when a change of this module changes results.
-TRAINING_VERSION = 5
+TRAINING_VERSION = 6
 #: Distance between two training seeds of a run (more than any number of folds).
 TRAIN_SEED_STEP = 1000
 
@@ -122,6 +122,7 @@ def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto"
         resnet_blocks=tuple(profile.resnet_blocks),
         resnet_width=profile.resnet_width,
         imagenet=imagenet,
+        bn_momentum=profile.bn_momentum,
         **overrides,
     )
 

@@ -193,3 +193,21 @@ def test_imagenet_weights_come_from_the_local_keras_file(tmp_path, monkeypatch, 
         np.testing.assert_array_equal(got, expected)
     fresh = networks.build_image_pathway(NetworkConfig(image_size=32, imagenet="none"))
     assert not np.array_equal(fresh.get_weights()[0], source.get_weights()[0])
+
+
+def test_bn_momentum_reaches_every_batch_normalisation_and_its_moving_statistics():
+    config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", bn_momentum=0.6)
+    model = networks.build_model("deep_resnet50", config)
+    norms = [layer for layer in model.get_layer("resnet_b1111_w4").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 1 + 4 * 3 + 4 and {layer.momentum for layer in norms} == {0.6}
+    assert networks.build_model("deep_resnet50", TINY).get_layer("resnet_b1111_w4").get_layer("conv1_bn").momentum == 0.99
+    # one training step from moving mean 0: moving mean = (1 - momentum) * the batch mean of the stem's conv output
+    networks.compile_model(model, learning_rate=0.0)
+    images = np.random.default_rng(0).random((8, 32, 32, 3)).astype(np.float32)
+    stem = keras.Model(model.get_layer("resnet_b1111_w4").inputs, model.get_layer("resnet_b1111_w4").get_layer("conv1_conv").output)
+    batch_mean = np.asarray(stem.predict(np.asarray(networks.PhaseScaling()(images)), verbose=0)).mean(axis=(0, 1, 2))
+    model.train_on_batch({"image": images}, np.array([0, 1] * 4))
+    moving_mean = model.get_layer("resnet_b1111_w4").get_layer("conv1_bn").moving_mean.numpy()
+    np.testing.assert_allclose(moving_mean, 0.4 * batch_mean, rtol=1e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="bn_momentum"):
+        NetworkConfig(bn_momentum=1.0)
