@@ -166,10 +166,10 @@ class ClinicalScaling(layers.Layer):
     (quick recipe with batch normalisation momentum 0.99, 32 px, 128 image features): where
     only 3 clinical bits carry the label (logistic regression 0.84), fusion A reached 0.54
     with raw bits, 0.66 standardised and 0.78 with this gain (0.63 with the quick profile's
-    momentum 0.9 since: an open fault, a strict xfail of that test); where only the image does (deep model 0.85), fusion A reached 0.87
-    with gain 1 or 4 but 0.71 when the gain grew as ``sqrt(n_image / k)`` for the one or
-    two noise bits kept (about 8-11): too large a gain fits the training patients' chance
-    associations of a short vector. The paper's remedy for the same imbalance (2048
+    momentum 0.9 since: an open fault, a strict xfail of that test); where only the image
+    does (deep model 0.85), fusion A reached 0.87 with gain 1 or 4 but 0.71 when the gain
+    grew as ``sqrt(n_image / k)`` for the one or two noise bits kept (about 8-11): too
+    large a gain fits the training patients' chance associations of a short vector. The paper's remedy for the same imbalance (2048
     against 9) is fusion B's image FC layer; scaling the input keeps every architecture as
     the paper draws it. Fusion C and D pass the vector through their own clinical layer
     first (Conv1D, FC 16) and get gain 1: with the gain of 2.7 beside 64 image units they
@@ -210,7 +210,7 @@ def clinical_scaling_values(vectors) -> tuple[np.ndarray, np.ndarray]:
     if vectors.ndim != 2 or len(vectors) == 0:
         raise ValueError(f"clinical vectors must be a non-empty [n, k] array, got shape {vectors.shape}")
     sd = vectors.std(axis=0)
-    return vectors.mean(axis=0), np.where(sd > 1e-12, 1.0 / np.where(sd > 1e-12, sd, 1.0), 1.0)
+    return vectors.mean(axis=0), 1.0 / np.where(sd > 1e-12, sd, 1.0)
 
 
 def set_clinical_scaling(model: keras.Model, vectors) -> None:
