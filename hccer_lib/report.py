@@ -8,7 +8,9 @@ per fold, preprocessing settings, model specification and hyper-parameters, vali
 scheme, software versions with PyRadiomics' parameter file, missing-data handling, class
 balance, which analyses and figures exist) and leaves the rest marked ``open`` with what
 has to be supplied (ethics approval, data source and dates, blinding, the manuscript's
-own text). Item numbers are those of the published checklists.
+own text). Item numbers are those of the published checklists. The items, their wording
+and when each counts as filled are data (``checklist.yaml`` beside this module);
+:func:`checklist_facts` measures the run and :func:`render_checklist` fills them in.
 
 Status of an item: ``filled`` (the run answers it), ``partly filled`` (the run answers
 part of it; the value says what is missing) or ``open``.
@@ -36,6 +38,8 @@ CHECKLIST_FILE = "reporting_checklist"
 TRIPOD = "TRIPOD+AI"
 CLAIM = "CLAIM 2024"
 STATUSES = ("filled", "partly filled", "open")
+#: The checklist's items, their wording and when each is filled (format in its header).
+CHECKLIST_ITEMS_FILE = Path(__file__).with_name("checklist.yaml")
 
 #: The paper's Table 2: training and test slices (patients) of its ten experiments.
 PAPER_TABLE2 = pd.DataFrame({
@@ -51,19 +55,6 @@ SOFTWARE = (
     ("numpy",), ("pandas",), ("scipy",), ("scikit-learn",), ("SimpleITK",),
     ("pyradiomics", "pyradiomics-bhklab"), ("keras",), ("tensorflow", "tensorflow-cpu", "tensorflow_cpu"),
     ("jax",), ("matplotlib",), ("papermill",), ("nbconvert",), ("pydicom",),
-)
-
-#: What was tuned, and on which cohorts (TRIPOD+AI 12c); README "How the CPU recipe was chosen".
-TUNING_TEXT = (
-    "what was tuned, and where: nothing on the study's folds or on this cohort. The paper profile uses the paper's "
-    "settings; the training recipe of the CPU profile (epochs, batch size, learning rate and its schedule, "
-    "augmentation, validation share, weight decay, training seeds) was chosen on development synthetic cohorts "
-    "only (generator seeds 3 and 4; README 'How the CPU recipe was chosen' lists what was measured on each), never "
-    "on the study's default cohort (seed 2020), on the seed simulation's cohorts or on a real cohort; the "
-    "preprocessing (HU window, reference phase, margin) and the clinical forest (scikit-learn defaults, 500 trees) "
-    "were fixed in advance; the L1 penalty of the radiomics model is chosen by inner cross-validation inside each "
-    "training fold. Assumptions where the paper is silent: the optimiser (Adam) and the fusion layer sizes (image "
-    "FC 64 units, fusion C Conv1D 8 filters of kernel 3, fusion D clinical FC 16 units)"
 )
 
 MODELS = ("clinical_rf", "radiomics_rf", "deep_resnet50", "fusion_a", "fusion_b", "fusion_c", "fusion_d", "fusion_d_joint")
@@ -557,6 +548,9 @@ def checklist(
 ) -> pd.DataFrame:
     """TRIPOD+AI and CLAIM 2024 items, filled from the run where it can answer them.
 
+    The items, their wording and when each is filled are data (:data:`CHECKLIST_ITEMS_FILE`);
+    :func:`checklist_facts` measures the run, :func:`render_checklist` fills them in.
+
     Args:
         work_dir: the cohort's work folder (``folds.csv``, ``processed/``, ``runs/``,
             ``predictions/``).
@@ -575,346 +569,211 @@ def checklist(
     Returns:
         ``framework, item, topic, status, value``; ``status`` one of :data:`STATUSES`.
     """
+    facts = checklist_facts(work_dir, cohort_dir, profile, figures_dir=figures_dir, seed=seed, synthetic=synthetic,
+                            selection_protocol=selection_protocol, image_headers=image_headers, results=results)
+    return render_checklist(checklist_template(), facts)
+
+
+def checklist_template(path: str | os.PathLike = CHECKLIST_ITEMS_FILE) -> dict:
+    """The checklist's phrases and items (``checklist.yaml``; its header describes the format)."""
+    import yaml
+
+    template = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    if set(template) != {"phrases", "items"} or set(template["items"]) != {TRIPOD, CLAIM}:
+        raise ValueError(f"{path}: expected 'phrases' and 'items' of {TRIPOD} and {CLAIM}, got {sorted(template)}")
+    return template
+
+
+def checklist_facts(
+    work_dir: str | os.PathLike,
+    cohort_dir: str | os.PathLike,
+    profile,
+    figures_dir: str | os.PathLike | None = None,
+    seed: int = 2020,
+    synthetic: bool | None = None,
+    selection_protocol: str = "paper",
+    image_headers: bool = True,
+    results: pd.DataFrame | None = None,
+) -> dict:
+    """What the run can say about itself: the facts the checklist's templates name.
+
+    Arguments as :func:`checklist`. A fact absent from a run (no folds yet, no network
+    trained) is left out, and so is every item's text that needs it: the template's
+    conditions (``folds``, ``dataset``, ``runs``, ...) say which case applies.
+    """
     from hccer_lib import clinical as clinical_module
     from hccer_lib import cohort, evaluation
     from hccer_lib.profiles import get_profile
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     work_dir, cohort_dir = Path(work_dir), Path(cohort_dir)
-    figures = _figure_names(figures_dir)
     ground_truth_path = cohort_dir / "ground_truth.json"
-    if synthetic is None:
-        synthetic = ground_truth_path.is_file()
     ground_truth = json.loads(ground_truth_path.read_text()) if ground_truth_path.is_file() else {}
-
     patients = cohort.load_clinical(cohort_dir)
     n, n_er = len(patients), int(patients["early_recurrence"].sum())
+    is_resnet50 = tuple(profile.resnet_blocks) == (3, 4, 6, 3) and profile.resnet_width == 64
+    facts = {
+        "figures": _figure_names(figures_dir), "seed": seed,
+        "synthetic": ground_truth_path.is_file() if synthetic is None else synthetic,
+        "cohort_folder": cohort_dir.name, "generator": ground_truth.get("generator", "hccer_lib.synth"),
+        "generator_version": ground_truth.get("generator_version", ""), "generator_seed": ground_truth.get("seed", "?"),
+        "n": n, "n_er": n_er, "n_ner": n - n_er, "er_percent": 100 * n_er / n,
+        "events_per_variable": n_er / len(clinical_module.CLINICAL_VARIABLES),
+        "profile_name": profile.name, "image_size": profile.image_size, "resnet_blocks": str(tuple(profile.resnet_blocks)),
+        "resnet_width": profile.resnet_width, "learning_rate": profile.learning_rate, "batch_size": profile.batch_size,
+        "epochs": profile.epochs, "augment": bool(getattr(profile, "augment", False)), "resnet50": is_resnet50,
+        "rf_params": ", ".join(f"{k}={v}" for k, v in clinical_module.RF_PARAMS.items()),
+        "paper_protocol": selection_protocol == "paper",
+        "software_versions": ", ".join(f"{k} {v}" for k, v in software_versions().items()),
+    }
+    try:
+        _, vector_names = clinical_module.clinical_matrix(patients, protocol="paper")
+        facts["selected_variables"] = ", ".join(vector_names)
+    except ValueError as err:
+        facts["selected_variables"] = f"none ({err})"
+
+    # folds and slices (notebooks 01, 02)
     folds_path = work_dir / "folds.csv"
     folds = pd.read_csv(folds_path, dtype={"patient_id": str}) if folds_path.is_file() else None
     dataset_meta, slice_ids = dataset_slices(work_dir, profile.image_size)
-    radiomics_meta = _newest_json(sorted((work_dir / "processed").glob("radiomics_*.json")),
-                                  lambda m: m.get("mode") == profile.radiomics_mode)
-    runs = _run_settings(work_dir, profile.name)
-    predicted = [m for m in MODELS if evaluation.predictions_path(work_dir, m).is_file()]
-    geometry = _image_geometry(cohort_dir, list(patients["patient_id"].astype(str))) if image_headers else {}
-    versions = software_versions()
-    try:
-        _, vector_names = clinical_module.clinical_matrix(patients, protocol="paper")
-        selected_text = ", ".join(vector_names)
-    except ValueError as err:
-        selected_text = f"none ({err})"
-
-    rows: list[dict] = []
-
-    def add(framework: str, item: str, topic: str, status: str, value: str) -> None:
-        if status not in STATUSES:
-            raise ValueError(f"status {status!r} of {framework} item {item} is not one of {STATUSES}")
-        rows.append({"framework": framework, "item": item, "topic": topic, "status": status, "value": value})
-
-    manuscript = "to be written in the manuscript: the run cannot answer it"
-    cohort_name = "synthetic cohort" if synthetic else f"cohort {cohort_dir.name!r}"
-    synthetic_source = (f"synthetic cohort generated by {ground_truth.get('generator', 'hccer_lib.synth')} "
-                        f"{ground_truth.get('generator_version', '')} with seed {ground_truth.get('seed', '?')}: "
-                        "no patients; it reproduces the paper's Table 1 counts")
-
-    # -- facts used by several items ------------------------------------------------------
-    counts = f"{n} patients, {n_er} ER ({100 * n_er / n:.1f}%), {n - n_er} NER"
+    facts["slices"] = slice_ids is not None
     if slice_ids is not None:
-        counts += f"; {len(slice_ids)} ROI slice images of {len(set(slice_ids))} patients"
-    flow = data_flow(folds, slice_ids) if folds is not None else None
-    if flow is not None:
-        flow_text = "; ".join(
-            f"fold {r.fold}: train {r.train_patients} patients ({r.train_er} ER"
-            + (f", {r.train_slices} slices" if not pd.isna(r.train_slices) else "")
-            + f"), test {r.test_patients} ({r.test_er} ER" + (f", {r.test_slices} slices" if not pd.isna(r.test_slices) else "")
-            + ")" for r in flow.itertuples())
-        n_folds = int(folds["fold"].nunique())
-        folds_seed = int(folds["seed"].iloc[0]) if "seed" in folds else seed
-        validation = (f"{n_folds}-fold cross-validation split by patient (every slice of a patient on one side), "
-                      f"stratified by label (scikit-learn StratifiedKFold, shuffled, seed {folds_seed}); the same "
-                      "folds (folds.csv) for every model, so every comparison is paired; out-of-fold predictions "
-                      "of every model in predictions/<model>.csv")
-        er_range = (flow["test_er"] / flow["test_patients"] * 100)
-        balance = (f"ER {100 * n_er / n:.1f}% of patients; test folds {er_range.min():.0f}-{er_range.max():.0f}% ER")
-    else:
-        flow_text = validation = balance = ""
-    preprocess = ""
+        facts.update(n_slices=len(slice_ids), n_slice_patients=len(set(slice_ids)))
+    facts["folds"] = folds is not None
+    if folds is not None:
+        flow = data_flow(folds, slice_ids)
+        er_percent = flow["test_er"] / flow["test_patients"] * 100
+        facts.update(
+            fold_flow=_fold_flow_text(flow), n_folds=int(folds["fold"].nunique()),
+            folds_seed=int(folds["seed"].iloc[0]) if "seed" in folds else seed,
+            test_er_min=er_percent.min(), test_er_max=er_percent.max(),
+            slices_without_fold=slice_ids is not None and not set(slice_ids) <= set(folds["patient_id"].astype(str)))
+    facts["dataset"] = dataset_meta is not None
     if dataset_meta is not None:
         s = dataset_meta["settings"]
-        preprocess = (f"per reference-phase ({s['reference_phase']}) ROI slice: the matching slice of each other phase "
-                      f"by physical z relative to that phase's ROI centre (tolerance "
-                      f"{'one slice thickness' if s['tolerance_mm'] is None else str(s['tolerance_mm']) + ' mm'}), a "
-                      f"square crop around each phase's ROI centre (margin {s['margin']}), linear resampling to "
-                      f"{s['image_size']}x{s['image_size']} px, HU window level {s['window_level']:g} / width "
-                      f"{s['window_width']:g} mapped to [0, 1], NC/ART/PV stacked as 3 channels; "
-                      f"{len(dataset_meta.get('dropped', []))} reference slices dropped for lack of a match")
-    deep_spec = (f"profile {profile.name!r}: image {profile.image_size} px, ResNet blocks {tuple(profile.resnet_blocks)} "
-                 f"width {profile.resnet_width} ((3, 4, 6, 3) and 64 are ResNet50), Adam (an assumption: the paper does not name "
-                 f"its optimiser) lr {profile.learning_rate:g}, "
-                 f"batch {profile.batch_size}, {profile.epochs} epochs (fixed, no early stopping), cross entropy on "
-                 "the 2-neuron softmax; augmentation " + ("dihedral flips/turns" if getattr(profile, "augment", False) else "none"))
-    network_text = ""
-    if runs:
-        any_fusion = next((runs[m] for m in ("fusion_d", "fusion_b", "fusion_c", "fusion_a", "fusion_d_joint") if m in runs), None)
-        if any_fusion is not None:
-            net = any_fusion["network"]
-            network_text = (f"; fusion layers (sizes assumed: the paper does not state them): image FC "
-                            f"{net['image_units']} units (B, C, D), C: Conv1D "
-                            f"{net['clinical_filters']} filters kernel {net['clinical_kernel']}, D: clinical FC "
-                            f"{net['clinical_units']} units; D joint: equation (4) loss weights")
-    imagenet_text = "no network trained yet"
-    if runs:
-        found = {m: r.get("imagenet_file_found") for m, r in runs.items()}
-        backends = sorted({r.get("keras_backend", "?") for r in runs.values()})
-        is_resnet50 = tuple(profile.resnet_blocks) == (3, 4, 6, 3) and profile.resnet_width == 64
-        if is_resnet50 and any(found.values()):
-            imagenet_text = "ImageNet weights (Keras ResNet50 file) for the image pathway, fine-tuned; heads random (Glorot)"
-        else:
-            imagenet_text = ("random initialisation (Keras defaults: Glorot uniform, BN gamma 1 beta 0)"
-                             + ("" if is_resnet50 else ": ImageNet weights exist only for ResNet50")
-                             + f"; each fold seeded with keras.utils.set_random_seed(seed + fold), seed {seed}")
-        imagenet_text += f"; Keras backend {', '.join(backends)}"
-    radiomics_text = ""
+        facts.update(reference_phase=s["reference_phase"], tolerance_is_slice_thickness=s["tolerance_mm"] is None,
+                     tolerance_mm=s["tolerance_mm"], margin=s["margin"], dataset_image_size=s["image_size"],
+                     window_level=s["window_level"], window_width=s["window_width"],
+                     n_dropped=len(dataset_meta.get("dropped", [])))
+
+    # radiomics (notebook 03)
+    radiomics_meta = _newest_json(sorted((work_dir / "processed").glob("radiomics_*.json")),
+                                  lambda m: m.get("mode") == profile.radiomics_mode)
+    facts["radiomics"] = radiomics_meta is not None
     if radiomics_meta is not None:
         setting = radiomics_meta["params"]["setting"]
-        radiomics_text = (f"PyRadiomics {radiomics_meta['pyradiomics_version']} ({radiomics_meta['params_file']}, "
-                          f"mode {radiomics_meta['mode']}): feature classes {', '.join(radiomics_meta['params']['featureClass'])}; "
-                          + ", ".join(f"{k}={setting[k]}" for k in ("binWidth", "normalize", "resampledPixelSpacing",
-                                                                    "force2D", "label") if k in setting)
-                          + f"; {radiomics_meta['n_features']} features over 3 phases")
-    missing = ["clinical.csv: no missing value is accepted (cohort.load_clinical stops at the first one, naming "
-               "patient and column), so no clinical imputation"]
-    if radiomics_meta is not None:
-        missing.append("radiomics: " + radiomics_meta.get("report_summary", ""))
-    if dataset_meta is not None:
-        missing.append(f"images: {len(dataset_meta.get('dropped', []))} reference slices without a matching slice in "
-                       "another phase were left out")
-    software = ", ".join(f"{k} {v}" for k, v in versions.items())
-    if radiomics_meta is not None:
-        software += f"; features extracted with PyRadiomics {radiomics_meta['pyradiomics_version']}"
-    geometry_text = "; ".join(f"{phase}: {g['n']} volumes, in-plane spacing {_range(g['inplane'])}, slice spacing "
-                              f"{_range(g['slice'])}" for phase, g in geometry.items())
-    have = {name: name in figures for name in (
-        "table1_clinical.md", "model_comparisons.csv", "study_comparisons.csv", "study_calibration.csv",
-        "fig8_calibration_decision.png", "fig8_gradcam.png", "study_gradcam_patients.csv", "study_seed_spread.csv",
-        "study_paper_differences.csv")}
-    performance = ""
+        facts.update(
+            pyradiomics_version=radiomics_meta["pyradiomics_version"], radiomics_params_file=radiomics_meta["params_file"],
+            radiomics_mode=radiomics_meta["mode"], radiomics_feature_classes=", ".join(radiomics_meta["params"]["featureClass"]),
+            radiomics_settings=", ".join(f"{k}={setting[k]}" for k in ("binWidth", "normalize", "resampledPixelSpacing",
+                                                                       "force2D", "label") if k in setting),
+            radiomics_n_features=radiomics_meta["n_features"], radiomics_summary=radiomics_meta.get("report_summary", ""))
+
+    # networks (notebooks 04-06)
+    runs = _run_settings(work_dir, profile.name)
+    facts["runs"] = bool(runs)
+    facts["imagenet"] = bool(runs) and is_resnet50 and any(r.get("imagenet_file_found") for r in runs.values())
+    if runs:
+        facts["keras_backends"] = ", ".join(sorted({r.get("keras_backend", "?") for r in runs.values()}))
+    fusion = next((runs[m] for m in ("fusion_d", "fusion_b", "fusion_c", "fusion_a", "fusion_d_joint") if m in runs), None)
+    facts["fusion_run"] = fusion is not None
+    if fusion is not None:
+        facts.update({key: fusion["network"][key]
+                      for key in ("image_units", "clinical_filters", "clinical_kernel", "clinical_units")})
+
+    # pooled AUCs of the models that have predictions
+    predicted = [m for m in MODELS if evaluation.predictions_path(work_dir, m).is_file()]
+    facts["predictions"] = bool(predicted)
     if predicted:
-        summaries = []
         known = results.set_index("model") if results is not None and len(results) else None
+        summaries = []
         for model in predicted:
             if known is not None and model in known.index:
                 s = known.loc[model]
             else:
                 s = evaluation.summarise_model(evaluation.read_predictions(work_dir, model), profile.n_bootstrap, seed)
             summaries.append(f"{model} {s['pooled_auc']:.3f} [{s['pooled_auc_ci_low']:.3f}, {s['pooled_auc_ci_high']:.3f}]")
-        performance = ("pooled out-of-fold patient-level AUC with 95% bootstrap interval over patients: "
-                       + "; ".join(summaries) + "; per-fold mean ± SD in figures/table3-5")
-    models_text = ("clinical_rf (random forest on the binary clinical vector, " + ", ".join(
-        f"{k}={v}" for k, v in clinical_module.RF_PARAMS.items()) + "); radiomics_rf (median imputation, "
-        "standardisation, L1 logistic regression selection with C by inner cross-validation grouped by patient, "
-        "random forest 500 trees min_samples_leaf 2; all fitted inside each training fold); deep_resnet50 and "
-        "fusion models A-D and D with the joint loss (ResNet image pathway; " + deep_spec + network_text + ")")
-    protocol_text = ("clinical variables selected by Pearson chi-squared p < 0.05 on "
-                     + ("the whole cohort, as the paper did (protocol 'paper': test patients take part in the "
-                        "selection)" if selection_protocol == "paper" else "each training fold (protocol 'strict')")
-                     + f"; selected on the whole cohort: {selected_text}; clinical_rf_strict repeats the clinical "
-                       "model with selection inside each training fold")
+        facts["pooled_aucs"] = "; ".join(summaries)
 
-    # -- TRIPOD+AI -----------------------------------------------------------------------
-    T = TRIPOD
-    add(T, "1", "Title", "open", manuscript)
-    add(T, "2", "Abstract", "open", manuscript + " (TRIPOD+AI for Abstracts)")
-    add(T, "3a", "Background: healthcare context", "open", manuscript)
-    add(T, "3b", "Background: target population and intended use", "open", manuscript)
-    add(T, "3c", "Background: health inequalities", "open", manuscript)
-    add(T, "4", "Objectives", "open", manuscript)
-    add(T, "5a", "Data: sources", "filled" if synthetic else "open",
-        synthetic_source if synthetic else f"{cohort_name}: its source, rationale and representativeness")
-    add(T, "5b", "Data: dates", "filled" if synthetic else "open",
-        "no accrual: generated data" if synthetic else "start and end of accrual and end of follow-up")
-    add(T, "6a", "Participants: setting", "filled" if synthetic else "open",
-        "none: generated data" if synthetic else "setting, number and location of centres")
-    add(T, "6b", "Participants: eligibility", "partly filled",
-        f"every patient of clinical.csv with three phases and a tumour ROI is used ({n}); the cohort's "
-        "inclusion and exclusion criteria are to be stated")
-    add(T, "6c", "Participants: treatments", "open", "treatments received (the paper: curative resection)")
-    add(T, "7", "Data preparation", "filled" if preprocess else "open",
-        ("every cohort file is validated before use (cohort.validate_cohort: one named error per bad value); "
-         + preprocess) if preprocess else "run notebook 02 (preprocessing)")
-    add(T, "8a", "Outcome: definition", "partly filled",
-        f"early_recurrence (0/1) of clinical.csv: recurrence within one year of resection; {counts}; how and when "
-        "it was assessed is to be stated")
-    add(T, "8b", "Outcome: assessors", "open", "qualifications of the outcome assessors, if subjective")
-    add(T, "8c", "Outcome: blinding", "open", "actions to blind the outcome assessment")
-    add(T, "9a", "Predictors: choice", "filled",
-        "the 17 clinical variables of the paper's Table 1 (binarised with its cut-offs, clinical.CLINICAL_VARIABLES) "
-        "and the triple-phase CT ROI; " + protocol_text)
-    add(T, "9b", "Predictors: definition", "partly filled",
-        "cut-offs in clinical.CLINICAL_VARIABLES; images: NC, ART, PV phases in HU; how and when measured is to be stated")
-    add(T, "9c", "Predictors: assessors", "open", "who drew the tumour ROIs, their qualifications")
-    add(T, "10", "Sample size", "partly filled",
-        f"the whole available {cohort_name} ({n} patients, {n_er} events, {n_er / 17:.1f} events per candidate "
-        "clinical variable); no sample-size calculation; the seed simulation (notebook 08) gives the smallest AUC "
-        "difference this size can detect" if have["study_paper_differences.csv"] else
-        f"the whole available {cohort_name} ({n} patients, {n_er} events); no sample-size calculation")
-    add(T, "11", "Missing data", "filled", "; ".join(missing))
-    add(T, "12a", "Analytical methods: data use", "filled" if validation else "open", validation or "run notebook 01")
-    add(T, "12b", "Analytical methods: predictor handling", "filled",
-        "clinical: binary indicators at the paper's cut-offs (BCLC 3 bits); images: HU window to [0, 1], the networks' "
-        "PhaseScaling maps them to ImageNet's caffe input; radiomics: median imputation and standardisation fitted "
-        "on the training fold")
-    add(T, "12c", "Analytical methods: model type and building", "filled", models_text + "; " + TUNING_TEXT)
-    add(T, "12d", "Analytical methods: heterogeneity across clusters", "open",
-        "single cohort (one centre): not examined; fold-to-fold SD is reported")
-    add(T, "12e", "Analytical methods: performance measures", "filled",
-        "accuracy (threshold 0.5) and AUC per fold as mean ± SD at patient level for every model (slice-level fold "
-        "metrics kept beside, as the paper's form, inferred); pooled patient-level AUC with 95% bootstrap interval; DeLong test and paired bootstrap interval of AUC differences for every paired "
-        "comparison (conditional on the fitted fold models), beside the AUC differences over training seeds; Brier score, calibration intercept and slope, reliability curves; decision curves (net benefit)")
-    add(T, "12f", "Analytical methods: model updating", "filled", "none (no recalibration)")
-    add(T, "12g", "Analytical methods: how predictions were calculated", "filled",
-        "by the study's code (hccer_lib, notebooks 01-06); out-of-fold probabilities in predictions/<model>.csv; "
-        "slice probabilities averaged per patient for patient-level results")
-    add(T, "13", "Class imbalance", "filled" if balance else "open",
-        f"no class-imbalance method (no reweighting or resampling); {balance}" if balance else "run notebook 01")
-    add(T, "14", "Fairness", "open", "approaches to model fairness; subgroup performance is not examined")
-    add(T, "15", "Model output", "filled",
-        "probability of ER (second neuron of the softmax; random forest class probability); patient probability = "
-        "mean over the patient's slices; class = probability >= 0.5 (fixed, not tuned) for accuracy")
-    add(T, "16", "Training versus evaluation", "filled",
-        "internal cross-validation: training and test patients come from the same cohort, setting, eligibility, "
-        "outcome and predictors")
-    add(T, "17", "Ethical approval", "open",
-        "synthetic cohort: no human data; a real cohort: name the approving board and the consent or waiver"
-        if synthetic else "name the approving board and the consent or waiver")
-    add(T, "18a", "Open science: funding", "open", manuscript)
-    add(T, "18b", "Open science: conflicts of interest", "open", manuscript)
-    add(T, "18c", "Open science: protocol", "open", "where the protocol can be accessed, or that none was prepared")
-    add(T, "18d", "Open science: registration", "open", "register and number, or that the study was not registered")
-    add(T, "18e", "Open science: data sharing", "filled" if synthetic else "open",
-        "the synthetic cohort is regenerated by the code (python -m hccer_lib synth, seed "
-        f"{ground_truth.get('seed', '?')})" if synthetic else "availability of the cohort's data")
-    add(T, "18f", "Open science: code sharing", "partly filled",
-        "the whole analysis is the repository's code (hccer_lib, notebooks, run_all.sh); its public location is to be stated")
-    add(T, "19", "Patient and public involvement", "open", manuscript)
-    add(T, "20a", "Participants: flow", "partly filled",
-        f"{counts}; the number screened and excluded is the cohort's own")
-    add(T, "20b", "Participants: characteristics", "filled" if have["table1_clinical.md"] else "partly filled",
-        "Table 1 (figures/table1_clinical.md): every clinical variable by outcome; per-fold make-up in the study "
-        "report (report.fold_characteristics); follow-up time is to be stated")
-    add(T, "20c", "Participants: development vs evaluation data", "filled" if folds is not None else "open",
-        "every test fold is drawn from the same cohort, stratified by label; its make-up beside the whole cohort: "
-        "report.fold_characteristics" if folds is not None else "run notebook 01")
-    add(T, "21", "Model development: participants and events per analysis", "filled" if flow_text else "open",
-        flow_text or "run notebooks 01-02")
-    add(T, "22", "Model specification", "partly filled",
-        models_text + "; the code rebuilds every fold's model (training.train_fold) and saves whole-cohort refits "
-        "that predict new patients (hccer_lib.final_model, notebook 07); whether trained weights are shared is to be stated")
-    add(T, "23a", "Model performance with confidence intervals", "partly filled" if performance else "open",
-        (performance + "; key subgroups are not examined") if performance else "run notebooks 01-06")
-    add(T, "23b", "Model performance: heterogeneity across clusters", "open", "single cohort: not examined")
-    add(T, "24", "Model updating", "filled", "none")
-    add(T, "25", "Interpretation", "open", manuscript)
-    add(T, "26", "Limitations", "open",
-        manuscript + ("; among them: the synthetic cohort, the paper's selection of clinical variables on the whole "
-                      "cohort, internal validation only" if synthetic else ""))
-    add(T, "27a", "Usability: poor-quality or missing inputs", "partly filled",
-        "the loaders refuse a bad input with one named error (cohort.validate_cohort); how to act on it in care is "
-        "to be stated")
-    add(T, "27b", "Usability: user interaction and expertise", "open",
-        "the model needs a tumour ROI per phase, drawn by a reader; expertise required is to be stated")
-    add(T, "27c", "Usability: next steps", "open", manuscript)
+    # image headers
+    geometry = _image_geometry(cohort_dir, list(patients["patient_id"].astype(str))) if image_headers else {}
+    facts["geometry"] = "; ".join(f"{phase}: {g['n']} volumes, in-plane spacing {_range(g['inplane'])}, slice "
+                                  f"spacing {_range(g['slice'])}" for phase, g in geometry.items())
+    return facts
 
-    # -- CLAIM 2024 ----------------------------------------------------------------------
-    C = CLAIM
-    add(C, "1", "Title: identification as an AI study", "open", manuscript)
-    add(C, "2", "Abstract", "open", manuscript)
-    add(C, "3", "Background and role of the AI approach", "open", manuscript)
-    add(C, "4", "Aims, objectives and hypotheses", "open", manuscript)
-    add(C, "5", "Prospective or retrospective study", "filled" if synthetic else "open",
-        "synthetic data, no patients" if synthetic else "retrospective or prospective (the paper: retrospective)")
-    add(C, "6", "Study goal", "open", manuscript)
-    add(C, "7", "Data sources", "filled" if synthetic else "open",
-        synthetic_source if synthetic else f"{cohort_name}: source of the images and clinical data")
-    add(C, "8", "Inclusion and exclusion criteria", "partly filled",
-        f"every patient of clinical.csv with three phases and a tumour ROI ({n}); the cohort's criteria are to be stated")
-    add(C, "9", "Data pre-processing", "filled" if preprocess else "open", preprocess or "run notebook 02")
-    add(C, "10", "Selection of data subsets", "filled" if dataset_meta is not None else "open",
-        "all ROI slices of the reference phase (one sample per slice, all of a patient's slices used)"
-        if dataset_meta is not None else "run notebook 02")
-    add(C, "11", "De-identification methods", "filled" if synthetic else "open",
-        "not needed: generated data" if synthetic else "how the images and clinical data were de-identified")
-    add(C, "12", "Missing data", "filled", "; ".join(missing))
-    add(C, "13", "Image acquisition protocol", "partly filled" if geometry_text else "open",
-        (geometry_text + ("; generated volumes" if synthetic else "; scanner, kVp, contrast timing are to be stated"))
-        if geometry_text else "scanner, reconstruction and contrast timing of each phase")
-    add(C, "14", "Reference standard: definition", "partly filled",
-        "early recurrence within one year of resection (early_recurrence of clinical.csv); how it was established "
-        "is to be stated")
-    add(C, "15", "Reference standard: rationale", "open", manuscript)
-    add(C, "16", "Reference standard: source of annotations", "partly filled",
-        "tumour ROIs read from <phase>_roi label images and/or roi_boxes.csv" + ("; generated with the volumes"
-                                                                                  if synthetic else "; who drew them is to be stated"))
-    add(C, "17", "Annotation of the test set", "partly filled",
-        "test patients' ROIs are the same kind of input as the training patients' (drawn before the analysis); "
-        "how they were drawn is to be stated")
-    add(C, "18", "Inter- and intra-rater variability", "open", "not measured")
-    add(C, "19", "Assignment to partitions", "filled" if validation else "open", validation or "run notebook 01")
-    add(C, "20", "Level at which partitions are disjoint", "filled" if folds is not None else "open",
-        "patient: folds.csv assigns each patient to one fold, and every slice takes its patient's fold"
-        + ("" if slice_ids is None or set(slice_ids) <= set(folds["patient_id"].astype(str)) else " (WARNING: some "
-           "slices have no fold)") if folds is not None else "run notebook 01")
-    add(C, "21", "Intended sample size", "partly filled",
-        f"the whole available cohort ({n} patients, {n_er} ER); no sample-size calculation")
-    add(C, "22", "Detailed description of the model", "filled", models_text)
-    add(C, "23", "Software libraries and packages", "filled", software)
-    add(C, "24", "Initialisation of model parameters", "filled", imagenet_text)
-    add(C, "25", "Details of training", "filled", deep_spec + "; " + (radiomics_text or "radiomics not run"))
-    add(C, "26", "Selection of the final model", "filled",
-        "no selection on test data: fixed epochs, the last weights of each fold are evaluated; the paper's model "
-        "comparisons are reported for all models")
-    add(C, "27", "Ensembling", "filled", "none (one network per fold)")
-    add(C, "28", "Metrics of model performance", "filled",
-        "accuracy and AUC (per fold and pooled), Brier score, calibration intercept and slope, net benefit")
-    add(C, "29", "Statistical significance and uncertainty", "filled",
-        "95% bootstrap interval of each pooled AUC; DeLong test and paired bootstrap 95% interval of every AUC "
-        "difference (patients resampled; conditional on the fitted fold models, training variance ignored), beside "
-        "the difference over training seeds (mean, SD, share of seed pairs in which model_a was better)"
-        + ("; the seed simulation's spread of AUCs over simulated cohorts, with the significance threshold (1.96 SE) "
-           "and detectable difference (2.80 SE) of every simulated pair" if have["study_seed_spread.csv"] else ""))
-    add(C, "30", "Robustness or sensitivity analysis", "filled" if have["study_seed_spread.csv"] else "partly filled",
-        "clinical variable selection on the whole cohort (paper) vs inside each training fold (strict)"
-        + ("; seed simulation: the study's protocol repeated on other simulated cohorts (clinical models on every "
-           "cohort, radiomics on the first ones, networks only when deep cohorts are asked for)"
-           if have["study_seed_spread.csv"] else "; the seed simulation has not run"))
-    add(C, "31", "Explainability or interpretability", "filled" if have["fig8_gradcam.png"] else "open",
-        "Grad-CAM on the three phases for correctly and wrongly predicted patients (figures/fig8_gradcam.png)"
-        if have["fig8_gradcam.png"] else "run notebook 08 (Grad-CAM)")
-    add(C, "32", "Evaluation on internal data", "filled" if validation else "open", validation or "run notebook 01")
-    add(C, "33", "Testing on external data", "open", "not done: internal cross-validation only")
-    add(C, "34", "Clinical trial registration", "open", "registration, or that the study was not registered")
-    add(C, "35", "Numbers of patients included and excluded", "partly filled",
-        f"{counts}; excluded patients are the cohort's own")
-    add(C, "36", "Characteristics of cases in each partition", "filled" if folds is not None else "open",
-        "report.fold_characteristics: ER, sex, age and tumour size of every test fold beside the whole cohort"
-        if folds is not None else "run notebook 01")
-    add(C, "37", "Performance metrics and statistical uncertainty", "filled" if performance else "open",
-        performance or "run notebooks 01-06")
-    add(C, "38", "Diagnostic performance and its precision", "partly filled" if performance else "open",
-        "accuracy at threshold 0.5 per fold at patient level (mean ± SD); sensitivity and specificity are not tabulated"
-        if performance else "run notebooks 01-06")
-    add(C, "39", "Failure analysis of incorrect results", "filled" if have["study_gradcam_patients.csv"] else "open",
-        "Grad-CAM of wrongly predicted patients beside correctly predicted ones (figures/study_gradcam_patients.csv)"
-        if have["study_gradcam_patients.csv"] else "run notebook 08")
-    add(C, "40", "Study limitations", "open", manuscript)
-    add(C, "41", "Implications for practice", "open", manuscript)
-    add(C, "42", "Protocol or additional technical details", "partly filled",
-        "the notebooks and hccer_lib document every step; a study protocol is to be referenced")
-    add(C, "43", "Availability of software, model and data", "partly filled",
-        "the code reruns the whole study (run_all.sh)" + ("; the synthetic cohort is regenerated by it" if synthetic else
-                                                         "; data availability is to be stated"))
-    add(C, "44", "Funding", "open", manuscript)
+
+def _fold_flow_text(flow: pd.DataFrame) -> str:
+    """One clause per fold of :func:`data_flow`: training and test patients, events and slices."""
+    def slices(count) -> str:
+        return "" if pd.isna(count) else f", {count} slices"
+
+    return "; ".join(f"fold {r.fold}: train {r.train_patients} patients ({r.train_er} ER{slices(r.train_slices)}), "
+                     f"test {r.test_patients} ({r.test_er} ER{slices(r.test_slices)})" for r in flow.itertuples())
+
+
+def render_checklist(template: dict, facts: dict) -> pd.DataFrame:
+    """Fill the template's items (:func:`checklist_template`) with ``facts`` (:func:`checklist_facts`).
+
+    Returns:
+        ``framework, item, topic, status, value`` in the template's order.
+    """
+    context = _Context(template["phrases"], facts)
+    rows = []
+    for framework, items in template["items"].items():
+        for spec in items:
+            where = f"{framework} item {spec.get('item')}"
+            cases = spec.get("cases", [spec])
+            case = next((c for c in cases if context.holds(c.get("when", []), where)), None)
+            if case is None:
+                raise ValueError(f"{where}: no case holds")
+            if case["status"] not in STATUSES:
+                raise ValueError(f"status {case['status']!r} of {where} is not one of {STATUSES}")
+            rows.append({"framework": framework, "item": spec["item"], "topic": spec["topic"],
+                         "status": case["status"], "value": context.render(case["value"], where)})
     return pd.DataFrame(rows, columns=CHECKLIST_COLUMNS)
+
+
+class _Context(dict):
+    """Facts, and the template's phrases rendered on first use (``str.format_map`` asks for them by name)."""
+
+    def __init__(self, phrases: dict, facts: dict):
+        super().__init__(facts)
+        self.phrases = phrases
+
+    def __missing__(self, name: str) -> str:
+        if name not in self.phrases:
+            raise ValueError(f"the checklist names {name!r}, which is neither a fact of this run nor a phrase")
+        self[name] = self.render(self.phrases[name], f"phrase {name!r}")
+        return self[name]
+
+    def holds(self, when, where: str) -> bool:
+        """Whether every condition of ``when`` (a name, ``"not <name>"``, ``"figures/<file>"``, or a list) holds."""
+        for condition in [when] if isinstance(when, str) else when:
+            negate = condition.startswith("not ")
+            name = condition.removeprefix("not ")
+            if name.startswith("figures/"):
+                value = name.removeprefix("figures/") in self["figures"]
+            elif name in self:
+                value = bool(self[name])
+            else:
+                raise ValueError(f"{where}: condition {condition!r} names no fact of this run")
+            if value == negate:
+                return False
+        return True
+
+    def render(self, text, where: str) -> str:
+        """A template string, or a list of pieces (strings or ``{when, text, else}``), filled in."""
+        if isinstance(text, str):
+            return text.format_map(self)
+        pieces = []
+        for piece in text:
+            if isinstance(piece, str):
+                pieces.append(piece.format_map(self))
+            elif self.holds(piece["when"], where):
+                pieces.append(self.render(piece["text"], where))
+            elif "else" in piece:
+                pieces.append(self.render(piece["else"], where))
+        return "".join(pieces)
 
 
 def write_checklist(figures_dir: str | os.PathLike, frame: pd.DataFrame, synthetic: bool) -> tuple[Path, Path]:

@@ -234,6 +234,48 @@ def test_checklist_marks_the_synthetic_cohort_and_reads_the_studys_figures(run_f
     assert len(pd.read_csv(csv_path)) == len(table) == 52 + 44
 
 
+def test_every_case_of_every_checklist_item_names_only_facts_and_phrases(run_folder, tmp_path):
+    # The run folder has every fact a run can have; each case is rendered whether or not its condition holds, so
+    # a misspelt name in a branch that this run does not take still fails here.
+    cohort_dir, work_dir, _, _ = run_folder
+    template = report.checklist_template()
+    facts = report.checklist_facts(work_dir, cohort_dir, "quick", figures_dir=tmp_path / "figures", image_headers=True)
+    facts["slices_without_fold"] = True
+    for framework, items in template["items"].items():
+        for spec in items:
+            for case in spec.get("cases", [spec]):
+                one = {"phrases": template["phrases"], "items": {framework: [{"item": spec["item"],
+                                                                               "topic": spec["topic"], **case,
+                                                                               "when": []}]}}
+                row = report.render_checklist(one, facts).iloc[0]
+                assert row["status"] in report.STATUSES and "{" not in row["value"], (framework, spec["item"], row)
+    for name in template["phrases"]:
+        assert report.render_checklist({"phrases": template["phrases"], "items": {report.TRIPOD: [
+            {"item": "x", "topic": "x", "status": "open", "value": f"{{{name}}}"}]}}, facts)["value"].iloc[0], name
+
+
+def test_render_checklist_takes_the_first_case_that_holds_and_names_an_unknown_fact():
+    template = {"phrases": {"greeting": ["hello {who}", {"when": "loud", "text": "!", "else": "."}]},
+                "items": {report.TRIPOD: [
+                    {"item": "1", "topic": "t", "cases": [
+                        {"when": ["loud", "not quiet"], "status": "filled", "value": "{greeting}"},
+                        {"when": "figures/fig.png", "status": "partly filled", "value": "{n:.1f} {greeting}"},
+                        {"status": "open", "value": "nothing"}]}]}}
+    facts = {"who": "you", "n": 2, "figures": set()}
+    assert report.render_checklist(template, {**facts, "loud": True, "quiet": False})[["status", "value"]].values.tolist() \
+        == [["filled", "hello you!"]]
+    assert report.render_checklist(template, {**facts, "loud": True, "quiet": True, "figures": {"fig.png"}})[
+        ["status", "value"]].values.tolist() == [["partly filled", "2.0 hello you!"]]
+    assert report.render_checklist(template, {**facts, "loud": False, "quiet": False})["value"].tolist() == ["nothing"]
+    with pytest.raises(ValueError, match="'who', which is neither a fact of this run nor a phrase"):
+        report.render_checklist(template, {"n": 2, "figures": set(), "loud": True, "quiet": False})
+    with pytest.raises(ValueError, match="condition 'loud' names no fact"):
+        report.render_checklist(template, facts)
+    bad = {"phrases": {}, "items": {report.TRIPOD: [{"item": "1", "topic": "t", "status": "done", "value": ""}]}}
+    with pytest.raises(ValueError, match="status 'done' of TRIPOD\\+AI item 1"):
+        report.render_checklist(bad, {})
+
+
 # --- comparisons, tables beside the paper, patients to explain -------------------------
 
 
@@ -361,5 +403,5 @@ def test_the_tuning_statement_names_the_networks_actual_layer_sizes():
     defaults = {f.name: f.default for f in dataclasses.fields(networks.NetworkConfig)}
     assert (defaults["image_units"], defaults["clinical_filters"], defaults["clinical_kernel"],
             defaults["clinical_units"]) == (64, 8, 3, 16), defaults
-    assert ("image FC 64 units, fusion C Conv1D 8 filters of kernel 3, fusion D clinical FC 16 units"
-            in report.TUNING_TEXT), report.TUNING_TEXT
+    tuning = report.checklist_template()["phrases"]["tuning"]
+    assert "image FC 64 units, fusion C Conv1D 8 filters of kernel 3, fusion D clinical FC 16 units" in tuning, tuning
