@@ -100,7 +100,8 @@ def _split_model(model: keras.Model, head: str, target_class: int, layer_name: s
 
     The score is recomputed from ``A`` so that its gradient with respect to ``A`` can be
     taken functionally (JAX) or on a tape (TensorFlow). A layer inside a nested model
-    (the image pathway) is reached through that model's call in the outer graph.
+    (the image pathway) is reached through that model's call in the outer graph
+    (:func:`_pathway_call`).
     """
     layer_name = layer_name or last_feature_map(model)
     outer_inputs = model.inputs
@@ -126,10 +127,8 @@ def _split_model(model: keras.Model, head: str, target_class: int, layer_name: s
             return rest([activation, *values])
 
     else:  # inside the nested pathway, called once in the outer graph
-        if len(pathway._inbound_nodes) != 1:  # Keras keeps no public handle on the call's tensors
-            raise ValueError(f"the image pathway {pathway.name!r} is called {len(pathway._inbound_nodes)} times; expected once")
-        call = pathway._inbound_nodes[0]
-        pathway_in, pathway_out = call.input_tensors[0], call.output_tensors[0]
+        outer_inputs, pathway_in, pathway_out, head_input = _pathway_call(model, pathway, head_layer)
+        input_names = [tensor.name for tensor in outer_inputs]
         front = keras.Model(outer_inputs, pathway_in)
         to_activation = keras.Model(pathway.inputs, inner.output)
         inner_rest = _sub_model(inner.output, pathway.inputs, pathway.output)
@@ -157,6 +156,33 @@ def _split_model(model: keras.Model, head: str, target_class: int, layer_name: s
     if not 0 <= target_class < n_classes or n_classes < 2:
         raise ValueError(f"target_class must be in 0..{n_classes - 1}, got {target_class}")
     return activation_fn, score_fn
+
+
+def _pathway_call(model: keras.Model, pathway: keras.Model, head_layer: keras.layers.Layer):
+    """The tensors around the nested ``pathway``'s call in the outer graph, and the head's input.
+
+    Keras's public API gives a nested model's own inputs and outputs, not those of its call
+    in the outer graph; so the outer graph is rebuilt (``keras.models.clone_model`` re-calling
+    the model's own layers, weights shared) and the calls of ``pathway`` and ``head_layer``
+    are recorded on the way.
+
+    Returns:
+        ``(outer inputs, pathway input, pathway output, head input)``, symbolic tensors of
+        the rebuilt graph.
+    """
+    calls = {id(pathway): [], id(head_layer): []}
+
+    def call_function(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        if id(layer) in calls:
+            calls[id(layer)].append((args[0], outputs))
+        return outputs
+
+    rebuilt = keras.models.clone_model(model, clone_function=lambda layer: layer, call_function=call_function)
+    if len(calls[id(pathway)]) != 1:
+        raise ValueError(f"the image pathway {pathway.name!r} is called {len(calls[id(pathway)])} times; expected once")
+    (pathway_in, pathway_out), (head_input, _) = calls[id(pathway)][0], calls[id(head_layer)][0]
+    return rebuilt.inputs, pathway_in, pathway_out, head_input
 
 
 def _sub_model(start, other_inputs: list, end):

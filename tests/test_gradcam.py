@@ -73,6 +73,49 @@ def test_coarse_map_is_upsampled_over_its_region():
     assert np.all(heatmap[ART_REGION] == 0), np.round(heatmap, 2)
 
 
+def test_nested_pathway_between_other_layers_through_public_keras_only(tmp_path):
+    """Scaling before the pathway and a dense layer after it (as in the study's networks) keep the known answer.
+
+    The image is doubled before the pathway and the pooled features pass an identity Dense layer: the head
+    still reads filter 0 (NC) only, so the heatmap is the NC region; a second call gives the same maps and
+    leaves the model's predictions, and the model saved and read back, as they were.
+    """
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    inner_input = keras.Input((SIZE, SIZE, 3))
+    conv = keras.layers.Conv2D(2, 1, use_bias=False, activation="relu", name="feature_map")
+    pathway = keras.Model(inner_input, keras.layers.GlobalAveragePooling2D()(conv(inner_input)), name="image_pathway")
+    fc = keras.layers.Dense(2, name="image_fc")
+    head = keras.layers.Dense(2, activation="softmax", name="fused")
+    model = keras.Model({"image": image}, head(fc(pathway(keras.layers.Rescaling(2.0)(image)))))
+    kernel = np.zeros((1, 1, 3, 2), dtype=np.float32)
+    kernel[0, 0, 0, 0] = kernel[0, 0, 1, 1] = 1.0
+    conv.set_weights([kernel])
+    fc.set_weights([np.eye(2, dtype=np.float32), np.zeros(2, dtype=np.float32)])
+    head.set_weights([np.array([[0.0, 1.0], [0.0, 0.0]], dtype=np.float32), np.zeros(2, dtype=np.float32)])
+    before = model.predict({"image": known_image()}, verbose=0)
+    expected = np.zeros((SIZE, SIZE))
+    expected[NC_REGION] = 1.0
+    first = gradcam.grad_cam(model, {"image": known_image()})
+    assert np.allclose(first[0], expected, atol=1e-6), np.round(first[0], 3)
+    assert np.array_equal(gradcam.grad_cam(model, {"image": known_image()}), first), "a second call differs"
+    assert np.array_equal(model.predict({"image": known_image()}, verbose=0), before)
+    model.save(tmp_path / "model.keras")
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    assert np.array_equal(reloaded.predict({"image": known_image()}, verbose=0), before)
+    assert np.array_equal(gradcam.grad_cam(reloaded, {"image": known_image()}), first)
+
+
+def test_pathway_called_twice_is_refused():
+    image = keras.Input((SIZE, SIZE, 3), name="image")
+    inner_input = keras.Input((SIZE, SIZE, 3))
+    pool = keras.layers.GlobalAveragePooling2D()
+    pathway = keras.Model(inner_input, pool(keras.layers.Conv2D(2, 1, name="feature_map")(inner_input)), name="twice")
+    features = keras.layers.Average()([pathway(image), pathway(keras.layers.Rescaling(0.5)(image))])
+    model = keras.Model({"image": image}, keras.layers.Dense(2, activation="softmax", name="fused")(features))
+    with pytest.raises(ValueError, match="'twice' is called 2 times; expected once"):
+        gradcam.grad_cam(model, {"image": known_image()})
+
+
 def test_default_layer_is_the_last_feature_map_of_the_pathway():
     config = networks.NetworkConfig(image_size=32, n_clinical=3, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none")
     model = networks.build_model("fusion_d_joint", config)
