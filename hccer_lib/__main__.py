@@ -61,23 +61,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hccer_lib import final_model, outputs
+    from hccer_lib import explanations, model_folder, models, new_patients, outputs, prediction
 
     # bad input first (no model to load), read with the model folder's data dictionary
-    patient = final_model.read_patient_folder(args.patient, final_model.peek_clinical_settings(args.model)) if args.patient else None
+    patient = new_patients.read_patient_folder(args.patient, model_folder.peek_clinical_settings(args.model)) if args.patient else None
     try:
-        model = final_model.load_final_model(args.model)
-    except final_model.ModelFolderError as err:
+        model = model_folder.load_final_model(args.model)
+    except model_folder.ModelFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"model folder {args.model}: {model.describe()}")
     if args.cohort:
         out = Path(args.out or f"prediction_{Path(args.cohort).resolve().name}")
-        patients, slices = final_model.predict_cohort(model, args.cohort)
+        patients, slices = prediction.predict_cohort(model, args.cohort)
         outputs.write_csv(out / "predictions.csv", patients)
         outputs.write_csv(out / "slices.csv", slices)
-        failed = patients[patients["status"] == final_model.STATUS_FAILED]
-        predicted = patients[patients["status"] == final_model.STATUS_OK]
+        failed = patients[patients["status"] == prediction.STATUS_FAILED]
+        predicted = patients[patients["status"] == prediction.STATUS_OK]
         shown = (f": ER probability of {model.primary_model} {predicted[model.primary_model].min():.3f}.."
                  f"{predicted[model.primary_model].max():.3f}" if len(predicted) else "")  # fmt: skip
         print(f"{len(predicted)} of {len(patients)} patients predicted{shown}")
@@ -88,26 +88,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(model.manifest["note"])
             return PARTLY_PREDICTED
     else:
-        prediction = model.predict_patient(patient)
+        predicted = model.predict_patient(patient)
         out = Path(args.out or f"prediction_{patient.patient_id}")
         label = "unknown" if patient.y_true is None else str(patient.y_true)
-        print(f"patient {patient.patient_id}: {len(prediction.slices)} tumour slices, early_recurrence in clinical.csv: {label}")
-        primary = final_model.output_names(model.primary_model)
-        shown = primary + [name for name in prediction.probabilities if name not in primary]
+        print(f"patient {patient.patient_id}: {len(predicted.slices)} tumour slices, early_recurrence in clinical.csv: {label}")
+        primary = models.output_names(model.primary_model)
+        shown = primary + [name for name in predicted.probabilities if name not in primary]
         for name in shown:
             role = {primary[0]: "  (the prediction" + (": fused head)" if primary[0].startswith("fusion") else ")"),
                     f"{primary[0]}_image_head": "  (image pathway head)",
                     f"{primary[0]}_clinical_head": "  (clinical pathway head)"}.get(name, "")  # fmt: skip
-            print(f"  P(ER) {name:30s} {prediction.probabilities[name]:.3f}{role}")
-        outputs.write_csv(out / "prediction.csv", final_model.prediction_frame([prediction]))
-        outputs.write_csv(out / "slices.csv", prediction.slices)
+            print(f"  P(ER) {name:30s} {predicted.probabilities[name]:.3f}{role}")
+        outputs.write_csv(out / "prediction.csv", prediction.prediction_frame([predicted]))
+        outputs.write_csv(out / "slices.csv", predicted.slices)
         written = [out / "prediction.csv", out / "slices.csv"]
-        figure = final_model.gradcam_figure(model, prediction)
-        if figure is not None:
+        explained = explanations.final_model_gradcam(model, [predicted])
+        if explained is not None:
             import matplotlib.pyplot as plt
 
-            written.append(outputs.save_figure(figure, out / "gradcam.png"))
-            plt.close(figure)
+            written.append(outputs.save_figure(explained.figure, out / "gradcam.png"))
+            plt.close(explained.figure)
         print("wrote " + ", ".join(str(p) for p in written))
     print(model.manifest["note"])
     return 0
@@ -116,13 +116,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_external_validate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from hccer_lib import external_validation, final_model
+    from hccer_lib import external_validation, model_folder
 
     out = Path(args.out or f"external_validation_{Path(args.cohort).resolve().name}")
     try:
         result = external_validation.validate_externally(args.model, args.cohort, args.development_cohort,
                                                          n_bootstrap=args.n_bootstrap, seed=args.seed, progress=True)
-    except final_model.ModelFolderError as err:
+    except model_folder.ModelFolderError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ValueError as err:  # CohortError is a ValueError too: one line, exit 2

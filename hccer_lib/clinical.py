@@ -544,7 +544,7 @@ def impute_levels(levels: pd.DataFrame, columns, train: np.ndarray) -> tuple[pd.
 def fit_imputation(levels: pd.DataFrame, columns, train: np.ndarray) -> tuple[dict[str, str], list[str]]:
     """The imputation of :func:`impute_levels` for every variable of ``columns``, to be saved.
 
-    The final model (``final_model``) keeps it to encode a new patient as its training
+    The final model (``model_folder``) keeps it to encode a new patient as its training
     patients were encoded: a missing level becomes ``modes[column]`` (the most frequent
     level among the ``train`` patients with a value; ties: the first in Table 1's order), and
     each column of ``indicators`` (some training patient lacks it) gets a bit

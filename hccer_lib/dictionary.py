@@ -161,7 +161,7 @@ def load_dictionary(cohort_dir: str | os.PathLike) -> DataDictionary:
 def load_spec(cohort_dir: str | os.PathLike) -> dict | None:
     """The cohort's ``data_dictionary.yaml`` as a JSON mapping (None without the file), for saving.
 
-    The final model keeps it (``final_model``) and reads a new cohort with it; the mapping
+    The final model keeps it (``model_folder``) and reads a new cohort with it; the mapping
     must parse to the same dictionary as the file.
 
     Raises:

@@ -1,9 +1,9 @@
 """External validation: the final models of one cohort applied to another labelled cohort.
 
 The development cohort's final models (the folder written by notebook 07,
-``final_model.load_final_model``) predict every patient of a second, labelled cohort
+``model_folder.load_final_model``) predict every patient of a second, labelled cohort
 through the same path as ``python -m hccer_lib predict --cohort``
-(``final_model.predict_cohort``: a patient that cannot be predicted gets a failed row and is
+(``prediction.predict_cohort``: a patient that cannot be predicted gets a failed row and is
 left out, counted). On the predicted patients of the second cohort, per model:
 
 - **discrimination**: AUC (``evaluation.auc``) with a percentile bootstrap 95% interval over
@@ -16,7 +16,7 @@ left out, counted). On the predicted patients of the second cohort, per model:
 - **case-mix**: Table 1 (``clinical.table1``) of both cohorts side by side, when the
   development cohort's folder is known. Both are read by the rule of ``predict --cohort``
   (their own ``data_dictionary.yaml``, else the model's saved dictionary, else the paper's):
-  the external cohort exactly as its predictions read it (``final_model.read_cohort_clinical``).
+  the external cohort exactly as its predictions read it (``new_patients.read_cohort_clinical``).
 
 Probabilities are clipped to ``[CLIP, 1 - CLIP]`` before the logit. Everything is computed at
 patient level (the final models give one probability per patient). Results on a synthetic
@@ -63,7 +63,7 @@ def model_frames(patients: pd.DataFrame, models: list[str]) -> dict[str, pd.Data
     """The predicted, labelled patients of ``predict_cohort``'s table, per model.
 
     Args:
-        patients: ``final_model.predict_cohort``'s first frame (``patient_id, y_true,
+        patients: ``prediction.predict_cohort``'s first frame (``patient_id, y_true,
             <model>..., status``).
         models: the output columns to read.
 
@@ -71,7 +71,7 @@ def model_frames(patients: pd.DataFrame, models: list[str]) -> dict[str, pd.Data
         model → ``patient_id, slice, fold, y_true, y_prob`` (``evaluation``'s predictions
         form; one row per patient, ``slice`` and ``fold`` 0).
     """
-    from hccer_lib.final_model import STATUS_OK
+    from hccer_lib.prediction import STATUS_OK
 
     used = patients[(patients["status"] == STATUS_OK) & patients["y_true"].notna()]
     return {model: pd.DataFrame({"patient_id": used["patient_id"].astype(str).to_numpy(), "slice": 0, "fold": 0,
@@ -254,17 +254,17 @@ def read_development_cohort(development_dir: str | os.PathLike, clinical_setting
 
     Its own ``data_dictionary.yaml`` when it has one (checked against the model's variables),
     else the model's saved dictionary (``clinical_settings``: the model's ``manifest["clinical"]``),
-    else the paper's (``final_model.cohort_dictionary``); every row must be valid.
+    else the paper's (``new_patients.cohort_dictionary``); every row must be valid.
 
     Raises:
         cohort.CohortError: the first problem, its text naming the development cohort's folder
             (the patient and the file as ``cohort.load_clinical`` names them).
     """
-    from hccer_lib import cohort, final_model
+    from hccer_lib import cohort, new_patients
 
     development_dir = Path(development_dir)
     try:
-        return cohort.load_clinical(development_dir, final_model.cohort_dictionary(development_dir, clinical_settings))
+        return cohort.load_clinical(development_dir, new_patients.cohort_dictionary(development_dir, clinical_settings))
     except cohort.CohortError as err:
         raise cohort.CohortError(f"development cohort {development_dir}: {err.problem}", err.patient, err.file) from None
 
@@ -288,15 +288,16 @@ def validate_externally(
         self_check: ``load_final_model``'s end-to-end check of the folder.
 
     Raises:
-        final_model.ModelFolderError: a folder that cannot be trusted.
+        model_folder.ModelFolderError: a folder that cannot be trusted.
         cohort.CohortError: a problem of the cohort's table itself.
         ValueError: the development cohort does not match the folder's manifest (patients),
             or the predicted, labelled patients do not hold both classes.
     """
-    from hccer_lib import final_model
+    from hccer_lib import new_patients, prediction
+    from hccer_lib.model_folder import load_final_model
 
     model_folder, cohort_dir = Path(model_folder), Path(cohort_dir)
-    final = final_model.load_final_model(model_folder, self_check=self_check)
+    final = load_final_model(model_folder, self_check=self_check)
     trained_on = final.manifest["cohort"]
     settings = final.manifest["clinical"]
     development_dir = (Path(development_cohort) if development_cohort is not None
@@ -308,8 +309,8 @@ def validate_externally(
             raise ValueError(f"the development cohort {development_dir} has {len(development)} patients; the models of "
                              f"{model_folder} were fitted on {trained_on['n_patients']} ({trained_on['name']!r})")  # fmt: skip
 
-    patients, _ = final_model.predict_cohort(final, cohort_dir, progress=progress)
-    ok = patients["status"] == final_model.STATUS_OK
+    patients, _ = prediction.predict_cohort(final, cohort_dir, progress=progress)
+    ok = patients["status"] == prediction.STATUS_OK
     labelled = ok & patients["y_true"].notna()
     y = patients.loc[labelled, "y_true"].astype(int)
     if y.nunique() < 2:
@@ -319,7 +320,7 @@ def validate_externally(
     frames = model_frames(patients, final.model_names)
 
     # the external cohort read as predict_cohort read it: its own dictionary, else the model's
-    external, _ = final_model.read_cohort_clinical(cohort_dir, settings)
+    external, _ = new_patients.read_cohort_clinical(cohort_dir, settings)
     used = set(patients.loc[labelled, "patient_id"].astype(str))
     attrs = dict(external.attrs)
     external = external[external["patient_id"].astype(str).isin(used)].reset_index(drop=True)

@@ -234,7 +234,7 @@ def check_case_mix(case_mix: pd.DataFrame, side: str, expected: dict) -> None:
 def test_external_cohort_without_its_own_dictionary_is_read_with_the_models(saved, tmp_path):  # noqa: F811
     from test_final_model_dictionary import COLUMNS, training_table
 
-    from hccer_lib import final_model as fm
+    from hccer_lib import model_arrays
 
     table = pd.DataFrame(EXTERNAL_ROWS, columns=COLUMNS)
     external = write_dictionary_cohort(tmp_path / "hospital_b", table, "export.csv")  # no data_dictionary.yaml
@@ -250,7 +250,7 @@ def test_external_cohort_without_its_own_dictionary_is_read_with_the_models(save
     assert reason.startswith("patient E10, file export.csv: column 'size_cm' (variable tumor_size_mm)"), reason
 
     predicted = result.predictions[result.predictions["status"] == "ok"].iloc[:8]
-    expected = fm.forest_predict_proba(saved["final"].forests["clinical_rf"], np.array(EXTERNAL_BITS, dtype=np.float32))[:, 1]
+    expected = model_arrays.forest_predict_proba(saved["final"].forests["clinical_rf"], np.array(EXTERNAL_BITS, dtype=np.float32))[:, 1]
     assert predicted["patient_id"].tolist() == [f"E{k}" for k in range(1, 9)], predicted
     assert np.allclose(predicted["clinical_rf"].to_numpy(float), expected, rtol=0, atol=1e-12), (predicted, expected)
     y = np.array([1, 1, 1, 1, 0, 0, 0, 0])

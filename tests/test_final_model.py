@@ -19,8 +19,16 @@ from sklearn.ensemble import RandomForestClassifier
 from test_cohort import CLINICAL_ROW, patch_nifti, write_cohort
 from test_training import tiny_clinical
 
+from hccer_lib import (
+    explanations,
+    model_arrays,
+    model_folder,
+    models,
+    networks,
+    new_patients,
+    prediction,
+)
 from hccer_lib import final_model as fm
-from hccer_lib import networks
 from hccer_lib import radiomics_baseline as rb
 from hccer_lib.clinical import make_clinical_rf
 from hccer_lib.cohort import CohortError
@@ -49,9 +57,9 @@ def test_forest_walker_equals_sklearn(missing):
     X, y = noisy_data(300, 6, seed=1, missing=missing)
     forest = RandomForestClassifier(n_estimators=40, min_samples_leaf=2, random_state=0).fit(X, y)
     X_new, _ = noisy_data(200, 6, seed=2, missing=missing)
-    arrays = fm.forest_arrays(forest)
-    fm.check_forest_arrays(arrays, 6)
-    got, expected = fm.forest_predict_proba(arrays, X_new), forest.predict_proba(X_new)
+    arrays = model_arrays.forest_arrays(forest)
+    model_arrays.check_forest_arrays(arrays, 6)
+    got, expected = model_arrays.forest_predict_proba(arrays, X_new), forest.predict_proba(X_new)
     assert got.shape == expected.shape == (200, 2), (got.shape, expected.shape)
     assert np.max(np.abs(got - expected)) <= 1e-12, np.max(np.abs(got - expected))
     assert len(np.unique(got[:, 1])) > 20, "the test data should reach many different leaves"
@@ -62,21 +70,21 @@ def test_forest_walker_equals_sklearn_on_clinical_bits():
     bits = rng.integers(0, 2, (150, 9)).astype(np.float32)
     y = (bits[:, 0] + bits[:, 3] + rng.random(150) > 1.5).astype(int)
     forest = make_clinical_rf(seed=5, n_estimators=60).fit(bits, y)
-    got = fm.forest_predict_proba(fm.forest_arrays(forest), bits)
+    got = model_arrays.forest_predict_proba(model_arrays.forest_arrays(forest), bits)
     assert np.max(np.abs(got - forest.predict_proba(bits))) <= 1e-12
 
 
 def test_damaged_forest_arrays_are_refused():
     X, y = noisy_data(80, 3, seed=4, missing=0.0)
-    arrays = fm.forest_arrays(RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y))
+    arrays = model_arrays.forest_arrays(RandomForestClassifier(n_estimators=3, random_state=0).fit(X, y))
     with pytest.raises(ValueError, match="reads 3 features"):
-        fm.check_forest_arrays(arrays, 4)
+        model_arrays.check_forest_arrays(arrays, 4)
     broken = {**arrays, "children_left": arrays["children_left"].copy()}
     broken["children_left"][0] = 10_000
     with pytest.raises(ValueError, match="children"):
-        fm.check_forest_arrays(broken)
+        model_arrays.check_forest_arrays(broken)
     with pytest.raises(ValueError, match=r"\[n, 3\]"):
-        fm.forest_predict_proba(arrays, X[:, :2])
+        model_arrays.forest_predict_proba(arrays, X[:, :2])
 
 
 def test_radiomics_transform_equals_the_pipeline():
@@ -85,11 +93,11 @@ def test_radiomics_transform_equals_the_pipeline():
     X[:, 5] = np.nan  # a feature that was never measured: imputed with 0
     columns = [f"PV_original_firstorder_F{i}" for i in range(8)]
     pipeline = rb.make_pipeline(seed=0, inner_cv=3, n_estimators=30).fit(X, y)
-    spec = fm.radiomics_spec(pipeline, columns)
+    spec = model_arrays.radiomics_spec(pipeline, columns)
     assert spec["selected"] == [c for c, keep in zip(columns, pipeline.named_steps["lasso"].support_, strict=True) if keep]
     X_new, _ = noisy_data(50, 8, seed=7)
     spec = json.loads(json.dumps(spec))  # as stored
-    got = fm.forest_predict_proba(fm.forest_arrays(pipeline.named_steps["forest"]), fm.radiomics_transform(spec, X_new))
+    got = model_arrays.forest_predict_proba(model_arrays.forest_arrays(pipeline.named_steps["forest"]), model_arrays.radiomics_transform(spec, X_new))
     expected = pipeline.predict_proba(X_new)
     assert np.max(np.abs(got - expected)) <= 1e-12, np.max(np.abs(got - expected))
 
@@ -116,7 +124,7 @@ def patient_folder(cohort: Path, patient_id: str, target: Path, label: str | Non
     return target
 
 
-def build_final_model(cohort: Path) -> fm.FinalModel:
+def build_final_model(cohort: Path) -> model_folder.FinalModel:
     """Every kind of model, fitted on random numbers or not at all, with the real feature names."""
     final = fm.new_final_model("tiny", tiny_clinical(), TINY_PROFILE, VARIABLES, seed=1, synthetic=True)
     rng = np.random.default_rng(0)
@@ -124,7 +132,7 @@ def build_final_model(cohort: Path) -> fm.FinalModel:
     y = (bits[:, 0] + rng.random(60) > 0.8).astype(int)
     fm.add_clinical_rf(final, make_clinical_rf(seed=1, n_estimators=25).fit(bits, y))
 
-    patient = fm.read_patient_folder(patient_folder(cohort, "P002", cohort.parent / "p002_for_names"))
+    patient = new_patients.read_patient_folder(patient_folder(cohort, "P002", cohort.parent / "p002_for_names"))
     rows, _ = rb.extract_patient(patient.images, patient.boxes, EXTRACTION["params"], "2d")
     columns = [c for c in rows[0] if c.split("_")[0] in ("NC", "ART", "PV")]
     X = rng.normal(size=(80, len(columns))) + np.array([rows[0][c] for c in columns])
@@ -153,11 +161,11 @@ def copy_folder(study, tmp_path) -> Path:
 def test_saved_folder_holds_no_pickles(study):
     folder = study["folder"]
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    models = [f for f in files if not f.startswith(fm.SELF_CHECK_COHORT + "/")]
-    assert {Path(f).suffix for f in models} == {".json", ".npz", ".keras"}, files
-    check_cohort = sorted(set(files) - set(models))  # the generated self-check patients: CSV tables and NIfTI images
+    model_files = [f for f in files if not f.startswith(model_folder.SELF_CHECK_COHORT + "/")]
+    assert {Path(f).suffix for f in model_files} == {".json", ".npz", ".keras"}, files
+    check_cohort = sorted(set(files) - set(model_files))  # the generated self-check patients: CSV tables and NIfTI images
     assert {"".join(Path(f).suffixes) for f in check_cohort} == {".csv", ".nii.gz"}, check_cohort
-    assert len([f for f in check_cohort if f.endswith(".nii.gz")]) == 3 * fm.N_SELF_CHECK_PATIENTS, check_cohort
+    assert len([f for f in check_cohort if f.endswith(".nii.gz")]) == 3 * model_folder.N_SELF_CHECK_PATIENTS, check_cohort
     for path in folder.rglob("*.npz"):
         with np.load(path, allow_pickle=False) as arrays:
             assert all(arrays[name].dtype != object for name in arrays.files), path
@@ -175,15 +183,15 @@ def test_saved_folder_holds_no_pickles(study):
 def test_reloaded_model_predicts_the_same(study, tmp_path):
     """A new patient's probabilities from the model in memory and from its reloaded folder."""
     final = study["final"]
-    loaded = fm.load_final_model(study["folder"])
-    patient = fm.read_patient_folder(patient_folder(study["cohort"], "P001", tmp_path / "P001"))
+    loaded = model_folder.load_final_model(study["folder"])
+    patient = new_patients.read_patient_folder(patient_folder(study["cohort"], "P001", tmp_path / "P001"))
     before, after = final.predict_patient(patient), loaded.predict_patient(patient)
     assert list(after.probabilities) == final.output_names == [
         "clinical_rf", "radiomics_rf", "deep_resnet50",
         "fusion_d_joint", "fusion_d_joint_image_head", "fusion_d_joint_clinical_head",
     ], list(after.probabilities)  # fmt: skip
     for name, value in before.probabilities.items():
-        tolerance = 0.0 if name in fm.FOREST_MODELS else 1e-6
+        tolerance = 0.0 if name in models.FOREST_MODELS else 1e-6
         assert abs(after.probabilities[name] - value) <= tolerance, (name, value, after.probabilities[name])
         assert 0 <= value <= 1, (name, value)
     assert after.slices["slice"].tolist() == [2, 3], after.slices
@@ -193,14 +201,39 @@ def test_reloaded_model_predicts_the_same(study, tmp_path):
     assert after.probabilities["fusion_d_joint"] == pytest.approx(after.slices["fusion_d_joint"].mean())
 
 
+def test_spread_slices_takes_the_middle_one_or_spreads_them():
+    assert explanations.spread_slices(5, 1).tolist() == [2], explanations.spread_slices(5, 1)
+    assert explanations.spread_slices(5, 3).tolist() == [0, 2, 4], explanations.spread_slices(5, 3)
+    assert explanations.spread_slices(1, 6).tolist() == [0] and explanations.spread_slices(0, 3).tolist() == []
+
+
+def test_final_model_gradcam_explains_the_primary_network(study):
+    """The Grad-CAM figure of the predict command and notebook 07: the primary network's fused head,
+    the chosen slices of each patient, a feature map at least GRADCAM_MIN_SIDE cells a side."""
+    import matplotlib.pyplot as plt
+
+    final = study["final"]
+    predictions = [final.predict_patient(p) for p in new_patients.iter_cohort_patients(study["cohort"], ["P001", "P002"])]
+    middle = explanations.final_model_gradcam(final, predictions, slices_per_patient=1)
+    assert middle.model_name == explanations.primary_network(final) == "fusion_d_joint", middle.model_name
+    assert middle.heatmaps.shape == (2, 32, 32), middle.heatmaps.shape  # one slice of each patient
+    assert min(middle.map_shape) >= explanations.GRADCAM_MIN_SIDE, (middle.layer, middle.map_shape)
+    assert "SYNTHETIC" in middle.figure._suptitle.get_text() and middle.layer in middle.figure._suptitle.get_text()
+    spread = explanations.final_model_gradcam(final, predictions[:1])
+    assert spread.heatmaps.shape == (2, 32, 32), spread.heatmaps.shape  # both slices of P001
+    forests_only = model_folder.FinalModel(manifest=final.manifest, forests=final.forests, radiomics=final.radiomics)
+    assert explanations.final_model_gradcam(forests_only, predictions) is None
+    plt.close("all")
+
+
 def test_predict_cohort_equals_patient_folders(study, tmp_path):
-    loaded = fm.load_final_model(study["folder"], self_check=False)
-    patients, slices = fm.predict_cohort(loaded, study["cohort"], progress=False)
+    loaded = model_folder.load_final_model(study["folder"], self_check=False)
+    patients, slices = prediction.predict_cohort(loaded, study["cohort"], progress=False)
     assert patients["patient_id"].tolist() == ["P001", "P002", "P003"], patients
     assert patients["y_true"].tolist() == [1, 0, 0] and patients["n_slices"].tolist() == [2, 2, 2], patients
     assert len(slices) == 6 and set(slices.columns) >= {"patient_id", "slice", "fusion_d_joint", "radiomics_rf"}, slices.columns
     # P003 has no label image, only rows in roi_boxes.csv: in its own folder, without patient_id
-    one = loaded.predict_patient(fm.read_patient_folder(patient_folder(study["cohort"], "P003", tmp_path / "P003")))
+    one = loaded.predict_patient(new_patients.read_patient_folder(patient_folder(study["cohort"], "P003", tmp_path / "P003")))
     row = patients.set_index("patient_id").loc["P003"]
     for name, value in one.probabilities.items():
         assert row[name] == pytest.approx(value, abs=1e-6), (name, row[name], value)
@@ -208,8 +241,8 @@ def test_predict_cohort_equals_patient_folders(study, tmp_path):
 
 def test_predict_cohort_gives_a_failed_row_and_predicts_the_others(study, tmp_path):
     """Issue 14: one patient's missing phase or bad clinical value stops no other patient."""
-    loaded = fm.load_final_model(study["folder"], self_check=False)
-    intact, _ = fm.predict_cohort(loaded, study["cohort"], progress=False)
+    loaded = model_folder.load_final_model(study["folder"], self_check=False)
+    intact, _ = prediction.predict_cohort(loaded, study["cohort"], progress=False)
     cohort = tmp_path / "cohort"
     shutil.copytree(study["cohort"], cohort)
     (cohort / "images" / "P002" / "PV_roi.nii.gz").unlink()
@@ -217,9 +250,9 @@ def test_predict_cohort_gives_a_failed_row_and_predicts_the_others(study, tmp_pa
     clinical = pd.read_csv(cohort / "clinical.csv", dtype=str)
     clinical.loc[clinical["patient_id"] == "P003", "age"] = "150"
     clinical.to_csv(cohort / "clinical.csv", index=False)
-    patients, slices = fm.predict_cohort(loaded, cohort, progress=False)
+    patients, slices = prediction.predict_cohort(loaded, cohort, progress=False)
     assert patients["patient_id"].tolist() == ["P001", "P002", "P003"], patients
-    assert patients["status"].tolist() == [fm.STATUS_OK, fm.STATUS_FAILED, fm.STATUS_FAILED], patients
+    assert patients["status"].tolist() == [prediction.STATUS_OK, prediction.STATUS_FAILED, prediction.STATUS_FAILED], patients
     reasons = patients.set_index("patient_id")["reason"]
     assert reasons["P002"] == "patient P002, file images/P002/PV.nii.gz: missing phase PV", reasons["P002"]
     assert "column 'age' has implausible value 150" in reasons["P003"], reasons["P003"]
@@ -230,16 +263,16 @@ def test_predict_cohort_gives_a_failed_row_and_predicts_the_others(study, tmp_pa
 
 def test_radiomics_features_missing_for_a_small_roi_are_imputed_not_refused(study, monkeypatch):
     """Issue 14: an ROI PyRadiomics cannot measure gives NaN features, filled by the fitted imputer."""
-    loaded = fm.load_final_model(study["folder"], self_check=False)
-    patient = next(fm.iter_cohort_patients(study["cohort"], ["P001"]))
+    loaded = model_folder.load_final_model(study["folder"], self_check=False)
+    patient = next(new_patients.iter_cohort_patients(study["cohort"], ["P001"]))
     full = loaded.radiomics_rows(patient)
     dropped = loaded.radiomics["feature_columns"][:3]
     rows = full.drop(columns=dropped).to_dict("records")
     monkeypatch.setattr(rb, "extract_patient", lambda *args, **kwargs: (rows, {}))
     partial = loaded.radiomics_rows(patient)
     assert partial[dropped].isna().all().all(), partial[dropped]
-    prediction = loaded.predict_patient(patient)
-    assert 0 <= prediction.probabilities["radiomics_rf"] <= 1, prediction.probabilities
+    predicted = loaded.predict_patient(patient)
+    assert 0 <= predicted.probabilities["radiomics_rf"] <= 1, predicted.probabilities
 
 
 # %% Refusals ---------------------------------------------------------------------------------------
@@ -251,14 +284,14 @@ def edit_manifest(folder: Path, change, sign: bool = True) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     change(manifest)
     if sign:
-        manifest[fm.DIGEST_KEY] = fm.manifest_digest(manifest)
+        manifest[model_folder.DIGEST_KEY] = model_folder.manifest_digest(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
 def replace_file(folder: Path, rel: str, write) -> None:
     """Write a file anew and record its sha256 in the manifest (a consistent but different folder)."""
     write(folder / rel)
-    edit_manifest(folder, lambda m: m["files"].__setitem__(rel, fm._sha256(folder / rel)))
+    edit_manifest(folder, lambda m: m["files"].__setitem__(rel, model_folder._sha256(folder / rel)))
 
 
 def set_in(path: list, value):
@@ -272,10 +305,10 @@ def set_in(path: list, value):
 
 
 def tamper_self_check(path: Path) -> None:
-    arrays = fm.load_arrays(path)
+    arrays = model_arrays.load_arrays(path)
     arrays["expected:fusion_d_joint"] = arrays["expected:fusion_d_joint"] + 0.01
     path.unlink()
-    fm.save_arrays(path, arrays)
+    model_arrays.save_arrays(path, arrays)
 
 
 def swap_age_and_size(manifest: dict) -> None:
@@ -323,14 +356,14 @@ REFUSALS = {
                               "manifest.json", "changed since the model was saved"),
     "edited_note": (lambda f: edit_manifest(f, set_in(["note"], "Validated for clinical use."), sign=False),
                     "manifest.json", "changed since the model was saved"),
-    "no_digest": (lambda f: edit_manifest(f, lambda m: m.pop(fm.DIGEST_KEY), sign=False), "manifest.json", "no manifest_sha256"),
+    "no_digest": (lambda f: edit_manifest(f, lambda m: m.pop(model_folder.DIGEST_KEY), sign=False), "manifest.json", "no manifest_sha256"),
     # ... and when the digest is recomputed, the stored self-check patients, predicted end to end, notice
     "window_resigned": (lambda f: edit_manifest(f, set_in(["preprocessing", "settings", "window_level"], 40.0)),
                         "manifest.json", "other probabilities than when saved"),
     "margin_resigned": (lambda f: edit_manifest(f, set_in(["preprocessing", "settings", "margin"], 0.3)),
                         "manifest.json", "other probabilities than when saved"),
     "variable_order_resigned": (lambda f: edit_manifest(f, swap_age_and_size), "manifest.json", "other probabilities than when saved"),
-    "self_check_patient_changed": (lambda f: replace_file(f, f"{fm.SELF_CHECK_COHORT}/roi_boxes.csv", shift_boxes),
+    "self_check_patient_changed": (lambda f: replace_file(f, f"{model_folder.SELF_CHECK_COHORT}/roi_boxes.csv", shift_boxes),
                                    "manifest.json", "other probabilities than when saved"),
 }  # fmt: skip
 
@@ -340,8 +373,8 @@ def test_model_folder_refused(study, tmp_path, case):
     change, file, words = REFUSALS[case]
     folder = copy_folder(study, tmp_path)
     change(folder)
-    with pytest.raises(fm.ModelFolderError) as caught:
-        fm.load_final_model(folder)
+    with pytest.raises(model_folder.ModelFolderError) as caught:
+        model_folder.load_final_model(folder)
     message = str(caught.value)
     assert message.startswith(f"model folder {folder}, file {file}: "), message
     assert words in message, message
@@ -352,10 +385,10 @@ def test_self_check_cohort_is_generated_the_same_and_valid(tmp_path):
     """The generated self-check patients: both classes, every phase with its ROI, the same for the same seed."""
     from hccer_lib.cohort import validate_cohort
 
-    first = fm.write_self_check_cohort(tmp_path / "a")
-    second = fm.write_self_check_cohort(tmp_path / "b")
+    first = model_folder.write_self_check_cohort(tmp_path / "a")
+    second = model_folder.write_self_check_cohort(tmp_path / "b")
     report = validate_cohort(first)
-    assert (report.n_patients, report.n_er, report.n_ner) == (fm.N_SELF_CHECK_PATIENTS, 2, 2), report.summary()
+    assert (report.n_patients, report.n_er, report.n_ner) == (model_folder.N_SELF_CHECK_PATIENTS, 2, 2), report.summary()
     assert report.slices_per_phase == {"NC": 8, "ART": 8, "PV": 8}, report.slices_per_phase
     for path in sorted(first.rglob("*.csv")):
         assert path.read_bytes() == (second / path.relative_to(first)).read_bytes(), path
@@ -366,10 +399,10 @@ def test_self_check_cohort_is_generated_the_same_and_valid(tmp_path):
 
 def test_self_check_patients_reach_every_output(study):
     """The saved folder holds the end-to-end probabilities of every output for each self-check patient."""
-    arrays = fm.load_arrays(study["folder"] / fm.SELF_CHECK_FILE)
+    arrays = model_arrays.load_arrays(study["folder"] / model_folder.SELF_CHECK_FILE)
     stored = sorted(k for k in arrays if k.startswith("patients:"))
     assert stored == sorted(f"patients:{name}" for name in study["final"].output_names), stored
-    assert all(arrays[k].shape == (fm.N_SELF_CHECK_PATIENTS,) and np.all((arrays[k] >= 0) & (arrays[k] <= 1)) for k in stored)
+    assert all(arrays[k].shape == (model_folder.N_SELF_CHECK_PATIENTS,) and np.all((arrays[k] >= 0) & (arrays[k] <= 1)) for k in stored)
     assert len(np.unique(arrays["patients:clinical_rf"])) > 1, arrays["patients:clinical_rf"]
 
 
@@ -386,7 +419,7 @@ def test_save_cleans_what_interrupted_saves_left(study, tmp_path):
     study["final"].save(folder)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == sorted([folder.name, live.name, other.name]), left
-    assert fm.load_final_model(folder, self_check=False).model_names == study["final"].model_names
+    assert model_folder.load_final_model(folder, self_check=False).model_names == study["final"].model_names
 
 
 def test_interrupted_swap_restores_the_previous_folder(study, tmp_path):
@@ -394,20 +427,20 @@ def test_interrupted_swap_restores_the_previous_folder(study, tmp_path):
     folder = tmp_path / "final_model"
     previous = tmp_path / ".final_model.old-999999999-0badc0de"
     shutil.copytree(study["folder"], previous)
-    assert fm.clean_stale_saves(folder) == [] and folder.is_dir() and not previous.exists()
-    assert fm.load_final_model(folder, self_check=False).model_names == study["final"].model_names
+    assert model_folder.clean_stale_saves(folder) == [] and folder.is_dir() and not previous.exists()
+    assert model_folder.load_final_model(folder, self_check=False).model_names == study["final"].model_names
 
 
 # %% Reading a new patient --------------------------------------------------------------------------
 
 
 def test_patient_with_unknown_label(study, tmp_path):
-    patient = fm.read_patient_folder(patient_folder(study["cohort"], "P002", tmp_path / "P002", label=""))
+    patient = new_patients.read_patient_folder(patient_folder(study["cohort"], "P002", tmp_path / "P002", label=""))
     assert (patient.patient_id, patient.y_true) == ("P002", None), (patient.patient_id, patient.y_true)
     assert sorted(patient.images) == ["ART", "NC", "PV"] and [b.slice for b in patient.boxes["PV"]] == [2, 3]
     frame = pd.read_csv(tmp_path / "P002" / "clinical.csv", dtype=str).drop(columns="early_recurrence")
     frame.to_csv(tmp_path / "P002" / "clinical.csv", index=False)
-    assert fm.read_patient_folder(tmp_path / "P002").y_true is None
+    assert new_patients.read_patient_folder(tmp_path / "P002").y_true is None
 
 
 def bad_row(folder: Path) -> None:
@@ -447,7 +480,7 @@ def test_bad_patient_folder_named_in_one_line(study, tmp_path, case):
     folder = patient_folder(study["cohort"], "P001", tmp_path / "P001")
     corrupt(folder)
     with pytest.raises(CohortError) as caught:
-        fm.read_patient_folder(folder)
+        new_patients.read_patient_folder(folder)
     assert str(caught.value).startswith(expected), str(caught.value)
     assert "images/" not in str(caught.value) and "hccer-patient-" not in str(caught.value), str(caught.value)
 
@@ -461,7 +494,7 @@ def test_unreadable_patient_clinical_csv_is_one_named_error(study, tmp_path, mon
 
     monkeypatch.setattr(pd, "read_csv", refuse)
     with pytest.raises(CohortError) as caught:
-        fm.read_patient_folder(folder)
+        new_patients.read_patient_folder(folder)
     assert str(caught.value).startswith("file clinical.csv: unreadable CSV ([Errno 13] Permission denied"), str(caught.value)
 
 
@@ -470,7 +503,7 @@ def test_cohort_with_unknown_labels(study, tmp_path):
     frame = pd.read_csv(cohort / "clinical.csv", dtype=str)
     frame.loc[1, "early_recurrence"] = ""
     frame.to_csv(cohort / "clinical.csv", index=False)
-    labels = [(p.patient_id, p.y_true) for p in fm.iter_cohort_patients(cohort)]
+    labels = [(p.patient_id, p.y_true) for p in new_patients.iter_cohort_patients(cohort)]
     assert labels == [("P001", 1), ("P002", None), ("P003", 0)], labels
 
 
@@ -504,12 +537,12 @@ def test_refit_save_reload_predict_end_to_end(tmp_path):
     assert final.model_names == ["clinical_rf", "radiomics_rf", "fusion_d_joint"], final.model_names
     assert {"age >=60", "tumor_size_mm >=50"} <= set(final.bit_names), final.bit_names
     assert evaluation.predictions_path(work_dir, "fusion_d_joint").exists() is False  # refitting writes no predictions
-    before, _ = fm.predict_cohort(final, cohort, progress=False)
+    before, _ = prediction.predict_cohort(final, cohort, progress=False)
     folder = final.save(work_dir / "final_model")
-    after, _ = fm.predict_cohort(fm.load_final_model(folder), cohort, progress=False)
+    after, _ = prediction.predict_cohort(model_folder.load_final_model(folder), cohort, progress=False)
     for name in final.output_names:
         error = np.max(np.abs(after[name].to_numpy() - before[name].to_numpy()))
-        assert error <= (0.0 if name in fm.FOREST_MODELS else 1e-6), (name, error)
+        assert error <= (0.0 if name in models.FOREST_MODELS else 1e-6), (name, error)
     assert after["y_true"].tolist() == clinical["early_recurrence"].astype(int).tolist()
 
     patient_id = clinical["patient_id"].iloc[0]

@@ -18,6 +18,7 @@ import yaml
 from test_cohort import PHASES, ct_volume, label_like
 
 from hccer_lib import final_model as fm
+from hccer_lib import model_arrays, model_folder, new_patients, prediction
 from hccer_lib.cohort import CohortError
 from hccer_lib.dictionary import DICTIONARY_FILE
 from hccer_lib.profiles import get_profile
@@ -66,7 +67,7 @@ def write_images(folder: Path, patient_id: str) -> None:
         sitk.WriteImage(label_like(image), str(target / f"{phase}_roi.nii.gz"))
 
 
-def new_patients() -> pd.DataFrame:
+def new_patient_table() -> pd.DataFrame:
     """N1: large tumour, AFP missing; N2: the same with the imputed level observed (AFP 30);
     N3: small tumour, low AFP. No outcome column (unknown labels)."""
     return pd.DataFrame({"MRN": ["N1", "N2", "N3"], "age_months": [700, 700, 500], "size_cm": [7.0, 7.0, 2.0],
@@ -92,76 +93,76 @@ def test_final_model_saves_the_dictionary_and_the_imputation(saved):
     # size: 20 of 40 tumours >= 50 mm, a tie broken by Table 1's order (the first level, "<50")
     assert clinical["imputation"] == {"modes": {"tumor_size_mm": "<50", "afp": ">=9"}, "indicators": ["afp"]}, clinical
     assert clinical["dictionary"] == SPEC, clinical["dictionary"]
-    loaded = fm.load_final_model(saved["folder"])  # the self-check cohort follows the dictionary, one patient without AFP
+    loaded = model_folder.load_final_model(saved["folder"])  # the self-check cohort follows the dictionary, one patient without AFP
     assert loaded.manifest["clinical"] == clinical
-    check = pd.read_csv(saved["folder"] / fm.SELF_CHECK_COHORT / "clinical.csv", dtype=str, keep_default_na=False)
+    check = pd.read_csv(saved["folder"] / model_folder.SELF_CHECK_COHORT / "clinical.csv", dtype=str, keep_default_na=False)
     assert list(check.columns) == COLUMNS and check["AFP"].iloc[-1] == "", check
 
 
 def test_predict_cohort_following_the_dictionary_uses_the_saved_imputation(saved, tmp_path):
-    final = fm.load_final_model(saved["folder"])
+    final = model_folder.load_final_model(saved["folder"])
     cohort = tmp_path / "hospital_b"
     cohort.mkdir()
-    new_patients().to_csv(cohort / "export.csv", index=False)  # no data_dictionary.yaml: the model's is used
+    new_patient_table().to_csv(cohort / "export.csv", index=False)  # no data_dictionary.yaml: the model's is used
     for pid in ("N1", "N2", "N3"):
         write_images(cohort, pid)
-    patients, _ = fm.predict_cohort(final, cohort, progress=False)
+    patients, _ = prediction.predict_cohort(final, cohort, progress=False)
     assert patients["status"].tolist() == ["ok"] * 3, patients[["patient_id", "status", "reason"]]
     assert patients["y_true"].isna().all(), "no outcome column: unknown labels"
     forest = final.forests["clinical_rf"]
     # N1: 70 mm (>=50), AFP missing -> the saved mode ">=9" and the indicator; N2: AFP 30 observed
-    expected = fm.forest_predict_proba(forest, np.array([[1, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=np.float32))[:, 1]
+    expected = model_arrays.forest_predict_proba(forest, np.array([[1, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=np.float32))[:, 1]
     assert np.allclose(patients["clinical_rf"].to_numpy(dtype=float), expected, rtol=0, atol=1e-12), (patients, expected)
     assert patients["clinical_rf"].between(0, 1).all()
 
     # The same patient as a patient folder (predict --patient): the table named as the dictionary says.
     one = tmp_path / "N1"
     one.mkdir()
-    new_patients().head(1).to_csv(one / "export.csv", index=False)
+    new_patient_table().head(1).to_csv(one / "export.csv", index=False)
     for phase in PHASES:
         image = ct_volume(phase)
         sitk.WriteImage(image, str(one / f"{phase}.nii.gz"))
         sitk.WriteImage(label_like(image), str(one / f"{phase}_roi.nii.gz"))
-    patient = fm.read_patient_folder(one, fm.peek_clinical_settings(saved["folder"]))
-    prediction = final.predict_patient(patient)
-    assert prediction.clinical_bits.tolist() == [[1, 1, 1]], prediction.clinical_bits
-    assert prediction.probabilities["clinical_rf"] == pytest.approx(expected[0], abs=1e-12)
+    patient = new_patients.read_patient_folder(one, model_folder.peek_clinical_settings(saved["folder"]))
+    predicted = final.predict_patient(patient)
+    assert predicted.clinical_bits.tolist() == [[1, 1, 1]], predicted.clinical_bits
+    assert predicted.probabilities["clinical_rf"] == pytest.approx(expected[0], abs=1e-12)
 
 
 def test_predict_cohort_with_its_own_dictionary(saved, tmp_path):
-    final = fm.load_final_model(saved["folder"])
+    final = model_folder.load_final_model(saved["folder"])
     cohort = tmp_path / "hospital_c"
     cohort.mkdir()
-    table = new_patients().rename(columns={"size_cm": "diameter_mm", "MRN": "pid"})
+    table = new_patient_table().rename(columns={"size_cm": "diameter_mm", "MRN": "pid"})
     table["diameter_mm"] = table["diameter_mm"] * 10  # this hospital exports millimetres
     table.to_csv(cohort / "clinical.csv", index=False)
     own = {"id": "pid", "variables": {"tumor_size_mm": {"source": "diameter_mm"}, "afp": {"source": "AFP"}}}
     (cohort / DICTIONARY_FILE).write_text(yaml.safe_dump(own), encoding="utf-8")
     for pid in ("N1", "N2", "N3"):
         write_images(cohort, pid)
-    patients, _ = fm.predict_cohort(final, cohort, progress=False)
+    patients, _ = prediction.predict_cohort(final, cohort, progress=False)
     bits = np.array([[1, 1, 1], [1, 1, 0], [0, 0, 0]], dtype=np.float32)
-    expected = fm.forest_predict_proba(final.forests["clinical_rf"], bits)[:, 1]
+    expected = model_arrays.forest_predict_proba(final.forests["clinical_rf"], bits)[:, 1]
     assert patients["status"].tolist() == ["ok"] * 3, patients
     assert np.allclose(patients["clinical_rf"].to_numpy(dtype=float), expected, rtol=0, atol=1e-12)
 
     # A dictionary without a variable the model reads is one error naming the variable and the file.
     (cohort / DICTIONARY_FILE).write_text(yaml.safe_dump({"id": "pid", "variables": {"tumor_size_mm": {"source": "diameter_mm"}}}))
     with pytest.raises(CohortError) as info:
-        fm.predict_cohort(final, cohort, progress=False)
+        prediction.predict_cohort(final, cohort, progress=False)
     assert str(info.value).startswith(f"file {DICTIONARY_FILE}: variable 'afp': the model reads it"), str(info.value)
 
 
 def test_a_bad_row_of_a_dictionary_table_names_the_patient_and_the_table(saved, tmp_path):
-    final = fm.load_final_model(saved["folder"])
+    final = model_folder.load_final_model(saved["folder"])
     cohort = tmp_path / "hospital_d"
     cohort.mkdir()
-    table = new_patients().astype(object)
+    table = new_patient_table().astype(object)
     table.loc[1, "size_cm"] = "big"
     table.to_csv(cohort / "export.csv", index=False)
     for pid in ("N1", "N2", "N3"):
         write_images(cohort, pid)
-    patients, _ = fm.predict_cohort(final, cohort, progress=False)
+    patients, _ = prediction.predict_cohort(final, cohort, progress=False)
     assert patients["status"].tolist() == ["ok", "failed", "ok"], patients
     reason = patients["reason"].iloc[1]
     assert reason.startswith("patient N2, file export.csv: column 'size_cm' (variable tumor_size_mm)"), reason
@@ -175,5 +176,5 @@ def test_an_edited_imputation_is_refused(saved, tmp_path):
     folder = tmp_path / "edited"
     shutil.copytree(saved["folder"], folder)
     edit_manifest(folder, set_in(["clinical", "imputation", "modes", "afp"], "high"))
-    with pytest.raises(fm.ModelFolderError, match="the clinical imputation of 'afp' is not one of its levels"):
-        fm.load_final_model(folder)
+    with pytest.raises(model_folder.ModelFolderError, match="the clinical imputation of 'afp' is not one of its levels"):
+        model_folder.load_final_model(folder)
