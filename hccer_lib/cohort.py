@@ -74,6 +74,7 @@ from hccer_lib.dictionary import DICTIONARY_FILE, DictionaryError, load_dictiona
 
 logger = logging.getLogger("hccer")
 
+#: The three CT phases (non-contrast, arterial, portal venous), in channel order: the one definition, read everywhere.
 PHASES = ("NC", "ART", "PV")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 CLINICAL_FILE = "clinical.csv"

@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from hccer_lib import outputs
+from hccer_lib.models import MODEL_NAMES, PAPER_TABLE_ROWS, paper_values
 
 PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
 #: The optional column of a network trained with several seeds: the seed of the row's network.
@@ -54,23 +55,6 @@ COMPARISON_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "p_value",
                       "n_bootstrap", "bootstrap_seed", *SEED_COMPARISON_COLUMNS]
 COMPARISONS_FILE = "model_comparisons.csv"
 
-# The paper's Tables 3-5: accuracy in percent and AUC, mean ± SD over the 10 folds.
-PAPER_RESULTS: dict[str, dict[str, float]] = {
-    "radiomics_rf": {"accuracy_mean": 67.04, "accuracy_sd": 4.9, "auc_mean": 0.6400, "auc_sd": 0.03},
-    "deep_resnet50": {"accuracy_mean": 69.52, "accuracy_sd": 5.1, "auc_mean": 0.7233, "auc_sd": 0.06},
-    "clinical_rf": {"accuracy_mean": 76.03, "accuracy_sd": 10.0, "auc_mean": 0.7532, "auc_sd": 0.13},
-    "fusion_a": {"accuracy_mean": 74.80, "accuracy_sd": 4.1, "auc_mean": 0.7880, "auc_sd": 0.05},
-    "fusion_b": {"accuracy_mean": 78.05, "accuracy_sd": 3.2, "auc_mean": 0.8045, "auc_sd": 0.08},
-    "fusion_c": {"accuracy_mean": 75.44, "accuracy_sd": 7.0, "auc_mean": 0.7649, "auc_sd": 0.08},
-    "fusion_d": {"accuracy_mean": 78.66, "accuracy_sd": 3.9, "auc_mean": 0.8248, "auc_sd": 0.07},
-    "fusion_d_joint": {"accuracy_mean": 80.49, "accuracy_sd": 4.3, "auc_mean": 0.8331, "auc_sd": 0.03},
-}
-# The models of each of the paper's result tables, in its order, and the file stem.
-TABLE_MODELS: dict[str, tuple[str, ...]] = {
-    "table3": ("radiomics_rf", "deep_resnet50"),
-    "table4": ("deep_resnet50", "clinical_rf", "fusion_a", "fusion_b", "fusion_c", "fusion_d"),
-    "table5": ("fusion_d", "fusion_d_joint"),
-}
 #: The columns of :func:`summarise_model` that the results tables show, in order.
 RESULT_SUMMARY_COLUMNS = ("level", "n_patients", "accuracy_mean", "accuracy_sd", "auc_mean", "auc_sd", "pooled_auc",
                           "pooled_auc_ci_low", "pooled_auc_ci_high", "n_train_seeds", "seed_auc_mean", "seed_auc_sd",
@@ -646,10 +630,10 @@ def net_benefit(y_true, y_prob, thresholds=None) -> pd.DataFrame:
 
 def _table_models(work_dir: Path, table: str) -> list[str]:
     """The table's models plus variants (``<model>_<suffix>``) that have predictions."""
-    known = set(PAPER_RESULTS) | {m for models in TABLE_MODELS.values() for m in models}
+    known = set(MODEL_NAMES)
     found = sorted(p.stem for p in (work_dir / "predictions").glob("*.csv"))
     models = []
-    for base in TABLE_MODELS[table]:
+    for base in PAPER_TABLE_ROWS[table]:
         models.append(base)
         models += [m for m in found if m.startswith(base + "_") and m not in known]
     return models
@@ -682,8 +666,8 @@ def results_table(
         models), ``paper_accuracy, paper_auc`` (as printed, "76.03±10.0"; empty for
         variants the paper did not run), ``cohort``. See :func:`summarise_model`.
     """
-    if table not in TABLE_MODELS:
-        raise ValueError(f"table must be one of {sorted(TABLE_MODELS)}, got {table!r}")
+    if table not in PAPER_TABLE_ROWS:
+        raise ValueError(f"table must be one of {sorted(PAPER_TABLE_ROWS)}, got {table!r}")
     work_dir = Path(work_dir)
     models = _table_models(work_dir, table) if models is None else list(models)
     rows = []
@@ -691,12 +675,12 @@ def results_table(
         if not predictions_path(work_dir, model).exists():
             continue
         summary = summarise_model(read_predictions(work_dir, model), n_bootstrap, seed)
-        paper = PAPER_RESULTS.get(model)
+        paper = paper_values(model)  # the model registry's record of the paper's values
         rows.append({
             "model": model,
             **{k: summary[k] for k in RESULT_SUMMARY_COLUMNS},
-            "paper_accuracy": f"{paper['accuracy_mean']:.2f}±{paper['accuracy_sd']:.1f}" if paper else "",
-            "paper_auc": f"{paper['auc_mean']:.4f}±{paper['auc_sd']:.2f}" if paper else "",
+            "paper_accuracy": f"{paper.accuracy_mean:.2f}±{paper.accuracy_sd:.1f}" if paper else "",
+            "paper_auc": f"{paper.auc_mean:.4f}±{paper.auc_sd:.2f}" if paper else "",
             "cohort": cohort,
         })
     return pd.DataFrame(rows, columns=["model", *RESULT_SUMMARY_COLUMNS, "paper_accuracy", "paper_auc", "cohort"])

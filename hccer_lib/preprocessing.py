@@ -39,8 +39,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from hccer_lib import outputs
+from hccer_lib.cohort import PHASES
 
-PHASES = ("NC", "ART", "PV")
 DEFAULT_REFERENCE_PHASE = "PV"
 #: Window level and width in HU: -100..250 HU keeps liver (NC ~55 HU, PV ~110 HU), arterially
 #: enhancing tumour (up to ~200 HU) and washout apart, and saturates fat/air and bone/dense contrast.

@@ -47,10 +47,10 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from hccer_lib import outputs
+from hccer_lib.cohort import PHASES
 from hccer_lib.evaluation import fold_of
 from hccer_lib.preprocessing import (
     DEFAULT_REFERENCE_PHASE,
-    PHASES,
     cohort_fingerprint,
     map_patients,
     match_phase_boxes,

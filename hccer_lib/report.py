@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from hccer_lib import outputs
+from hccer_lib.models import MODEL_NAMES, NETWORK_MODELS, PAPER_TABLE_ROWS, paper_auc, paper_values
 
 CHECKLIST_COLUMNS = ["framework", "item", "topic", "status", "value"]
 CHECKLIST_FILE = "reporting_checklist"
@@ -57,7 +58,8 @@ SOFTWARE = (
     ("jax",), ("matplotlib",), ("papermill",), ("nbconvert",), ("pydicom",),
 )
 
-MODELS = ("clinical_rf", "radiomics_rf", "deep_resnet50", "fusion_a", "fusion_b", "fusion_c", "fusion_d", "fusion_d_joint")
+#: The study's main models, in its order: the model registry's (``models.MODEL_NAMES``).
+MODELS = MODEL_NAMES
 
 
 # ---------------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ def strict_variant_pairs(work_dir: str | os.PathLike) -> list[tuple[str, str, st
     from hccer_lib import evaluation
 
     pairs = []
-    for model in MODELS[2:]:
+    for model in NETWORK_MODELS:
         strict = f"{model}_strict"
         if evaluation.predictions_path(work_dir, model).is_file() and evaluation.predictions_path(work_dir, strict).is_file():
             pairs.append(("Protocol", model, strict, f"{model}: clinical selection on the whole cohort vs in each training fold"))
@@ -281,8 +283,7 @@ def study_comparisons(
             row = table[(table["model_a"] == model_a) & (table["model_b"] == model_b)].iloc[-1].to_dict()
         else:
             row = evaluation.comparison_row(work_dir, model_a, model_b, n_bootstrap, seed)
-        paper_a = evaluation.PAPER_RESULTS.get(model_a, {}).get("auc_mean", np.nan)
-        paper_b = evaluation.PAPER_RESULTS.get(model_b, {}).get("auc_mean", np.nan)
+        paper_a, paper_b = paper_auc(model_a), paper_auc(model_b)
         rows.append({"source": source, "question": question, "model_a": model_a, "model_b": model_b,
                      "paper_auc_a": paper_a, "paper_auc_b": paper_b, "paper_difference": paper_a - paper_b,
                      **{k: row[k] for k in ("auc_a", "auc_b", "auc_difference", "difference_ci_low",
@@ -339,7 +340,7 @@ def results_vs_paper(
     from hccer_lib import evaluation
 
     frames = []
-    for table in evaluation.TABLE_MODELS:
+    for table in PAPER_TABLE_ROWS:
         frame = evaluation.results_table(work_dir, table=table, n_bootstrap=n_bootstrap, seed=seed, cohort=cohort)
         frames.append(frame.assign(tables=table.replace("table", "Table ")))
     combined = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else frames[0]
@@ -347,10 +348,10 @@ def results_vs_paper(
         return combined.assign(paper_auc_mean=[], paper_auc_sd=[], paper_accuracy_mean=[], auc_minus_paper=[])
     tables = combined.groupby("model", sort=False)["tables"].agg(", ".join)
     combined = combined.drop_duplicates("model").drop(columns="tables").merge(tables, left_on="model", right_index=True)
-    paper = combined["model"].map(evaluation.PAPER_RESULTS)
-    combined["paper_auc_mean"] = [p["auc_mean"] if isinstance(p, dict) else np.nan for p in paper]
-    combined["paper_auc_sd"] = [p["auc_sd"] if isinstance(p, dict) else np.nan for p in paper]
-    combined["paper_accuracy_mean"] = [p["accuracy_mean"] if isinstance(p, dict) else np.nan for p in paper]
+    paper = [paper_values(model) for model in combined["model"]]
+    combined["paper_auc_mean"] = [np.nan if p is None else p.auc_mean for p in paper]
+    combined["paper_auc_sd"] = [np.nan if p is None else p.auc_sd for p in paper]
+    combined["paper_accuracy_mean"] = [np.nan if p is None else p.accuracy_mean for p in paper]
     combined["auc_minus_paper"] = combined["auc_mean"] - combined["paper_auc_mean"]
     return combined.reset_index(drop=True)
 

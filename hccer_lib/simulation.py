@@ -61,6 +61,7 @@ import numpy as np
 import pandas as pd
 
 from hccer_lib import clinical, evaluation, outputs, synth
+from hccer_lib.models import paper_auc, paper_values
 from hccer_lib.profiles import Profile, get_profile
 
 logger = logging.getLogger("hccer")
@@ -697,7 +698,7 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     for model in sorted(results["model"].unique(), key=_model_sort_key):
         part = results[results["model"] == model]
         auc, fold_mean = part["auc"].to_numpy(dtype=float), part["auc_fold_mean"].to_numpy(dtype=float)
-        paper = evaluation.PAPER_RESULTS.get(model, {})
+        paper = paper_values(model)
         rows.append({
             "model": model, "n_seeds": len(part), "auc_mean": auc.mean(), "auc_sd": _sd(auc),
             "auc_q025": np.quantile(auc, 0.025), "auc_q975": np.quantile(auc, 0.975),
@@ -705,7 +706,7 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
             "fold_sd_mean": part["auc_fold_sd"].mean(), "fold_sd_q025": part["auc_fold_sd"].quantile(0.025),
             "fold_sd_q975": part["auc_fold_sd"].quantile(0.975), "auc_se_mean": part["auc_se"].mean(),
             "fold_mean_auc_slice_mean": part["auc_fold_mean_slice"].mean() if "auc_fold_mean_slice" in part else np.nan,
-            "paper_auc_mean": paper.get("auc_mean", np.nan), "paper_auc_sd": paper.get("auc_sd", np.nan),
+            "paper_auc_mean": paper_auc(model), "paper_auc_sd": np.nan if paper is None else paper.auc_sd,
         })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -882,8 +883,7 @@ def paper_differences(results: pd.DataFrame, alpha: float = 0.05, power: float =
     simulated = set(results["model"])
     rows = []
     for label, model_a, model_b in PAPER_COMPARISONS:
-        paper_a = evaluation.PAPER_RESULTS[model_a]["auc_mean"]
-        paper_b = evaluation.PAPER_RESULTS[model_b]["auc_mean"]
+        paper_a, paper_b = paper_auc(model_a), paper_auc(model_b)
         difference = round(paper_a - paper_b, 4)
         row = {"comparison": label, "model_a": model_a, "model_b": model_b, "paper_a": paper_a, "paper_b": paper_b,
                "paper_difference": difference}
@@ -945,8 +945,8 @@ def plot_spread(results: pd.DataFrame, alpha: float = 0.05, power: float = 0.8, 
         fold_mean = results.loc[results["model"] == model, "auc_fold_mean"].mean()
         left.scatter([x + 0.33], [fold_mean], marker="D", facecolor="none", edgecolor="black", s=30, zorder=4,
                      label="mean of fold AUCs (patient level)" if x == 0 else None)  # fmt: skip
-        if model in evaluation.PAPER_RESULTS:
-            left.scatter([x], [evaluation.PAPER_RESULTS[model]["auc_mean"]], marker="*", s=160, color="tab:red",
+        if paper_values(model) is not None:
+            left.scatter([x], [paper_auc(model)], marker="*", s=160, color="tab:red",
                          zorder=5, label=None if paper_shown else "paper's reported AUC (fold mean)")  # fmt: skip
             paper_shown = True
     for model, style in zip(ORACLE_MODELS, (":", "--", "-."), strict=True):

@@ -68,12 +68,12 @@ from scipy import ndimage
 
 from hccer_lib import outputs
 from hccer_lib.clinical import PAPER_N_ER, PAPER_N_NER, PAPER_TABLE1, binarise
+from hccer_lib.cohort import PHASES
 
 logger = logging.getLogger("hccer")
 
 GENERATOR = "hccer_lib.synth"
 GENERATOR_VERSION = "1.1"  # 1.1: weaker image signal (0.8, coupling 0.1), population-fitted oracles
-PHASES = ("NC", "ART", "PV")
 REFERENCE_PHASE = "PV"  # annotated slices are counted on this phase
 
 CLINICAL_COLUMNS = (

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hccer_lib import evaluation, networks, outputs, preprocessing, synth, training
+from hccer_lib import evaluation, models, outputs, preprocessing, synth, training
 from hccer_lib.clinical import cross_validate_clinical
 from hccer_lib.cohort import load_clinical
 from hccer_lib.profiles import get_profile
@@ -58,7 +58,7 @@ def development_cohort(seed: int, data_root: Path) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4], help="development generator seeds")
-    parser.add_argument("--models", nargs="+", default=["deep_resnet50", "fusion_d_joint"], choices=networks.MODEL_NAMES)
+    parser.add_argument("--models", nargs="+", default=["deep_resnet50", "fusion_d_joint"], choices=models.NETWORK_MODELS)
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="profile fields to change")
     parser.add_argument("--data-root", default="data")

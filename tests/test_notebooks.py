@@ -16,7 +16,7 @@ import pytest
 from papermill.translators import PythonTranslator
 from test_clinical_only import write_clinical_only_cohort
 
-from hccer_lib import outputs
+from hccer_lib import models, outputs
 from hccer_lib.runner import REPO_ROOT, list_notebooks, notebook_parameters, run_notebooks
 
 # What each notebook must leave behind (relative to figures_dir or to the cohort's work folder).
@@ -37,13 +37,8 @@ EXPECTED_FIGURES = {
         "reporting_checklist.csv", "reporting_checklist.md",
     ],
 }
-EXPECTED_PREDICTIONS = {
-    "01_select_clinical": ["clinical_rf", "clinical_rf_strict"],
-    "03_radiomics_baseline": ["radiomics_rf"],
-    "04_deep_model": ["deep_resnet50"],
-    "05_fusion_models": ["fusion_a", "fusion_b", "fusion_c", "fusion_d"],
-    "06_joint_loss": ["fusion_d_joint"],
-}
+# Every registered model's predictions, written by the notebook the model registry names.
+EXPECTED_PREDICTIONS = {record.notebook: models.names(notebook=record.notebook) for record in models.REGISTRY}
 
 
 @pytest.mark.slow
