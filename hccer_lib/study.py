@@ -1,0 +1,114 @@
+"""The set-up that the network notebooks share (04 deep model, 05 fusion models, 06 joint loss).
+
+Each of them starts from the same things, gathered here by one call, :func:`network_study`:
+its parameters' paths read from the project root whatever the working folder
+(:func:`outputs.project_paths`), the profile, the cohort's work folder, the clinical table,
+the shared patient-level folds (``<work_dir>/folds.csv``, made when absent or stale) and the
+processed slice images of notebook 02 (read back from the cache, or built with the settings
+notebook 02 recorded).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from hccer_lib import evaluation, outputs
+from hccer_lib.cohort import load_clinical
+from hccer_lib.preprocessing import ProcessedDataset, study_dataset
+from hccer_lib.profiles import Profile, get_profile
+
+
+@dataclass(frozen=True)
+class NetworkStudy:
+    """What a network notebook trains and evaluates on.
+
+    Attributes:
+        settings: the run's profile.
+        cohort_dir, data_root, figures_dir: the parameters' folders, relative ones read from
+            the project root.
+        work_dir: the cohort's work folder (``outputs.work_dir_for``).
+        cohort_label: ``"synthetic"``, or the cohort folder: the ``cohort`` column of the tables.
+        clinical: one row per patient (``cohort.load_clinical``).
+        folds: ``patient_id, y_true, fold`` (``evaluation.load_or_make_folds``).
+        dataset: the ROI slice images ``[n_slices, H, W, 3]`` (NC, ART, PV) in ``[0, 1]``,
+            with their patient ids.
+    """
+
+    settings: Profile
+    cohort_dir: Path
+    data_root: Path
+    figures_dir: Path
+    work_dir: Path
+    cohort_label: str
+    clinical: pd.DataFrame
+    folds: pd.DataFrame
+    dataset: ProcessedDataset
+
+    def describe(self) -> str:
+        """Three lines: the profile's training settings, the cohort and its work folder, the data."""
+        s = self.settings
+        fold_sizes = self.folds.groupby("fold").size()
+        return "\n".join([
+            f"profile {s.name}: {s.n_folds} folds, image {s.image_size} px, ResNet blocks {s.resnet_blocks} width "
+            f"{s.resnet_width}, {s.epochs} epochs, batch {s.batch_size}, lr {s.learning_rate} ({s.lr_schedule}), "
+            f"weight decay {s.weight_decay}, validation share {s.validation_fraction}, augment {s.augment}, "
+            f"{s.train_seeds} training seeds",
+            f"cohort {self.cohort_dir} -> work folder {self.work_dir}",
+            f"{len(self.clinical)} patients, {len(self.dataset)} slice images {self.dataset.images.shape}, "
+            f"{s.n_folds} folds of {fold_sizes.min()}-{fold_sizes.max()} patients",
+        ])
+
+
+def network_study(
+    profile: str | Profile,
+    cohort_dir: str | os.PathLike,
+    data_root: str | os.PathLike = "data",
+    figures_dir: str | os.PathLike = "figures",
+    seed: int = 2020,
+    synthetic: bool = True,
+    n_jobs: int | None = None,
+) -> NetworkStudy:
+    """Read what notebooks 04-06 start from (their parameters as the runner injects them).
+
+    Args:
+        profile: a profile name (``smoke``, ``quick``, ``paper``) or a :class:`profiles.Profile`.
+        cohort_dir: the cohort folder (``clinical.csv``, ``images/``).
+        data_root: where the cohorts' work folders are.
+        figures_dir: where the tables and figures go.
+        seed: the folds' seed (``folds.csv`` is remade when it was made with another one).
+        synthetic: whether the cohort is the generated one (only the tables' label).
+        n_jobs: worker processes of the preprocessing when the images are not cached yet
+            (default: one per core).
+
+    Returns:
+        a :class:`NetworkStudy`; the folds are written to ``<work_dir>/folds.csv`` when absent
+        or stale, the processed images to ``<work_dir>/processed/`` when not cached.
+    """
+    settings = get_profile(profile) if isinstance(profile, str) else profile
+    cohort_dir, data_root, figures_dir = outputs.project_paths(cohort_dir, data_root, figures_dir)
+    work_dir = outputs.work_dir_for(cohort_dir, data_root)
+    clinical = load_clinical(cohort_dir)
+    folds = evaluation.load_or_make_folds(work_dir, clinical, settings.n_folds, seed)
+    dataset = study_dataset(cohort_dir, work_dir, settings.image_size, n_jobs=n_jobs)  # notebook 02's settings
+    return NetworkStudy(settings=settings, cohort_dir=cohort_dir, data_root=data_root, figures_dir=figures_dir,
+                        work_dir=work_dir, cohort_label="synthetic" if synthetic else str(cohort_dir),
+                        clinical=clinical, folds=folds, dataset=dataset)
+
+
+def versions_text() -> str:
+    """Python, numpy, pandas, Keras and its backend (TensorFlow: its version and devices) in one or two lines."""
+    import keras
+    import numpy as np
+
+    text = (f"python {platform.python_version()}, numpy {np.__version__}, pandas {pd.__version__}, "
+            f"keras {keras.__version__}, backend {keras.backend.backend()}")
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        text += f"\ntensorflow {tf.__version__}, devices: {[d.device_type for d in tf.config.list_physical_devices()]}"
+    return text
