@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run the whole study: set-up if needed, then every notebooks/NN_*.ipynb in order (papermill).
 #
-#   ./run_all.sh [--profile smoke|quick|paper] [--cohort DIR [--clinical-only]] [--seed N] [--random-init]
+#   ./run_all.sh [--profile smoke|quick|paper] [--cohort DIR [--clinical-only]] [--seed N] [--random-init] [--workers N]
 #
 # --random-init: train the networks from random weights where the profile (paper) fine-tunes
 # ImageNet weights; without it the paper profile refuses to start when the weights file is missing.
 # --clinical-only: the clinical study on every patient of --cohort, the notebooks that read images
 # skipped (a cohort where some patients have no images is refused without it; docs/real_cohorts.md).
+# --workers N: worker processes training the networks side by side (default: one per core in the
+# quick profile); the results do not depend on it.
 #
 # Default: the `quick` profile on the synthetic cohort (generated in data/synthetic).
 # Executed notebooks go to executed/<profile>/, tables and figures to figures/.

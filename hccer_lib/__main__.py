@@ -50,10 +50,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return run_notebooks(profile=args.profile, cohort=from_working_folder(args.cohort), seed=args.seed,
                              imagenet="none" if args.random_init else "auto",
                              external_cohort=from_working_folder(args.external_cohort),
-                             clinical_only=args.clinical_only)
+                             clinical_only=args.clinical_only, workers=args.workers)
     except CohortError:  # a bad cohort: main() prints "error: <patient, file: problem>"
         raise
-    except ValueError as err:  # a profile that needs the ImageNet weights file without it
+    except ValueError as err:  # a profile that needs the ImageNet weights file without it, a bad --workers
         print(f"hccer: {err}", file=sys.stderr)
         return 2
 
@@ -208,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clinical-only", action="store_true",
                    help="run the clinical study on every patient of --cohort and skip the notebooks that read images "
                    "(for a cohort where some patients have no images)")
+    p.add_argument("--workers", default=None,
+                   help="worker processes training the networks side by side (default: $HCCER_TRAINING_WORKERS, else one "
+                   "per core for the quick profile); changes the time taken, not the results")
     p.set_defaults(func=_cmd_run)
     return parser
 

@@ -114,6 +114,7 @@ def run_notebooks(
     imagenet: str = "auto",
     external_cohort: str | None = None,
     clinical_only: bool = False,
+    workers: int | str | None = None,
 ) -> int:
     """Execute the notebooks in order; return 0 when all passed or were skipped, 1 otherwise.
 
@@ -130,7 +131,9 @@ def run_notebooks(
     profile that fine-tunes ImageNet weights (``paper``) without the file raises
     ``ValueError`` before any notebook runs (``training.check_imagenet``).
     ``external_cohort`` (a labelled cohort folder, or ``None``) reaches the notebooks that
-    declare it (09, external validation).
+    declare it (09, external validation). ``workers`` (a number or ``"auto"``; ``None``:
+    ``$HCCER_TRAINING_WORKERS`` or ``"auto"``) sets how many worker processes train the
+    networks side by side (``training.training_workers``); it changes the time, not the results.
 
     On a clinical-only cohort the notebooks that need images are skipped
     (:func:`skip_reason`, :func:`write_skipped_copy`); ``clinical_only`` asks for that on a
@@ -148,6 +151,10 @@ def run_notebooks(
     params = notebook_parameters(profile, cohort, seed, data_root, figures_dir)
     cwd = Path(cwd).resolve() if cwd is not None else outputs.project_root()
     training.check_imagenet(get_profile(profile), imagenet)
+    training.training_workers(get_profile(profile), workers)  # a bad value stops the run before any notebook
+    kernel_environment = {"MPLBACKEND": KERNEL_MPLBACKEND, outputs.ROOT_VARIABLE: str(cwd)}
+    if workers is not None:
+        kernel_environment["HCCER_TRAINING_WORKERS"] = str(workers)
     if clinical_only and cohort is None:
         raise ValueError("--clinical-only needs --cohort: the synthetic cohort is generated with its images by notebook 00")
     validation = None
@@ -173,7 +180,7 @@ def run_notebooks(
         print(f"[{i}/{total}] {nb.name} ...", flush=True)
         start = time.perf_counter()
         try:
-            with _kernel_environment(MPLBACKEND=KERNEL_MPLBACKEND, **{outputs.ROOT_VARIABLE: str(cwd)}):
+            with _kernel_environment(**kernel_environment):
                 declared = pm.inspect_notebook(str(nb))
                 pm.execute_notebook(
                     str(nb),

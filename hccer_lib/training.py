@@ -41,8 +41,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import multiprocessing
 import os
 import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +60,7 @@ logger = logging.getLogger("hccer")
 # The profile's fields that change a network's training (part of every run's settings key;
 # ``train_seeds`` is not: each seed has its own files under the key).
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
-                       "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum")
+                       "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum", "training_threads")
 # Part of every run's settings key: raise it when a change of this module changes results.
 TRAINING_VERSION = 6
 #: Distance between two training seeds of a run (more than any number of folds).
@@ -446,6 +448,28 @@ def _dataset_arrays(dataset, profile: Profile) -> tuple[np.ndarray, np.ndarray, 
     return images, np.asarray(dataset.patient_id).astype(str), np.asarray(dataset.y_true, dtype=int), np.asarray(dataset.slice)
 
 
+_CLINICAL_MATRICES: dict = {}
+
+
+def _clinical_matrix(clinical: pd.DataFrame, protocol: str, train_ids: tuple) -> tuple[np.ndarray, list]:
+    """``clinical.clinical_matrix`` of a fold, computed once per clinical table, protocol and training patients.
+
+    Every training seed of a fold, and every model, selects the same variables on the
+    same patients: the chi-squared selection ran for each of them and took about as long
+    as a quick fold's first epoch. Keyed by the table's content, not by the object.
+    """
+    from hccer_lib import clinical as clinical_module
+
+    key = (array_digest(pd.util.hash_pandas_object(clinical, index=True).to_numpy(), np.asarray(clinical.columns, dtype=str)),
+           protocol, train_ids)
+    if key not in _CLINICAL_MATRICES:
+        if len(_CLINICAL_MATRICES) >= 64:
+            _CLINICAL_MATRICES.clear()
+        _CLINICAL_MATRICES[key] = clinical_module.clinical_matrix(clinical, protocol=protocol, train_ids=list(train_ids))
+    matrix, names = _CLINICAL_MATRICES[key]
+    return matrix.copy(), list(names)
+
+
 def fold_data(
     model_name: str,
     dataset,
@@ -462,8 +486,6 @@ def fold_data(
     Args are those of :func:`train_cross_validated`; ``fold`` is a fold number of
     ``folds`` or ``None`` for the whole-cohort fit (no test slices).
     """
-    from hccer_lib import clinical as clinical_module
-
     if model_name not in networks.MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
     if selection_protocol not in ("paper", "strict"):
@@ -478,7 +500,7 @@ def fold_data(
         test = evaluation.fold_of(folds, slice_pids) == int(fold)
     train = ~test
     train_ids = folds.loc[folds["fold"].astype(int) != (-1 if fold is None else int(fold)), "patient_id"].astype(str)
-    matrix, names = clinical_module.clinical_matrix(clinical, protocol=selection_protocol, train_ids=list(train_ids))
+    matrix, names = _clinical_matrix(clinical, selection_protocol, tuple(train_ids))
     vectors = slice_clinical_vectors(matrix, clinical["patient_id"].astype(str).to_numpy(), slice_pids)
     config = network_config(profile, n_clinical=vectors.shape[1], imagenet=imagenet, **(network_overrides or {}))
     inputs = {"image": images} if model_name == "deep_resnet50" else {"image": images, "clinical": vectors}
@@ -591,6 +613,7 @@ def train_cross_validated(
     verbose: int | str = 0,
     predict_batch_size: int = 64,
     fast_cpu_graphs: bool = True,
+    workers: int | str | None = None,
 ) -> pd.DataFrame:
     """Train ``model_name`` on every fold, once per training seed; return and save its out-of-fold predictions.
 
@@ -615,7 +638,11 @@ def train_cross_validated(
         imagenet: ``"auto"``, ``"none"`` or a weights file (see ``NetworkConfig``).
         verbose: Keras ``fit`` verbosity (0 silent, 2 one line per epoch); one line per
             fold is always printed.
-        fast_cpu_graphs: call :func:`use_fast_cpu_graphs` (TensorFlow on CPU only).
+        fast_cpu_graphs: call :func:`use_fast_cpu_graphs` (TensorFlow on CPU only) when
+            training in this process.
+        workers: worker processes for the trainings (:func:`training_workers`; ``None``:
+            ``$HCCER_TRAINING_WORKERS`` or one per ``profile.training_threads`` cores). The
+            predictions do not depend on it.
 
     Returns:
         ``patient_id, slice, fold, y_true, y_prob, train_seed``, one row per slice of the
@@ -627,7 +654,7 @@ def train_cross_validated(
         raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
     output_name = output_name or model_name
     check_imagenet(profile, imagenet)
-    if fast_cpu_graphs:
+    if fast_cpu_graphs and training_workers(profile, workers) == 0:
         use_fast_cpu_graphs()
     seeds = train_seeds(profile, seed)
     run_dir, settings = run_folder(model_name, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
@@ -638,17 +665,20 @@ def train_cross_validated(
     print(f"hccer: training {output_name} ({model_name}), {len(fold_numbers)} folds x {len(seeds)} training seeds "
           f"{seeds}, run folder {run_dir}", flush=True)
 
+    job = FoldJob(model_name, dataset, clinical, folds, profile, run_dir, settings["key"], selection_protocol, imagenet,
+                  network_overrides, verbose, predict_batch_size)
+    saved = {(s, f): _saved_fold(run_dir, settings["key"], s, f) for s in seeds for f in fold_numbers}
+    for (train_seed, fold), frame in saved.items():
+        if frame is not None:
+            print(f"  seed {train_seed} fold {fold}: done before, read fold_{fold}.csv (AUC {_patient_level_auc(frame):.3f})",
+                  flush=True)
+    pending = [pair for pair, frame in saved.items() if frame is None]
+    saved.update(run_fold_jobs(job, pending, training_workers(profile, workers)))
     frames = []
-    fold_model = FoldModel(model_name, profile.learning_rate, profile.weight_decay, xla=profile.xla)
     for train_seed in seeds:
-        for fold in fold_numbers:
-            frames.append(_train_or_read_fold(model_name, dataset, clinical, folds, profile, fold, train_seed, run_dir,
-                                              settings["key"], selection_protocol, imagenet, network_overrides, verbose,
-                                              fold_model, predict_batch_size))
+        frames.extend(saved[train_seed, fold] for fold in fold_numbers)
         seed_frame = pd.concat(frames[-len(fold_numbers):], ignore_index=True)
         print(f"  training seed {train_seed}: out-of-fold patient AUC {_patient_level_auc(seed_frame):.3f}", flush=True)
-    del fold_model
-    keras.backend.clear_session()
 
     predictions = pd.concat(frames, ignore_index=True)[[*evaluation.PREDICTION_COLUMNS, evaluation.SEED_COLUMN]]
     evaluation.write_predictions(work_dir, output_name, predictions)
@@ -659,50 +689,64 @@ def train_cross_validated(
     return predictions
 
 
-def _train_or_read_fold(
-    model_name: str,
-    dataset,
-    clinical: pd.DataFrame,
-    folds: pd.DataFrame,
-    profile: Profile,
-    fold: int,
-    train_seed: int,
-    run_dir: Path,
-    key: str,
-    selection_protocol: str,
-    imagenet: str,
-    network_overrides: dict | None,
-    verbose: int | str,
-    fold_model: FoldModel,
-    predict_batch_size: int,
-) -> pd.DataFrame:
-    """The out-of-fold predictions of (``fold``, ``train_seed``): read when saved under ``key``, else trained and saved."""
+def _saved_fold(run_dir: Path, key: str, train_seed: int, fold: int) -> pd.DataFrame | None:
+    """The saved out-of-fold predictions of (``fold``, ``train_seed``) under ``key``; ``None`` when not done."""
     fold_csv = run_dir / f"seed_{train_seed}" / f"fold_{fold}.csv"
     fold_json = fold_csv.with_suffix(".json")
     if fold_csv.is_file() and fold_json.is_file() and json.loads(fold_json.read_text())["key"] == key:
-        frame = pd.read_csv(fold_csv, dtype={"patient_id": str})
-        print(f"  seed {train_seed} fold {fold}: done before, read {fold_csv.name} (AUC {_patient_level_auc(frame):.3f})",
-              flush=True)
-        return frame
+        return pd.read_csv(fold_csv, dtype={"patient_id": str})
+    return None
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """Everything that one (fold, training seed) training reads, but the two numbers.
+
+    The same object is handed to every worker process (:class:`TrainingPool`), so a job
+    trained there gets exactly the inputs it would get in this process.
+    """
+
+    model_name: str
+    dataset: object
+    clinical: pd.DataFrame
+    folds: pd.DataFrame
+    profile: Profile
+    run_dir: Path
+    key: str
+    selection_protocol: str
+    imagenet: str
+    network_overrides: dict | None
+    verbose: int | str
+    predict_batch_size: int
+
+
+def train_and_save_fold(job: FoldJob, train_seed: int, fold: int, fold_model: FoldModel) -> tuple[pd.DataFrame, str]:
+    """Train (``fold``, ``train_seed``) of ``job``, save its predictions and record; return them and a progress line.
+
+    Written whole or not at all (``outputs.write_csv`` / ``write_json``): the record
+    (``fold_<k>.json``) comes last, so a fold counts as done only when both exist.
+    """
     start = time.perf_counter()
-    model, data = train_fold(model_name, dataset, clinical, folds, profile, fold, train_seed, selection_protocol, imagenet,
-                             network_overrides, verbose, fast_cpu_graphs=False, fold_model=fold_model)
+    model, data = train_fold(job.model_name, job.dataset, job.clinical, job.folds, job.profile, fold, train_seed,
+                             job.selection_protocol, job.imagenet, job.network_overrides, job.verbose,
+                             fast_cpu_graphs=False, fold_model=fold_model)
     test = data.test
     frame = pd.DataFrame({
         "patient_id": data.patient_id[test],
         "slice": data.slice[test],
         "fold": fold,
         "y_true": data.y[test],
-        "y_prob": predict_probability(model, data.subset(test), predict_batch_size),
+        "y_prob": predict_probability(model, data.subset(test), job.predict_batch_size),
         evaluation.SEED_COLUMN: int(train_seed),
     })
     seconds = time.perf_counter() - start
     fold_auc = _patient_level_auc(frame)
+    fold_csv = job.run_dir / f"seed_{train_seed}" / f"fold_{fold}.csv"
     outputs.write_csv(fold_csv, frame)
     history = model.history
     losses = history.history.get("loss", [float("nan")])
-    outputs.write_json(fold_json, {
-        "key": key,
+    outputs.write_json(fold_csv.with_suffix(".json"), {
+        "key": job.key,
         "fold": fold,
         "train_seed": int(train_seed),
         "n_train_slices": int((data.train & ~data.validation).sum()),
@@ -715,7 +759,124 @@ def _train_or_read_fold(
         "patient_auc": fold_auc,
         "seconds": round(seconds, 1),
     })
-    print(f"  seed {train_seed} fold {fold}: {int((data.train & ~data.validation).sum())} training / "
-          f"{int(data.validation.sum())} validation / {int(test.sum())} test slices, epoch kept {history.best_epoch}, "
-          f"loss {losses[-1]:.3f}, patient AUC {fold_auc:.3f}, {seconds:.0f} s", flush=True)
-    return frame
+    line = (f"  seed {train_seed} fold {fold}: {int((data.train & ~data.validation).sum())} training / "
+            f"{int(data.validation.sum())} validation / {int(test.sum())} test slices, epoch kept {history.best_epoch}, "
+            f"loss {losses[-1]:.3f}, patient AUC {fold_auc:.3f}, {seconds:.0f} s")
+    return frame, line
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def training_workers(profile: Profile, workers: int | str | None = None) -> int:
+    """How many worker processes train a model's folds and seeds; 0: in this process.
+
+    A profile with ``training_threads == 0`` trains in this process with the backend's own
+    threading (the ``paper`` profile, on a GPU). Otherwise every training runs in a worker
+    process pinned to ``training_threads`` threads, so that the result does not depend on
+    the machine's core count nor on how many workers run side by side: ``workers`` (else
+    ``$HCCER_TRAINING_WORKERS``, else ``"auto"``: the cores available divided by
+    ``training_threads``, at least 1) only changes the time taken.
+    """
+    if profile.training_threads < 0:
+        raise ValueError(f"profile {profile.name!r}: training_threads must be >= 0, got {profile.training_threads}")
+    if profile.training_threads == 0:
+        return 0
+    if workers is None:
+        workers = os.environ.get("HCCER_TRAINING_WORKERS", "").strip() or "auto"
+    if workers == "auto":
+        return max(1, available_cores() // profile.training_threads)
+    try:
+        count = int(workers)
+    except ValueError:
+        raise ValueError(f"training workers must be a whole number >= 1 or 'auto', got {workers!r}") from None
+    if count < 1:
+        raise ValueError(f"training workers must be a whole number >= 1 or 'auto', got {workers!r}")
+    return count
+
+
+def pin_threads(threads: int) -> None:
+    """Run this process's Keras backend on ``threads`` CPU threads (before its first computation).
+
+    TensorFlow: its intra- and inter-op thread pools; JAX: XLA's CPU client
+    (``XLA_FLAGS``, read when JAX first computes). The number of threads changes the order
+    of floating-point sums, hence a network's training: it is part of the settings key
+    (``Profile.training_threads``).
+    """
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf  # backend-specific on purpose, as use_fast_cpu_graphs
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    elif keras.backend.backend() == "jax":
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = (f"{flags} --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
+                                   f"intra_op_parallelism_threads={threads}").strip()
+
+
+_WORKER: dict = {}
+
+
+def _start_worker(threads: int, job: FoldJob) -> None:
+    """Initialiser of a :class:`TrainingPool` process: pinned threads, fast CPU graphs, one reused network."""
+    pin_threads(threads)
+    use_fast_cpu_graphs()
+    _WORKER.update(job=job, fold_model=FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay,
+                                                 xla=job.profile.xla))
+
+
+def _train_in_worker(train_seed: int, fold: int) -> tuple[pd.DataFrame, str]:
+    return train_and_save_fold(_WORKER["job"], train_seed, fold, _WORKER["fold_model"])
+
+
+def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int) -> dict[tuple[int, int], pd.DataFrame]:
+    """Train every (training seed, fold) of ``pending``; return their predictions by (seed, fold).
+
+    ``workers == 0``: one after another in this process. Otherwise in ``workers`` fresh
+    (spawned) processes, each pinned to ``job.profile.training_threads`` threads and
+    reusing its compiled network; every finished fold is saved by the process that
+    trained it, so an interrupted set resumes where it stopped. A progress line is printed
+    per fold as it finishes. A failing fold stops the set (the others already running
+    finish and are kept) and raises ``RuntimeError`` naming the model, seed and fold.
+    """
+    done: dict[tuple[int, int], pd.DataFrame] = {}
+    if not pending:
+        return done
+    if workers == 0:
+        fold_model = FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay, xla=job.profile.xla)
+        for train_seed, fold in pending:
+            done[train_seed, fold], line = train_and_save_fold(job, train_seed, fold, fold_model)
+            print(line, flush=True)
+        del fold_model
+        keras.backend.clear_session()
+        return done
+    workers = min(workers, len(pending))
+    print(f"  {len(pending)} trainings in {workers} worker processes of {job.profile.training_threads} thread(s) each",
+          flush=True)
+    start = time.perf_counter()
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                               initargs=(job.profile.training_threads, job))
+    try:
+        futures = {pool.submit(_train_in_worker, train_seed, fold): (train_seed, fold) for train_seed, fold in pending}
+        remaining = set(futures)
+        while remaining:
+            finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+            for future in finished:
+                train_seed, fold = futures[future]
+                try:
+                    done[train_seed, fold], line = future.result()
+                except Exception as error:
+                    for other in remaining:
+                        other.cancel()
+                    raise RuntimeError(f"{job.model_name}: training seed {train_seed} fold {fold} failed in a worker "
+                                       f"process: {type(error).__name__}: {error}") from error
+                print(f"{line} [{len(done)}/{len(pending)}, {time.perf_counter() - start:.0f} s]", flush=True)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    return done

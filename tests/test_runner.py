@@ -164,3 +164,15 @@ def test_random_init_reaches_the_network_notebooks_only(tmp_path, capsys):
                          imagenet="none", write_report=False)
     assert code == 0, capsys.readouterr().out
     assert log.read_text() == "none\nFalse\n"
+
+
+def test_workers_reach_the_kernels_and_a_bad_value_stops_the_run_first(tmp_path, capsys):
+    log = tmp_path / "log.txt"
+    _notebook(tmp_path / "00_env.ipynb", f"import os\nopen({str(log)!r}, 'a').write(os.environ['HCCER_TRAINING_WORKERS'])")
+    code = run_notebooks("quick", notebooks=list_notebooks(tmp_path), executed_dir=tmp_path / "out", cwd=tmp_path,
+                         workers=3, write_report=False)
+    assert code == 0, capsys.readouterr().out
+    assert log.read_text() == "3"
+    proc = _run_cli(["--workers", "none"], tmp_path / "keras_home", tmp_path)
+    assert proc.returncode == 2 and "training workers must be a whole number >= 1 or 'auto', got 'none'" in proc.stderr
+    assert "notebooks" not in proc.stdout, "no notebook may start"

@@ -1,0 +1,106 @@
+"""Trainings in worker processes: the same predictions whatever the number of workers, resumable after a kill."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from test_training import TINY_PROFILE, tiny_clinical, tiny_dataset, tiny_folds
+
+from hccer_lib import training
+
+POOL_PROFILE = replace(TINY_PROFILE, training_threads=1, train_seeds=2)
+
+
+def test_training_workers_follow_profile_argument_and_environment(monkeypatch):
+    monkeypatch.delenv("HCCER_TRAINING_WORKERS", raising=False)
+    in_process = replace(POOL_PROFILE, training_threads=0)
+    assert training.training_workers(in_process, 4) == 0  # a profile without pinned threads trains in-process
+    assert training.training_workers(POOL_PROFILE, 3) == 3
+    assert training.training_workers(POOL_PROFILE) == max(1, training.available_cores())
+    assert training.training_workers(replace(POOL_PROFILE, training_threads=2), "auto") == max(1, training.available_cores() // 2)
+    monkeypatch.setenv("HCCER_TRAINING_WORKERS", "5")
+    assert training.training_workers(POOL_PROFILE) == 5
+    assert training.training_workers(POOL_PROFILE, 2) == 2  # an explicit argument wins
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("HCCER_TRAINING_WORKERS", bad)
+        with pytest.raises(ValueError, match="training workers must be a whole number"):
+            training.training_workers(POOL_PROFILE)
+    with pytest.raises(ValueError, match="training_threads must be >= 0"):
+        training.training_workers(replace(POOL_PROFILE, training_threads=-1))
+
+
+def _study(work_dir):
+    clinical = tiny_clinical()
+    return dict(dataset=tiny_dataset(clinical), clinical=clinical, folds=tiny_folds(clinical), work_dir=work_dir)
+
+
+def _train(study, workers, model_name="deep_resnet50", **kwargs):
+    return training.train_cross_validated(model_name, study["dataset"], study["clinical"], study["folds"], POOL_PROFILE,
+                                          study["work_dir"], seed=3, imagenet="none", workers=workers, **kwargs)
+
+
+def _fold_files(work_dir: Path) -> dict[str, bytes]:
+    files = sorted((work_dir / "runs").rglob("fold_*.csv"))
+    return {str(f.relative_to(work_dir)): f.read_bytes() for f in files}
+
+
+@pytest.mark.slow
+def test_one_or_two_workers_give_byte_identical_predictions(tmp_path, capsys):
+    one = _train(_study(tmp_path / "one"), workers=1)
+    two = _train(_study(tmp_path / "two"), workers=2)
+    pd.testing.assert_frame_equal(one, two, check_exact=True)
+    assert sorted(one["train_seed"].unique()) == [3, 1003] and len(one) == 2 * 24
+    files_one, files_two = _fold_files(tmp_path / "one"), _fold_files(tmp_path / "two")
+    assert len(files_one) == 4 and files_one == files_two
+    out = capsys.readouterr().out
+    assert "4 trainings in 2 worker processes of 1 thread(s) each" in out and "[4/4," in out
+    # a rerun reads every fold and starts no worker
+    again = _train(_study(tmp_path / "two"), workers=2)
+    pd.testing.assert_frame_equal(again, two, check_exact=True)
+    assert "worker processes" not in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_failing_training_names_model_seed_and_fold(tmp_path):
+    with pytest.raises(RuntimeError, match=r"fusion_c: training seed \d+ fold \d+ failed in a worker process"):
+        _train(_study(tmp_path), workers=1, model_name="fusion_c", network_overrides={"clinical_kernel": 99})
+    assert _fold_files(tmp_path) == {}
+
+
+_KILLED_RUN = """
+import sys
+from dataclasses import replace
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from test_training_pool import _study, _train
+if __name__ == "__main__":
+    _train(_study(Path({work!r})), workers=2)
+"""
+
+
+@pytest.mark.slow
+def test_killing_the_run_mid_set_loses_nothing_and_the_rerun_completes_it(tmp_path, capsys):
+    root = str(Path(__file__).resolve().parents[1])
+    script = tmp_path / "run.py"
+    script.write_text(_KILLED_RUN.format(tests=str(Path(__file__).resolve().parent), work=str(tmp_path / "killed")))
+    process = subprocess.Popen([sys.executable, str(script)], cwd=root, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 600
+    while not list((tmp_path / "killed").rglob("fold_*.json")) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)  # the parent and both workers, mid-set
+    process.wait()
+    saved = sorted((tmp_path / "killed").rglob("fold_*.json"))
+    assert 1 <= len(saved) < 4, "the run must be killed after its first fold and before its last"
+    rerun = _train(_study(tmp_path / "killed"), workers=2)
+    out = capsys.readouterr().out
+    assert out.count("done before") >= len(saved) and f"{4 - len(saved)} trainings in" in out
+    complete = _train(_study(tmp_path / "whole"), workers=2)
+    pd.testing.assert_frame_equal(rerun, complete, check_exact=True)
+    assert _fold_files(tmp_path / "killed") == _fold_files(tmp_path / "whole")
