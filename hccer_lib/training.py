@@ -32,8 +32,17 @@ settings goes to another folder: finished folds are never lost nor mixed. When e
 fold is done, ``predictions/<model>.csv`` is written through
 ``evaluation.write_predictions``.
 
-Only Keras APIs are used (no ``tf.*``): the same code runs on the TensorFlow and JAX
-backends.
+**Where the trainings run.** With ``profile.training_threads > 0`` (the ``quick``
+profile) every (training seed, fold) is a job for :func:`run_fold_jobs`: spawned worker
+processes, each pinned to that many threads (:func:`pin_threads`) and reusing its compiled
+network, as many side by side as the cores allow (:func:`training_workers`). Each job reads
+the same inputs and seeds as it would in this process, so the predictions do not depend
+on the number of workers; the thread count is in the settings key. With 0 (``smoke``,
+``paper``) the jobs run one after another in this process.
+
+Only Keras APIs are used for the networks; the backend-specific parts are the CPU graph
+and thread settings (:func:`use_fast_cpu_graphs`, :func:`pin_threads`): the same code runs
+on the TensorFlow and JAX backends.
 """
 
 from __future__ import annotations
