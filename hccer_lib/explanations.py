@@ -128,7 +128,8 @@ def fold_gradcam(model_name: str, dataset, clinical: pd.DataFrame, folds: pd.Dat
     """Grad-CAM of one cross-validation fold's network on chosen test patients, the middle slice of each.
 
     The fold of the first picked patient is trained again with the run's seed and settings
-    (``training.train_fold``, the first training seed); its probabilities of the fold's test
+    (``training.train_fold_isolated``: in a worker pinned as the cross-validation's were, the
+    first training seed); its probabilities of the fold's test
     slices are checked against that seed's stored out-of-fold ones (a line says whether they
     agree within :data:`REPRODUCTION_TOLERANCE`).
 
@@ -150,8 +151,8 @@ def fold_gradcam(model_name: str, dataset, clinical: pd.DataFrame, folds: pd.Dat
 
     fold = int(picked["fold"].iloc[0])
     print(f"explaining {model_name}: retraining fold {fold} ({profile.epochs} epochs, seed {seed} + {fold})")
-    model, data = training.train_fold(model_name, dataset, clinical, folds, profile, fold, seed=seed,
-                                      selection_protocol=selection_protocol, imagenet=imagenet)  # fmt: skip
+    model, data = training.train_fold_isolated(model_name, dataset, clinical, folds, profile, fold, seed=seed,
+                                               selection_protocol=selection_protocol, imagenet=imagenet)  # fmt: skip
     retrained = pd.DataFrame({"patient_id": data.patient_id[data.test], "slice": data.slice[data.test],
                               "y_prob_retrained": training.predict_probability(model, data.subset(data.test))})  # fmt: skip
     first_seed = stored["train_seed"] == seed if "train_seed" in stored else np.ones(len(stored), dtype=bool)

@@ -905,3 +905,39 @@ def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int) ->
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return done
+
+
+def _start_fold_worker(threads: int) -> None:
+    """Initialiser of :func:`train_fold_isolated`'s process: the threads and graphs of a pool worker."""
+    pin_threads(threads)
+    use_fast_cpu_graphs()
+
+
+def _train_fold_to_file(arguments: tuple, keywords: dict, path: str) -> FoldData:
+    model, data = train_fold(*arguments, **keywords, fast_cpu_graphs=False)
+    model.save(path)
+    return data
+
+
+def train_fold_isolated(model_name: str, dataset, clinical: pd.DataFrame, folds: pd.DataFrame, profile: Profile,
+                        fold: int | None, seed: int = 2020, selection_protocol: str = "paper", imagenet: str = "auto",
+                        network_overrides: dict | None = None) -> tuple[keras.Model, FoldData]:
+    """:func:`train_fold` where :func:`run_fold_jobs` would train it: the same network as the stored fold.
+
+    With ``profile.training_threads > 0`` the fold is trained in a fresh worker process
+    pinned to those threads (as every fold of the cross-validation was), saved there and
+    loaded here, so that predicting the fold's test slices gives its stored out-of-fold
+    predictions again; with 0, in this process (as the cross-validation did).
+    """
+    arguments = (model_name, dataset, clinical, folds, profile, fold, seed, selection_protocol, imagenet, network_overrides)
+    if profile.training_threads == 0:
+        return train_fold(*arguments)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hccer_fold_") as folder:
+        path = str(Path(folder) / "fold.keras")
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_fold_worker,
+                                 initargs=(profile.training_threads,)) as pool:
+            data = pool.submit(_train_fold_to_file, arguments, {}, path).result()
+        model = keras.models.load_model(path, compile=False)
+    return model, data

@@ -8,6 +8,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from test_training import TINY_PROFILE, tiny_clinical, tiny_dataset, tiny_folds
@@ -64,6 +65,13 @@ def test_one_or_two_workers_give_byte_identical_predictions(tmp_path, capsys):
     again = _train(_study(tmp_path / "two"), workers=2)
     pd.testing.assert_frame_equal(again, two, check_exact=True)
     assert "worker processes" not in capsys.readouterr().out
+    # one fold trained again where the pool trained it (notebook 08's Grad-CAM) predicts as stored
+    study = _study(tmp_path / "again")
+    model, data = training.train_fold_isolated("deep_resnet50", study["dataset"], study["clinical"], study["folds"],
+                                               POOL_PROFILE, 1, seed=1003, imagenet="none")
+    stored = two[(two["train_seed"] == 1003) & (two["fold"] == 1)]["y_prob"].to_numpy()
+    retrained = training.predict_probability(model, data.subset(data.test))
+    assert len(retrained) == len(stored) == 12 and np.abs(retrained - stored).max() < 1e-5
 
 
 @pytest.mark.slow
