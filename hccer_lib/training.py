@@ -679,7 +679,8 @@ def train_cross_validated(
         raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
     output_name = output_name or model_name
     check_imagenet(profile, imagenet)
-    if fast_cpu_graphs and training_workers(profile, workers) == 0:
+    n_workers = training_workers(profile, workers)
+    if fast_cpu_graphs and n_workers == 0:
         use_fast_cpu_graphs()
     seeds = train_seeds(profile, seed)
     run_dir, settings = run_folder(model_name, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
@@ -698,7 +699,7 @@ def train_cross_validated(
             print(f"  seed {train_seed} fold {fold}: done before, read fold_{fold}.csv (AUC {_patient_level_auc(frame):.3f})",
                   flush=True)
     pending = [pair for pair, frame in saved.items() if frame is None]
-    saved.update(run_fold_jobs(job, pending, training_workers(profile, workers)))
+    saved.update(run_fold_jobs(job, pending, n_workers))
     frames = []
     for train_seed in seeds:
         frames.extend(saved[train_seed, fold] for fold in fold_numbers)
@@ -850,8 +851,7 @@ _WORKER: dict = {}
 
 def _start_worker(threads: int, job: FoldJob) -> None:
     """Initialiser of a :class:`TrainingPool` process: pinned threads, fast CPU graphs, one reused network."""
-    pin_threads(threads)
-    use_fast_cpu_graphs()
+    _start_fold_worker(threads)
     _WORKER.update(job=job, fold_model=FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay,
                                                  xla=job.profile.xla))
 
@@ -913,8 +913,8 @@ def _start_fold_worker(threads: int) -> None:
     use_fast_cpu_graphs()
 
 
-def _train_fold_to_file(arguments: tuple, keywords: dict, path: str) -> FoldData:
-    model, data = train_fold(*arguments, **keywords, fast_cpu_graphs=False)
+def _train_fold_to_file(arguments: tuple, path: str) -> FoldData:
+    model, data = train_fold(*arguments, fast_cpu_graphs=False)
     model.save(path)
     return data
 
@@ -938,6 +938,6 @@ def train_fold_isolated(model_name: str, dataset, clinical: pd.DataFrame, folds:
         path = str(Path(folder) / "fold.keras")
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_fold_worker,
                                  initargs=(profile.training_threads,)) as pool:
-            data = pool.submit(_train_fold_to_file, arguments, {}, path).result()
+            data = pool.submit(_train_fold_to_file, arguments, path).result()
         model = keras.models.load_model(path, compile=False)
     return model, data
