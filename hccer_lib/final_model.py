@@ -238,13 +238,14 @@ def refit_final_model(
     if networks_wanted:
         final.manifest["cohort"]["n_slices"] = len(dataset)
         folds = evaluation.load_or_make_folds(work_dir, clinical, profile.n_folds, seed)
-        for name in networks_wanted:
-            logger.info("final model: training %s on %d slices of %d patients", name, len(dataset), len(clinical))
-            # one fit per network: XLA's compilation would cost more than it saves (networks.compile_model)
-            single_fit = training.FoldModel(name, profile.learning_rate, profile.weight_decay, xla=False)
-            model, data = training.train_fold(name, dataset, clinical, folds, profile, None, seed=seed,
-                                              selection_protocol=selection_protocol, imagenet=imagenet, verbose=verbose,
-                                              fold_model=single_fit)  # fmt: skip
+        logger.info("final model: training %s on %d slices of %d patients", ", ".join(networks_wanted), len(dataset),
+                    len(clinical))
+        # one fit per network: XLA's compilation would cost more than it saves (networks.compile_model);
+        # side by side in worker processes pinned as the cross-validation's (training.training_workers)
+        requests = [(name, dataset, clinical, folds, profile, None, seed, selection_protocol, imagenet, None)
+                    for name in networks_wanted]
+        trained = training.train_folds_isolated(requests, profile, xla=False, verbose=verbose)
+        for name, (model, data) in zip(networks_wanted, trained, strict=True):
             fitted = data.train & ~data.validation
             if name != "deep_resnet50" and list(data.clinical_names) != final.bit_names:
                 raise ValueError(f"{name} was trained on clinical bits {data.clinical_names}, the final model encodes {final.bit_names}")

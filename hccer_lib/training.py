@@ -913,10 +913,65 @@ def _start_fold_worker(threads: int) -> None:
     use_fast_cpu_graphs()
 
 
-def _train_fold_to_file(arguments: tuple, path: str) -> FoldData:
-    model, data = train_fold(*arguments, fast_cpu_graphs=False)
+def _train_fold_to_file(arguments: tuple, path: str, xla: bool | None = None, verbose: int | str = 0) -> FoldData:
+    fold_model = None
+    if xla is not None:
+        profile = arguments[4]
+        fold_model = FoldModel(arguments[0], profile.learning_rate, profile.weight_decay, xla=xla)
+    model, data = train_fold(*arguments, verbose=verbose, fast_cpu_graphs=False, fold_model=fold_model)
     model.save(path)
     return data
+
+
+def train_folds_isolated(requests: list[tuple], profile: Profile, xla: bool | None = None,
+                         workers: int | str | None = None, verbose: int | str = 0) -> list[tuple[keras.Model, FoldData]]:
+    """:func:`train_fold` for each of ``requests``, where :func:`run_fold_jobs` would train them.
+
+    Each request holds :func:`train_fold`'s arguments ``(model_name, dataset, clinical, folds,
+    profile, fold, seed, selection_protocol, imagenet, network_overrides)``. With
+    ``profile.training_threads > 0`` every network is trained in a fresh worker process pinned
+    to those threads (as every fold of the cross-validation was), up to
+    :func:`training_workers` side by side, saved there and loaded here; with 0, one after the
+    other in this process. ``xla``: compile the training step with XLA or not (``None``: the
+    profile's ``xla``); a network trained once compiles once, which can cost more than it saves.
+    ``verbose``: :func:`train_fold`'s. A line is printed as each network is ready.
+    Returns the networks and their data in the order of ``requests``.
+    """
+    start = time.perf_counter()
+
+    def done_line(request: tuple, data: FoldData, i: int) -> str:
+        where = "every patient" if request[5] is None else f"fold {request[5]}"
+        return (f"  {request[0]}, seed {request[6]}, {where}: {int((data.train & ~data.validation).sum())} training slices "
+                f"[{i}/{len(requests)}, {time.perf_counter() - start:.0f} s]")
+
+    def fold_model_for(name: str) -> FoldModel | None:
+        return None if xla is None else FoldModel(name, profile.learning_rate, profile.weight_decay, xla=xla)
+
+    if profile.training_threads == 0:
+        trained = []
+        for i, request in enumerate(requests, 1):
+            trained.append(train_fold(*request, verbose=verbose, fold_model=fold_model_for(request[0])))
+            print(done_line(request, trained[-1][1], i), flush=True)
+        return trained
+    import tempfile
+
+    count = max(1, min(training_workers(profile, workers), len(requests)))
+    with tempfile.TemporaryDirectory(prefix="hccer_fold_") as folder:
+        paths = [str(Path(folder) / f"network_{i}.keras") for i in range(len(requests))]
+        with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=_start_fold_worker,
+                                 initargs=(profile.training_threads,)) as pool:
+            futures = [pool.submit(_train_fold_to_file, request, path, xla, verbose)
+                       for request, path in zip(requests, paths, strict=True)]
+            trained = []
+            for i, (request, path, future) in enumerate(zip(requests, paths, futures, strict=True), 1):
+                try:
+                    data = future.result()
+                except Exception as error:
+                    raise RuntimeError(f"{request[0]}: training on {'every patient' if request[5] is None else f'fold {request[5]}'} "
+                                       f"(seed {request[6]}) failed in a worker process: {type(error).__name__}: {error}") from error
+                trained.append((keras.models.load_model(path, compile=False), data))
+                print(done_line(request, data, i), flush=True)
+    return trained
 
 
 def train_fold_isolated(model_name: str, dataset, clinical: pd.DataFrame, folds: pd.DataFrame, profile: Profile,
@@ -930,14 +985,4 @@ def train_fold_isolated(model_name: str, dataset, clinical: pd.DataFrame, folds:
     predictions again; with 0, in this process (as the cross-validation did).
     """
     arguments = (model_name, dataset, clinical, folds, profile, fold, seed, selection_protocol, imagenet, network_overrides)
-    if profile.training_threads == 0:
-        return train_fold(*arguments)
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="hccer_fold_") as folder:
-        path = str(Path(folder) / "fold.keras")
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_fold_worker,
-                                 initargs=(profile.training_threads,)) as pool:
-            data = pool.submit(_train_fold_to_file, arguments, path).result()
-        model = keras.models.load_model(path, compile=False)
-    return model, data
+    return train_folds_isolated([arguments], profile)[0]

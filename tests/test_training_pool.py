@@ -75,6 +75,24 @@ def test_one_or_two_workers_give_byte_identical_predictions(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_networks_trained_side_by_side_are_those_trained_one_by_one_in_order(tmp_path, capsys):
+    """The final model's fits (training.train_folds_isolated): 2 workers or 1, same weights, request order."""
+    study = _study(tmp_path)
+    requests = [(name, study["dataset"], study["clinical"], study["folds"], POOL_PROFILE, None, 3, "paper", "none", None)
+                for name in ("fusion_a", "deep_resnet50")]
+    two = training.train_folds_isolated(requests, POOL_PROFILE, xla=False, workers=2)
+    one = training.train_folds_isolated(requests, POOL_PROFILE, xla=False, workers=1)
+    assert [m.name for m, _ in two] == [m.name for m, _ in one] and two[0][1].inputs.keys() != two[1][1].inputs.keys()
+    assert "clinical" in two[0][1].inputs and "clinical" not in two[1][1].inputs, "results follow the requests' order"
+    for (model_two, _), (model_one, _) in zip(two, one, strict=True):
+        for w_two, w_one in zip(model_two.get_weights(), model_one.get_weights(), strict=True):
+            np.testing.assert_array_equal(w_two, w_one)
+    out = capsys.readouterr().out
+    n_slices = len(study["dataset"].patient_id)  # every patient's slices: no validation share in this profile
+    assert f"fusion_a, seed 3, every patient: {n_slices} training slices [1/2," in out and "[2/2," in out
+
+
+@pytest.mark.slow
 def test_a_failing_training_names_model_seed_and_fold(tmp_path):
     with pytest.raises(RuntimeError, match=r"fusion_c: training seed \d+ fold \d+ failed in a worker process"):
         _train(_study(tmp_path), workers=1, model_name="fusion_c", network_overrides={"clinical_kernel": 99})
