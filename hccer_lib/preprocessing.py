@@ -580,21 +580,23 @@ def record_study_settings(work_dir: str | os.PathLike, settings: PreprocessSetti
     return outputs.write_json(Path(work_dir) / "processed" / STUDY_SETTINGS_FILE, chosen)
 
 
-def study_settings(work_dir: str | os.PathLike, image_size: int) -> PreprocessSettings:
-    """The study's preprocessing at ``image_size``: as recorded by notebook 02, else the defaults."""
+def study_settings(work_dir: str | os.PathLike, image_size: int, margin: float = 0.0) -> PreprocessSettings:
+    """The study's preprocessing at ``image_size``: as recorded by notebook 02, else the defaults
+    with ``margin`` (the profile's ``roi_margin``)."""
     path = Path(work_dir) / "processed" / STUDY_SETTINGS_FILE
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     unknown = sorted(set(recorded) - set(_STUDY_FIELDS))
     if unknown:
         raise ValueError(f"{path}: unknown preprocessing settings {unknown}")
-    return PreprocessSettings(image_size=int(image_size), **recorded)
+    return PreprocessSettings(image_size=int(image_size), **{"margin": float(margin), **recorded})
 
 
 def study_dataset(
-    cohort_dir: str | os.PathLike, work_dir: str | os.PathLike, image_size: int, n_jobs: int | None = None, progress: bool = True
+    cohort_dir: str | os.PathLike, work_dir: str | os.PathLike, image_size: int, n_jobs: int | None = None, progress: bool = True,
+    margin: float = 0.0,
 ) -> ProcessedDataset:
     """The processed dataset of the study (:func:`study_settings`), read from the cache or built."""
-    chosen = study_settings(work_dir, image_size)
+    chosen = study_settings(work_dir, image_size, margin)
     return build_dataset(
         cohort_dir,
         work_dir,

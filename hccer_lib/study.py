@@ -94,7 +94,7 @@ def network_study(
     work_dir = outputs.work_dir_for(cohort_dir, data_root)
     clinical = load_clinical(cohort_dir)
     folds = evaluation.load_or_make_folds(work_dir, clinical, settings.n_folds, seed)
-    dataset = study_dataset(cohort_dir, work_dir, settings.image_size, n_jobs=n_jobs)  # notebook 02's settings
+    dataset = study_dataset(cohort_dir, work_dir, settings.image_size, n_jobs=n_jobs, margin=settings.roi_margin)  # notebook 02's settings
     return NetworkStudy(settings=settings, cohort_dir=cohort_dir, data_root=data_root, figures_dir=figures_dir,
                         work_dir=work_dir, cohort_label="synthetic" if synthetic else str(cohort_dir),
                         clinical=clinical, folds=folds, dataset=dataset)

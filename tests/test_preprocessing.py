@@ -237,6 +237,11 @@ def test_study_dataset_uses_the_settings_recorded_by_notebook_02(tmp_path, monke
     work_dir = tmp_path / "work"
     default = pp.study_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
     assert default.settings == vars(pp.PreprocessSettings(image_size=8)), default.settings
+    # nothing recorded: the margin passed (the profile's roi_margin) is the study's; what a margin
+    # does to the crop: test_centre_registration_brings_a_shifted_square_to_the_centre
+    widened = pp.study_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False, margin=0.5)
+    assert widened.settings == vars(pp.PreprocessSettings(image_size=8, margin=0.5)), widened.settings
+    assert widened.key != default.key
     # 75 HU in a window 0..150 HU maps to 0.5; in a window 75..425 HU (level 250) it maps to 0
     chosen = pp.build_dataset(cohort_dir, work_dir, 16, window=(250.0, 350.0), n_jobs=1, progress=False)
     pp.record_study_settings(work_dir, chosen.settings)
