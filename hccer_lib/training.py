@@ -639,6 +639,7 @@ def train_cross_validated(
     predict_batch_size: int = 64,
     fast_cpu_graphs: bool = True,
     workers: int | str | None = None,
+    executor: str | None = None,
 ) -> pd.DataFrame:
     """Train ``model_name`` on every fold, once per training seed; return and save its out-of-fold predictions.
 
@@ -668,6 +669,9 @@ def train_cross_validated(
         workers: worker processes for the trainings (:func:`training_workers`; ``None``:
             ``$HCCER_TRAINING_WORKERS`` or one per ``profile.training_threads`` cores). The
             predictions do not depend on it.
+        executor: ``"local"`` (this process or local worker processes) or ``"ray"`` (Ray
+            tasks, :mod:`hccer_lib.ray_jobs`); ``None``: ``$HCCER_EXECUTOR``, else local.
+            The predictions do not depend on it.
 
     Returns:
         ``patient_id, slice, fold, y_true, y_prob, train_seed``, one row per slice of the
@@ -679,8 +683,11 @@ def train_cross_validated(
         raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
     output_name = output_name or model_name
     check_imagenet(profile, imagenet)
+    from hccer_lib import ray_jobs  # Ray itself is imported only when chosen
+
+    on_ray = ray_jobs.executor(executor) == "ray"
     n_workers = training_workers(profile, workers)
-    if fast_cpu_graphs and n_workers == 0:
+    if fast_cpu_graphs and n_workers == 0 and not on_ray:
         use_fast_cpu_graphs()
     seeds = train_seeds(profile, seed)
     run_dir, settings = run_folder(model_name, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
@@ -699,7 +706,7 @@ def train_cross_validated(
             print(f"  seed {train_seed} fold {fold}: done before, read fold_{fold}.csv (AUC {_patient_level_auc(frame):.3f})",
                   flush=True)
     pending = [pair for pair, frame in saved.items() if frame is None]
-    saved.update(run_fold_jobs(job, pending, n_workers))
+    saved.update(ray_jobs.run_fold_jobs(job, pending) if on_ray else run_fold_jobs(job, pending, n_workers))
     frames = []
     for train_seed in seeds:
         frames.extend(saved[train_seed, fold] for fold in fold_numbers)
