@@ -2,7 +2,8 @@
 
 Every model of the study is evaluated on the same folds (10-fold cross-validation split by
 patient, stratified by label, computed once per cohort, seed and number of folds) and
-writes its out-of-fold predictions to ``<work_dir>/predictions/<model>.csv``::
+writes its out-of-fold predictions to ``<results_dir>/predictions/<model>.csv`` (the run's
+results folder, ``StudyRun.results_dir``: ``data/<cohort>/results/<profile>``)::
 
     patient_id, slice, fold, y_true, y_prob[, train_seed]   (slice empty for patient-level models)
 
@@ -43,7 +44,7 @@ PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
 #: The optional column of a network trained with several seeds: the seed of the row's network.
 SEED_COLUMN = "train_seed"
 FOLD_COLUMNS = ["patient_id", "y_true", "fold"]
-#: Columns of ``figures/model_comparisons.csv``: the DeLong test, then the paired bootstrap
+#: Columns of the comparison files (``model_comparisons*.csv`` in the run's figures folder): the DeLong test, then the paired bootstrap
 #: 95% interval of ``auc_a - auc_b`` (patients resampled with ``n_bootstrap`` and ``bootstrap_seed``).
 #: The DeLong test and the bootstrap compare the seed ensembles and are conditional on the fitted
 #: models; the ``seed_*`` columns give the difference of the pooled patient AUCs over training
@@ -265,7 +266,7 @@ def seed_aucs(frame: pd.DataFrame) -> dict[int | None, float]:
 
 
 def predictions_path(work_dir: str | os.PathLike, model: str) -> Path:
-    """``<work_dir>/predictions/<model>.csv``."""
+    """``<work_dir>/predictions/<model>.csv``; a run passes its results folder (``StudyRun.results_dir``) as ``work_dir``."""
     _check_model_name(model)
     return Path(work_dir) / "predictions" / f"{model}.csv"
 

@@ -801,7 +801,7 @@ class _Context(dict):
 
 
 def write_checklist(figures_dir: str | os.PathLike, frame: pd.DataFrame, synthetic: bool) -> tuple[Path, Path]:
-    """Write ``figures/reporting_checklist.{csv,md}`` (atomic); the Markdown counts the statuses."""
+    """Write ``<figures_dir>/reporting_checklist.{csv,md}`` (atomic); the Markdown counts the statuses."""
     counts = frame.groupby(["framework", "status"]).size().unstack(fill_value=0)
     summary = "; ".join(f"{framework}: " + ", ".join(f"{int(row.get(s, 0))} {s}" for s in STATUSES)
                         for framework, row in counts.iterrows())

@@ -392,7 +392,7 @@ def combined_report_notebook(
     """One notebook holding a header with the table of contents, then every executed notebook.
 
     Args:
-        executed_dir: folder of the executed notebooks (``executed/<profile>``).
+        executed_dir: folder of the executed notebooks (``executed/<cohort name>/<profile>``).
         runs: what happened to each notebook in this run, in order; ``None``: every
             ``*.ipynb`` of ``executed_dir``, its status read from papermill's metadata.
             Notebooks marked ``"not run"`` are listed, without content: an executed copy

@@ -134,3 +134,18 @@ def test_runs_of_notebook_01_with_other_seeds_or_profiles_leave_each_others_file
     smoke = pd.read_csv(root / "data/synthetic_seed2020/results/smoke/predictions/clinical_rf.csv")
     assert quick["fold"].nunique() == 10 and smoke["fold"].nunique() == 2
     assert not any(".tmp" in name for name in third), "a temporary file was left behind"
+
+
+def test_the_development_cohort_of_a_runs_final_model_is_found_in_its_work_folder(tmp_path):
+    from hccer_lib.external_validation import find_development_cohort
+
+    work = tmp_path / "data" / "synthetic_seed2020"
+    write_clinical_only_cohort(work)
+    run_models = work / "results" / "smoke" / "final_model"  # StudyRun.final_model_dir
+    run_models.mkdir(parents=True)
+    assert find_development_cohort(run_models) == work.resolve()
+    beside = tmp_path / "elsewhere" / "final_model"  # a folder copied beside its cohort's clinical table
+    beside.mkdir(parents=True)
+    assert find_development_cohort(beside) is None
+    (tmp_path / "elsewhere" / "clinical.csv").write_bytes((work / "clinical.csv").read_bytes())
+    assert find_development_cohort(beside) == (tmp_path / "elsewhere").resolve()
