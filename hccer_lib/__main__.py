@@ -199,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every notebook in order with papermill (run_all.sh)")
     p.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
-    p.add_argument("--cohort", default=None, help="cohort folder (default: the synthetic cohort)")
-    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--cohort", default=None,
+                   help="cohort folder (default: the synthetic cohort of --seed, data/synthetic_seed<N>)")
+    p.add_argument("--seed", type=int, default=2020,
+                   help="the run's seed: folds, models and the synthetic cohort's generator (default 2020)")
     p.add_argument("--random-init", action="store_true",
                    help="train the networks from random weights even where the profile fine-tunes ImageNet weights (paper)")
     p.add_argument("--external-cohort", default=None,
