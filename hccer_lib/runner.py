@@ -130,9 +130,10 @@ def run_notebooks(
     a bad one raises ``CohortError`` before any notebook runs. Relative paths in the
     parameters are relative to ``cwd``, the project folder of the run (``outputs.project_root()``
     by default): the notebooks run there, with ``$HCCER_ROOT`` set to it. The executed copies go to
-    ``executed_dir`` (default ``<cwd>/executed/<cohort name>/<profile>``); ``run.json`` to the run's
+    ``executed_dir`` (default ``<cwd>/executed/<cohort name>/<run name>``, ``StudyRun.run_name``: the
+    profile, with ``_seed<N>`` for a cohort of your own run with another seed); ``run.json`` to the run's
     figures folder (``StudyRun.run_record``), rewritten as each notebook finishes. With ``write_report`` the executed notebooks of
-    this run are combined into ``<report_dir>/study_report_<profile>.html``
+    this run are combined into ``<report_dir>/study_report_<run name>.html``
     (``report_dir`` defaults to ``<cwd>/reports/<cohort name>``), also after a failure; a report that
     cannot be written is named in one line and does not change the return code.
 
@@ -163,7 +164,7 @@ def run_notebooks(
     cwd = Path(cwd).resolve() if cwd is not None else outputs.project_root()
     run = StudyRun.from_parameters(**params)
     with _kernel_environment(**{outputs.ROOT_VARIABLE: str(cwd)}):  # the run's paths as its notebooks read them
-        cohort_name, run_record = run.cohort_name, Path(cwd) / run.run_record
+        cohort_name, run_name, run_record = run.cohort_name, run.run_name, Path(cwd) / run.run_record
     training.check_imagenet(get_profile(profile), imagenet)
     training.training_workers(get_profile(profile), workers)  # a bad value stops the run before any notebook
     kernel_environment = {"MPLBACKEND": KERNEL_MPLBACKEND, outputs.ROOT_VARIABLE: str(cwd)}
@@ -177,7 +178,7 @@ def run_notebooks(
         clinical_only = validation.clinical_only
     optional = {"imagenet": imagenet, EXTERNAL_PARAMETER: external_cohort}
     notebooks = list_notebooks() if notebooks is None else list(notebooks)
-    executed_dir = Path(executed_dir) if executed_dir else Path(cwd) / EXECUTED_ROOT / cohort_name / profile
+    executed_dir = Path(executed_dir) if executed_dir else Path(cwd) / EXECUTED_ROOT / cohort_name / run_name
     executed_dir.mkdir(parents=True, exist_ok=True)
     total = len(notebooks)
     print(f"hccer: {total} notebooks, profile={profile}, cohort={params['cohort_dir']}, seed={seed}", flush=True)
@@ -229,7 +230,7 @@ def run_notebooks(
     runs += [NotebookRun(nb.name, "not run") for nb in notebooks[len(runs):]]
     if write_report:
         target = Path(report_dir) if report_dir else Path(cwd) / "reports" / cohort_name
-        target = target / f"study_report_{profile}.html"
+        target = target / f"study_report_{run_name}.html"
         try:
             write_html_report(target, executed_dir, runs, parameters=params)
             print(f"hccer: study report -> {target}", flush=True)

@@ -20,6 +20,10 @@ The layout keeps runs apart: a run never changes another run's files (docs/DESIG
   and ``final_model/`` (:attr:`StudyRun.results_dir`).
 - ``figures/<cohort name>/<profile>/``: the run's tables and figures, and ``run.json``.
 - ``executed/<cohort name>/<profile>/``: the executed notebooks.
+
+``<profile>`` is :attr:`StudyRun.run_name`: the profile's name, or ``<profile>_seed<N>`` for a run
+whose seed N is neither the default (2020) nor named by the cohort folder (a cohort of your own run
+with ``--seed N``), so that runs of other seeds keep their own files there too.
 """
 
 from __future__ import annotations
@@ -131,13 +135,24 @@ class StudyRun:
         return outputs.work_dir_for(self.cohort_parameter, self.data_root)
 
     @property
+    def run_name(self) -> str:
+        """The run's folder name under its cohort: the profile, with ``_seed<N>`` when the seed is not in the cohort's name.
+
+        ``smoke`` for seed 2020 (the default) or for the synthetic cohort of the seed
+        (``synthetic_seed7``); ``smoke_seed7`` for a cohort of your own run with seed 7.
+        """
+        if self.seed == DEFAULT_SEED or self.cohort_name == f"{SYNTHETIC_PREFIX}{self.seed}":
+            return self.profile
+        return f"{self.profile}_seed{self.seed}"
+
+    @property
     def results_dir(self) -> Path:
-        """``<work_dir>/results/<profile>``: what this profile derives from the cohort (``predictions/``, ``final_model/``).
+        """``<work_dir>/results/<run_name>``: what this profile derives from the cohort (``predictions/``, ``final_model/``).
 
         Pass it where the library asks for the folder of the predictions (``evaluation.read_predictions``,
         ``training.train_cross_validated(predictions_dir=...)``, ``report.results_vs_paper``).
         """
-        return self.work_dir / RESULTS_FOLDER / self.profile
+        return self.work_dir / RESULTS_FOLDER / self.run_name
 
     @property
     def predictions_dir(self) -> Path:
@@ -151,13 +166,13 @@ class StudyRun:
 
     @property
     def figures(self) -> Path:
-        """``<figures_dir>/<cohort name>/<profile>``: the run's tables and figures."""
-        return outputs.project_path(self.figures_dir) / self.cohort_name / self.profile
+        """``<figures_dir>/<cohort name>/<run_name>``: the run's tables and figures."""
+        return outputs.project_path(self.figures_dir) / self.cohort_name / self.run_name
 
     @property
     def executed_dir(self) -> Path:
-        """``executed/<cohort name>/<profile>`` under the project root: the executed notebooks."""
-        return outputs.project_path(EXECUTED_ROOT) / self.cohort_name / self.profile
+        """``executed/<cohort name>/<run_name>`` under the project root: the executed notebooks."""
+        return outputs.project_path(EXECUTED_ROOT) / self.cohort_name / self.run_name
 
     @property
     def run_record(self) -> Path:

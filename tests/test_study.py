@@ -40,8 +40,9 @@ def test_network_study_reads_the_cohort_folds_and_images_from_the_project_root(t
 
     assert setup.settings.name == "smoke" and setup.settings.n_folds == 2
     assert setup.cohort_dir == (tmp_path / "hospital").resolve(), setup.cohort_dir
-    assert setup.figures_dir == (tmp_path / "figures" / "hospital" / "smoke").resolve(), setup.figures_dir
-    assert setup.results_dir == (tmp_path / "data" / "hospital" / "results" / "smoke").resolve(), setup.results_dir
+    # seed 7 on a cohort of your own: the run's folders name the seed (StudyRun.run_name)
+    assert setup.figures_dir == (tmp_path / "figures" / "hospital" / "smoke_seed7").resolve(), setup.figures_dir
+    assert setup.results_dir == (tmp_path / "data" / "hospital" / "results" / "smoke_seed7").resolve(), setup.results_dir
     assert setup.run.seed == 7 and setup.run.figures == setup.figures_dir
     assert setup.work_dir == (tmp_path / "data" / "hospital").resolve(), "a cohort outside data/ is never written to"
     assert setup.cohort_label == str(setup.cohort_dir)

@@ -57,10 +57,16 @@ def test_paths_of_two_seeds_and_two_profiles_differ_and_lie_under_the_project_ro
 def test_a_cohort_of_your_own_keeps_its_folder_and_gets_a_work_folder_under_data(tmp_path, monkeypatch):
     monkeypatch.setenv(outputs.ROOT_VARIABLE, str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    run = StudyRun.from_parameters("smoke", str(tmp_path / "hospital_a"), False, 7)
+    run = StudyRun.from_parameters("smoke", str(tmp_path / "hospital_a"), False, 2020)
     assert run.cohort == tmp_path / "hospital_a" and run.cohort_name == "hospital_a" and run.cohort_label == "hospital_a"
     assert run.work_dir == (tmp_path / "data" / "hospital_a").resolve()
-    assert Path(run.figures) == Path("figures") / "hospital_a" / "smoke"
+    assert Path(run.figures) == Path("figures") / "hospital_a" / "smoke" and run.run_name == "smoke"
+    # another seed on the same cohort: its own run folders (the seed is not in the cohort's name)
+    other = StudyRun.from_parameters("smoke", str(tmp_path / "hospital_a"), False, 7)
+    assert other.run_name == "smoke_seed7" and other.work_dir == run.work_dir
+    assert Path(other.figures) == Path("figures") / "hospital_a" / "smoke_seed7"
+    assert other.results_dir == run.work_dir / "results" / "smoke_seed7" and other.folds_path.name == "folds_2_seed7.csv"
+    assert StudyRun.from_parameters("smoke", None, True, 7).run_name == "smoke", "the synthetic cohort names its seed"
     with pytest.raises(ValueError, match="unknown profile 'fast'"):
         StudyRun.from_parameters("fast", None)
 
