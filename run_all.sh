@@ -10,8 +10,9 @@
 # --workers N: worker processes training the networks side by side (default: one per core in the
 # quick profile); the results do not depend on it.
 #
-# Default: the `quick` profile on the synthetic cohort (generated in data/synthetic).
-# Executed notebooks go to executed/<profile>/, tables and figures to figures/.
+# Default: the `quick` profile on the synthetic cohort of seed 2020 (generated in data/synthetic_seed2020;
+# --seed N: data/synthetic_seed<N>). Tables, figures and run.json go to figures/<cohort>/<profile>/,
+# executed notebooks to executed/<cohort>/<profile>/, predictions to data/<cohort>/results/<profile>/.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/setup_env.sh

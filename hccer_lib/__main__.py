@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="ER probability of a new patient (or of every patient of a cohort) from a saved final model",
-        description="Predict early recurrence with a model folder written by notebook 07 (<work_dir>/final_model). "
+        description="Predict early recurrence with a model folder written by notebook 07 (<work_dir>/results/<profile>/final_model). "
         "A patient folder holds clinical.csv (one row; early_recurrence may be empty), NC/ART/PV.nii.gz and "
         "<phase>_roi.nii.gz label images and/or roi_boxes.csv. Prints the probability of every model and "
         "writes prediction.csv, slices.csv and gradcam.png (or, with --cohort, predictions.csv and slices.csv: "
@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         "external_reliability.csv, external_decision_curve.csv, external_case_mix (Table 1 of both cohorts), "
         "external_predictions.csv and fig9_external_validation.png. Patients that cannot be predicted are left out and counted.",
     )
-    p.add_argument("--model", required=True, help="model folder (manifest.json, ...), e.g. data/synthetic/final_model")
+    p.add_argument("--model", required=True, help="model folder (manifest.json, ...), e.g. data/synthetic_seed2020/results/quick/final_model")
     p.add_argument("--cohort", required=True, help="the labelled cohort folder to validate on")
     p.add_argument("--out", default=None, help="output folder (default: external_validation_<cohort name>)")
     p.add_argument("--development-cohort", default=None,
@@ -199,8 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run every notebook in order with papermill (run_all.sh)")
     p.add_argument("--profile", default="quick", choices=["smoke", "quick", "paper"])
-    p.add_argument("--cohort", default=None, help="cohort folder (default: the synthetic cohort)")
-    p.add_argument("--seed", type=int, default=2020)
+    p.add_argument("--cohort", default=None,
+                   help="cohort folder (default: the synthetic cohort of --seed, data/synthetic_seed<N>)")
+    p.add_argument("--seed", type=int, default=2020,
+                   help="the run's seed: folds, models and the synthetic cohort's generator (default 2020)")
     p.add_argument("--random-init", action="store_true",
                    help="train the networks from random weights even where the profile fine-tunes ImageNet weights (paper)")
     p.add_argument("--external-cohort", default=None,

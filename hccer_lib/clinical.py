@@ -339,7 +339,7 @@ def compare_with_paper(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_table1(figures_dir, table: pd.DataFrame, synthetic: bool) -> tuple:
-    """Write ``figures/table1_clinical.csv`` (the columns of :func:`table1`) and ``.md``.
+    """Write ``<figures_dir>/table1_clinical.csv`` (the columns of :func:`table1`) and ``.md``.
 
     The Markdown shows the variable's name, the p-value printed as the paper prints it and
     the paper's printed p-value beside it; on a synthetic cohort it starts with the

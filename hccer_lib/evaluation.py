@@ -2,7 +2,8 @@
 
 Every model of the study is evaluated on the same folds (10-fold cross-validation split by
 patient, stratified by label, computed once per cohort, seed and number of folds) and
-writes its out-of-fold predictions to ``<work_dir>/predictions/<model>.csv``::
+writes its out-of-fold predictions to ``<results_dir>/predictions/<model>.csv`` (the run's
+results folder, ``StudyRun.results_dir``: ``data/<cohort>/results/<profile>``)::
 
     patient_id, slice, fold, y_true, y_prob[, train_seed]   (slice empty for patient-level models)
 
@@ -43,7 +44,7 @@ PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
 #: The optional column of a network trained with several seeds: the seed of the row's network.
 SEED_COLUMN = "train_seed"
 FOLD_COLUMNS = ["patient_id", "y_true", "fold"]
-#: Columns of ``figures/model_comparisons.csv``: the DeLong test, then the paired bootstrap
+#: Columns of the comparison files (``model_comparisons*.csv`` in the run's figures folder): the DeLong test, then the paired bootstrap
 #: 95% interval of ``auc_a - auc_b`` (patients resampled with ``n_bootstrap`` and ``bootstrap_seed``).
 #: The DeLong test and the bootstrap compare the seed ensembles and are conditional on the fitted
 #: models; the ``seed_*`` columns give the difference of the pooled patient AUCs over training
@@ -53,7 +54,16 @@ SEED_COMPARISON_COLUMNS = ("seed_difference_mean", "seed_difference_sd", "n_seed
 COMPARISON_COLUMNS = ["model_a", "model_b", "auc_a", "auc_b", "p_value",
                       "auc_difference", "difference_ci_low", "difference_ci_high", "n_patients",
                       "n_bootstrap", "bootstrap_seed", *SEED_COMPARISON_COLUMNS]
+#: Every comparison of a run, assembled by notebook 08 (:func:`assemble_comparisons`) from the
+#: notebooks' own files and its own rows; each file has one writer.
 COMPARISONS_FILE = "model_comparisons.csv"
+#: The comparisons each earlier notebook records (:func:`record_comparison`), one file per notebook.
+NOTEBOOK_COMPARISON_FILES = {
+    "01_select_clinical": "model_comparisons_clinical.csv",
+    "04_deep_model": "model_comparisons_deep.csv",
+    "05_fusion_models": "model_comparisons_fusion.csv",
+    "06_joint_loss": "model_comparisons_joint_loss.csv",
+}
 
 #: The columns of :func:`summarise_model` that the results tables show, in order.
 RESULT_SUMMARY_COLUMNS = ("level", "n_patients", "accuracy_mean", "accuracy_sd", "auc_mean", "auc_sd", "pooled_auc",
@@ -62,6 +72,10 @@ RESULT_SUMMARY_COLUMNS = ("level", "n_patients", "accuracy_mean", "accuracy_sd",
 #: What the ``slice_*`` columns are, in every table and note that shows them.
 SLICE_LEVEL_LABEL = "the paper's form (inferred: the paper does not say)"
 TABLE_FILES = {"table3": "table3_radiomics_vs_deep", "table4": "table4_fusion", "table5": "table5_joint_loss"}
+#: The partial tables that the notebooks before a table's own write (each file has one writer):
+#: notebook 01 the clinical rows of Table 4, notebook 03 the radiomics row of Table 3; the full
+#: tables (:data:`TABLE_FILES`) are written by notebooks 04 (Table 3), 05 (Table 4) and 06 (Table 5).
+PARTIAL_TABLE_FILES = {"table3": "table3_radiomics", "table4": "table4_clinical"}
 TABLE_TITLES = {
     "table3": "Table 3: conventional radiomics model vs deep learning model",
     "table4": "Table 4: deep learning model, clinical model and fusion models A-D",
@@ -116,12 +130,18 @@ def make_folds(labels: pd.Series, n_folds: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"patient_id": y.index.to_numpy(dtype=str), "y_true": y.to_numpy(), "fold": fold})
 
 
-def load_or_make_folds(work_dir: str | os.PathLike, clinical: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
-    """The cohort's folds from ``work_dir/folds.csv``, made and saved when absent or stale.
+def folds_path(work_dir: str | os.PathLike, n_folds: int, seed: int) -> Path:
+    """``<work_dir>/folds_<n_folds>_seed<seed>.csv``: the folds of one fold count and seed."""
+    return Path(work_dir) / f"folds_{int(n_folds)}_seed{int(seed)}.csv"
 
-    The file also holds ``n_folds`` and ``seed``; it is rebuilt (and a line says so) when
-    these, the patients or their labels differ from the request. Every model reads the
-    same file, so that every comparison of models is paired.
+
+def load_or_make_folds(work_dir: str | os.PathLike, clinical: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
+    """The cohort's folds from ``work_dir/folds_<n_folds>_seed<seed>.csv`` (:func:`folds_path`), made when absent or stale.
+
+    The file is keyed by the fold count and the seed, so that runs with other ones (another
+    profile, ``--seed``) keep their own; it also holds ``n_folds`` and ``seed`` and is rebuilt
+    (and a line says so) when the patients or their labels differ from the request. Every
+    model of a run reads the same file, so that every comparison of models is paired.
 
     Args:
         clinical: frame with ``patient_id`` and ``early_recurrence``.
@@ -129,7 +149,7 @@ def load_or_make_folds(work_dir: str | os.PathLike, clinical: pd.DataFrame, n_fo
     Returns:
         ``patient_id, y_true, fold`` as :func:`make_folds`.
     """
-    path = Path(work_dir) / "folds.csv"
+    path = folds_path(work_dir, n_folds, seed)
     labels = pd.Series(clinical["early_recurrence"].to_numpy(), index=clinical["patient_id"].astype(str))
     wanted = make_folds(labels, n_folds, seed)
     if path.exists():
@@ -246,7 +266,7 @@ def seed_aucs(frame: pd.DataFrame) -> dict[int | None, float]:
 
 
 def predictions_path(work_dir: str | os.PathLike, model: str) -> Path:
-    """``<work_dir>/predictions/<model>.csv``."""
+    """``<work_dir>/predictions/<model>.csv``; a run passes its results folder (``StudyRun.results_dir``) as ``work_dir``."""
     _check_model_name(model)
     return Path(work_dir) / "predictions" / f"{model}.csv"
 
@@ -686,8 +706,14 @@ def results_table(
     return pd.DataFrame(rows, columns=["model", *RESULT_SUMMARY_COLUMNS, "paper_accuracy", "paper_auc", "cohort"])
 
 
-def write_results_table(figures_dir: str | os.PathLike, table: str, frame: pd.DataFrame, synthetic: bool) -> tuple[Path, Path]:
-    """Write ``figures/<table file>.{csv,md}``; the synthetic note heads the Markdown."""
+def write_results_table(
+    figures_dir: str | os.PathLike, table: str, frame: pd.DataFrame, synthetic: bool, stem: str | None = None
+) -> tuple[Path, Path]:
+    """Write ``<figures_dir>/<stem>.{csv,md}``; the synthetic note heads the Markdown.
+
+    ``stem``: the file's name without suffix; default the table's own (:data:`TABLE_FILES`), a
+    notebook that shows part of the table passes its own (:data:`PARTIAL_TABLE_FILES`).
+    """
     note = (
         "Accuracy in percent (threshold 0.5) and AUC: mean ± SD over the cross-validation folds (SD with ddof=1), "
         "at patient level for every model (slice probabilities averaged per patient), so that the rows compare "
@@ -700,7 +726,7 @@ def write_results_table(figures_dir: str | os.PathLike, table: str, frame: pd.Da
     )
     if synthetic:
         note = outputs.SYNTHETIC_NOTE + "\n\n" + note
-    return outputs.write_table(Path(figures_dir) / TABLE_FILES[table], frame, title=TABLE_TITLES[table], note=note)
+    return outputs.write_table(Path(figures_dir) / (stem or TABLE_FILES[table]), frame, title=TABLE_TITLES[table], note=note)
 
 
 def paired_patients(work_dir: str | os.PathLike, model_a: str, model_b: str) -> pd.DataFrame:
@@ -774,25 +800,60 @@ def record_comparison(
     model_b: str,
     n_bootstrap: int = 1000,
     seed: int = 2020,
+    file: str = COMPARISONS_FILE,
 ) -> pd.DataFrame:
-    """Add or replace the row of (model_a, model_b) in ``figures/model_comparisons.csv``.
+    """Add or replace the row of (model_a, model_b) in ``<figures_dir>/<file>``.
 
     The row (:func:`comparison_row`: DeLong test and the paired bootstrap interval of the
     AUC difference) of the same pair (in either order) is replaced, other rows are kept
     (rows written before the interval columns existed get empty ones); the file is
     written atomically. Returns the whole table.
+
+    ``file``: each notebook records into its own (:data:`NOTEBOOK_COMPARISON_FILES`), so that
+    every file has one writer; ``model_comparisons.csv`` is notebook 08's (:func:`assemble_comparisons`).
     """
     row = pd.DataFrame([comparison_row(work_dir, model_a, model_b, n_bootstrap, seed)], columns=COMPARISON_COLUMNS)
-    path = Path(figures_dir) / COMPARISONS_FILE
+    path = Path(figures_dir) / file
     table = pd.read_csv(path) if path.exists() else pd.DataFrame(columns=COMPARISON_COLUMNS)
     same_pair = ((table["model_a"] == model_a) & (table["model_b"] == model_b)) | (
         (table["model_a"] == model_b) & (table["model_b"] == model_a)
     )
     kept = table.loc[~same_pair].reindex(columns=COMPARISON_COLUMNS)
     table = pd.concat([kept, row], ignore_index=True) if len(kept) else row
+    outputs.write_csv(path, _comparison_counts(table))
+    return table
+
+
+def _comparison_counts(table: pd.DataFrame) -> pd.DataFrame:
     counts = ["n_patients", "n_bootstrap", "bootstrap_seed", "n_seed_pairs"]
     table[counts] = table[counts].astype("Int64")  # whole numbers, empty for rows without the interval
-    outputs.write_csv(path, table)
+    return table
+
+
+def assemble_comparisons(figures_dir: str | os.PathLike, file: str = COMPARISONS_FILE) -> pd.DataFrame:
+    """Write ``<figures_dir>/<file>`` anew from the notebooks' own comparison files (:data:`NOTEBOOK_COMPARISON_FILES`).
+
+    The rows in the notebooks' order, a pair recorded twice kept once (the later row); files
+    that do not exist (notebooks skipped or not run) are left out. A row recorded afterwards
+    (:func:`record_comparison` with ``file``) replaces its pair. Returns the table written.
+    """
+    frames = []
+    for name in NOTEBOOK_COMPARISON_FILES.values():
+        path = Path(figures_dir) / name
+        if path.is_file():
+            try:
+                frames.append(pd.read_csv(path).reindex(columns=COMPARISON_COLUMNS))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"{path}: cannot read the comparisons ({err})") from None
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        table = pd.DataFrame(columns=COMPARISON_COLUMNS)
+    else:
+        table = pd.concat(frames, ignore_index=True)
+        pair = table[["model_a", "model_b"]].apply(lambda r: frozenset(r), axis=1)
+        table = table.loc[~pair.duplicated(keep="last")].reset_index(drop=True)
+        table = _comparison_counts(table)
+    outputs.write_csv(Path(figures_dir) / file, table)
     return table
 
 

@@ -235,18 +235,21 @@ class ExternalValidation:
 def find_development_cohort(model_folder: str | os.PathLike, clinical_settings: dict | None = None) -> Path | None:
     """The development cohort of a model folder written by notebook 07, when it lies beside it.
 
-    Notebook 07 writes ``<work_dir>/final_model``; the synthetic cohort is its own work
-    folder, so its clinical table is in the model folder's parent. Returns that parent when
-    it holds a clinical table (``clinical.csv``, a data dictionary, or the table named by the
+    Notebook 07 writes ``<work_dir>/results/<profile>/final_model`` (``StudyRun.final_model_dir``);
+    the synthetic cohort is its own work folder, so its clinical table is in that work folder.
+    Returns the first of the model folder's parent and, for a folder laid out so, that work folder
+    that holds a clinical table (``clinical.csv``, a data dictionary, or the table named by the
     model's saved dictionary in ``clinical_settings``), else ``None``.
     """
     from hccer_lib.cohort import CLINICAL_FILE
     from hccer_lib.dictionary import DICTIONARY_FILE
+    from hccer_lib.study_run import RESULTS_FOLDER
 
-    parent = Path(model_folder).resolve().parent
+    folder = Path(model_folder).resolve()
+    candidates = [folder.parent] + ([folder.parents[2]] if folder.parent.parent.name == RESULTS_FOLDER else [])
     spec = (clinical_settings or {}).get("dictionary") or {}
     names = [CLINICAL_FILE, DICTIONARY_FILE] + ([spec["table"]] if isinstance(spec.get("table"), str) else [])
-    return parent if any((parent / name).is_file() for name in names) else None
+    return next((c for c in candidates if any((c / name).is_file() for name in names)), None)
 
 
 def read_development_cohort(development_dir: str | os.PathLike, clinical_settings: dict | None = None) -> pd.DataFrame:

@@ -213,9 +213,9 @@ def refit_final_model(
         raise ValueError(f"no clinical variable has chi-squared p < {alpha} on this cohort")
     networks_wanted = [m for m in NETWORK_MODELS if m in models]
     dataset = None
-    settings = preprocessing.study_settings(work_dir, profile.image_size, profile.roi_margin)
+    settings = preprocessing.study_settings(work_dir, profile)
     if networks_wanted:
-        dataset = preprocessing.study_dataset(cohort_dir, work_dir, profile.image_size, margin=profile.roi_margin)
+        dataset = preprocessing.study_dataset(cohort_dir, work_dir, profile)
         settings = dataset.settings
     try:
         spec = dictionary.load_spec(cohort_dir)

@@ -1,6 +1,6 @@
 """The model registry: one record per model of the study, read by every module and notebook.
 
-Each model has a name (the stem of its ``<work_dir>/predictions/<name>.csv``), a kind
+Each model has a name (the stem of its ``<results_dir>/predictions/<name>.csv``), a kind
 (``clinical``, ``radiomics`` or ``network``), the inputs it reads, the notebook that
 cross-validates it and, where the paper reports it, the paper's name for it, its tables
 and its values (Wang et al. 2020, section IV, Tables 3-5: accuracy in percent and AUC,

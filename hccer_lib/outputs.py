@@ -4,7 +4,7 @@ Every table, figure and prediction file of the study is written through these he
 the content goes to a temporary file in the same folder, which then replaces the target
 in one ``os.replace``. A run that fails half-way leaves the last good file in place.
 
-The study's relative paths (the cohort folder ``data/synthetic``, ``data/``, ``figures/``)
+The study's relative paths (the cohort folder ``data/synthetic_seed2020``, ``data/``, ``figures/``)
 mean paths inside the project folder (:func:`project_root`), whatever the working folder:
 a notebook opened in JupyterLab, whose kernel starts in ``notebooks/``, reads and writes
 the same files as ``run_all.sh`` (:func:`project_path`).
@@ -77,8 +77,8 @@ def project_path(path: str | os.PathLike) -> Path:
     a run prints and records stay as they were.
 
     Example:
-        >>> project_path("data/synthetic")   # doctest: +SKIP
-        PosixPath('/home/me/hccer/data/synthetic')   # in a kernel started in notebooks/
+        >>> project_path("data/synthetic_seed2020")   # doctest: +SKIP
+        PosixPath('/home/me/hccer/data/synthetic_seed2020')   # in a kernel started in notebooks/
     """
     path = Path(path).expanduser()
     if path.is_absolute():

@@ -562,41 +562,45 @@ def load_dataset(work_dir: str | os.PathLike, key: str | PreprocessSettings | di
         )
 
 
-STUDY_SETTINGS_FILE = "study_settings.json"
 _STUDY_FIELDS = ("window_level", "window_width", "reference_phase", "margin", "tolerance_mm")
 
 
-def record_study_settings(work_dir: str | os.PathLike, settings: PreprocessSettings | dict) -> Path:
-    """Record the preprocessing chosen for the study (notebook 02) for every later stage.
+def study_settings_path(work_dir: str | os.PathLike, profile) -> Path:
+    """``<work_dir>/processed/study_settings_<profile>.json``: one per profile, whose margin differs."""
+    name = profile if isinstance(profile, str) else profile.name
+    return Path(work_dir) / "processed" / f"study_settings_{name}.json"
 
-    Writes ``<work_dir>/processed/study_settings.json``: window, reference phase, margin and
-    slice tolerance (not the image size, which each profile sets). The deep notebooks, the
-    final model and the report read it through :func:`study_dataset`, so a non-default
-    window chosen in notebook 02 reaches them all.
+
+def record_study_settings(work_dir: str | os.PathLike, settings: PreprocessSettings | dict, profile) -> Path:
+    """Record the preprocessing chosen for the study (notebook 02) for every later stage of ``profile``'s runs.
+
+    Writes :func:`study_settings_path`: window, reference phase, margin and slice tolerance
+    (not the image size, which each profile sets). The deep notebooks, the final model and
+    the report read it through :func:`study_dataset`, so a non-default window chosen in
+    notebook 02 reaches them all; a run of another profile never reads it.
     """
     values = asdict(settings) if isinstance(settings, PreprocessSettings) else dict(settings)
     chosen = {name: values[name] for name in _STUDY_FIELDS}
     PreprocessSettings(**chosen)  # refuse invalid settings before recording them
-    return outputs.write_json(Path(work_dir) / "processed" / STUDY_SETTINGS_FILE, chosen)
+    return outputs.write_json(study_settings_path(work_dir, profile), chosen)
 
 
-def study_settings(work_dir: str | os.PathLike, image_size: int, margin: float = 0.0) -> PreprocessSettings:
-    """The study's preprocessing at ``image_size``: as recorded by notebook 02, else the defaults
-    with ``margin`` (the profile's ``roi_margin``)."""
-    path = Path(work_dir) / "processed" / STUDY_SETTINGS_FILE
+def study_settings(work_dir: str | os.PathLike, profile) -> PreprocessSettings:
+    """The study's preprocessing for ``profile`` (a ``profiles.Profile``): as notebook 02 recorded it,
+    else the defaults with the profile's ``image_size`` and ``roi_margin``."""
+    path = study_settings_path(work_dir, profile)
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     unknown = sorted(set(recorded) - set(_STUDY_FIELDS))
     if unknown:
         raise ValueError(f"{path}: unknown preprocessing settings {unknown}")
-    return PreprocessSettings(image_size=int(image_size), **{"margin": float(margin), **recorded})
+    return PreprocessSettings(image_size=int(profile.image_size), **{"margin": float(profile.roi_margin), **recorded})
 
 
 def study_dataset(
-    cohort_dir: str | os.PathLike, work_dir: str | os.PathLike, image_size: int, n_jobs: int | None = None, progress: bool = True,
-    margin: float = 0.0,
+    cohort_dir: str | os.PathLike, work_dir: str | os.PathLike, profile, n_jobs: int | None = None, progress: bool = True,
 ) -> ProcessedDataset:
-    """The processed dataset of the study (:func:`study_settings`), read from the cache or built."""
-    chosen = study_settings(work_dir, image_size, margin)
+    """The processed dataset of the study for ``profile`` (:func:`study_settings`), read from the cache or built."""
+    chosen = study_settings(work_dir, profile)
     return build_dataset(
         cohort_dir,
         work_dir,

@@ -250,7 +250,9 @@ def study_comparisons(
 
     Each pair is tested at patient level (``evaluation.comparison_row``: DeLong test and
     paired bootstrap 95% interval of the AUC difference, patients resampled) and, when
-    ``figures_dir`` is given, recorded in ``figures/model_comparisons.csv``.
+    ``figures_dir`` is given, recorded in ``<figures_dir>/model_comparisons.csv``, which is first
+    written anew from the earlier notebooks' comparison files (``evaluation.assemble_comparisons``):
+    the file then holds every comparison of the run.
 
     What each answers: the DeLong test and the bootstrap interval are conditional on the
     fitted fold models (the seed ensembles): they resample patients only and ignore
@@ -275,6 +277,8 @@ def study_comparisons(
 
     comparisons = list(STUDY_COMPARISONS) + strict_variant_pairs(work_dir) if comparisons is None else list(comparisons)
     rows = []
+    if figures_dir is not None:
+        evaluation.assemble_comparisons(figures_dir)
     for source, model_a, model_b, question in comparisons:
         if not (evaluation.predictions_path(work_dir, model_a).is_file() and evaluation.predictions_path(work_dir, model_b).is_file()):
             continue
@@ -464,18 +468,32 @@ def _newest_json(paths, accept=lambda meta: True) -> dict | None:
     return max(found)[2] if found else None
 
 
-def dataset_slices(work_dir: str | os.PathLike, image_size: int) -> tuple[dict | None, np.ndarray | None]:
-    """The newest processed dataset of ``image_size`` pixels (notebook 02), without reading its images.
+def dataset_slices(
+    work_dir: str | os.PathLike, profile, cohort_dir: str | os.PathLike
+) -> tuple[dict | None, np.ndarray | None]:
+    """The processed dataset that the models used, without reading its images.
+
+    That is the cache of the study's preprocessing for ``profile`` (``preprocessing.study_settings``:
+    notebook 02's recorded settings) on the cohort's current content: its key
+    (``preprocessing.dataset_key``) names the file, as ``preprocessing.study_dataset`` finds it;
+    never another cache of the folder (other settings, an older cohort) however recent.
 
     Returns:
         ``(settings JSON, patient id of each slice [n_slices])``; ``(None, None)`` when there
         is none, ``(meta, None)`` when its arrays are missing.
     """
+    from hccer_lib import preprocessing
+
     work_dir = Path(work_dir)
-    meta = _newest_json(sorted((work_dir / "processed").glob("images_*.json")),
-                        lambda m: m.get("settings", {}).get("image_size") == image_size)
-    if meta is None:
+    key = preprocessing.dataset_key(preprocessing.study_settings(work_dir, profile),
+                                    preprocessing.cohort_fingerprint(cohort_dir))
+    json_path = work_dir / "processed" / f"images_{key}.json"
+    if not json_path.is_file():
         return None, None
+    try:
+        meta = json.loads(json_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{json_path}: not a processed dataset's settings ({err})") from None
     npz = work_dir / "processed" / f"images_{meta['key']}.npz"
     if not npz.is_file():
         return meta, None
@@ -546,6 +564,7 @@ def checklist(
     selection_protocol: str = "paper",
     image_headers: bool = True,
     results: pd.DataFrame | None = None,
+    results_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """TRIPOD+AI and CLAIM 2024 items, filled from the run where it can answer them.
 
@@ -553,8 +572,7 @@ def checklist(
     :func:`checklist_facts` measures the run, :func:`render_checklist` fills them in.
 
     Args:
-        work_dir: the cohort's work folder (``folds.csv``, ``processed/``, ``runs/``,
-            ``predictions/``).
+        work_dir: the cohort's work folder (the folds ``folds_<n>_seed<s>.csv``, ``processed/``, ``runs/``).
         cohort_dir: the cohort folder (``clinical.csv``, ``images/``).
         profile: a :class:`profiles.Profile` or its name.
         figures_dir: where the study's tables and figures are (evidence of the analyses
@@ -566,12 +584,15 @@ def checklist(
         image_headers: read the phase images' headers for their spacing (a few seconds).
         results: :func:`results_vs_paper` of this run, to reuse its pooled AUCs; default:
             computed from the prediction files.
+        results_dir: the folder of the run's ``predictions/`` (``StudyRun.results_dir``);
+            default ``work_dir``.
 
     Returns:
         ``framework, item, topic, status, value``; ``status`` one of :data:`STATUSES`.
     """
     facts = checklist_facts(work_dir, cohort_dir, profile, figures_dir=figures_dir, seed=seed, synthetic=synthetic,
-                            selection_protocol=selection_protocol, image_headers=image_headers, results=results)
+                            selection_protocol=selection_protocol, image_headers=image_headers, results=results,
+                            results_dir=results_dir)
     return render_checklist(checklist_template(), facts)
 
 
@@ -595,6 +616,7 @@ def checklist_facts(
     selection_protocol: str = "paper",
     image_headers: bool = True,
     results: pd.DataFrame | None = None,
+    results_dir: str | os.PathLike | None = None,
 ) -> dict:
     """What the run can say about itself: the facts the checklist's templates name.
 
@@ -608,6 +630,7 @@ def checklist_facts(
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     work_dir, cohort_dir = Path(work_dir), Path(cohort_dir)
+    results_dir = work_dir if results_dir is None else Path(results_dir)
     ground_truth_path = cohort_dir / "ground_truth.json"
     ground_truth = json.loads(ground_truth_path.read_text()) if ground_truth_path.is_file() else {}
     patients = cohort.load_clinical(cohort_dir)
@@ -634,9 +657,9 @@ def checklist_facts(
         facts["selected_variables"] = f"none ({err})"
 
     # folds and slices (notebooks 01, 02)
-    folds_path = work_dir / "folds.csv"
+    folds_path = evaluation.folds_path(work_dir, profile.n_folds, seed)
     folds = pd.read_csv(folds_path, dtype={"patient_id": str}) if folds_path.is_file() else None
-    dataset_meta, slice_ids = dataset_slices(work_dir, profile.image_size)
+    dataset_meta, slice_ids = dataset_slices(work_dir, profile, cohort_dir)
     facts["slices"] = slice_ids is not None
     if slice_ids is not None:
         facts.update(n_slices=len(slice_ids), n_slice_patients=len(set(slice_ids)))
@@ -683,7 +706,7 @@ def checklist_facts(
                       for key in ("image_units", "clinical_filters", "clinical_kernel", "clinical_units")})
 
     # pooled AUCs of the models that have predictions
-    predicted = [m for m in MODELS if evaluation.predictions_path(work_dir, m).is_file()]
+    predicted = [m for m in MODELS if evaluation.predictions_path(results_dir, m).is_file()]
     facts["predictions"] = bool(predicted)
     if predicted:
         known = results.set_index("model") if results is not None and len(results) else None
@@ -692,7 +715,7 @@ def checklist_facts(
             if known is not None and model in known.index:
                 s = known.loc[model]
             else:
-                s = evaluation.summarise_model(evaluation.read_predictions(work_dir, model), profile.n_bootstrap, seed)
+                s = evaluation.summarise_model(evaluation.read_predictions(results_dir, model), profile.n_bootstrap, seed)
             summaries.append(f"{model} {s['pooled_auc']:.3f} [{s['pooled_auc_ci_low']:.3f}, {s['pooled_auc_ci_high']:.3f}]")
         facts["pooled_aucs"] = "; ".join(summaries)
 
@@ -778,7 +801,7 @@ class _Context(dict):
 
 
 def write_checklist(figures_dir: str | os.PathLike, frame: pd.DataFrame, synthetic: bool) -> tuple[Path, Path]:
-    """Write ``figures/reporting_checklist.{csv,md}`` (atomic); the Markdown counts the statuses."""
+    """Write ``<figures_dir>/reporting_checklist.{csv,md}`` (atomic); the Markdown counts the statuses."""
     counts = frame.groupby(["framework", "status"]).size().unstack(fill_value=0)
     summary = "; ".join(f"{framework}: " + ", ".join(f"{int(row.get(s, 0))} {s}" for s in STATUSES)
                         for framework, row in counts.iterrows())

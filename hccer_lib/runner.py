@@ -2,7 +2,10 @@
 
 Every ``notebooks/NN_*.ipynb`` is executed in numeric order with the same injected
 parameters (``profile``, ``cohort_dir``, ``synthetic``, ``seed``, ``data_root``,
-``figures_dir``); the executed copies go to ``executed/<profile>/``. The kernels run in the
+``figures_dir``); they make their run (``study_run.StudyRun``) from them. The executed copies go to
+``executed/<cohort name>/<profile>/``, the tables and figures to ``figures/<cohort name>/<profile>/``, where
+``run.json`` records the parameters, the profile, the versions and each notebook's status and time,
+rewritten (whole) as each notebook finishes (:func:`run_record_entries`). The kernels run in the
 project folder with ``$HCCER_ROOT`` naming it, so that the notebooks, which read relative
 paths from the project root (``outputs.project_path``), read them from that folder. The run stops at the
 first failing notebook, names it, and ends with "N of M notebooks passed" (", K skipped"
@@ -17,7 +20,7 @@ every patient, e.g. of a cohort where some patients have no images (docs/real_co
 count as neither passed nor failed; a run whose other notebooks all passed exits with 0.
 
 After the notebooks ran (also when one failed) the executed copies of this run are
-combined into one HTML file, ``reports/study_report_<profile>.html``: readable in any
+combined into one HTML file, ``reports/<cohort name>/study_report_<profile>.html``: readable in any
 browser without Jupyter, every figure embedded as a data URI, a table of contents with
 each notebook's status (passed, FAILED, not run) and its ``##`` sections.
 """
@@ -34,7 +37,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SYNTHETIC_COHORT = "data/synthetic"
 #: Key of the study's own entries in a notebook's metadata (``needs_images``; ``skipped`` in an executed copy).
 METADATA_KEY = "hccer"
 #: Optional parameter that reaches the notebooks declaring it (09): a labelled cohort to validate the final models on.
@@ -85,19 +87,25 @@ def notebook_parameters(
     data_root: str = "data",
     figures_dir: str = "figures",
 ) -> dict:
-    """The parameters every notebook receives from papermill."""
-    from hccer_lib.profiles import get_profile
+    """The parameters every notebook receives from papermill (``StudyRun.parameters``).
 
-    get_profile(profile)  # fail early on an unknown profile
-    synthetic = cohort is None
-    return {
-        "profile": profile,
-        "cohort_dir": str(Path(data_root) / "synthetic") if synthetic else str(cohort),
-        "synthetic": synthetic,
-        "seed": int(seed),
-        "data_root": str(data_root),
-        "figures_dir": str(figures_dir),
-    }
+    Without ``cohort``: the synthetic cohort of generator ``seed``, ``<data_root>/synthetic_seed<seed>``.
+    """
+    from hccer_lib.study_run import StudyRun
+
+    # fails early on an unknown profile
+    return StudyRun.from_parameters(profile, cohort, cohort is None, seed, data_root, figures_dir).parameters()
+
+
+def run_record_entries(runs: list[NotebookRun], notebooks: list[Path]) -> list[dict]:
+    """``run.json``'s ``notebooks``: name, status, seconds (and the error or skip reason) of each, in order.
+
+    Notebooks not reached yet are ``"not run"``.
+    """
+    entries = [{"name": r.name, "status": r.status,
+                "seconds": None if r.seconds is None else round(r.seconds, 1),
+                **({"error": r.error} if r.error else {})} for r in runs]
+    return entries + [{"name": nb.name, "status": "not run", "seconds": None} for nb in notebooks[len(runs):]]
 
 
 def run_notebooks(
@@ -121,9 +129,12 @@ def run_notebooks(
     A cohort folder given as ``cohort`` is validated first (:func:`validate_cohort_first`):
     a bad one raises ``CohortError`` before any notebook runs. Relative paths in the
     parameters are relative to ``cwd``, the project folder of the run (``outputs.project_root()``
-    by default): the notebooks run there, with ``$HCCER_ROOT`` set to it. With ``write_report`` the executed notebooks of
-    this run are combined into ``<report_dir>/study_report_<profile>.html``
-    (``report_dir`` defaults to ``<cwd>/reports``), also after a failure; a report that
+    by default): the notebooks run there, with ``$HCCER_ROOT`` set to it. The executed copies go to
+    ``executed_dir`` (default ``<cwd>/executed/<cohort name>/<run name>``, ``StudyRun.run_name``: the
+    profile, with ``_seed<N>`` for a cohort of your own run with another seed); ``run.json`` to the run's
+    figures folder (``StudyRun.run_record``), rewritten as each notebook finishes. With ``write_report`` the executed notebooks of
+    this run are combined into ``<report_dir>/study_report_<run name>.html``
+    (``report_dir`` defaults to ``<cwd>/reports/<cohort name>``), also after a failure; a report that
     cannot be written is named in one line and does not change the return code.
 
     ``imagenet`` reaches the notebooks that declare it (the networks'): ``"auto"`` (the
@@ -147,9 +158,13 @@ def run_notebooks(
 
     from hccer_lib import outputs, training
     from hccer_lib.profiles import get_profile
+    from hccer_lib.study_run import EXECUTED_ROOT, StudyRun
 
     params = notebook_parameters(profile, cohort, seed, data_root, figures_dir)
     cwd = Path(cwd).resolve() if cwd is not None else outputs.project_root()
+    run = StudyRun.from_parameters(**params)
+    with _kernel_environment(**{outputs.ROOT_VARIABLE: str(cwd)}):  # the run's paths as its notebooks read them
+        cohort_name, run_name, run_record = run.cohort_name, run.run_name, Path(cwd) / run.run_record
     training.check_imagenet(get_profile(profile), imagenet)
     training.training_workers(get_profile(profile), workers)  # a bad value stops the run before any notebook
     kernel_environment = {"MPLBACKEND": KERNEL_MPLBACKEND, outputs.ROOT_VARIABLE: str(cwd)}
@@ -163,18 +178,28 @@ def run_notebooks(
         clinical_only = validation.clinical_only
     optional = {"imagenet": imagenet, EXTERNAL_PARAMETER: external_cohort}
     notebooks = list_notebooks() if notebooks is None else list(notebooks)
-    executed_dir = Path(executed_dir) if executed_dir else Path(cwd) / "executed" / profile
+    executed_dir = Path(executed_dir) if executed_dir else Path(cwd) / EXECUTED_ROOT / cohort_name / run_name
     executed_dir.mkdir(parents=True, exist_ok=True)
     total = len(notebooks)
     print(f"hccer: {total} notebooks, profile={profile}, cohort={params['cohort_dir']}, seed={seed}", flush=True)
+    print(f"hccer: executed notebooks -> {executed_dir}; record of the run -> {run_record}", flush=True)
     runs: list[NotebookRun] = []
     passed = skipped = 0
+
+    def record() -> None:  # run.json, whole, after every notebook
+        with _kernel_environment(**{outputs.ROOT_VARIABLE: str(cwd)}):
+            run.write_run_record(run_record_entries(runs, notebooks), target=run_record,
+                                 executed=str(executed_dir), clinical_only=bool(clinical_only),
+                                 **{k: v for k, v in optional.items() if v is not None})
+
+    record()
     for i, nb in enumerate(notebooks, start=1):
         reason = skip_reason(nb, params["cohort_dir"], validation) if clinical_only else None
         if reason:
             write_skipped_copy(nb, executed_dir / nb.name, reason)
             skipped += 1
             runs.append(NotebookRun(nb.name, "skipped", None, reason))
+            record()
             print(f"[{i}/{total}] {nb.name} skipped: {reason}", flush=True)
             continue
         print(f"[{i}/{total}] {nb.name} ...", flush=True)
@@ -195,15 +220,17 @@ def run_notebooks(
             seconds = time.perf_counter() - start
             print(f"[{i}/{total}] {nb.name} FAILED after {seconds:.0f} s: {err}", flush=True)
             runs.append(NotebookRun(nb.name, "failed", seconds, _first_line(err)))
+            record()
             break
         passed += 1
         seconds = time.perf_counter() - start
         runs.append(NotebookRun(nb.name, "passed", seconds))
+        record()
         print(f"[{i}/{total}] {nb.name} passed in {seconds:.0f} s", flush=True)
     runs += [NotebookRun(nb.name, "not run") for nb in notebooks[len(runs):]]
     if write_report:
-        target = Path(report_dir) if report_dir else Path(cwd) / "reports"
-        target = target / f"study_report_{profile}.html"
+        target = Path(report_dir) if report_dir else Path(cwd) / "reports" / cohort_name
+        target = target / f"study_report_{run_name}.html"
         try:
             write_html_report(target, executed_dir, runs, parameters=params)
             print(f"hccer: study report -> {target}", flush=True)
@@ -366,7 +393,7 @@ def combined_report_notebook(
     """One notebook holding a header with the table of contents, then every executed notebook.
 
     Args:
-        executed_dir: folder of the executed notebooks (``executed/<profile>``).
+        executed_dir: folder of the executed notebooks (``executed/<cohort name>/<profile>``).
         runs: what happened to each notebook in this run, in order; ``None``: every
             ``*.ipynb`` of ``executed_dir``, its status read from papermill's metadata.
             Notebooks marked ``"not run"`` are listed, without content: an executed copy

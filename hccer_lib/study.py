@@ -1,9 +1,9 @@
 """The set-up that the network notebooks share (04 deep model, 05 fusion models, 06 joint loss).
 
 Each of them starts from the same things, gathered here by one call, :func:`network_study`:
-its parameters' paths read from the project root whatever the working folder
-(:func:`outputs.project_paths`), the profile, the cohort's work folder, the clinical table,
-the shared patient-level folds (``<work_dir>/folds.csv``, made when absent or stale) and the
+its run (:class:`study_run.StudyRun`: every path read from the project root whatever the
+working folder), the profile, the cohort's work folder, the clinical table,
+the shared patient-level folds (``<work_dir>/folds_<n>_seed<s>.csv``, made when absent or stale) and the
 processed slice images of notebook 02 (read back from the cache, or built with the settings
 notebook 02 recorded).
 """
@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from hccer_lib import evaluation, outputs
+from hccer_lib import evaluation
 from hccer_lib.cohort import load_clinical
 from hccer_lib.preprocessing import ProcessedDataset, study_dataset
 from hccer_lib.profiles import Profile, get_profile
+from hccer_lib.study_run import DEFAULT_SEED, StudyRun
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,12 @@ class NetworkStudy:
     """What a network notebook trains and evaluates on.
 
     Attributes:
+        run: the run (:class:`study_run.StudyRun`) of the notebook's parameters.
         settings: the run's profile.
-        cohort_dir, data_root, figures_dir: the parameters' folders, relative ones read from
-            the project root.
-        work_dir: the cohort's work folder (``outputs.work_dir_for``).
+        cohort_dir, data_root: the parameters' folders, relative ones read from the project root.
+        figures_dir: the run's tables and figures (``StudyRun.figures``: ``figures/<cohort>/<profile>``).
+        work_dir: the cohort's work folder (``outputs.work_dir_for``): folds and caches.
+        results_dir: the folder of the run's predictions (``StudyRun.results_dir``).
         cohort_label: ``"synthetic"``, or the cohort folder: the ``cohort`` column of the tables.
         clinical: one row per patient (``cohort.load_clinical``).
         folds: ``patient_id, y_true, fold`` (``evaluation.load_or_make_folds``).
@@ -39,18 +42,20 @@ class NetworkStudy:
             with their patient ids.
     """
 
+    run: StudyRun
     settings: Profile
     cohort_dir: Path
     data_root: Path
     figures_dir: Path
     work_dir: Path
+    results_dir: Path
     cohort_label: str
     clinical: pd.DataFrame
     folds: pd.DataFrame
     dataset: ProcessedDataset
 
     def describe(self) -> str:
-        """Three lines: the profile's training settings, the cohort and its work folder, the data."""
+        """Four lines: the profile's training settings, the cohort and its work folder, the data, where the results go."""
         s = self.settings
         fold_sizes = self.folds.groupby("fold").size()
         return "\n".join([
@@ -61,15 +66,16 @@ class NetworkStudy:
             f"cohort {self.cohort_dir} -> work folder {self.work_dir}",
             f"{len(self.clinical)} patients, {len(self.dataset)} slice images {self.dataset.images.shape}, "
             f"{s.n_folds} folds of {fold_sizes.min()}-{fold_sizes.max()} patients",
+            f"predictions -> {self.results_dir / 'predictions'}; tables and figures -> {self.figures_dir}",
         ])
 
 
 def network_study(
     profile: str | Profile,
-    cohort_dir: str | os.PathLike,
+    cohort_dir: str | os.PathLike | None,
     data_root: str | os.PathLike = "data",
     figures_dir: str | os.PathLike = "figures",
-    seed: int = 2020,
+    seed: int = DEFAULT_SEED,
     synthetic: bool = True,
     n_jobs: int | None = None,
 ) -> NetworkStudy:
@@ -77,26 +83,28 @@ def network_study(
 
     Args:
         profile: a profile name (``smoke``, ``quick``, ``paper``) or a :class:`profiles.Profile`.
-        cohort_dir: the cohort folder (``clinical.csv``, ``images/``).
+        cohort_dir: the cohort folder (``clinical.csv``, ``images/``); ``None``: the synthetic
+            cohort of ``seed`` (``study_run.synthetic_cohort_dir``).
         data_root: where the cohorts' work folders are.
-        figures_dir: where the tables and figures go.
-        seed: the folds' seed (``folds.csv`` is remade when it was made with another one).
+        figures_dir: the root of the runs' tables and figures (a run's go to ``<figures_dir>/<cohort>/<profile>``).
+        seed: the folds' seed (``folds_<n>_seed<seed>.csv``).
         synthetic: whether the cohort is the generated one (only the tables' label).
         n_jobs: worker processes of the preprocessing when the images are not cached yet
             (default: one per core).
 
     Returns:
-        a :class:`NetworkStudy`; the folds are written to ``<work_dir>/folds.csv`` when absent
+        a :class:`NetworkStudy`; the folds are written to ``<work_dir>/folds_<n>_seed<s>.csv`` when absent
         or stale, the processed images to ``<work_dir>/processed/`` when not cached.
     """
     settings = get_profile(profile) if isinstance(profile, str) else profile
-    cohort_dir, data_root, figures_dir = outputs.project_paths(cohort_dir, data_root, figures_dir)
-    work_dir = outputs.work_dir_for(cohort_dir, data_root)
+    run = StudyRun.from_parameters(settings.name, cohort_dir, synthetic, seed, data_root, figures_dir)
+    cohort_dir, data_root, work_dir = run.cohort, run.data, run.work_dir
     clinical = load_clinical(cohort_dir)
     folds = evaluation.load_or_make_folds(work_dir, clinical, settings.n_folds, seed)
-    dataset = study_dataset(cohort_dir, work_dir, settings.image_size, n_jobs=n_jobs, margin=settings.roi_margin)  # notebook 02's settings
-    return NetworkStudy(settings=settings, cohort_dir=cohort_dir, data_root=data_root, figures_dir=figures_dir,
-                        work_dir=work_dir, cohort_label="synthetic" if synthetic else str(cohort_dir),
+    dataset = study_dataset(cohort_dir, work_dir, settings, n_jobs=n_jobs)  # notebook 02's settings
+    return NetworkStudy(run=run, settings=settings, cohort_dir=cohort_dir, data_root=data_root, figures_dir=run.figures,
+                        work_dir=work_dir, results_dir=run.results_dir,
+                        cohort_label="synthetic" if synthetic else str(cohort_dir),
                         clinical=clinical, folds=folds, dataset=dataset)
 
 

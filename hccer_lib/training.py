@@ -640,6 +640,7 @@ def train_cross_validated(
     fast_cpu_graphs: bool = True,
     workers: int | str | None = None,
     executor: str | None = None,
+    predictions_dir: str | os.PathLike | None = None,
 ) -> pd.DataFrame:
     """Train ``model_name`` on every fold, once per training seed; return and save its out-of-fold predictions.
 
@@ -653,7 +654,7 @@ def train_cross_validated(
             width, ``train_seeds``, ``validation_fraction``, ``weight_decay``,
             ``lr_schedule``, ``augment``).
         work_dir: the cohort's work folder; runs go to ``runs/``, the result to
-            ``predictions/<output_name>.csv``.
+            ``<predictions_dir>/predictions/<output_name>.csv``.
         seed: the run seed; the training seeds are :func:`train_seeds` of it (see
             :func:`train_fold` for what each seeds).
         selection_protocol: ``"paper"`` (clinical variables selected on the whole cohort)
@@ -672,6 +673,8 @@ def train_cross_validated(
         executor: ``"local"`` (this process or local worker processes) or ``"ray"`` (Ray
             tasks, :mod:`hccer_lib.ray_jobs`); ``None``: ``$HCCER_EXECUTOR``, else local.
             The predictions do not depend on it.
+        predictions_dir: the folder whose ``predictions/`` receives the result (the run's
+            ``StudyRun.results_dir``, one per profile); default ``work_dir``.
 
     Returns:
         ``patient_id, slice, fold, y_true, y_prob, train_seed``, one row per slice of the
@@ -714,7 +717,7 @@ def train_cross_validated(
         print(f"  training seed {train_seed}: out-of-fold patient AUC {_patient_level_auc(seed_frame):.3f}", flush=True)
 
     predictions = pd.concat(frames, ignore_index=True)[[*evaluation.PREDICTION_COLUMNS, evaluation.SEED_COLUMN]]
-    evaluation.write_predictions(work_dir, output_name, predictions)
+    evaluation.write_predictions(work_dir if predictions_dir is None else predictions_dir, output_name, predictions)
     per_seed = evaluation.seed_aucs(predictions)
     print(f"hccer: {output_name}: pooled patient AUC {np.mean(list(per_seed.values())):.3f} ± "
           f"{np.std(list(per_seed.values()), ddof=1) if len(per_seed) > 1 else float('nan'):.3f} over {len(per_seed)} "

@@ -96,7 +96,7 @@ def main() -> None:
         work_dir = outputs.work_dir_for(cohort_dir, args.data_root)
         clinical = load_clinical(cohort_dir)
         folds = evaluation.load_or_make_folds(work_dir, clinical, profile.n_folds, seed)
-        chosen = dataclasses.replace(preprocessing.study_settings(work_dir, profile.image_size, profile.roi_margin), **parse_settings(args.preprocess))
+        chosen = dataclasses.replace(preprocessing.study_settings(work_dir, profile), **parse_settings(args.preprocess))
         dataset = preprocessing.build_dataset(
             cohort_dir, work_dir, chosen.image_size, window=(chosen.window_level, chosen.window_width),
             reference_phase=chosen.reference_phase, margin=chosen.margin, tolerance_mm=chosen.tolerance_mm, progress=False,

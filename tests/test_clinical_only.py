@@ -89,6 +89,10 @@ def test_runner_skips_image_notebooks_on_a_clinical_only_cohort(tmp_path, capsys
     assert code == 0, out
     assert out.strip().splitlines()[-1] == "1 of 2 notebooks passed, 1 skipped", out
     assert log.read_text() == f"clinical {cohort}", "the clinical notebook ran, the image notebook did not"
+    record = json.loads((tmp_path / "figures" / "clinical_only" / "smoke" / "run.json").read_text())
+    assert [(n["name"], n["status"]) for n in record["notebooks"]] == [("00_clinical.ipynb", "passed"),
+                                                                       ("01_images.ipynb", "skipped")], record
+    assert record["clinical_only"] is True and "clinical-only" in record["notebooks"][1]["error"], record
 
     skipped = nbformat.read(tmp_path / "executed" / "01_images.ipynb", as_version=4)
     first = skipped.cells[0]
@@ -119,7 +123,7 @@ def test_clinical_only_cohort_runs_the_clinical_study_end_to_end(tmp_path, capsy
     last = out.strip().splitlines()[-1]
     assert last == f"{len(notebooks) - n_skipped} of {len(notebooks)} notebooks passed, {n_skipped} skipped", out[-4000:]
 
-    figures, work = tmp_path / "figures", tmp_path / "data" / "clinical_only"
+    figures, work = tmp_path / "figures" / "clinical_only" / "smoke", tmp_path / "data" / "clinical_only" / "results" / "smoke"
     table1 = pd.read_csv(figures / "table1_clinical.csv")
     age = table1[table1["variable"] == "age"].set_index("level")
     assert int(age["total"].sum()) == 24 and int(age["er"].sum()) == 10, age
@@ -270,7 +274,7 @@ def test_dictionary_cohort_with_censoring_and_missing_values_runs_end_to_end(tmp
                          report_dir=tmp_path / "reports")  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0, out[-4000:]
-    figures, work = tmp_path / "figures", tmp_path / "data" / "hospital"
+    figures, work = tmp_path / "figures" / "hospital" / "smoke", tmp_path / "data" / "hospital" / "results" / "smoke"
     table1 = pd.read_csv(figures / "table1_clinical.csv")
     age = table1[table1["variable"] == "age"]
     assert int(age["total"].sum()) == 24 and int(age["er"].sum()) == 10, age

@@ -64,15 +64,26 @@ def test_load_or_make_folds_saves_reuses_and_rebuilds(tmp_path):
     labels = paper_labels()
     clinical = pd.DataFrame({"patient_id": labels.index, "early_recurrence": labels.to_numpy()})
     first = ev.load_or_make_folds(tmp_path, clinical, 10, 2020)
-    saved = pd.read_csv(tmp_path / "folds.csv", dtype={"patient_id": str})
+    path = tmp_path / "folds_10_seed2020.csv"
+    assert ev.folds_path(tmp_path, 10, 2020) == path
+    saved = pd.read_csv(path, dtype={"patient_id": str})
     assert set(saved.columns) >= {"patient_id", "y_true", "fold", "n_folds", "seed"}
-    mtime = (tmp_path / "folds.csv").stat().st_mtime_ns
+    mtime = path.stat().st_mtime_ns
     again = ev.load_or_make_folds(tmp_path, clinical, 10, 2020)
     pd.testing.assert_frame_equal(first, again)
-    assert (tmp_path / "folds.csv").stat().st_mtime_ns == mtime, "folds rewritten although unchanged"
+    assert path.stat().st_mtime_ns == mtime, "folds rewritten although unchanged"
+    # another fold count or seed (another profile, --seed) gets its own file; the first stays as it was
+    before = path.read_bytes()
     other = ev.load_or_make_folds(tmp_path, clinical, 5, 2020)
     assert other["fold"].nunique() == 5
-    assert (pd.read_csv(tmp_path / "folds.csv")["n_folds"] == 5).all()
+    assert (pd.read_csv(tmp_path / "folds_5_seed2020.csv")["n_folds"] == 5).all()
+    reseeded = ev.load_or_make_folds(tmp_path, clinical, 10, 7)
+    assert (pd.read_csv(tmp_path / "folds_10_seed7.csv")["seed"] == 7).all() and not reseeded.equals(first)
+    assert path.read_bytes() == before and path.stat().st_mtime_ns == mtime, "other folds changed the first file"
+    # a changed cohort (a patient fewer) rebuilds the file of its key
+    fewer = clinical.iloc[1:]
+    rebuilt = ev.load_or_make_folds(tmp_path, fewer, 10, 2020)
+    assert len(rebuilt) == len(clinical) - 1 and len(pd.read_csv(path)) == len(clinical) - 1
 
 
 # --- prediction files ----------------------------------------------------------------

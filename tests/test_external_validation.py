@@ -176,7 +176,7 @@ def test_notebook_09_validates_when_given_an_external_cohort(study, external, tm
                                     "data_root": str(tmp_path / "data"), "figures_dir": str(tmp_path / "figures"),
                                     "external_cohort": str(external["cohort"]), "model_dir": str(study["folder"])},
                         cwd=str(REPO_ROOT), kernel_name="python3", progress_bar=False)  # fmt: skip
-    out = tmp_path / "figures" / "external_validation"
+    out = tmp_path / "figures" / external["development"].resolve().name / "smoke" / "external_validation"
     assert (out / "fig9_external_validation.png").is_file() and (out / "external_case_mix.md").is_file()
     shown = nbformat.read(target, as_version=4)
     text = "".join(o.get("text", "") for c in shown.cells if c.cell_type == "code" for o in c.get("outputs", []))

@@ -2,7 +2,10 @@
 
 The smoke profile (2 folds, 1 epoch, tiny images) proves that every notebook runs end to
 end on a freshly generated synthetic cohort and writes its tables and figures. Outputs go
-to a temporary folder, never to the repository's data/ and figures/.
+to a temporary folder, never to the repository's data/ and figures/. Each output has one writer:
+the notebooks before a table's own write their part under their own name (01 ``table4_clinical``,
+03 ``table3_radiomics``), each notebook records its comparisons in its own file, and notebook 08
+assembles ``model_comparisons.csv``.
 """
 
 import ast
@@ -19,18 +22,22 @@ from test_clinical_only import write_clinical_only_cohort
 from hccer_lib import models, outputs
 from hccer_lib.runner import REPO_ROOT, list_notebooks, notebook_parameters, run_notebooks
 
-# What each notebook must leave behind (relative to figures_dir or to the cohort's work folder).
+# What each notebook must leave behind in the run's figures folder (figures/<cohort>/<profile>/).
 EXPECTED_FIGURES = {
     "00_build_cohort": ["fig0_cohort_summary.png", "fig1_phases_roi.png", "synthetic_oracle_auc.csv"],
-    "01_select_clinical": ["table1_clinical.csv", "table1_clinical.md", "table4_fusion.csv", "fig5_roc_clinical.png"],
+    "01_select_clinical": ["table1_clinical.csv", "table1_clinical.md", "table4_clinical.csv", "table4_clinical.md",
+                           "fig5_roc_clinical.png", "model_comparisons_clinical.csv"],
     "02_preprocess_images": ["fig2_preprocessing.png", "fig_processed_samples.png"],
-    "03_radiomics_baseline": ["table3_radiomics_vs_deep.csv", "fig3_roc_radiomics.png", "fig3_radiomics_selection.png"],
-    "04_deep_model": ["table3_radiomics_vs_deep.md", "fig4_roc_deep.png"],
-    "05_fusion_models": ["table4_fusion.md", "fig5_roc_fusion.png"],
-    "06_joint_loss": ["table5_joint_loss.csv", "table5_joint_loss.md", "fig6_roc_joint_loss.png", "model_comparisons.csv"],
+    "03_radiomics_baseline": ["table3_radiomics.csv", "table3_radiomics.md", "fig3_roc_radiomics.png",
+                              "fig3_radiomics_selection.png"],
+    "04_deep_model": ["table3_radiomics_vs_deep.csv", "table3_radiomics_vs_deep.md", "fig4_roc_deep.png",
+                      "model_comparisons_deep.csv"],
+    "05_fusion_models": ["table4_fusion.csv", "table4_fusion.md", "fig5_roc_fusion.png", "model_comparisons_fusion.csv"],
+    "06_joint_loss": ["table5_joint_loss.csv", "table5_joint_loss.md", "fig6_roc_joint_loss.png",
+                      "model_comparisons_joint_loss.csv"],
     "07_final_model": ["fig7_gradcam_final_model.png"],
     "08_study_report": [
-        "study_results_vs_paper.csv", "study_results_vs_paper.md", "fig8_auc_vs_paper.png",
+        "model_comparisons.csv", "study_results_vs_paper.csv", "study_results_vs_paper.md", "fig8_auc_vs_paper.png",
         "study_data_flow.csv", "study_comparisons.csv", "study_comparisons.md", "fig8_auc_differences.png",
         "study_calibration.csv", "fig8_calibration_decision.png", "study_seed_spread.csv",
         "study_paper_differences.csv", "fig8_seed_spread.png", "fig8_gradcam.png", "study_gradcam_patients.csv",
@@ -58,19 +65,22 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, capsys):
     assert code == 0, out[-3000:]
     assert out.strip().splitlines()[-1] == f"{len(notebooks)} of {len(notebooks)} notebooks passed"
 
-    work = tmp_path / "data" / "synthetic"
+    work = tmp_path / "data" / "synthetic_seed2020"  # the synthetic cohort of seed 2020 is its own work folder
+    figures = tmp_path / "figures" / "synthetic_seed2020" / "smoke"
+    results = work / "results" / "smoke"
+    assert (work / "clinical.csv").is_file() and (work / "folds_2_seed2020.csv").is_file()
     for nb in notebooks:
         stem = nb.stem
         for name in EXPECTED_FIGURES.get(stem, []):
-            path = tmp_path / "figures" / name
+            path = figures / name
             assert path.is_file() and path.stat().st_size > 0, f"{stem} did not write {name}"
         for model in EXPECTED_PREDICTIONS.get(stem, []):
-            preds = pd.read_csv(work / "predictions" / f"{model}.csv", dtype={"patient_id": str})
+            preds = pd.read_csv(results / "predictions" / f"{model}.csv", dtype={"patient_id": str})
             assert set(preds["fold"]) == {0, 1}, f"{model}: folds {sorted(set(preds['fold']))}"
             assert preds["y_prob"].between(0, 1).all(), f"{model}: probabilities outside [0, 1]"
             assert preds["patient_id"].nunique() == 167, f"{model}: {preds['patient_id'].nunique()} patients"
     # Every paired comparison the study reports, with a DeLong p-value on the same patients.
-    comparisons = pd.read_csv(tmp_path / "figures" / "model_comparisons.csv")
+    comparisons = pd.read_csv(figures / "model_comparisons.csv")
     pairs = {frozenset(p) for p in zip(comparisons["model_a"], comparisons["model_b"], strict=True)}
     for pair in [("clinical_rf", "clinical_rf_strict"), ("fusion_d", "deep_resnet50"),
                  ("fusion_d", "clinical_rf"), ("fusion_d_joint", "fusion_d")]:
@@ -79,10 +89,14 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, capsys):
     low, high = comparisons["difference_ci_low"], comparisons["difference_ci_high"]
     assert (low <= comparisons["auc_difference"]).all() and (comparisons["auc_difference"] <= high).all(), comparisons
     # The final model is saved whole, and the reporting checklist marks what the run could not fill.
-    manifest = json.loads((work / "final_model" / "manifest.json").read_text())
+    manifest = json.loads((results / "final_model" / "manifest.json").read_text())
     assert manifest["cohort"]["synthetic"] is True and manifest["primary_model"] in manifest["models"], manifest
-    checklist = pd.read_csv(tmp_path / "figures" / "reporting_checklist.csv")
+    checklist = pd.read_csv(figures / "reporting_checklist.csv")
     assert {"filled", "open"} <= set(checklist["status"]), checklist["status"].value_counts()
+    # run.json: every notebook passed, with its time
+    record = json.loads((figures / "run.json").read_text())
+    assert [(n["name"], n["status"]) for n in record["notebooks"]] == [(nb.name, "passed") for nb in notebooks], record
+    assert all(n["seconds"] > 0 for n in record["notebooks"]) and record["parameters"]["seed"] == 2020, record
     # One HTML report of the executed notebooks, with every figure embedded.
     html = (tmp_path / "reports" / "study_report_smoke.html").read_text()
     assert html.count("data:image/png;base64") >= len(EXPECTED_FIGURES), "figures missing from the HTML report"
@@ -117,11 +131,11 @@ def _files(folder: Path) -> dict[str, tuple[int, int]]:
 @pytest.mark.slow
 def test_a_notebook_opened_in_its_folder_runs_with_its_defaults(tmp_path, monkeypatch):
     """JupyterLab starts a notebook's kernel in notebooks/. Notebook 01, executed there with its
-    default parameters (smoke profile, data/synthetic, data, figures), reads and writes the
+    default parameters (smoke profile, seed 2020's synthetic cohort data/synthetic_seed2020, data, figures), reads and writes the
     project root's folders (here a temporary project, named by $HCCER_ROOT) and writes nothing
     beside the notebooks (issue 17)."""
     root = tmp_path / "project"
-    write_clinical_only_cohort(root / "data" / "synthetic")
+    write_clinical_only_cohort(root / "data" / "synthetic_seed2020")
     monkeypatch.setenv(outputs.ROOT_VARIABLE, str(root))
     notebooks_dir = REPO_ROOT / "notebooks"
     before = _files(notebooks_dir)
@@ -130,11 +144,12 @@ def test_a_notebook_opened_in_its_folder_runs_with_its_defaults(tmp_path, monkey
                         cwd=str(notebooks_dir), kernel_name="python3", progress_bar=False)  # fmt: skip
 
     assert _files(notebooks_dir) == before, "the notebook wrote beside the notebooks"
-    table1 = pd.read_csv(root / "figures" / "table1_clinical.csv")
+    table1 = pd.read_csv(root / "figures" / "synthetic_seed2020" / "smoke" / "table1_clinical.csv")
     assert int(table1[table1["variable"] == "age"]["total"].sum()) == 24, table1
     for model in ("clinical_rf", "clinical_rf_strict"):
-        predictions = pd.read_csv(root / "data" / "synthetic" / "predictions" / f"{model}.csv", dtype={"patient_id": str})
+        predictions = pd.read_csv(root / "data" / "synthetic_seed2020" / "results" / "smoke" / "predictions" / f"{model}.csv",
+                                  dtype={"patient_id": str})
         assert predictions["patient_id"].nunique() == 24 and set(predictions["fold"]) == {0, 1}, model
-    assert (root / "data" / "synthetic" / "folds.csv").is_file()
+    assert (root / "data" / "synthetic_seed2020" / "folds_2_seed2020.csv").is_file()
     shown = json.dumps([c.get("outputs", []) for c in nbformat.read(executed, as_version=4).cells])
-    assert f"work folder {root.resolve() / 'data' / 'synthetic'}" in shown, shown[:2000]
+    assert f"work folder {root.resolve() / 'data' / 'synthetic_seed2020'}" in shown, shown[:2000]

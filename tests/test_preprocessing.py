@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from volumes import Box, make_image, two_patient_cohort
 
 from hccer_lib import preprocessing as pp
+from hccer_lib.profiles import get_profile
 
 # ---- windowing -------------------------------------------------------------------------------
 
@@ -235,18 +237,21 @@ def test_study_dataset_uses_the_settings_recorded_by_notebook_02(tmp_path, monke
 
     cohort_dir = two_patient_cohort(tmp_path, monkeypatch, fake_inputs)
     work_dir = tmp_path / "work"
-    default = pp.study_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
+    profile = replace(get_profile("quick"), image_size=8, roi_margin=0.0)
+    default = pp.study_dataset(cohort_dir, work_dir, profile, n_jobs=1, progress=False)
     assert default.settings == vars(pp.PreprocessSettings(image_size=8)), default.settings
-    # nothing recorded: the margin passed (the profile's roi_margin) is the study's; what a margin
-    # does to the crop: test_centre_registration_brings_a_shifted_square_to_the_centre
-    widened = pp.study_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False, margin=0.5)
+    # nothing recorded: the profile's roi_margin is the study's margin (what a margin does to the
+    # crop: test_centre_registration_brings_a_shifted_square_to_the_centre)
+    widened = pp.study_dataset(cohort_dir, work_dir, replace(profile, roi_margin=0.5), n_jobs=1, progress=False)
     assert widened.settings == vars(pp.PreprocessSettings(image_size=8, margin=0.5)), widened.settings
     assert widened.key != default.key
     # 75 HU in a window 0..150 HU maps to 0.5; in a window 75..425 HU (level 250) it maps to 0
     chosen = pp.build_dataset(cohort_dir, work_dir, 16, window=(250.0, 350.0), n_jobs=1, progress=False)
-    pp.record_study_settings(work_dir, chosen.settings)
-    later = pp.study_dataset(cohort_dir, work_dir, 8, n_jobs=1, progress=False)
+    pp.record_study_settings(work_dir, chosen.settings, profile)
+    later = pp.study_dataset(cohort_dir, work_dir, profile, n_jobs=1, progress=False)
     assert later.settings["window_level"] == 250.0 and later.images.shape[1] == 8, later.settings
     assert np.allclose(later.images, 0.0), f"window not applied: max {later.images.max()}"
+    # recorded for one profile, never read by another
+    assert pp.study_dataset(cohort_dir, work_dir, replace(profile, name="smoke"), n_jobs=1, progress=False).key == default.key
     with pytest.raises(ValueError, match="window_width"):
-        pp.record_study_settings(work_dir, {**chosen.settings, "window_width": 0.0})
+        pp.record_study_settings(work_dir, {**chosen.settings, "window_width": 0.0}, profile)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -146,13 +148,23 @@ def run_folder(tmp_path):
     per_patient = 1 + np.arange(len(ids)) % 4
     slice_ids = np.repeat(ids, per_patient)
     n = len(slice_ids)
+    used = preprocessing.study_settings(work_dir, get_profile("quick"))  # the preprocessing the models of a quick run used
+    key = preprocessing.dataset_key(used, preprocessing.cohort_fingerprint(cohort_dir))
     dataset = preprocessing.ProcessedDataset(
         images=np.zeros((n, 2, 2, 3), np.float32), patient_id=slice_ids, z_mm=np.zeros(n), slice=np.zeros(n, int),
-        y_true=np.zeros(n, int), phase_slices=np.zeros((n, 3), int), key="abc123",
+        y_true=np.zeros(n, int), phase_slices=np.zeros((n, 3), int), key=key,
         settings={"image_size": 48, "window_level": 75.0, "window_width": 350.0, "reference_phase": "PV",
-                  "margin": 0.0, "tolerance_mm": None},
+                  "margin": 0.25, "tolerance_mm": None},
         dropped=[{"patient_id": "P002", "slice": 3}])
     preprocessing.save_dataset(work_dir, dataset)
+    # a newer cache of other settings (another window tried in notebook 02) is not the models' dataset
+    other = preprocessing.ProcessedDataset(
+        images=np.zeros((2, 2, 2, 3), np.float32), patient_id=np.array(["P001", "P001"]), z_mm=np.zeros(2),
+        slice=np.zeros(2, int), y_true=np.zeros(2, int), phase_slices=np.zeros((2, 3), int), key="0ther0ther00",
+        settings={"image_size": 48, "window_level": 40.0, "window_width": 400.0, "reference_phase": "PV",
+                  "margin": 0.0, "tolerance_mm": None}, dropped=[])
+    time.sleep(0.01)
+    preprocessing.save_dataset(work_dir, other)
     outputs.write_json(work_dir / "processed" / "radiomics_def456.json", {
         "key": "def456", "mode": "2d", "pyradiomics_version": "v3.1.4", "params_file": "radiomics_params.yaml",
         "params": {"featureClass": {"firstorder": [], "glcm": []}, "setting": {"binWidth": 25, "normalize": False,

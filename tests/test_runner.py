@@ -38,6 +38,19 @@ def test_notebooks_run_in_order_with_parameters_and_stop_at_first_failure(tmp_pa
     executed = json.loads((tmp_path / "out" / "00_first.ipynb").read_text())
     assert any("injected-parameters" in c["metadata"].get("tags", []) for c in executed["cells"])
 
+    # run.json in the run's figures folder: parameters, profile, versions, each notebook's status and time
+    record = json.loads((tmp_path / "figures" / "synthetic_seed7" / "smoke" / "run.json").read_text())
+    assert record["parameters"] == {"profile": "smoke", "cohort_dir": os.path.join("data", "synthetic_seed7"),
+                                    "synthetic": True, "seed": 7, "data_root": "data", "figures_dir": "figures"}, record
+    assert record["profile"]["name"] == "smoke" and record["profile"]["n_folds"] == 2, record["profile"]
+    assert {"python", "numpy", "pandas"} <= set(record["versions"]), record["versions"]
+    statuses = [(n["name"], n["status"]) for n in record["notebooks"]]
+    assert statuses == [("00_first.ipynb", "passed"), ("01_broken.ipynb", "failed"), ("02_never.ipynb", "not run")]
+    first, broken, never = record["notebooks"]
+    assert first["seconds"] > 0 and broken["seconds"] > 0 and never["seconds"] is None, record["notebooks"]
+    assert "patient HCC001 is broken" in broken["error"], broken
+    assert not list((tmp_path / "figures").rglob(".*.tmp*")), "a temporary file was left behind"
+
 
 def test_all_passing_run_exits_zero(tmp_path, capsys):
     _notebook(tmp_path / "00_ok.ipynb", "x = 1")
@@ -48,7 +61,10 @@ def test_all_passing_run_exits_zero(tmp_path, capsys):
 
 def test_parameters_point_at_the_synthetic_cohort_by_default():
     params = notebook_parameters("quick", None, 2020)
-    assert params["synthetic"] is True and params["cohort_dir"].endswith("synthetic"), params
+    assert params["synthetic"] is True and params["cohort_dir"] == os.path.join("data", "synthetic_seed2020"), params
+    # another generator seed: another cohort folder, never seed 2020's
+    params = notebook_parameters("quick", None, 7, data_root="elsewhere")
+    assert params["cohort_dir"] == os.path.join("elsewhere", "synthetic_seed7"), params
     params = notebook_parameters("paper", "/cohorts/hospital_a", 1)
     assert params["synthetic"] is False and params["cohort_dir"] == "/cohorts/hospital_a", params
 
@@ -95,7 +111,7 @@ def test_run_writes_one_html_report_with_embedded_figures_and_statuses(tmp_path,
     out = capsys.readouterr().out
     assert code == 1 and out.strip().splitlines()[-1] == "1 of 3 notebooks passed", out
     assert os.environ.get("MPLBACKEND") == backend_before, "the kernels' backend leaked into the caller"
-    report = tmp_path / "reports" / "study_report_smoke.html"
+    report = tmp_path / "reports" / "synthetic_seed2020" / "study_report_smoke.html"
     assert report.is_file() and f"study report -> {report}" in out, out
     text = report.read_text()
     assert text.count("data:image/png;base64,") >= 1, "the figure is not embedded"

@@ -40,14 +40,17 @@ def test_network_study_reads_the_cohort_folds_and_images_from_the_project_root(t
 
     assert setup.settings.name == "smoke" and setup.settings.n_folds == 2
     assert setup.cohort_dir == (tmp_path / "hospital").resolve(), setup.cohort_dir
-    assert setup.figures_dir == (tmp_path / "figures").resolve(), setup.figures_dir
+    # seed 7 on a cohort of your own: the run's folders name the seed (StudyRun.run_name)
+    assert setup.figures_dir == (tmp_path / "figures" / "hospital" / "smoke_seed7").resolve(), setup.figures_dir
+    assert setup.results_dir == (tmp_path / "data" / "hospital" / "results" / "smoke_seed7").resolve(), setup.results_dir
+    assert setup.run.seed == 7 and setup.run.figures == setup.figures_dir
     assert setup.work_dir == (tmp_path / "data" / "hospital").resolve(), "a cohort outside data/ is never written to"
     assert setup.cohort_label == str(setup.cohort_dir)
     assert list(setup.clinical["patient_id"]) == list(tiny_cohort["patient_id"])
     # folds: every patient once, 2 folds of 2 ER + 2 NER (stratified), saved for the other notebooks
     assert sorted(setup.folds["patient_id"]) == sorted(tiny_cohort["patient_id"])
     assert setup.folds.groupby("fold")["y_true"].agg(["size", "sum"]).values.tolist() == [[4, 2], [4, 2]]
-    assert (setup.work_dir / "folds.csv").is_file()
+    assert (setup.work_dir / "folds_2_seed7.csv").is_file()
     # images: 2 slices per patient at the smoke profile's 32 px; 75 HU in the default window
     assert setup.dataset.images.shape == (16, 32, 32, 3), setup.dataset.images.shape
     expected = (75.0 - (setup.dataset.settings["window_level"] - setup.dataset.settings["window_width"] / 2)) \
@@ -58,6 +61,7 @@ def test_network_study_reads_the_cohort_folds_and_images_from_the_project_root(t
     assert lines[0].startswith("profile smoke: 2 folds, image 32 px") and "training seeds" in lines[0], lines[0]
     assert lines[1] == f"cohort {setup.cohort_dir} -> work folder {setup.work_dir}", lines[1]
     assert lines[2] == "8 patients, 16 slice images (16, 32, 32, 3), 2 folds of 4-4 patients", lines[2]
+    assert lines[3] == f"predictions -> {setup.results_dir / 'predictions'}; tables and figures -> {setup.figures_dir}", lines[3]
 
 
 def test_network_study_of_the_synthetic_cohort_is_its_own_work_folder_and_reads_the_cache(tiny_cohort, tmp_path,
