@@ -45,15 +45,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from hccer_lib.cohort import CohortError
     from hccer_lib.outputs import from_working_folder
     from hccer_lib.runner import run_notebooks
+    from hccer_lib.study_run import parse_settings
 
     try:  # the folders given here are relative to the working folder, the notebooks' to the project root
         return run_notebooks(profile=args.profile, cohort=from_working_folder(args.cohort), seed=args.seed,
                              imagenet="none" if args.random_init else "auto",
                              external_cohort=from_working_folder(args.external_cohort),
-                             clinical_only=args.clinical_only, workers=args.workers)
+                             clinical_only=args.clinical_only, workers=args.workers,
+                             settings=parse_settings(args.settings))
     except CohortError:  # a bad cohort: main() prints "error: <patient, file: problem>"
         raise
-    except ValueError as err:  # a profile that needs the ImageNet weights file without it, a bad --workers
+    except ValueError as err:  # a profile that needs the ImageNet weights file without it, a bad --workers or --set
         print(f"hccer: {err}", file=sys.stderr)
         return 2
 
@@ -213,6 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", default=None,
                    help="worker processes training the networks side by side (default: $HCCER_TRAINING_WORKERS, else one "
                    "per core for the quick profile); changes the time taken, not the results")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
+                   help="change one of the study's settings for this run (repeatable): selection_protocol, alpha, "
+                   "n_estimators, inner_folds, min_texture_voxels, e.g. --set alpha=0.01; it reaches every notebook "
+                   "that uses it and run.json")
     p.set_defaults(func=_cmd_run)
     return parser
 

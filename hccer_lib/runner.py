@@ -2,7 +2,10 @@
 
 Every ``notebooks/NN_*.ipynb`` is executed in numeric order with the same injected
 parameters (``profile``, ``cohort_dir``, ``synthetic``, ``seed``, ``data_root``,
-``figures_dir``); they make their run (``study_run.StudyRun``) from them. The executed copies go to
+``figures_dir``); they make their run (``study_run.StudyRun``) from them. The study's settings
+(``study_run.StudySettings``: ``selection_protocol``, ``alpha``, ``n_estimators``, ``inner_folds``,
+``min_texture_voxels``; ``run --set NAME=VALUE``) reach every notebook that declares them
+(:func:`injected_parameters`). The executed copies go to
 ``executed/<cohort name>/<profile>/``, the tables and figures to ``figures/<cohort name>/<profile>/``, where
 ``run.json`` records the parameters, the profile, the versions and each notebook's status and time,
 rewritten (whole) as each notebook finishes (:func:`run_record_entries`). The kernels run in the
@@ -86,15 +89,33 @@ def notebook_parameters(
     seed: int,
     data_root: str = "data",
     figures_dir: str = "figures",
+    settings: dict | None = None,
 ) -> dict:
-    """The parameters every notebook receives from papermill (``StudyRun.parameters``).
+    """The run's parameters (``StudyRun.parameters``): the six every notebook receives, then the study's settings.
 
     Without ``cohort``: the synthetic cohort of generator ``seed``, ``<data_root>/synthetic_seed<seed>``.
+    ``settings``: the study's settings changed for this run (``{"alpha": 0.01}``; the others keep the
+    study's values, ``study_run.DEFAULT_SETTINGS``). An unknown profile or setting, or a bad value,
+    raises ``ValueError`` naming it.
     """
-    from hccer_lib.study_run import StudyRun
+    from dataclasses import replace
 
-    # fails early on an unknown profile
-    return StudyRun.from_parameters(profile, cohort, cohort is None, seed, data_root, figures_dir).parameters()
+    from hccer_lib.study_run import StudyRun, study_settings
+
+    chosen = study_settings(settings, "the run's settings (--set)")  # fails early, naming the setting
+    run = StudyRun.from_parameters(profile, cohort, cohort is None, seed, data_root, figures_dir)
+    return replace(run, study_settings=chosen).parameters()
+
+
+def injected_parameters(params: dict, declared) -> dict:
+    """What papermill injects into one notebook: the six run parameters, and each other one it declares.
+
+    ``declared``: the notebook's parameter names (``papermill.inspect_notebook``). A study setting
+    reaches exactly the notebooks whose parameters cell names it.
+    """
+    from hccer_lib.study_run import RUN_PARAMETERS
+
+    return {k: v for k, v in params.items() if k in RUN_PARAMETERS or k in declared}
 
 
 def run_record_entries(runs: list[NotebookRun], notebooks: list[Path]) -> list[dict]:
@@ -123,6 +144,7 @@ def run_notebooks(
     external_cohort: str | None = None,
     clinical_only: bool = False,
     workers: int | str | None = None,
+    settings: dict | None = None,
 ) -> int:
     """Execute the notebooks in order; return 0 when all passed or were skipped, 1 otherwise.
 
@@ -146,6 +168,10 @@ def run_notebooks(
     ``$HCCER_TRAINING_WORKERS`` or ``"auto"``) sets how many worker processes train the
     networks side by side (``training.training_workers``); it changes the time, not the results.
 
+    ``settings``: the study's settings changed for this run (``{"alpha": 0.01}``, ``run --set``):
+    injected into each notebook that declares them (:func:`injected_parameters`) and recorded in
+    ``run.json``; a changed hyper-parameter also names the run's folders (``StudyRun.run_name``).
+
     On a clinical-only cohort the notebooks that need images are skipped
     (:func:`skip_reason`, :func:`write_skipped_copy`); ``clinical_only`` asks for that on a
     cohort folder that has images (the clinical study on every patient, images not read).
@@ -160,7 +186,7 @@ def run_notebooks(
     from hccer_lib.profiles import get_profile
     from hccer_lib.study_run import EXECUTED_ROOT, StudyRun
 
-    params = notebook_parameters(profile, cohort, seed, data_root, figures_dir)
+    params = notebook_parameters(profile, cohort, seed, data_root, figures_dir, settings)
     cwd = Path(cwd).resolve() if cwd is not None else outputs.project_root()
     run = StudyRun.from_parameters(**params)
     with _kernel_environment(**{outputs.ROOT_VARIABLE: str(cwd)}):  # the run's paths as its notebooks read them
@@ -210,7 +236,8 @@ def run_notebooks(
                 pm.execute_notebook(
                     str(nb),
                     str(executed_dir / nb.name),
-                    parameters={**params, **{k: v for k, v in optional.items() if k in declared}},
+                    parameters={**injected_parameters(params, declared),
+                                **{k: v for k, v in optional.items() if k in declared}},
                     cwd=str(cwd),
                     kernel_name="python3",
                     progress_bar=False,

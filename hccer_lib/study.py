@@ -78,6 +78,7 @@ def network_study(
     seed: int = DEFAULT_SEED,
     synthetic: bool = True,
     n_jobs: int | None = None,
+    **study_settings,
 ) -> NetworkStudy:
     """Read what notebooks 04-06 start from (their parameters as the runner injects them).
 
@@ -91,13 +92,15 @@ def network_study(
         synthetic: whether the cohort is the generated one (only the tables' label).
         n_jobs: worker processes of the preprocessing when the images are not cached yet
             (default: one per core).
+        study_settings: the study's settings the notebook declares (``selection_protocol=...``;
+            ``None`` keeps the study's), carried by the run (``StudyRun.study_settings``).
 
     Returns:
         a :class:`NetworkStudy`; the folds are written to ``<work_dir>/folds_<n>_seed<s>.csv`` when absent
         or stale, the processed images to ``<work_dir>/processed/`` when not cached.
     """
     settings = get_profile(profile) if isinstance(profile, str) else profile
-    run = StudyRun.from_parameters(settings.name, cohort_dir, synthetic, seed, data_root, figures_dir)
+    run = StudyRun.from_parameters(settings.name, cohort_dir, synthetic, seed, data_root, figures_dir, **study_settings)
     cohort_dir, data_root, work_dir = run.cohort, run.data, run.work_dir
     clinical = load_clinical(cohort_dir)
     folds = evaluation.load_or_make_folds(work_dir, clinical, settings.n_folds, seed)

@@ -5,9 +5,12 @@ import os
 import subprocess
 import sys
 
+from dataclasses import asdict
+
 import nbformat
 
 from hccer_lib.runner import list_notebooks, notebook_parameters, run_notebooks
+from hccer_lib.study_run import DEFAULT_SETTINGS
 
 
 def _notebook(path, body: str) -> None:
@@ -41,7 +44,9 @@ def test_notebooks_run_in_order_with_parameters_and_stop_at_first_failure(tmp_pa
     # run.json in the run's figures folder: parameters, profile, versions, each notebook's status and time
     record = json.loads((tmp_path / "figures" / "synthetic_seed7" / "smoke" / "run.json").read_text())
     assert record["parameters"] == {"profile": "smoke", "cohort_dir": os.path.join("data", "synthetic_seed7"),
-                                    "synthetic": True, "seed": 7, "data_root": "data", "figures_dir": "figures"}, record
+                                    "synthetic": True, "seed": 7, "data_root": "data", "figures_dir": "figures",
+                                    **asdict(DEFAULT_SETTINGS)}, record  # the study's settings: none was changed
+    assert record["settings_changed"] == {}, record
     assert record["profile"]["name"] == "smoke" and record["profile"]["n_folds"] == 2, record["profile"]
     assert {"python", "numpy", "pandas"} <= set(record["versions"]), record["versions"]
     statuses = [(n["name"], n["status"]) for n in record["notebooks"]]
