@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from hccer_lib.study_run import DEFAULT_SETTINGS
+
 
 @dataclass(frozen=True)
 class ClinicalVariable:
@@ -450,7 +452,7 @@ def variable_p_values(clinical_or_levels: pd.DataFrame, labels, on_single_level:
 
 
 def select_variables(
-    clinical_or_levels: pd.DataFrame, labels, alpha: float = 0.05, on_single_level: str = "raise"
+    clinical_or_levels: pd.DataFrame, labels, alpha: float = DEFAULT_SETTINGS.alpha, on_single_level: str = "raise"
 ) -> list[str]:
     """The variables whose chi-squared p-value is below ``alpha`` (section II.A), paper order.
 
@@ -599,7 +601,7 @@ def clinical_matrix(
     clinical: pd.DataFrame,
     protocol: str = "paper",
     train_ids=None,
-    alpha: float = 0.05,
+    alpha: float = DEFAULT_SETTINGS.alpha,
 ) -> tuple[np.ndarray, list[str]]:
     """The clinical feature matrix of every patient, with variables selected by chi-squared.
 
@@ -647,7 +649,8 @@ def clinical_matrix(
 # The clinical model: random forest on the binary clinical vector
 # ---------------------------------------------------------------------------------------
 
-RF_PARAMS = {"n_estimators": 500, "max_features": "sqrt", "min_samples_leaf": 1, "bootstrap": True, "n_jobs": 1}
+#: ``n_estimators``: the study's setting (``study_run.StudySettings``); a run passes its own.
+RF_PARAMS = {"n_estimators": DEFAULT_SETTINGS.n_estimators, "max_features": "sqrt", "min_samples_leaf": 1, "bootstrap": True, "n_jobs": 1}
 
 
 def make_clinical_rf(seed: int, **params):
@@ -668,7 +671,7 @@ def cross_validate_clinical(
     folds: pd.DataFrame,
     protocol: str = "paper",
     seed: int = 2020,
-    alpha: float = 0.05,
+    alpha: float = DEFAULT_SETTINGS.alpha,
     **rf_params,
 ) -> tuple[pd.DataFrame, dict[int, list[str]]]:
     """Out-of-fold predictions of the clinical RF on the shared folds.

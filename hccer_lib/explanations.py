@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from hccer_lib.models import PRIMARY_ORDER
+from hccer_lib.study_run import DEFAULT_SETTINGS
 
 if TYPE_CHECKING:
     from hccer_lib.model_folder import FinalModel
@@ -123,7 +124,7 @@ def final_model_gradcam(final: FinalModel, predictions: list[PatientPrediction],
 
 
 def fold_gradcam(model_name: str, dataset, clinical: pd.DataFrame, folds: pd.DataFrame, profile, picked: pd.DataFrame,
-                 stored: pd.DataFrame, seed: int, selection_protocol: str = "paper", imagenet: str = "auto",
+                 stored: pd.DataFrame, seed: int, selection_protocol: str = DEFAULT_SETTINGS.selection_protocol, imagenet: str = "auto",
                  layer_name: str | None = None, title_suffix: str = "") -> tuple[GradCam, pd.DataFrame]:  # fmt: skip
     """Grad-CAM of one cross-validation fold's network on chosen test patients, the middle slice of each.
 

@@ -32,6 +32,7 @@ from hccer_lib.model_folder import (
     versions,
 )
 from hccer_lib.models import MODEL_NAMES, NETWORK_MODELS, PRIMARY_ORDER, output_names
+from hccer_lib.study_run import DEFAULT_SETTINGS
 
 logger = logging.getLogger("hccer")
 
@@ -49,8 +50,8 @@ def new_final_model(
     profile,
     variables: list[str],
     seed: int = 2020,
-    selection_protocol: str = "paper",
-    alpha: float = 0.05,
+    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
+    alpha: float = DEFAULT_SETTINGS.alpha,
     synthetic: bool = False,
     preprocess_settings=None,
     dictionary_spec: dict | None = None,
@@ -171,15 +172,15 @@ def refit_final_model(
     profile,
     models: list[str] | tuple[str, ...] = MODEL_NAMES,
     seed: int = 2020,
-    selection_protocol: str = "paper",
+    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
     imagenet: str = "auto",
     synthetic: bool = False,
-    alpha: float = 0.05,
-    clinical_estimators: int = 500,
-    radiomics_estimators: int = 500,
-    inner_folds: int = 5,
+    alpha: float = DEFAULT_SETTINGS.alpha,
+    clinical_estimators: int = DEFAULT_SETTINGS.n_estimators,
+    radiomics_estimators: int = DEFAULT_SETTINGS.n_estimators,
+    inner_folds: int = DEFAULT_SETTINGS.inner_folds,
     radiomics_mode: str | None = None,
-    min_texture_voxels: int = 16,
+    min_texture_voxels: int = DEFAULT_SETTINGS.min_texture_voxels,
     verbose: int | str = 0,
 ) -> FinalModel:
     """Refit ``models`` on every patient of the cohort, with the settings of their cross-validation.
@@ -188,8 +189,10 @@ def refit_final_model(
     chi-squared on the whole cohort, with ``alpha``). ``radiomics_rf``: the radiomics
     pipeline on the cached feature table (``radiomics_baseline.extract_cohort``).
     Networks: ``training.train_fold(..., fold=None)`` on the processed slices of every
-    patient (``preprocessing.study_dataset``: notebook 02's preprocessing, cached). The defaults are those of
-    notebooks 01 and 03-06. On the whole cohort the ``paper`` and ``strict`` selection
+    patient (``preprocessing.study_dataset``: notebook 02's preprocessing, cached). Notebook 07 passes
+    its run's settings (``StudyRun.study_settings``: ``selection_protocol``, ``alpha``, ``n_estimators`` as
+    both forests' trees, ``inner_folds``, ``min_texture_voxels``); the defaults are the study's
+    (``study_run.DEFAULT_SETTINGS``), those of notebooks 01 and 03-06 run with theirs. On the whole cohort the ``paper`` and ``strict`` selection
     protocols select on the same patients; ``strict`` skips single-level variables.
 
     Returns:
@@ -229,7 +232,7 @@ def refit_final_model(
         bits, _ = clinical_module.apply_imputation(levels, variables, imputation["modes"], imputation["indicators"])
         logger.info("final model: clinical_rf on %d patients, %d clinical bits", len(clinical), bits.shape[1])
         forest = clinical_module.make_clinical_rf(seed, n_estimators=clinical_estimators).fit(bits, labels)
-        add_clinical_rf(final, forest, rf_params=clinical_module.RF_PARAMS, seed=int(seed), n_patients=len(clinical))
+        add_clinical_rf(final, forest, rf_params={**clinical_module.RF_PARAMS, "n_estimators": clinical_estimators}, seed=int(seed), n_patients=len(clinical))
 
     if "radiomics_rf" in models:
         _refit_radiomics(final, cohort_dir, work_dir, profile, seed, radiomics_estimators, inner_folds,

@@ -55,13 +55,14 @@ from hccer_lib.preprocessing import (
     map_patients,
     match_phase_boxes,
 )
+from hccer_lib.study_run import DEFAULT_SETTINGS
 
 PARAMS_FILE = Path(__file__).with_name("radiomics_params.yaml")
 MODEL_NAME = "radiomics_rf"
 ID_COLUMNS = ["patient_id", "slice", "z_mm", "y_true"]
 #: Feature classes that stay valid on a tiny or constant ROI; every other class is texture.
 NON_TEXTURE_CLASSES = ("firstorder", "shape", "shape2D")
-DEFAULT_MIN_TEXTURE_VOXELS = 16
+DEFAULT_MIN_TEXTURE_VOXELS = DEFAULT_SETTINGS.min_texture_voxels  # the study's setting (study_run.StudySettings)
 #: Inverse L1 penalties tried by the inner cross-validation (standardised features). Weaker
 #: penalties than C = 1 keep nearly every feature and make liblinear slow.
 DEFAULT_CS = tuple(np.logspace(-3, 0, 7).round(6))
@@ -411,7 +412,7 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         return self.support_
 
 
-def make_pipeline(seed: int, inner_cv=5, n_estimators: int = 500, n_jobs: int | None = None) -> Pipeline:
+def make_pipeline(seed: int, inner_cv=DEFAULT_SETTINGS.inner_folds, n_estimators: int = DEFAULT_SETTINGS.n_estimators, n_jobs: int | None = None) -> Pipeline:
     """``SimpleImputer(median) -> StandardScaler -> LassoSelector -> RandomForestClassifier(random_state=seed)``."""
     return Pipeline([
         ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
@@ -433,8 +434,8 @@ def cross_validate(
     features: pd.DataFrame,
     folds: pd.DataFrame,
     seed: int,
-    inner_folds: int = 5,
-    n_estimators: int = 500,
+    inner_folds: int = DEFAULT_SETTINGS.inner_folds,
+    n_estimators: int = DEFAULT_SETTINGS.n_estimators,
     n_jobs: int | None = None,
     progress: bool = True,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:

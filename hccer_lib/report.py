@@ -33,6 +33,7 @@ import pandas as pd
 
 from hccer_lib import outputs
 from hccer_lib.models import MODEL_NAMES, NETWORK_MODELS, PAPER_TABLE_ROWS, paper_auc, paper_values
+from hccer_lib.study_run import DEFAULT_SETTINGS
 
 CHECKLIST_COLUMNS = ["framework", "item", "topic", "status", "value"]
 CHECKLIST_FILE = "reporting_checklist"
@@ -561,7 +562,7 @@ def checklist(
     figures_dir: str | os.PathLike | None = None,
     seed: int = 2020,
     synthetic: bool | None = None,
-    selection_protocol: str = "paper",
+    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
     image_headers: bool = True,
     results: pd.DataFrame | None = None,
     results_dir: str | os.PathLike | None = None,
@@ -613,7 +614,7 @@ def checklist_facts(
     figures_dir: str | os.PathLike | None = None,
     seed: int = 2020,
     synthetic: bool | None = None,
-    selection_protocol: str = "paper",
+    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
     image_headers: bool = True,
     results: pd.DataFrame | None = None,
     results_dir: str | os.PathLike | None = None,

@@ -63,6 +63,7 @@ import pandas as pd
 from hccer_lib import clinical, evaluation, outputs, synth
 from hccer_lib.models import paper_auc, paper_values
 from hccer_lib.profiles import Profile, get_profile
+from hccer_lib.study_run import DEFAULT_SETTINGS, StudySettings
 
 logger = logging.getLogger("hccer")
 
@@ -113,10 +114,8 @@ DEEP_MODELS = ("deep_resnet50", "fusion_d", "fusion_d_joint")
 MODEL_ORDER = (
     "clinical_rf", "clinical_rf_strict", RADIOMICS_MODEL, *DEEP_MODELS, *ORACLE_MODELS,
 )  # fmt: skip
-# Settings of the models, as in the notebooks' parameter cells (01, 03).
-ALPHA = 0.05
-N_ESTIMATORS = 500
-INNER_FOLDS = 5
+# The models' settings (alpha, n_estimators, inner_folds, min_texture_voxels) are the run's
+# (study_run.StudySettings, notebook 08 passes them); ``study=None``: the study's (DEFAULT_SETTINGS).
 
 RESULT_COLUMNS = [
     "design", "cohort", "seed", "model", "level", "n_patients", "auc", "auc_se", "auc_fold_mean", "auc_fold_sd",
@@ -179,11 +178,14 @@ def simulation_seeds(n: int, base_seed: int = STUDY_SEED) -> list[int]:
     return seeds
 
 
-def simulation_settings(profile: str | Profile) -> dict:
+def simulation_settings(profile: str | Profile, study: StudySettings | None = None) -> dict:
     """Everything that changes a simulated cohort's results (hashed into the cache folder).
 
+    ``study``: the models' settings (``alpha``, ``n_estimators``, ``inner_folds``,
+    ``min_texture_voxels``; ``selection_protocol`` is not used: both clinical protocols are simulated).
     The counts and the base seed are not part of it: each seed is cached on its own.
     """
+    study = DEFAULT_SETTINGS if study is None else study
     import radiomics
     import sklearn
 
@@ -196,14 +198,14 @@ def simulation_settings(profile: str | Profile) -> dict:
         "n_folds": profile.n_folds,
         "generator_version": synth.GENERATOR_VERSION,
         "synth_settings": synth_settings,
-        "clinical": {"rf": clinical.RF_PARAMS, "n_estimators": N_ESTIMATORS, "alpha": ALPHA},
+        "clinical": {"rf": clinical.RF_PARAMS, "n_estimators": study.n_estimators, "alpha": study.alpha},
         "oracle": {"rule_seed": ORACLE_RULE_SEED, "replicates": list(synth.ORACLE_REPLICATES), "chunk": ORACLE_CHUNK},
         "radiomics": {
             "mode": profile.radiomics_mode,
             "params": rb.load_params(profile.radiomics_mode, profile.radiomics_feature_classes),
-            "inner_folds": INNER_FOLDS,
-            "n_estimators": N_ESTIMATORS,
-            "min_texture_voxels": rb.DEFAULT_MIN_TEXTURE_VOXELS,
+            "inner_folds": study.inner_folds,
+            "n_estimators": study.n_estimators,
+            "min_texture_voxels": study.min_texture_voxels,
             "format": rb.FORMAT_VERSION,
             "pyradiomics": radiomics.__version__,
         },
@@ -219,9 +221,9 @@ def _deep_key(profile: Profile) -> str:
     return outputs.settings_key({"fields": fields, "training": training.TRAINING_VERSION, "models": DEEP_MODELS})
 
 
-def simulation_dir(profile: str | Profile, work_root: str | os.PathLike) -> Path:
+def simulation_dir(profile: str | Profile, work_root: str | os.PathLike, study: StudySettings | None = None) -> Path:
     """``<work_root>/simulation/<settings key>/``."""
-    return Path(work_root) / "simulation" / outputs.settings_key(simulation_settings(profile))
+    return Path(work_root) / "simulation" / outputs.settings_key(simulation_settings(profile, study))  # None: the study's
 
 
 def _part_path(folder: Path, seed: int, part: str) -> Path:
@@ -270,8 +272,10 @@ def cohort_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     return evaluation.make_folds(labels, n_folds, seed)
 
 
-def clinical_part(seed: int, n_folds: int, oracles: dict | None = None) -> pd.DataFrame:
+def clinical_part(seed: int, n_folds: int, oracles: dict | None = None, study: StudySettings | None = None) -> pd.DataFrame:
     """Out-of-fold predictions of the clinical models and the oracle rules on cohort ``seed``.
+
+    ``study``: ``alpha`` and ``n_estimators`` of the clinical models.
 
     No image is drawn: the clinical table and the latent traits come from
     :func:`hccer_lib.synth.plan_cohort` (the same table ``generate_cohort`` writes).
@@ -281,12 +285,14 @@ def clinical_part(seed: int, n_folds: int, oracles: dict | None = None) -> pd.Da
         empty) plus ``model``, 167 rows per model of ``CLINICAL_MODELS`` and ``ORACLE_MODELS``.
     """
     oracles = oracles if oracles is not None else fixed_oracles()
+    study = DEFAULT_SETTINGS if study is None else study
     plan = synth.plan_cohort(synth.SynthConfig(seed=seed))
     table = plan.clinical
     folds = cohort_folds(table, n_folds, seed)
     frames = []
     for model, protocol in CLINICAL_MODELS.items():
-        frame, _ = clinical.cross_validate_clinical(table, folds, protocol, seed=seed, alpha=ALPHA, n_estimators=N_ESTIMATORS)
+        frame, _ = clinical.cross_validate_clinical(table, folds, protocol, seed=seed, alpha=study.alpha,
+                                                  n_estimators=study.n_estimators)
         frames.append(frame.assign(model=model))
     ids = table["patient_id"].astype(str).to_numpy()
     inputs = synth.oracle_inputs(_latent_frame(plan))
@@ -302,19 +308,21 @@ def clinical_part(seed: int, n_folds: int, oracles: dict | None = None) -> pd.Da
     return pd.concat(frames, ignore_index=True)
 
 
-def _clinical_task(args: tuple[int, int, str], oracles: dict | None = None) -> tuple[int, float]:
+def _clinical_task(args: tuple[int, int, str, StudySettings], oracles: dict | None = None) -> tuple[int, float]:
     """Compute and cache one clinical seed (in a worker: the oracles of ``_init_worker``);
     returns (seed, seconds)."""
-    seed, n_folds, path = args
+    seed, n_folds, path, study = args
     start = time.perf_counter()
-    outputs.write_csv(path, clinical_part(seed, n_folds, oracles if oracles is not None else _WORKER_ORACLES))
+    outputs.write_csv(path, clinical_part(seed, n_folds, oracles if oracles is not None else _WORKER_ORACLES, study))
     return seed, time.perf_counter() - start
 
 
-def image_parts(seed: int, profile: Profile, parts: tuple[str, ...], scratch: Path, progress: bool = False) -> dict[str, pd.DataFrame]:
+def image_parts(seed: int, profile: Profile, parts: tuple[str, ...], scratch: Path, progress: bool = False,
+                study: StudySettings | None = None) -> dict[str, pd.DataFrame]:
     """Generate cohort ``seed`` with images in a temporary folder and run the image models.
 
     Args:
+        study: ``n_estimators``, ``inner_folds`` and ``min_texture_voxels`` of the radiomics model.
         parts: ``"radiomics"`` (``radiomics_rf``) and/or ``"deep"`` (``DEEP_MODELS``).
         scratch: folder under which the temporary cohort goes (deleted afterwards, also
             on failure).
@@ -324,6 +332,7 @@ def image_parts(seed: int, profile: Profile, parts: tuple[str, ...], scratch: Pa
     """
     from hccer_lib import cohort
 
+    study = DEFAULT_SETTINGS if study is None else study
     scratch.mkdir(parents=True, exist_ok=True)
     found: dict[str, pd.DataFrame] = {}
     with tempfile.TemporaryDirectory(prefix=f".seed_{seed}_", dir=scratch) as tmp:
@@ -340,10 +349,10 @@ def image_parts(seed: int, profile: Profile, parts: tuple[str, ...], scratch: Pa
 
             features, _ = rb.extract_cohort(
                 cohort_dir, cohort_dir, mode=profile.radiomics_mode, feature_classes=profile.radiomics_feature_classes,
-                progress=progress,
+                min_texture_voxels=study.min_texture_voxels, progress=progress,
             )
-            predictions, _ = rb.cross_validate(features, folds, seed=seed, inner_folds=INNER_FOLDS,
-                                               n_estimators=N_ESTIMATORS, progress=progress)
+            predictions, _ = rb.cross_validate(features, folds, seed=seed, inner_folds=study.inner_folds,
+                                               n_estimators=study.n_estimators, progress=progress)
             found["radiomics"] = predictions.assign(model=RADIOMICS_MODEL)
         if "deep" in parts:
             from hccer_lib import preprocessing, training
@@ -528,6 +537,7 @@ def run_simulation(
     base_seed: int = STUDY_SEED,
     progress: bool = True,
     n_jobs: int | None = None,
+    study: StudySettings | None = None,
 ) -> pd.DataFrame:
     """Repeat the study on simulated cohorts; one row per (cohort, model).
 
@@ -542,6 +552,9 @@ def run_simulation(
             never :data:`STUDY_SEED`; the oracle cohorts derive from it too.
         progress: one line per computed seed (and per part).
         n_jobs: processes for the clinical seeds (default: one per CPU).
+        study: the models' settings, the run's (``StudyRun.study_settings``, passed by notebook 08):
+            ``alpha``, ``n_estimators``, ``inner_folds``, ``min_texture_voxels``; part of the cache key.
+            ``None``: the study's (``study_run.DEFAULT_SETTINGS``).
 
     Returns:
         Columns ``design`` (``"study"``: the study's protocol on a generated cohort;
@@ -559,8 +572,9 @@ def run_simulation(
         (:func:`paired_tests`), also written to ``<simulation dir>/pairs_<...>.csv``.
     """
     profile = _profile(profile)
+    study = DEFAULT_SETTINGS if study is None else study
     counts = seed_counts(profile, n_seeds)
-    settings = simulation_settings(profile)
+    settings = simulation_settings(profile, study)
     key = outputs.settings_key(settings)
     folder = Path(work_root) / "simulation" / key
     folder.mkdir(parents=True, exist_ok=True)
@@ -586,7 +600,7 @@ def run_simulation(
     todo = [s for s in seeds if not _part_path(folder, s, "clinical").exists()]
     say(f"simulation: clinical seeds: {len(seeds) - len(todo)} cached, {len(todo)} to run")
     if todo:
-        tasks = [(s, profile.n_folds, str(_part_path(folder, s, "clinical"))) for s in todo]
+        tasks = [(s, profile.n_folds, str(_part_path(folder, s, "clinical")), study) for s in todo]
         n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(todo)))
         if n_jobs > 1:
             with ProcessPoolExecutor(n_jobs, initializer=_init_worker, initargs=(get_oracles(),)) as pool:
@@ -605,7 +619,7 @@ def run_simulation(
             continue
         t0 = time.perf_counter()
         say(f"simulation: seed {seed}: generating the cohort with images for {', '.join(missing)}")
-        found = image_parts(seed, profile, tuple(missing), folder / "scratch", progress=False)
+        found = image_parts(seed, profile, tuple(missing), folder / "scratch", progress=False, study=study)
         for part, frame in found.items():
             name = part if part == "radiomics" else deep_part
             outputs.write_csv(_part_path(folder, seed, name), frame)

@@ -1,6 +1,7 @@
 """The seed simulation: seeds, the detectable-difference formula, summaries, metrics that
 match evaluation's, the clinical table of a seed, determinism and the per-seed cache."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def cheap_oracles() -> dict:
 @pytest.fixture
 def cheap(monkeypatch, cheap_oracles):
     """Small forests and cheap oracle rules, so that a clinical seed takes about a second."""
-    monkeypatch.setattr(simulation, "N_ESTIMATORS", 20)
+    monkeypatch.setattr(simulation, "DEFAULT_SETTINGS", replace(simulation.DEFAULT_SETTINGS, n_estimators=20))
     monkeypatch.setattr(simulation, "ORACLE_CHUNK", 10)
     monkeypatch.setattr(simulation, "fixed_oracles", lambda: cheap_oracles)
     return cheap_oracles
