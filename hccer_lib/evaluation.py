@@ -798,11 +798,14 @@ def record_comparison(
     work_dir: str | os.PathLike,
     model_a: str,
     model_b: str,
-    n_bootstrap: int = 1000,
-    seed: int = 2020,
+    n_bootstrap: int,
+    seed: int,
     file: str = COMPARISONS_FILE,
 ) -> pd.DataFrame:
     """Add or replace the row of (model_a, model_b) in ``<figures_dir>/<file>``.
+
+    ``n_bootstrap`` and ``seed``: the run's (the profile's ``n_bootstrap``, the run's seed), as its
+    tables' intervals use; no default, so that no notebook records with other values than its run's.
 
     The row (:func:`comparison_row`: DeLong test and the paired bootstrap interval of the
     AUC difference) of the same pair (in either order) is replaced, other rows are kept

@@ -317,10 +317,10 @@ def test_record_comparison_replaces_the_same_pair_and_keeps_others(tmp_path):
     for seed, model in enumerate(["clinical_rf", "fusion_d", "deep_resnet50"]):
         ev.write_predictions(tmp_path, model, predictions(seed=seed))
     figures = tmp_path / "figures"
-    ev.record_comparison(figures, tmp_path, "clinical_rf", "fusion_d")
-    ev.record_comparison(figures, tmp_path, "deep_resnet50", "fusion_d")
+    ev.record_comparison(figures, tmp_path, "clinical_rf", "fusion_d", 1000, 2020)
+    ev.record_comparison(figures, tmp_path, "deep_resnet50", "fusion_d", 1000, 2020)
     ev.write_predictions(tmp_path, "fusion_d", predictions(seed=7))  # fusion_d re-run
-    table = ev.record_comparison(figures, tmp_path, "fusion_d", "clinical_rf")
+    table = ev.record_comparison(figures, tmp_path, "fusion_d", "clinical_rf", 1000, 2020)
     on_disk = pd.read_csv(figures / ev.COMPARISONS_FILE)
     assert list(on_disk.columns) == ev.COMPARISON_COLUMNS
     assert len(on_disk) == 2, f"rows:\n{on_disk}"
@@ -513,5 +513,5 @@ def test_comparison_over_seeds_pairs_the_same_seeds(tmp_path):
     # a model without seeds is one seed: each seed of the other model against it
     against_forest = ev.comparison_row(tmp_path, "fusion_d", "clinical_rf", n_bootstrap=50)
     assert against_forest["n_seed_pairs"] == 3 and np.isfinite(against_forest["seed_difference_sd"])
-    table = ev.record_comparison(tmp_path, tmp_path, "fusion_d_joint", "fusion_d", n_bootstrap=50)
+    table = ev.record_comparison(tmp_path, tmp_path, "fusion_d_joint", "fusion_d", n_bootstrap=50, seed=2020)
     assert list(table.columns) == ev.COMPARISON_COLUMNS
