@@ -28,7 +28,9 @@ import numpy as np
 from keras import ops
 from scipy import ndimage
 
-PHASE_NAMES = ("NC", "ART", "PV")
+from hccer_lib.cohort import PHASES
+
+PHASE_NAMES = PHASES  # the cohort's phases (cohort.PHASES), channel order of the processed slices
 
 
 def grad_cam(

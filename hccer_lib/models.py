@@ -64,6 +64,8 @@ class Model:
         paper_name: the paper's name for it (None: not in the paper).
         paper: the values the paper prints (None: not in the paper).
         variant_of: the main model it is a variant of (another protocol), or None.
+        fusion: the fusion architecture of a fusion network (``"a"``-``"d"``, section II.D;
+            ``networks.build_model``), or None.
     """
 
     name: str
@@ -74,6 +76,7 @@ class Model:
     paper_name: str | None = None
     paper: PaperValues | None = None
     variant_of: str | None = None
+    fusion: str | None = None
 
     @property
     def paper_tables(self) -> tuple[str, ...]:
@@ -101,19 +104,19 @@ REGISTRY: tuple[Model, ...] = (
           "Deep learning model", PaperValues(69.52, 5.1, 0.7233, 0.06)),
     Model("fusion_a", "network", ("image", "clinical"), "05_fusion_models",
           "fusion A: ResNet features and the clinical vector concatenated",
-          "Fusion model A", PaperValues(74.80, 4.1, 0.7880, 0.05)),
+          "Fusion model A", fusion="a", paper=PaperValues(74.80, 4.1, 0.7880, 0.05)),
     Model("fusion_b", "network", ("image", "clinical"), "05_fusion_models",
           "fusion B: an image FC layer, then the clinical vector concatenated",
-          "Fusion model B", PaperValues(78.05, 3.2, 0.8045, 0.08)),
+          "Fusion model B", fusion="b", paper=PaperValues(78.05, 3.2, 0.8045, 0.08)),
     Model("fusion_c", "network", ("image", "clinical"), "05_fusion_models",
           "fusion C: the clinical vector through a Conv1D layer",
-          "Fusion model C", PaperValues(75.44, 7.0, 0.7649, 0.08)),
+          "Fusion model C", fusion="c", paper=PaperValues(75.44, 7.0, 0.7649, 0.08)),
     Model("fusion_d", "network", ("image", "clinical"), "05_fusion_models",
           "fusion D: the clinical vector through its own FC layer",
-          "Fusion model D", PaperValues(78.66, 3.9, 0.8248, 0.07)),
+          "Fusion model D", fusion="d", paper=PaperValues(78.66, 3.9, 0.8248, 0.07)),
     Model("fusion_d_joint", "network", ("image", "clinical"), "06_joint_loss",
           "fusion D trained with the joint loss (fused, image and clinical heads)",
-          "Fusion model D with joint loss", PaperValues(80.49, 4.3, 0.8331, 0.03)),
+          "Fusion model D with joint loss", fusion="d", paper=PaperValues(80.49, 4.3, 0.8331, 0.03)),
 )  # fmt: skip
 
 _BY_NAME = {model.name: model for model in REGISTRY}
@@ -125,6 +128,8 @@ FOREST_MODELS: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.variant_of 
 NETWORK_MODELS: tuple[str, ...] = tuple(m.name for m in REGISTRY if m.variant_of is None and m.kind == "network")
 #: The networks that fuse the image with the clinical vector (fusion A-D, D with the joint loss).
 FUSION_MODELS: tuple[str, ...] = tuple(name for name in NETWORK_MODELS if "clinical" in _BY_NAME[name].inputs)
+#: The fusion architecture (``"a"``-``"d"``) of each fusion network (``networks.FUSION_KINDS``).
+FUSION_KINDS: dict[str, str] = {m.name: m.fusion for m in REGISTRY if m.fusion is not None}
 #: The model whose probability is "the" prediction of a model folder: the first of these it holds.
 PRIMARY_ORDER: tuple[str, ...] = (
     "fusion_d_joint", "fusion_d", "fusion_c", "fusion_b", "fusion_a", "deep_resnet50", "clinical_rf", "radiomics_rf",

@@ -63,10 +63,13 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from hccer_lib import models
+
 logger = logging.getLogger("hccer")
 
-MODEL_NAMES = ("deep_resnet50", "fusion_a", "fusion_b", "fusion_c", "fusion_d", "fusion_d_joint")
-FUSION_KINDS = {"fusion_a": "a", "fusion_b": "b", "fusion_c": "c", "fusion_d": "d", "fusion_d_joint": "d"}
+#: The networks and the fusion architecture of each fusion network: the model registry's (``models.py``).
+MODEL_NAMES = models.NETWORK_MODELS
+FUSION_KINDS = models.FUSION_KINDS
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 RESNET50_WIDTH = 64

@@ -67,7 +67,7 @@ def test_the_registry_lists_each_model_once_with_its_kind_and_inputs():
 
 
 def test_modules_read_the_registry():
-    """The lists that modules still keep (networks.py, report.MODELS) agree with it."""
+    """The lists that modules name (networks.py, report.MODELS) are the registry's."""
     assert tuple(networks.MODEL_NAMES) == models.NETWORK_MODELS, "networks.MODEL_NAMES differs from the registry"
     assert report.MODELS == models.MODEL_NAMES
     assert rb.MODEL_NAME in models.names(kind="radiomics")
@@ -76,7 +76,7 @@ def test_modules_read_the_registry():
 
 def test_phases_are_defined_once():
     assert preprocessing.PHASES is cohort.PHASES and synth.PHASES is cohort.PHASES and rb.PHASES is cohort.PHASES
-    assert tuple(gradcam.PHASE_NAMES) == cohort.PHASES  # gradcam.py keeps its own copy (to be read from cohort)
+    assert gradcam.PHASE_NAMES is cohort.PHASES
     assert evaluation.PREDICTION_COLUMNS == ["patient_id", "slice", "fold", "y_true", "y_prob"]
 
 
