@@ -566,6 +566,7 @@ def checklist(
     image_headers: bool = True,
     results: pd.DataFrame | None = None,
     results_dir: str | os.PathLike | None = None,
+    study=None,
 ) -> pd.DataFrame:
     """TRIPOD+AI and CLAIM 2024 items, filled from the run where it can answer them.
 
@@ -587,13 +588,15 @@ def checklist(
             computed from the prediction files.
         results_dir: the folder of the run's ``predictions/`` (``StudyRun.results_dir``);
             default ``work_dir``.
+        study: the run's settings (``StudyRun.study_settings``: ``alpha``, ``n_estimators``,
+            ``inner_folds`` as the checklist states them); ``None``: the study's (``DEFAULT_SETTINGS``).
 
     Returns:
         ``framework, item, topic, status, value``; ``status`` one of :data:`STATUSES`.
     """
     facts = checklist_facts(work_dir, cohort_dir, profile, figures_dir=figures_dir, seed=seed, synthetic=synthetic,
                             selection_protocol=selection_protocol, image_headers=image_headers, results=results,
-                            results_dir=results_dir)
+                            results_dir=results_dir, study=study)
     return render_checklist(checklist_template(), facts)
 
 
@@ -618,6 +621,7 @@ def checklist_facts(
     image_headers: bool = True,
     results: pd.DataFrame | None = None,
     results_dir: str | os.PathLike | None = None,
+    study=None,
 ) -> dict:
     """What the run can say about itself: the facts the checklist's templates name.
 
@@ -628,6 +632,8 @@ def checklist_facts(
     from hccer_lib import clinical as clinical_module
     from hccer_lib import cohort, evaluation
     from hccer_lib.profiles import get_profile
+
+    study = DEFAULT_SETTINGS if study is None else study
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     work_dir, cohort_dir = Path(work_dir), Path(cohort_dir)
@@ -647,7 +653,8 @@ def checklist_facts(
         "profile_name": profile.name, "image_size": profile.image_size, "resnet_blocks": str(tuple(profile.resnet_blocks)),
         "resnet_width": profile.resnet_width, "learning_rate": profile.learning_rate, "batch_size": profile.batch_size,
         "epochs": profile.epochs, "augment": bool(getattr(profile, "augment", False)), "resnet50": is_resnet50,
-        "rf_params": ", ".join(f"{k}={v}" for k, v in clinical_module.RF_PARAMS.items()),
+        "rf_params": ", ".join(f"{k}={v}" for k, v in {**clinical_module.RF_PARAMS, "n_estimators": study.n_estimators}.items()),
+        "alpha": study.alpha, "n_estimators": study.n_estimators, "inner_folds": study.inner_folds,
         "paper_protocol": selection_protocol == "paper",
         "software_versions": ", ".join(f"{k} {v}" for k, v in software_versions().items()),
     }

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-
 from dataclasses import asdict
 
 import nbformat

@@ -9,17 +9,34 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import papermill as pm
 import pandas as pd
+import papermill as pm
 import pytest
 from test_clinical_only import write_clinical_only_cohort
 
-from hccer_lib import clinical, cohort, final_model, gradcam, models, networks, outputs, simulation, study_run
+from hccer_lib import (
+    clinical,
+    cohort,
+    final_model,
+    gradcam,
+    models,
+    networks,
+    outputs,
+    report,
+    simulation,
+    study_run,
+)
 from hccer_lib import radiomics_baseline as rb
 from hccer_lib.__main__ import main
 from hccer_lib.profiles import get_profile
 from hccer_lib.runner import REPO_ROOT, injected_parameters, list_notebooks, notebook_parameters
-from hccer_lib.study_run import DEFAULT_SETTINGS, SETTING_NAMES, StudyRun, StudySettings, parse_settings
+from hccer_lib.study_run import (
+    DEFAULT_SETTINGS,
+    SETTING_NAMES,
+    StudyRun,
+    StudySettings,
+    parse_settings,
+)
 
 #: The notebooks that use each setting (and so declare it as a parameter).
 USES = {
@@ -203,3 +220,15 @@ def test_the_settings_dataclass_checks_its_values():
     with pytest.raises(ValueError, match="StudySettings: setting n_estimators must be >= 1, got 0"):
         StudySettings(n_estimators=0)
     assert StudySettings(alpha=0.1).changed() == {"alpha": 0.1} and DEFAULT_SETTINGS.changed() == {}
+
+
+def test_the_checklist_states_the_runs_settings(tmp_path):
+    cohort_dir = write_clinical_only_cohort(tmp_path / "hospital_a", n_er=30, n_ner=42)
+    facts = report.checklist_facts(tmp_path / "work", cohort_dir, "smoke", image_headers=False,
+                                   study=replace(DEFAULT_SETTINGS, alpha=0.2, n_estimators=7, inner_folds=3))
+    assert (facts["alpha"], facts["n_estimators"], facts["inner_folds"]) == (0.2, 7, 3)
+    assert "n_estimators=7," in facts["rf_params"]
+    default = report.checklist_facts(tmp_path / "work", cohort_dir, "smoke", image_headers=False)
+    assert (default["alpha"], default["n_estimators"], default["inner_folds"]) == (0.05, 500, 5)
+    text = " ".join(report.render_checklist(report.checklist_template(), facts)["value"].astype(str))
+    assert "chi-squared p < 0.2 on" in text and "forest 7 trees" in text and "p < 0.05" not in text
