@@ -9,6 +9,8 @@
 # skipped (a cohort where some patients have no images is refused without it; docs/real_cohorts.md).
 # --workers N: worker processes training the networks side by side (default: one per core in the
 # quick profile); the results do not depend on it.
+# --set NAME=VALUE (repeatable): one of the study's settings for this run (selection_protocol, alpha,
+# n_estimators, inner_folds, min_texture_voxels), e.g. --set alpha=0.01; README, "The notebooks".
 #
 # Default: the `quick` profile on the synthetic cohort of seed 2020 (generated in data/synthetic_seed2020;
 # --seed N: data/synthetic_seed<N>). Tables, figures and run.json go to figures/<cohort>/<profile>/,
