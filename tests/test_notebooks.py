@@ -21,6 +21,7 @@ from test_clinical_only import write_clinical_only_cohort
 
 from hccer_lib import models, outputs
 from hccer_lib.runner import REPO_ROOT, list_notebooks, notebook_parameters, run_notebooks
+from hccer_lib.study_run import RUN_PARAMETERS
 
 # What each notebook must leave behind in the run's figures folder (figures/<cohort>/<profile>/).
 EXPECTED_FIGURES = {
@@ -118,8 +119,9 @@ def test_papermill_reads_every_line_of_the_parameters_cell(notebook):
     assigned = [node.targets[0].id for node in ast.parse(cells[0].source).body if isinstance(node, ast.Assign)]
     parsed = [p.name for p in PythonTranslator.inspect(cells[0])]
     assert parsed == assigned, f"{notebook.name}: papermill reads {parsed}, the cell assigns {assigned}"
-    missing = set(notebook_parameters("quick", None, 2020)) - set(assigned)
+    missing = set(RUN_PARAMETERS) - set(assigned)  # the study's settings: only where used (test_study_settings)
     assert not missing, f"{notebook.name} lacks the runner's parameters {sorted(missing)}"
+    assert set(RUN_PARAMETERS) <= set(notebook_parameters("quick", None, 2020))
 
 
 def _files(folder: Path) -> dict[str, tuple[int, int]]:
