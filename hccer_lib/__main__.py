@@ -50,10 +50,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return run_notebooks(profile=args.profile, cohort=from_working_folder(args.cohort), seed=args.seed,
                              imagenet="none" if args.random_init else "auto",
                              external_cohort=from_working_folder(args.external_cohort),
-                             clinical_only=args.clinical_only, workers=args.workers)
+                             clinical_only=args.clinical_only, workers=args.workers,
+                             executor=args.executor)
     except CohortError:  # a bad cohort: main() prints "error: <patient, file: problem>"
         raise
-    except ValueError as err:  # a profile that needs the ImageNet weights file without it, a bad --workers
+    except (ValueError, RuntimeError) as err:  # the ImageNet weights file missing, a bad --workers, Ray missing
         print(f"hccer: {err}", file=sys.stderr)
         return 2
 
@@ -213,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", default=None,
                    help="worker processes training the networks side by side (default: $HCCER_TRAINING_WORKERS, else one "
                    "per core for the quick profile); changes the time taken, not the results")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where the networks' trainings run: local processes (default, or $HCCER_EXECUTOR) or Ray tasks "
+                   "($RAY_ADDRESS's cluster, else a local Ray instance; pip install -e '.[ray]'); changes the time, not the results")
     p.set_defaults(func=_cmd_run)
     return parser
 

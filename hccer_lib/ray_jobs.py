@@ -42,6 +42,11 @@ def executor(name: str | None = None) -> str:
     return chosen
 
 
+def require_ray():
+    """The ``ray`` module; ``RuntimeError`` saying how to install it when missing."""
+    return _ray()
+
+
 def _ray():
     try:
         import ray
