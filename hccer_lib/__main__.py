@@ -52,10 +52,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              imagenet="none" if args.random_init else "auto",
                              external_cohort=from_working_folder(args.external_cohort),
                              clinical_only=args.clinical_only, workers=args.workers,
-                             settings=parse_settings(args.settings))
+                             executor=args.executor, settings=parse_settings(args.settings))
     except CohortError:  # a bad cohort: main() prints "error: <patient, file: problem>"
         raise
-    except ValueError as err:  # a profile that needs the ImageNet weights file without it, a bad --workers or --set
+    except (ValueError, RuntimeError) as err:  # the ImageNet weights file missing, a bad --workers or --set, Ray missing
         print(f"hccer: {err}", file=sys.stderr)
         return 2
 
@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", default=None,
                    help="worker processes training the networks side by side (default: $HCCER_TRAINING_WORKERS, else one "
                    "per core for the quick profile); changes the time taken, not the results")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="where the networks' trainings run: local processes (default, or $HCCER_EXECUTOR) or Ray tasks "
+                   "($RAY_ADDRESS's cluster, else a local Ray instance; pip install -e '.[ray]'); changes the time, not the results")
     p.add_argument("--set", dest="settings", action="append", default=[], metavar="NAME=VALUE",
                    help="change one of the study's settings for this run (repeatable): selection_protocol, alpha, "
                    "n_estimators, inner_folds, min_texture_voxels, e.g. --set alpha=0.01; it reaches every notebook "

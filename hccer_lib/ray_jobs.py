@@ -11,7 +11,11 @@ Ray reads every fold, and the executor is not part of the settings key: it chang
 fold is trained, not its result. A task whose worker process dies is retried by Ray
 (``max_retries``).
 
-Choosing it: ``executor="ray"`` of ``training.train_cross_validated``, or the environment
+The seed simulation's clinical cohorts (``simulation.run_simulation``) run as Ray tasks the
+same way (:func:`map_tasks`), each writing its own cached part.
+
+Choosing it: ``executor="ray"`` of ``training.train_cross_validated`` and
+``simulation.run_simulation``, or the environment
 variable ``HCCER_EXECUTOR=ray`` (``run_all.sh --executor ray`` sets it for every notebook).
 Where: ``$RAY_ADDRESS`` (or ``ray.init(address=...)`` before the study) names a running
 cluster; without it a local Ray instance is started with this machine's cores and GPUs.
@@ -40,6 +44,11 @@ def executor(name: str | None = None) -> str:
     if chosen not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {chosen!r} (argument or ${EXECUTOR_VARIABLE})")
     return chosen
+
+
+def require_ray():
+    """The ``ray`` module; ``RuntimeError`` saying how to install it when missing."""
+    return _ray()
 
 
 def _ray():
@@ -130,3 +139,30 @@ def run_fold_jobs(job, pending: list[tuple[int, int]], max_retries: int = 3) -> 
                                    f"{type(cause).__name__}: {cause}") from error
             print(f"{line} [{len(done)}/{len(pending)}, {time.perf_counter() - start:.0f} s]", flush=True)
     return done
+
+
+def map_tasks(function, items: list, shared=None, describe=str, num_cpus: int = 1, max_retries: int = 3):
+    """``function(item, shared)`` for each of ``items`` as Ray tasks; yields ``(item, result)`` as each finishes.
+
+    For independent jobs that write their own result files (the seed simulation's cohorts);
+    ``shared`` goes to the object store once. A failing task stops the set (the others are
+    cancelled) with ``RuntimeError`` naming ``describe(item)``.
+    """
+    if not items:
+        return
+    ray = connect()
+    shared_ref = ray.put(shared)
+    remote = ray.remote(max_retries=max_retries, num_cpus=num_cpus)(function)
+    tasks = {remote.remote(item, shared_ref): item for item in items}
+    remaining = list(tasks)
+    while remaining:
+        finished, remaining = ray.wait(remaining, num_returns=1)
+        for ref in finished:
+            try:
+                result = ray.get(ref)
+            except Exception as error:
+                for other in remaining:
+                    ray.cancel(other)
+                cause = getattr(error, "cause", None) or error
+                raise RuntimeError(f"{describe(tasks[ref])} failed in a Ray task: {type(cause).__name__}: {cause}") from error
+            yield tasks[ref], result

@@ -144,6 +144,7 @@ def run_notebooks(
     external_cohort: str | None = None,
     clinical_only: bool = False,
     workers: int | str | None = None,
+    executor: str | None = None,
     settings: dict | None = None,
 ) -> int:
     """Execute the notebooks in order; return 0 when all passed or were skipped, 1 otherwise.
@@ -167,6 +168,10 @@ def run_notebooks(
     declare it (09, external validation). ``workers`` (a number or ``"auto"``; ``None``:
     ``$HCCER_TRAINING_WORKERS`` or ``"auto"``) sets how many worker processes train the
     networks side by side (``training.training_workers``); it changes the time, not the results.
+    ``executor`` (``"local"`` or ``"ray"``; ``None``: ``$HCCER_EXECUTOR`` or local) sets where
+    the networks' trainings run (``hccer_lib.ray_jobs``): Ray tasks on ``$RAY_ADDRESS``'s cluster
+    or a local Ray instance; it also changes the time, not the results. ``"ray"`` without Ray
+    installed raises ``RuntimeError`` before any notebook runs.
 
     ``settings``: the study's settings changed for this run (``{"alpha": 0.01}``, ``run --set``):
     injected into each notebook that declares them (:func:`injected_parameters`) and recorded in
@@ -182,7 +187,7 @@ def run_notebooks(
     """
     import papermill as pm
 
-    from hccer_lib import outputs, training
+    from hccer_lib import outputs, ray_jobs, training
     from hccer_lib.profiles import get_profile
     from hccer_lib.study_run import EXECUTED_ROOT, StudyRun
 
@@ -196,6 +201,10 @@ def run_notebooks(
     kernel_environment = {"MPLBACKEND": KERNEL_MPLBACKEND, outputs.ROOT_VARIABLE: str(cwd)}
     if workers is not None:
         kernel_environment["HCCER_TRAINING_WORKERS"] = str(workers)
+    executor = ray_jobs.executor(executor)  # a bad name stops the run before any notebook
+    if executor == "ray":
+        ray_jobs.require_ray()  # so does a missing Ray
+    kernel_environment[ray_jobs.EXECUTOR_VARIABLE] = executor
     if clinical_only and cohort is None:
         raise ValueError("--clinical-only needs --cohort: the synthetic cohort is generated with its images by notebook 00")
     validation = None
@@ -215,7 +224,7 @@ def run_notebooks(
     def record() -> None:  # run.json, whole, after every notebook
         with _kernel_environment(**{outputs.ROOT_VARIABLE: str(cwd)}):
             run.write_run_record(run_record_entries(runs, notebooks), target=run_record,
-                                 executed=str(executed_dir), clinical_only=bool(clinical_only),
+                                 executed=str(executed_dir), clinical_only=bool(clinical_only), executor=executor,
                                  **{k: v for k, v in optional.items() if v is not None})
 
     record()

@@ -60,7 +60,7 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from hccer_lib import clinical, evaluation, outputs, synth
+from hccer_lib import clinical, evaluation, outputs, ray_jobs, synth
 from hccer_lib.models import paper_auc, paper_values
 from hccer_lib.profiles import Profile, get_profile
 from hccer_lib.study_run import DEFAULT_SETTINGS, StudySettings
@@ -537,6 +537,7 @@ def run_simulation(
     base_seed: int = STUDY_SEED,
     progress: bool = True,
     n_jobs: int | None = None,
+    executor: str | None = None,
     study: StudySettings | None = None,
 ) -> pd.DataFrame:
     """Repeat the study on simulated cohorts; one row per (cohort, model).
@@ -552,6 +553,8 @@ def run_simulation(
             never :data:`STUDY_SEED`; the oracle cohorts derive from it too.
         progress: one line per computed seed (and per part).
         n_jobs: processes for the clinical seeds (default: one per CPU).
+        executor: ``"ray"``: the clinical seeds as Ray tasks instead (``hccer_lib.ray_jobs``;
+            ``None``: ``$HCCER_EXECUTOR``, else local processes); the same cached parts.
         study: the models' settings, the run's (``StudyRun.study_settings``, passed by notebook 08):
             ``alpha``, ``n_estimators``, ``inner_folds``, ``min_texture_voxels``; part of the cache key.
             ``None``: the study's (``study_run.DEFAULT_SETTINGS``).
@@ -602,7 +605,11 @@ def run_simulation(
     if todo:
         tasks = [(s, profile.n_folds, str(_part_path(folder, s, "clinical")), study) for s in todo]
         n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(todo)))
-        if n_jobs > 1:
+        if ray_jobs.executor(executor) == "ray":
+            describe = lambda task: f"simulation: seed {task[0]} clinical"  # noqa: E731
+            for i, (_, (seed, seconds)) in enumerate(ray_jobs.map_tasks(_clinical_task, tasks, get_oracles(), describe), 1):
+                say(f"simulation: seed {seed} clinical ({i}/{len(todo)}, Ray): {_line(folder, seed, 'clinical')} [{seconds:.1f} s]")
+        elif n_jobs > 1:
             with ProcessPoolExecutor(n_jobs, initializer=_init_worker, initargs=(get_oracles(),)) as pool:
                 for i, (seed, seconds) in enumerate(pool.map(_clinical_task, tasks), 1):
                     say(f"simulation: seed {seed} clinical ({i}/{len(todo)}): {_line(folder, seed, 'clinical')} [{seconds:.1f} s]")

@@ -3,8 +3,9 @@
 #
 # Sourced by run_all.sh and run_tests.sh. A fresh machine needs only Python 3.11 and pip:
 # this installs the hccer_lib package with its pinned dependencies (constraints.txt) and
-# TensorFlow (CPU). The environment is reused while pyproject.toml and constraints.txt are
-# unchanged, and updated when either changes.
+# TensorFlow (CPU). The environment is reused while pyproject.toml, constraints.txt and the
+# extras asked for are unchanged, and updated when one changes. HCCER_EXTRAS names the
+# optional dependencies installed (default "tensorflow,dev"; add ",ray" for the Ray executor).
 set -euo pipefail
 
 HCCER_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -12,8 +13,10 @@ VENV="${HCCER_VENV:-$HCCER_ROOT/.venv}"
 PYTHON_BIN="${PYTHON:-python3.11}"
 command -v "$PYTHON_BIN" >/dev/null 2>&1 || PYTHON_BIN=python3
 
+EXTRAS="${HCCER_EXTRAS:-tensorflow,dev}"
+
 stamp_of() {
-    cat "$HCCER_ROOT/pyproject.toml" "$HCCER_ROOT/constraints.txt" | sha256sum | cut -d' ' -f1
+    { cat "$HCCER_ROOT/pyproject.toml" "$HCCER_ROOT/constraints.txt"; echo "extras: $EXTRAS"; } | sha256sum | cut -d' ' -f1
 }
 
 want="$(stamp_of)"
@@ -29,7 +32,7 @@ if [[ "$want" != "$have" ]]; then
     echo "[setup] installing hccer_lib and its dependencies (a few minutes the first time)"
     # (pip's notes about unused local index locations are filtered out; errors still show)
     "$VENV/bin/python" -m pip install --quiet --constraint "$HCCER_ROOT/constraints.txt" \
-        --editable "$HCCER_ROOT[tensorflow,dev]" 2>&1 | { grep -v -E "Location .* is ignored" || true; }
+        --editable "$HCCER_ROOT[$EXTRAS]" 2>&1 | { grep -v -E "Location .* is ignored" || true; }
     "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
     echo "$want" > "$VENV/.hccer-stamp"
     echo "[setup] environment ready"

@@ -99,3 +99,24 @@ def test_one_gpu_per_training_where_the_profile_trains_on_the_backends_threads()
     assert ray_jobs.task_resources(gpu_profile, cluster_gpus=4) == {"num_cpus": 1, "num_gpus": 1}
     assert ray_jobs.task_resources(gpu_profile, cluster_gpus=0) == {"num_cpus": 1, "num_gpus": 0}
     assert ray_jobs.task_resources(replace(POOL_PROFILE, training_threads=2), cluster_gpus=4) == {"num_cpus": 2, "num_gpus": 0}
+
+
+@pytest.mark.slow
+def test_the_seed_simulations_clinical_cohorts_on_ray_are_those_run_locally(tmp_path, local_ray, monkeypatch, capsys):
+    import numpy as np
+
+    from hccer_lib import simulation, synth
+
+    population = synth.sample_population(synth.SynthConfig(), 4, np.random.SeedSequence(11))
+    inputs, y = synth.oracle_inputs(population), population["early_recurrence"].to_numpy()
+    cheap = {name: synth._oracle_model().fit(inputs[name], y) for name in simulation.ORACLE_MODELS.values()}
+    monkeypatch.setattr(simulation, "fixed_oracles", lambda: cheap)  # fitted here, sent to the tasks
+    counts = simulation.SeedCounts(clinical=2, image=0, deep=0, oracle_cohorts=0)
+    local = simulation.run_simulation("smoke", tmp_path / "local", n_seeds=counts, n_jobs=1, executor="local")
+    on_ray = simulation.run_simulation("smoke", tmp_path / "ray", n_seeds=counts, executor="ray")
+    out = capsys.readouterr().out
+    assert "seed 2021 clinical (1/2)" in out or "seed 2022 clinical (1/2)" in out, "no local progress line"
+    assert ", Ray): clinical_rf" in out, "the Ray run printed no progress line per seed"
+    pd.testing.assert_frame_equal(local, on_ray, check_exact=True)
+    parts = {p.name: p.read_bytes() for p in (tmp_path / "local").rglob("seed_*_clinical.csv")}
+    assert len(parts) == 2 and parts == {p.name: p.read_bytes() for p in (tmp_path / "ray").rglob("seed_*_clinical.csv")}

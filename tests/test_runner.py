@@ -7,6 +7,7 @@ import sys
 from dataclasses import asdict
 
 import nbformat
+import pytest
 
 from hccer_lib.runner import list_notebooks, notebook_parameters, run_notebooks
 from hccer_lib.study_run import DEFAULT_SETTINGS
@@ -196,3 +197,28 @@ def test_workers_reach_the_kernels_and_a_bad_value_stops_the_run_first(tmp_path,
     proc = _run_cli(["--workers", "none"], tmp_path / "keras_home", tmp_path)
     assert proc.returncode == 2 and "training workers must be a whole number >= 1 or 'auto', got 'none'" in proc.stderr
     assert "notebooks" not in proc.stdout, "no notebook may start"
+
+
+def test_the_executor_reaches_the_kernels_and_run_json_and_a_missing_ray_stops_the_run_first(tmp_path, capsys, monkeypatch):
+
+    from hccer_lib import ray_jobs
+
+    monkeypatch.delenv(ray_jobs.EXECUTOR_VARIABLE, raising=False)
+    log = tmp_path / "log.txt"
+    _notebook(tmp_path / "00_env.ipynb", f"import os\nopen({str(log)!r}, 'a').write(os.environ['HCCER_EXECUTOR'])")
+    code = run_notebooks("quick", notebooks=list_notebooks(tmp_path), executed_dir=tmp_path / "out", cwd=tmp_path,
+                         write_report=False)
+    assert code == 0, capsys.readouterr().out
+    assert log.read_text() == "local"
+    record = json.loads(next(tmp_path.rglob("run.json")).read_text())
+    assert record["executor"] == "local", record
+    with pytest.raises(ValueError, match="executor must be one of"):
+        run_notebooks("quick", notebooks=list_notebooks(tmp_path), cwd=tmp_path, executor="slurm", write_report=False)
+
+    def no_ray():
+        raise RuntimeError("the Ray executor needs Ray: pip install -e '.[ray]' (or run without --executor ray)")
+
+    monkeypatch.setattr(ray_jobs, "_ray", no_ray)  # as on a machine without the extra
+    with pytest.raises(RuntimeError, match=r"needs Ray: pip install -e '\.\[ray\]'"):
+        run_notebooks("quick", notebooks=list_notebooks(tmp_path), cwd=tmp_path, executor="ray", write_report=False)
+    assert log.read_text() == "local", "no notebook may start"
