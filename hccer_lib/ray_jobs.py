@@ -124,20 +124,10 @@ def run_fold_jobs(job, pending: list[tuple[int, int]], max_retries: int = 3) -> 
           f"{' and 1 GPU' if resources['num_gpus'] else ''} each", flush=True)
     start = time.perf_counter()
     tasks = {remote.remote(job_ref, train_seed, fold): (train_seed, fold) for train_seed, fold in pending}
-    remaining = list(tasks)
-    while remaining:
-        finished, remaining = ray.wait(remaining, num_returns=1)
-        for ref in finished:
-            train_seed, fold = tasks[ref]
-            try:
-                done[train_seed, fold], line = ray.get(ref)
-            except Exception as error:
-                for other in remaining:
-                    ray.cancel(other)
-                cause = getattr(error, "cause", None) or error
-                raise RuntimeError(f"{job.model_name}: training seed {train_seed} fold {fold} failed in a Ray task: "
-                                   f"{type(cause).__name__}: {cause}") from error
-            print(f"{line} [{len(done)}/{len(pending)}, {time.perf_counter() - start:.0f} s]", flush=True)
+    describe = lambda pair: f"{job.model_name}: training seed {pair[0]} fold {pair[1]}"  # noqa: E731
+    for (train_seed, fold), (frame, line) in _completed(ray, tasks, describe):
+        done[train_seed, fold] = frame
+        print(f"{line} [{len(done)}/{len(pending)}, {time.perf_counter() - start:.0f} s]", flush=True)
     return done
 
 
@@ -153,7 +143,12 @@ def map_tasks(function, items: list, shared=None, describe=str, num_cpus: int = 
     ray = connect()
     shared_ref = ray.put(shared)
     remote = ray.remote(max_retries=max_retries, num_cpus=num_cpus)(function)
-    tasks = {remote.remote(item, shared_ref): item for item in items}
+    yield from _completed(ray, {remote.remote(item, shared_ref): item for item in items}, describe)
+
+
+def _completed(ray, tasks: dict, describe):
+    """``(item, result)`` of each Ray task of ``tasks`` (object ref -> item) as it finishes. A failing
+    task cancels the others and raises ``RuntimeError`` naming ``describe(item)`` and the cause."""
     remaining = list(tasks)
     while remaining:
         finished, remaining = ray.wait(remaining, num_returns=1)

@@ -120,3 +120,13 @@ def test_the_seed_simulations_clinical_cohorts_on_ray_are_those_run_locally(tmp_
     pd.testing.assert_frame_equal(local, on_ray, check_exact=True)
     parts = {p.name: p.read_bytes() for p in (tmp_path / "local").rglob("seed_*_clinical.csv")}
     assert len(parts) == 2 and parts == {p.name: p.read_bytes() for p in (tmp_path / "ray").rglob("seed_*_clinical.csv")}
+
+
+@pytest.mark.slow
+def test_a_failing_ray_task_names_model_seed_and_fold(tmp_path, local_ray):
+    study = _study(tmp_path)
+    with pytest.raises(RuntimeError, match=r"fusion_c: training seed \d+ fold \d+ failed in a Ray task"):
+        training.train_cross_validated("fusion_c", study["dataset"], study["clinical"], study["folds"], POOL_PROFILE,
+                                       study["work_dir"], seed=3, imagenet="none", executor="ray",
+                                       network_overrides={"clinical_kernel": 99})
+    assert _fold_files(tmp_path) == {}
