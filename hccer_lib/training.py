@@ -63,6 +63,7 @@ import pandas as pd
 
 from hccer_lib import evaluation, networks, outputs
 from hccer_lib.profiles import Profile
+from hccer_lib.study_run import DEFAULT_SETTINGS, SELECTION_PROTOCOLS
 
 logger = logging.getLogger("hccer")
 
@@ -502,7 +503,7 @@ def fold_data(
     folds: pd.DataFrame,
     profile: Profile,
     fold: int | None,
-    selection_protocol: str = "paper",
+    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
     imagenet: str = "auto",
     network_overrides: dict | None = None,
 ) -> FoldData:
@@ -513,7 +514,7 @@ def fold_data(
     """
     if model_name not in networks.MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
-    if selection_protocol not in ("paper", "strict"):
+    if selection_protocol not in SELECTION_PROTOCOLS:
         raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
     check_imagenet(profile, imagenet)
     images, slice_pids, y_slices, slice_index = _dataset_arrays(dataset, profile)
@@ -540,7 +541,7 @@ def train_fold(
     profile: Profile,
     fold: int | None,
     seed: int = 2020,
-    selection_protocol: str = "paper",
+    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
     imagenet: str = "auto",
     network_overrides: dict | None = None,
     verbose: int | str = 0,
@@ -592,7 +593,7 @@ def run_folder(
     profile: Profile,
     work_dir: str | os.PathLike,
     seed: int = 2020,
-    selection_protocol: str = "paper",
+    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
     output_name: str | None = None,
     network_overrides: dict | None = None,
     imagenet: str = "auto",
@@ -631,7 +632,7 @@ def train_cross_validated(
     profile: Profile,
     work_dir: str | os.PathLike,
     seed: int = 2020,
-    selection_protocol: str = "paper",
+    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
     output_name: str | None = None,
     network_overrides: dict | None = None,
     imagenet: str = "auto",
@@ -682,7 +683,7 @@ def train_cross_validated(
     """
     if model_name not in networks.MODEL_NAMES:
         raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
-    if selection_protocol not in ("paper", "strict"):
+    if selection_protocol not in SELECTION_PROTOCOLS:
         raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
     output_name = output_name or model_name
     check_imagenet(profile, imagenet)
@@ -985,7 +986,7 @@ def train_folds_isolated(requests: list[tuple], profile: Profile, xla: bool | No
 
 
 def train_fold_isolated(model_name: str, dataset, clinical: pd.DataFrame, folds: pd.DataFrame, profile: Profile,
-                        fold: int | None, seed: int = 2020, selection_protocol: str = "paper", imagenet: str = "auto",
+                        fold: int | None, seed: int = 2020, selection_protocol: str = DEFAULT_SETTINGS.selection_protocol, imagenet: str = "auto",
                         network_overrides: dict | None = None) -> tuple[keras.Model, FoldData]:
     """:func:`train_fold` where :func:`run_fold_jobs` would train it: the same network as the stored fold.
 
