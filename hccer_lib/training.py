@@ -924,12 +924,19 @@ def _start_fold_worker(threads: int) -> None:
     use_fast_cpu_graphs()
 
 
+def _fold_model_for(arguments: tuple, xla: bool | None) -> FoldModel | None:
+    """The network of one request of :func:`train_folds_isolated` compiled with ``xla``; ``None``: the profile's."""
+    profile = arguments[4]
+    return None if xla is None else FoldModel(arguments[0], profile.learning_rate, profile.weight_decay, xla=xla)
+
+
+def _training_place(arguments: tuple) -> str:
+    """``"every patient"`` or ``"fold <k>"``: what one request of :func:`train_folds_isolated` trains on."""
+    return "every patient" if arguments[5] is None else f"fold {arguments[5]}"
+
+
 def _train_fold_to_file(arguments: tuple, path: str, xla: bool | None = None, verbose: int | str = 0) -> FoldData:
-    fold_model = None
-    if xla is not None:
-        profile = arguments[4]
-        fold_model = FoldModel(arguments[0], profile.learning_rate, profile.weight_decay, xla=xla)
-    model, data = train_fold(*arguments, verbose=verbose, fast_cpu_graphs=False, fold_model=fold_model)
+    model, data = train_fold(*arguments, verbose=verbose, fast_cpu_graphs=False, fold_model=_fold_model_for(arguments, xla))
     model.save(path)
     return data
 
@@ -951,17 +958,14 @@ def train_folds_isolated(requests: list[tuple], profile: Profile, xla: bool | No
     start = time.perf_counter()
 
     def done_line(request: tuple, data: FoldData, i: int) -> str:
-        where = "every patient" if request[5] is None else f"fold {request[5]}"
-        return (f"  {request[0]}, seed {request[6]}, {where}: {int((data.train & ~data.validation).sum())} training slices "
+        return (f"  {request[0]}, seed {request[6]}, {_training_place(request)}: "
+                f"{int((data.train & ~data.validation).sum())} training slices "
                 f"[{i}/{len(requests)}, {time.perf_counter() - start:.0f} s]")
-
-    def fold_model_for(name: str) -> FoldModel | None:
-        return None if xla is None else FoldModel(name, profile.learning_rate, profile.weight_decay, xla=xla)
 
     if profile.training_threads == 0:
         trained = []
         for i, request in enumerate(requests, 1):
-            trained.append(train_fold(*request, verbose=verbose, fold_model=fold_model_for(request[0])))
+            trained.append(train_fold(*request, verbose=verbose, fold_model=_fold_model_for(request, xla)))
             print(done_line(request, trained[-1][1], i), flush=True)
         return trained
     import tempfile
@@ -978,7 +982,7 @@ def train_folds_isolated(requests: list[tuple], profile: Profile, xla: bool | No
                 try:
                     data = future.result()
                 except Exception as error:
-                    raise RuntimeError(f"{request[0]}: training on {'every patient' if request[5] is None else f'fold {request[5]}'} "
+                    raise RuntimeError(f"{request[0]}: training on {_training_place(request)} "
                                        f"(seed {request[6]}) failed in a worker process: {type(error).__name__}: {error}") from error
                 trained.append((keras.models.load_model(path, compile=False), data))
                 print(done_line(request, data, i), flush=True)
