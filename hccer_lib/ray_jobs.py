@@ -90,7 +90,6 @@ def _train_task(job, train_seed: int, fold: int) -> tuple[pd.DataFrame, str]:
     if _PROCESS["threads"] is None:
         if threads > 0:
             training.pin_threads(threads)
-        training.use_fast_cpu_graphs()
         _PROCESS["threads"] = threads
     elif _PROCESS["threads"] != threads:
         raise RuntimeError(f"this Ray worker process runs {_PROCESS['threads']} thread(s) per training; the job asks for "

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import json
 import os
 import re
 import time
@@ -211,6 +212,10 @@ def run_notebooks(
     if cohort is not None:
         validation = validate_cohort_first(Path(cwd) / cohort, profile, clinical_only)
         clinical_only = validation.clinical_only
+    else:
+        notice = earlier_layout_notice(Path(cwd), Path(params["cohort_dir"]), seed)
+        if notice:
+            print(notice, flush=True)
     optional = {"imagenet": imagenet, EXTERNAL_PARAMETER: external_cohort}
     notebooks = list_notebooks() if notebooks is None else list(notebooks)
     executed_dir = Path(executed_dir) if executed_dir else Path(cwd) / EXECUTED_ROOT / cohort_name / run_name
@@ -274,6 +279,29 @@ def run_notebooks(
             print(f"hccer: could not write the study report {target}: {_first_line(err)}", flush=True)
     print(f"{passed} of {total} notebooks passed" + (f", {skipped} skipped" if skipped else ""), flush=True)
     return 0 if passed + skipped == total else 1
+
+
+def earlier_layout_notice(cwd: Path, cohort_dir: Path, seed: int) -> str | None:
+    """One line when ``data/synthetic`` of the earlier layout holds this run's synthetic cohort; else ``None``.
+
+    Before runs were kept apart, the synthetic cohort of every seed lived in ``data/synthetic``.
+    When that folder holds the cohort of this run's ``seed`` (its ``ground_truth.json``) and
+    the run's own folder ``cohort_dir`` does not exist yet, the run would generate the same
+    cohort again and recompute its caches: the line says how to keep them. Nothing is moved.
+    """
+    earlier = cohort_dir.parent / "synthetic"
+    truth = cwd / earlier / "ground_truth.json"
+    if (cwd / cohort_dir).exists() or not truth.is_file():
+        return None
+    try:
+        earlier_seed = json.loads(truth.read_text()).get("seed")
+    except (OSError, ValueError):
+        return None
+    if earlier_seed != seed:
+        return None
+    return (f"hccer: {earlier} holds the synthetic cohort of seed {seed} from the earlier layout (one folder for every "
+            f"seed); this run generates {cohort_dir} again. To keep that cohort and its caches, stop and run: "
+            f"mv {earlier} {cohort_dir}")
 
 
 def needs_images(notebook: str | os.PathLike) -> bool:

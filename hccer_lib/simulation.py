@@ -68,7 +68,7 @@ from hccer_lib.study_run import DEFAULT_SETTINGS, StudySettings
 logger = logging.getLogger("hccer")
 
 SIMULATION_VERSION = 1  # part of the settings key: raise it when a change here changes results
-STUDY_SEED = 2020  # the study's own cohort (data/synthetic); never one of the simulated seeds
+STUDY_SEED = 2020  # the study's own cohort (data/synthetic_seed2020); never one of the simulated seeds
 ORACLE_RULE_SEED = STUDY_SEED  # the oracle rules are those of the study cohort's ground_truth.json
 ORACLE_CHUNK = 100  # replicate cohorts drawn (and cached) together
 MIN_PAIR_COHORTS = 5  # a paper comparison is measured only when its own pair ran on this many cohorts

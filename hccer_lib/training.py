@@ -41,12 +41,14 @@ on the number of workers; the thread count is in the settings key. With 0 (``smo
 ``paper``) the jobs run one after another in this process.
 
 Only Keras APIs are used for the networks; the backend-specific parts are the CPU graph
-and thread settings (:func:`use_fast_cpu_graphs`, :func:`pin_threads`): the same code runs
+and thread settings (:func:`fast_cpu_graphs`, a scoped option around each training and
+prediction, and :func:`pin_threads`, set once by each worker process): the same code runs
 on the TensorFlow and JAX backends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -77,22 +79,39 @@ TRAINING_VERSION = 7
 TRAIN_SEED_STEP = 1000
 
 
-def use_fast_cpu_graphs() -> bool:
-    """TensorFlow on a CPU only: switch off Grappler's graph rewriting; ``True`` if done.
-
-    The one backend-specific setting of the study. On a 2-core CPU, TensorFlow's graph
-    optimiser took longer than the training itself: tracing a small ResNet's training step
-    went from about 60 s to 17 s and steady training was about twice as fast without it
-    (``scripts/benchmark_training.py``). With a GPU, or another backend, nothing changes.
-    """
+def _cpu_without_gpu_on_tensorflow() -> bool:
     if keras.backend.backend() != "tensorflow":
         return False
-    import tensorflow as tf  # backend-specific on purpose, see the docstring
+    import tensorflow as tf  # backend-specific on purpose, see fast_cpu_graphs
 
-    if tf.config.list_physical_devices("GPU"):
-        return False
+    return not tf.config.list_physical_devices("GPU")
+
+
+@contextlib.contextmanager
+def fast_cpu_graphs():
+    """Within this block only: TensorFlow on a CPU builds its graphs without Grappler's rewriting.
+
+    The one backend-specific setting of the study, and a scoped one: the option in force
+    before is restored on leaving, so code around a training is unchanged. On a 2-core CPU,
+    TensorFlow's graph optimiser took longer than the training itself: tracing a small
+    ResNet's training step went from about 60 s to 17 s and steady training was about twice
+    as fast without it (``scripts/benchmark_training.py``). Every training of the study
+    (:func:`train_fold`, whatever process runs it) and every prediction
+    (:func:`predict_probability`) runs inside it, so a network trained in this process, in a
+    worker or on Ray goes through the same graphs and gives the same numbers. With a GPU, or
+    another backend, it does nothing. Yields ``True`` when the option was set.
+    """
+    if not _cpu_without_gpu_on_tensorflow():
+        yield False
+        return
+    import tensorflow as tf
+
+    before = bool(tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False))
     tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    return True
+    try:
+        yield True
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
 
 
 def check_imagenet(profile: Profile, imagenet: str = "auto") -> None:
@@ -386,8 +405,14 @@ def predict_probability(model: keras.Model, inputs: dict, batch_size: int = 64) 
     """Probability of early recurrence ``[n]``: the fused head's second neuron.
 
     The inputs are padded with zeros to whole batches (and the padding dropped after), so
-    that the prediction step is traced once for every fold whatever its size.
+    that the prediction step is traced once for every fold whatever its size. Predicted
+    inside :func:`fast_cpu_graphs`, as the network was trained.
     """
+    with fast_cpu_graphs():
+        return _predict_probability(model, inputs, batch_size)
+
+
+def _predict_probability(model: keras.Model, inputs: dict, batch_size: int) -> np.ndarray:
     n = len(next(iter(inputs.values())))
     padded_n = -(-n // batch_size) * batch_size
     padded = {name: np.concatenate([a, np.zeros((padded_n - n, *a.shape[1:]), a.dtype)]) for name, a in inputs.items()}
@@ -545,7 +570,6 @@ def train_fold(
     imagenet: str = "auto",
     network_overrides: dict | None = None,
     verbose: int | str = 0,
-    fast_cpu_graphs: bool = True,
     fold_model: FoldModel | None = None,
 ) -> tuple[keras.Model, FoldData]:
     """Train the network of one fold (``None``: of the whole cohort); return it and its data.
@@ -560,10 +584,15 @@ def train_fold(
     With ``profile.validation_fraction > 0`` a share of the training patients is held out
     for the choice of the epoch (``data.validation``; the network's history says which,
     ``model.history.best_epoch``). ``fold_model``: a :class:`FoldModel` to reuse (its
-    traced graphs) across calls.
+    traced graphs) across calls. Trained inside :func:`fast_cpu_graphs` (restored after).
     """
-    if fast_cpu_graphs:
-        use_fast_cpu_graphs()
+    with fast_cpu_graphs():
+        return _train_fold(model_name, dataset, clinical, folds, profile, fold, seed, selection_protocol, imagenet,
+                           network_overrides, verbose, fold_model)
+
+
+def _train_fold(model_name, dataset, clinical, folds, profile, fold, seed, selection_protocol, imagenet,
+                network_overrides, verbose, fold_model) -> tuple[keras.Model, FoldData]:
     data = fold_data(model_name, dataset, clinical, folds, profile, fold, selection_protocol, imagenet, network_overrides)
     fold_seed = int(seed) + (int(fold) if fold is not None else folds["fold"].nunique())
     training_patients = pd.DataFrame({"patient_id": data.patient_id[data.train], "y": data.y[data.train]}).drop_duplicates()
@@ -638,7 +667,6 @@ def train_cross_validated(
     imagenet: str = "auto",
     verbose: int | str = 0,
     predict_batch_size: int = 64,
-    fast_cpu_graphs: bool = True,
     workers: int | str | None = None,
     executor: str | None = None,
     predictions_dir: str | os.PathLike | None = None,
@@ -666,8 +694,6 @@ def train_cross_validated(
         imagenet: ``"auto"``, ``"none"`` or a weights file (see ``NetworkConfig``).
         verbose: Keras ``fit`` verbosity (0 silent, 2 one line per epoch); one line per
             fold is always printed.
-        fast_cpu_graphs: call :func:`use_fast_cpu_graphs` (TensorFlow on CPU only) when
-            training in this process.
         workers: worker processes for the trainings (:func:`training_workers`; ``None``:
             ``$HCCER_TRAINING_WORKERS`` or one per ``profile.training_threads`` cores). The
             predictions do not depend on it.
@@ -691,8 +717,6 @@ def train_cross_validated(
 
     on_ray = ray_jobs.executor(executor) == "ray"
     n_workers = training_workers(profile, workers)
-    if fast_cpu_graphs and n_workers == 0 and not on_ray:
-        use_fast_cpu_graphs()
     seeds = train_seeds(profile, seed)
     run_dir, settings = run_folder(model_name, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
                                    output_name, network_overrides, imagenet)  # checks the dataset's arrays
@@ -766,7 +790,7 @@ def train_and_save_fold(job: FoldJob, train_seed: int, fold: int, fold_model: Fo
     start = time.perf_counter()
     model, data = train_fold(job.model_name, job.dataset, job.clinical, job.folds, job.profile, fold, train_seed,
                              job.selection_protocol, job.imagenet, job.network_overrides, job.verbose,
-                             fast_cpu_graphs=False, fold_model=fold_model)
+                             fold_model=fold_model)
     test = data.test
     frame = pd.DataFrame({
         "patient_id": data.patient_id[test],
@@ -847,7 +871,7 @@ def pin_threads(threads: int) -> None:
     """
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf  # backend-specific on purpose, as use_fast_cpu_graphs
+        import tensorflow as tf  # backend-specific on purpose, as fast_cpu_graphs
 
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -861,7 +885,7 @@ _WORKER: dict = {}
 
 
 def _start_worker(threads: int, job: FoldJob) -> None:
-    """Initialiser of a :class:`TrainingPool` process: pinned threads, fast CPU graphs, one reused network."""
+    """Initialiser of a :class:`TrainingPool` process: pinned threads, one reused network."""
     _start_fold_worker(threads)
     _WORKER.update(job=job, fold_model=FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay,
                                                  xla=job.profile.xla))
@@ -921,7 +945,6 @@ def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int) ->
 def _start_fold_worker(threads: int) -> None:
     """Initialiser of :func:`train_fold_isolated`'s process: the threads and graphs of a pool worker."""
     pin_threads(threads)
-    use_fast_cpu_graphs()
 
 
 def _fold_model_for(arguments: tuple, xla: bool | None) -> FoldModel | None:
@@ -936,7 +959,7 @@ def _training_place(arguments: tuple) -> str:
 
 
 def _train_fold_to_file(arguments: tuple, path: str, xla: bool | None = None, verbose: int | str = 0) -> FoldData:
-    model, data = train_fold(*arguments, verbose=verbose, fast_cpu_graphs=False, fold_model=_fold_model_for(arguments, xla))
+    model, data = train_fold(*arguments, verbose=verbose, fold_model=_fold_model_for(arguments, xla))
     model.save(path)
     return data
 

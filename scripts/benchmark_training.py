@@ -29,6 +29,7 @@ profile runs ResNet50 at 224×224 on fewer images ("reduced steps").
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import sys
@@ -135,10 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--mixed-bfloat16", action="store_true", help="keras mixed_bfloat16 dtype policy")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare model.fit measurement")
-    parser.add_argument("--tf-graph-optimizer", action="store_true", help="keep TensorFlow's Grappler on (the study switches it off on CPU)")
+    parser.add_argument("--tf-graph-optimizer", action="store_true", help="keep TensorFlow's Grappler on for the bare networks "
+                        "(the study's trainings, --fold included, switch it off on CPU)")
     parser.add_argument("--fold", action="store_true", help="time one fold of the study (train_fold) beside a bare model.fit")
     args = parser.parse_args(argv)
-    fast = False if args.tf_graph_optimizer else training.use_fast_cpu_graphs()
+    with contextlib.nullcontext(False) if args.tf_graph_optimizer else training.fast_cpu_graphs() as fast:
+        return _measure(args, fast)
+
+
+def _measure(args: argparse.Namespace, fast: bool) -> int:
     if args.mixed_bfloat16:
         keras.config.set_dtype_policy("mixed_bfloat16")
     devices = keras.config.backend() + (": " + ", ".join(str(d) for d in __import__("jax").devices())

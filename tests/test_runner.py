@@ -222,3 +222,21 @@ def test_the_executor_reaches_the_kernels_and_run_json_and_a_missing_ray_stops_t
     with pytest.raises(RuntimeError, match=r"needs Ray: pip install -e '\.\[ray\]'"):
         run_notebooks("quick", notebooks=list_notebooks(tmp_path), cwd=tmp_path, executor="ray", write_report=False)
     assert log.read_text() == "local", "no notebook may start"
+
+
+def test_a_cohort_of_the_earlier_layout_is_named_with_the_move_that_keeps_it(tmp_path):
+    from pathlib import Path
+
+    from hccer_lib.runner import earlier_layout_notice
+
+    earlier = tmp_path / "data" / "synthetic"
+    earlier.mkdir(parents=True)
+    (earlier / "ground_truth.json").write_text(json.dumps({"seed": 2020, "synthetic": True}))
+    notice = earlier_layout_notice(tmp_path, Path("data/synthetic_seed2020"), 2020)
+    assert notice and "mv data/synthetic data/synthetic_seed2020" in notice and "seed 2020" in notice
+    assert earlier_layout_notice(tmp_path, Path("data/synthetic_seed7"), 7) is None  # another seed's cohort
+    (tmp_path / "data" / "synthetic_seed2020").mkdir()
+    assert earlier_layout_notice(tmp_path, Path("data/synthetic_seed2020"), 2020) is None  # already in place
+    assert (earlier / "ground_truth.json").is_file(), "the notice moved something"
+    (earlier / "ground_truth.json").write_text("not json")
+    assert earlier_layout_notice(tmp_path, Path("data/synthetic_seed2021"), 2021) is None

@@ -3,6 +3,7 @@
 from dataclasses import replace
 from types import SimpleNamespace
 
+import keras
 import numpy as np
 import pandas as pd
 import pytest
@@ -285,3 +286,36 @@ def test_several_training_seeds_with_validation_split_resume_and_differ(study, c
     more = run(study, model_name="deep_resnet50", seed=5, profile=replace(profile, train_seeds=3))
     assert capsys.readouterr().out.count("done before") == 4
     pd.testing.assert_frame_equal(more[more["train_seed"] < 2000].reset_index(drop=True), first, check_dtype=False)
+
+
+def test_fast_cpu_graphs_is_scoped_and_a_training_leaves_the_process_as_it_was(study):
+    """Grappler is off inside a training only; the process's own setting is the same after it."""
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("a TensorFlow option")
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("the option is for CPUs only")
+
+    def grappler_off() -> bool:
+        return bool(tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False))
+
+    assert not grappler_off(), "something switched TensorFlow's graph optimiser off for the whole process"
+    with training.fast_cpu_graphs() as fast:
+        assert fast and grappler_off()
+        with training.fast_cpu_graphs():
+            assert grappler_off()
+        assert grappler_off(), "an inner block ended the outer one"
+    assert not grappler_off()
+    model, data = training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, TINY_PROFILE, 1,
+                                      seed=1, imagenet="none")
+    assert not grappler_off()
+    assert training.predict_probability(model, data.subset(data.test)).shape == (int(data.test.sum()),)
+    assert not grappler_off()
+    tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})  # a user's own choice is kept
+    try:
+        with training.fast_cpu_graphs():
+            pass
+        assert grappler_off()
+    finally:
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
