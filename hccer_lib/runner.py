@@ -256,6 +256,7 @@ def run_notebooks(
                     kernel_name="python3",
                     progress_bar=False,
                     log_output=True,
+                    **kernel_transport(),
                 )
         except Exception as err:  # papermill raises PapermillExecutionError with the cell's error
             seconds = time.perf_counter() - start
@@ -279,6 +280,20 @@ def run_notebooks(
             print(f"hccer: could not write the study report {target}: {_first_line(err)}", flush=True)
     print(f"{passed} of {total} notebooks passed" + (f", {skipped} skipped" if skipped else ""), flush=True)
     return 0 if passed + skipped == total else 1
+
+
+def kernel_transport() -> dict:
+    """Papermill's keyword for the kernel's connection: local sockets (IPC) on POSIX systems.
+
+    A kernel started over TCP listens on local ports in plain text, which another user of a
+    shared machine (a cluster's node) could connect to, and ipykernel says so on every
+    notebook. IPC sockets are files only this user can open. Windows has only TCP: ``{}``.
+    """
+    if os.name != "posix":
+        return {}
+    from traitlets.config import Config
+
+    return {"config": Config({"KernelManager": {"transport": "ipc"}})}
 
 
 def earlier_layout_notice(cwd: Path, cohort_dir: Path, seed: int) -> str | None:

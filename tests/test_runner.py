@@ -57,11 +57,15 @@ def test_notebooks_run_in_order_with_parameters_and_stop_at_first_failure(tmp_pa
     assert not list((tmp_path / "figures").rglob(".*.tmp*")), "a temporary file was left behind"
 
 
-def test_all_passing_run_exits_zero(tmp_path, capsys):
+def test_all_passing_run_exits_zero(tmp_path, capfd):
     _notebook(tmp_path / "00_ok.ipynb", "x = 1")
     code = run_notebooks("smoke", notebooks=[tmp_path / "00_ok.ipynb"], executed_dir=tmp_path / "out", cwd=tmp_path)
     assert code == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "1 of 1 notebooks passed"
+    captured = capfd.readouterr()  # the kernel's own output too (a child process of this one)
+    assert captured.out.strip().splitlines()[-1] == "1 of 1 notebooks passed"
+    if os.name == "posix":  # local sockets, not plain-text TCP ports
+        assert "without encryption" not in captured.err, captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00_ok.ipynb", "figures", "out", "reports"], "the kernel left files"
 
 
 def test_parameters_point_at_the_synthetic_cohort_by_default():
