@@ -10,6 +10,7 @@ the clinical random forest. This is how the ``quick`` profile's recipe was chose
 
     python scripts/develop_recipe.py --seeds 3 4 --models deep_resnet50 fusion_d_joint \\
         --set epochs=12 validation_fraction=0.2 augment=true
+    python scripts/develop_recipe.py --seeds 4 --models fusion_d_joint --network clinical_units=64
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hccer_lib import evaluation, models, outputs, preprocessing, synth, training
+from hccer_lib import evaluation, models, networks, outputs, preprocessing, synth, training
 from hccer_lib.clinical import cross_validate_clinical
 from hccer_lib.cohort import load_clinical
 from hccer_lib.profiles import get_profile
@@ -85,12 +86,18 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="profile fields to change")
     parser.add_argument("--preprocess", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="preprocessing settings to change (margin, window_level, window_width, ...)")
+    parser.add_argument("--network", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="network settings to change (networks.NetworkConfig: image_units, clinical_units, ...)")
     parser.add_argument("--data-root", default="data")
     args = parser.parse_args()
+    network = parse_settings(args.network)
+    unknown = sorted(set(network) - {f.name for f in dataclasses.fields(networks.NetworkConfig)})
+    if unknown:
+        parser.error(f"--network: not a field of networks.NetworkConfig: {', '.join(unknown)}")
 
     profile = dataclasses.replace(get_profile(args.profile), **parse_settings(args.set))
     print(f"recipe: {json.dumps({k: v for k, v in profile.as_dict().items() if k in training.DEEP_PROFILE_FIELDS + ('train_seeds',)})}"
-          f"; preprocessing changes: {parse_settings(args.preprocess) or 'none'}")
+          f"; preprocessing changes: {parse_settings(args.preprocess) or 'none'}; network changes: {network or 'none'}")
     for seed in args.seeds:
         cohort_dir = development_cohort(seed, Path(args.data_root))
         work_dir = outputs.work_dir_for(cohort_dir, args.data_root)
@@ -109,7 +116,8 @@ def main() -> None:
                 f"clinical_rf {evaluation.auc(forest['y_true'], forest['y_prob']):.3f}"]
         for model in args.models:
             start = time.perf_counter()
-            predictions = training.train_cross_validated(model, dataset, clinical, folds, profile, work_dir, seed=seed)
+            predictions = training.train_cross_validated(model, dataset, clinical, folds, profile, work_dir, seed=seed,
+                                                         network_overrides=network or None)
             per_seed = np.array(list(evaluation.seed_aucs(predictions).values()))
             ensemble = evaluation.patient_level(predictions)
             line.append(f"  {model}: AUC {per_seed.mean():.3f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0:.3f} "
