@@ -98,8 +98,9 @@ def fast_cpu_graphs():
     as fast without it (``scripts/benchmark_training.py``). Every training of the study
     (:func:`train_fold`, whatever process runs it) and every prediction
     (:func:`predict_probability`) runs inside it, so a network trained in this process, in a
-    worker or on Ray goes through the same graphs and gives the same numbers. With a GPU, or
-    another backend, it does nothing. Yields ``True`` when the option was set.
+    worker or on Ray goes through the same graphs and gives the same numbers (both are
+    decorated with it). With a GPU, or another backend, it does nothing. Yields ``True``
+    when the option was set.
     """
     if not _cpu_without_gpu_on_tensorflow():
         yield False
@@ -401,6 +402,7 @@ class FoldModel:
         return self.model
 
 
+@fast_cpu_graphs()
 def predict_probability(model: keras.Model, inputs: dict, batch_size: int = 64) -> np.ndarray:
     """Probability of early recurrence ``[n]``: the fused head's second neuron.
 
@@ -408,11 +410,6 @@ def predict_probability(model: keras.Model, inputs: dict, batch_size: int = 64) 
     that the prediction step is traced once for every fold whatever its size. Predicted
     inside :func:`fast_cpu_graphs`, as the network was trained.
     """
-    with fast_cpu_graphs():
-        return _predict_probability(model, inputs, batch_size)
-
-
-def _predict_probability(model: keras.Model, inputs: dict, batch_size: int) -> np.ndarray:
     n = len(next(iter(inputs.values())))
     padded_n = -(-n // batch_size) * batch_size
     padded = {name: np.concatenate([a, np.zeros((padded_n - n, *a.shape[1:]), a.dtype)]) for name, a in inputs.items()}
@@ -558,6 +555,7 @@ def fold_data(
     return FoldData(inputs, y_slices, slice_pids, slice_index, train, test, list(names), config)
 
 
+@fast_cpu_graphs()
 def train_fold(
     model_name: str,
     dataset,
@@ -586,13 +584,6 @@ def train_fold(
     ``model.history.best_epoch``). ``fold_model``: a :class:`FoldModel` to reuse (its
     traced graphs) across calls. Trained inside :func:`fast_cpu_graphs` (restored after).
     """
-    with fast_cpu_graphs():
-        return _train_fold(model_name, dataset, clinical, folds, profile, fold, seed, selection_protocol, imagenet,
-                           network_overrides, verbose, fold_model)
-
-
-def _train_fold(model_name, dataset, clinical, folds, profile, fold, seed, selection_protocol, imagenet,
-                network_overrides, verbose, fold_model) -> tuple[keras.Model, FoldData]:
     data = fold_data(model_name, dataset, clinical, folds, profile, fold, selection_protocol, imagenet, network_overrides)
     fold_seed = int(seed) + (int(fold) if fold is not None else folds["fold"].nunique())
     training_patients = pd.DataFrame({"patient_id": data.patient_id[data.train], "y": data.y[data.train]}).drop_duplicates()
