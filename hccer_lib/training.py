@@ -877,7 +877,7 @@ _WORKER: dict = {}
 
 def _start_worker(threads: int, job: FoldJob) -> None:
     """Initialiser of a :class:`TrainingPool` process: pinned threads, one reused network."""
-    _start_fold_worker(threads)
+    pin_threads(threads)
     _WORKER.update(job=job, fold_model=FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay,
                                                  xla=job.profile.xla))
 
@@ -933,11 +933,6 @@ def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int) ->
     return done
 
 
-def _start_fold_worker(threads: int) -> None:
-    """Initialiser of :func:`train_fold_isolated`'s process: the threads and graphs of a pool worker."""
-    pin_threads(threads)
-
-
 def _fold_model_for(arguments: tuple, xla: bool | None) -> FoldModel | None:
     """The network of one request of :func:`train_folds_isolated` compiled with ``xla``; ``None``: the profile's."""
     profile = arguments[4]
@@ -987,7 +982,7 @@ def train_folds_isolated(requests: list[tuple], profile: Profile, xla: bool | No
     count = max(1, min(training_workers(profile, workers), len(requests)))
     with tempfile.TemporaryDirectory(prefix="hccer_fold_") as folder:
         paths = [str(Path(folder) / f"network_{i}.keras") for i in range(len(requests))]
-        with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=_start_fold_worker,
+        with ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=pin_threads,
                                  initargs=(profile.training_threads,)) as pool:
             futures = [pool.submit(_train_fold_to_file, request, path, xla, verbose)
                        for request, path in zip(requests, paths, strict=True)]
