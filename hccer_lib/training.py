@@ -698,40 +698,125 @@ def train_cross_validated(
         ``patient_id, slice, fold, y_true, y_prob, train_seed``, one row per slice of the
         dataset and training seed.
     """
-    if model_name not in networks.MODEL_NAMES:
-        raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
+    output_name = output_name or model_name
+    return _cross_validate({output_name: model_name}, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
+                           network_overrides, imagenet, verbose, predict_batch_size, workers, executor,
+                           predictions_dir)[output_name]
+
+
+def train_models_cross_validated(
+    model_names: list[str] | tuple[str, ...],
+    dataset,
+    clinical: pd.DataFrame,
+    folds: pd.DataFrame,
+    profile: Profile,
+    work_dir: str | os.PathLike,
+    seed: int = 2020,
+    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
+    network_overrides: dict | None = None,
+    imagenet: str = "auto",
+    verbose: int | str = 0,
+    predict_batch_size: int = 64,
+    workers: int | str | None = None,
+    executor: str | None = None,
+    predictions_dir: str | os.PathLike | None = None,
+) -> dict[str, pd.DataFrame]:
+    """:func:`train_cross_validated` for several models at once (notebook 05's fusion models A-D).
+
+    The same predictions, files and run folders as one call per model, in less time when the
+    trainings run in worker processes: a worker keeps training one model while it has
+    trainings left, so each network is compiled by about one worker instead of by every
+    worker (:func:`run_model_jobs`). Each model's predictions file is written, and its
+    summary printed, as soon as its last training is done. Returns model -> predictions,
+    in the order of ``model_names``.
+    """
+    names = list(dict.fromkeys(model_names))
+    if len(names) != len(list(model_names)):
+        raise ValueError(f"a model is named twice in {list(model_names)}")
+    return _cross_validate({name: name for name in names}, dataset, clinical, folds, profile, work_dir, seed,
+                           selection_protocol, network_overrides, imagenet, verbose, predict_batch_size, workers, executor,
+                           predictions_dir)
+
+
+def _cross_validate(
+    models: dict[str, str],
+    dataset,
+    clinical: pd.DataFrame,
+    folds: pd.DataFrame,
+    profile: Profile,
+    work_dir: str | os.PathLike,
+    seed: int,
+    selection_protocol: str,
+    network_overrides: dict | None,
+    imagenet: str,
+    verbose: int | str,
+    predict_batch_size: int,
+    workers: int | str | None,
+    executor: str | None,
+    predictions_dir: str | os.PathLike | None,
+) -> dict[str, pd.DataFrame]:
+    """Cross-validate ``models`` (output name -> architecture): the work of :func:`train_cross_validated`."""
+    for model_name in models.values():
+        if model_name not in networks.MODEL_NAMES:
+            raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
     if selection_protocol not in SELECTION_PROTOCOLS:
         raise ValueError(f"selection_protocol must be 'paper' or 'strict', got {selection_protocol!r}")
-    output_name = output_name or model_name
     check_imagenet(profile, imagenet)
     from hccer_lib import ray_jobs  # Ray itself is imported only when chosen
 
     on_ray = ray_jobs.executor(executor) == "ray"
     n_workers = training_workers(profile, workers)
     seeds = train_seeds(profile, seed)
-    run_dir, settings = run_folder(model_name, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
-                                   output_name, network_overrides, imagenet)  # checks the dataset's arrays
     evaluation.fold_of(folds, np.asarray(dataset.patient_id).astype(str))  # every slice's patient has a fold
     fold_numbers = sorted(set(folds["fold"].astype(int)))
-    outputs.write_json(run_dir / "settings.json", {**settings, "profile": profile.name})
-    print(f"hccer: training {output_name} ({model_name}), {len(fold_numbers)} folds x {len(seeds)} training seeds "
-          f"{seeds}, run folder {run_dir}", flush=True)
+    jobs: dict[str, FoldJob] = {}
+    saved: dict[str, dict[tuple[int, int], pd.DataFrame | None]] = {}
+    for output_name, model_name in models.items():
+        run_dir, settings = run_folder(model_name, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
+                                       output_name, network_overrides, imagenet)  # checks the dataset's arrays
+        outputs.write_json(run_dir / "settings.json", {**settings, "profile": profile.name})
+        print(f"hccer: training {output_name} ({model_name}), {len(fold_numbers)} folds x {len(seeds)} training seeds "
+              f"{seeds}, run folder {run_dir}", flush=True)
+        jobs[output_name] = FoldJob(model_name, dataset, clinical, folds, profile, run_dir, settings["key"],
+                                    selection_protocol, imagenet, network_overrides, verbose, predict_batch_size)
+        saved[output_name] = {(s, f): _saved_fold(run_dir, settings["key"], s, f) for s in seeds for f in fold_numbers}
+        for (train_seed, fold), frame in saved[output_name].items():
+            if frame is not None:
+                print(f"  {_model_tag(output_name, models)}seed {train_seed} fold {fold}: done before, read fold_{fold}.csv "
+                      f"(AUC {_patient_level_auc(frame):.3f})", flush=True)
+    pending = {name: [pair for pair, frame in saved[name].items() if frame is None] for name in models}
+    results: dict[str, pd.DataFrame] = {}
 
-    job = FoldJob(model_name, dataset, clinical, folds, profile, run_dir, settings["key"], selection_protocol, imagenet,
-                  network_overrides, verbose, predict_batch_size)
-    saved = {(s, f): _saved_fold(run_dir, settings["key"], s, f) for s in seeds for f in fold_numbers}
-    for (train_seed, fold), frame in saved.items():
-        if frame is not None:
-            print(f"  seed {train_seed} fold {fold}: done before, read fold_{fold}.csv (AUC {_patient_level_auc(frame):.3f})",
-                  flush=True)
-    pending = [pair for pair, frame in saved.items() if frame is None]
-    saved.update(ray_jobs.run_fold_jobs(job, pending) if on_ray else run_fold_jobs(job, pending, n_workers))
+    def finish(output_name: str, trained: dict[tuple[int, int], pd.DataFrame]) -> None:
+        saved[output_name].update(trained)
+        results[output_name] = _write_model_predictions(output_name, saved[output_name], seeds, fold_numbers, work_dir,
+                                                        predictions_dir)
+
+    if on_ray:
+        for name in models:
+            finish(name, ray_jobs.run_fold_jobs(jobs[name], pending[name]))
+    elif n_workers == 0 or len(models) == 1:
+        for name in models:
+            finish(name, run_fold_jobs(jobs[name], pending[name], n_workers))
+    else:
+        run_model_jobs(jobs, pending, n_workers, on_model_done=finish)
+    return {name: results[name] for name in models}
+
+
+def _model_tag(output_name: str, models: dict) -> str:
+    """``"<model>: "`` in a fold's progress line when several models train together, else ``""``."""
+    return f"{output_name}: " if len(models) > 1 else ""
+
+
+def _write_model_predictions(output_name: str, saved: dict[tuple[int, int], pd.DataFrame], seeds: list[int],
+                             fold_numbers: list[int], work_dir, predictions_dir) -> pd.DataFrame:
+    """Every fold and seed of a model in one predictions file (written whole), with one line per seed and a summary."""
     frames = []
     for train_seed in seeds:
         frames.extend(saved[train_seed, fold] for fold in fold_numbers)
         seed_frame = pd.concat(frames[-len(fold_numbers):], ignore_index=True)
-        print(f"  training seed {train_seed}: out-of-fold patient AUC {_patient_level_auc(seed_frame):.3f}", flush=True)
-
+        print(f"  {output_name} training seed {train_seed}: out-of-fold patient AUC {_patient_level_auc(seed_frame):.3f}",
+              flush=True)
     predictions = pd.concat(frames, ignore_index=True)[[*evaluation.PREDICTION_COLUMNS, evaluation.SEED_COLUMN]]
     evaluation.write_predictions(work_dir if predictions_dir is None else predictions_dir, output_name, predictions)
     per_seed = evaluation.seed_aucs(predictions)
@@ -754,7 +839,7 @@ def _saved_fold(run_dir: Path, key: str, train_seed: int, fold: int) -> pd.DataF
 class FoldJob:
     """Everything that one (fold, training seed) training reads, but the two numbers.
 
-    The same object is handed to every worker process (:class:`TrainingPool`), so a job
+    The same object is handed to every worker process (:func:`run_model_jobs`), so a job
     trained there gets exactly the inputs it would get in this process.
     """
 
@@ -873,16 +958,17 @@ def pin_threads(threads: int) -> None:
 
 
 _WORKER: dict = {}
+#: A worker that has compiled one network joins another model only when at least this many of its
+#: trainings wait: compiling a quick network costs about as much as four or five quick trainings.
+STEAL_MIN_TRAININGS = 6
 
 
-def _start_worker(threads: int, job: FoldJob) -> None:
-    """Initialiser of a :class:`TrainingPool` process: pinned threads, one reused network."""
-    pin_threads(threads)
-    _WORKER.update(job=job, fold_model=FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay,
-                                                 xla=job.profile.xla))
-
-
-def _train_in_worker(train_seed: int, fold: int) -> tuple[pd.DataFrame, str]:
+def _train_in_worker(job: FoldJob | None, train_seed: int, fold: int) -> tuple[pd.DataFrame, str]:
+    """One training in a worker process; ``job``: the model it switches to (``None``: the one it trains)."""
+    if job is not None:
+        _WORKER.clear()
+        _WORKER.update(job=job, fold_model=FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay,
+                                                     xla=job.profile.xla))
     return train_and_save_fold(_WORKER["job"], train_seed, fold, _WORKER["fold_model"])
 
 
@@ -890,16 +976,11 @@ def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int) ->
     """Train every (training seed, fold) of ``pending``; return their predictions by (seed, fold).
 
     ``workers == 0``: one after another in this process. Otherwise in ``workers`` fresh
-    (spawned) processes, each pinned to ``job.profile.training_threads`` threads and
-    reusing its compiled network; every finished fold is saved by the process that
-    trained it, so an interrupted set resumes where it stopped. A progress line is printed
-    per fold as it finishes. A failing fold stops the set (the others already running
-    finish and are kept) and raises ``RuntimeError`` naming the model, seed and fold.
+    (spawned) processes (:func:`run_model_jobs`). A progress line is printed per fold as it
+    finishes.
     """
-    done: dict[tuple[int, int], pd.DataFrame] = {}
-    if not pending:
-        return done
     if workers == 0:
+        done: dict[tuple[int, int], pd.DataFrame] = {}
         fold_model = FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay, xla=job.profile.xla)
         for train_seed, fold in pending:
             done[train_seed, fold], line = train_and_save_fold(job, train_seed, fold, fold_model)
@@ -907,29 +988,109 @@ def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int) ->
         del fold_model
         keras.backend.clear_session()
         return done
-    workers = min(workers, len(pending))
-    print(f"  {len(pending)} trainings in {workers} worker processes of {job.profile.training_threads} thread(s) each",
-          flush=True)
+    return run_model_jobs({job.model_name: job}, {job.model_name: pending}, workers)[job.model_name]
+
+
+def next_model(worker: int, worker_models: list[str | None], waiting: dict[str, int]) -> str | None:
+    """The model whose next training a free worker takes (:func:`run_model_jobs`); ``None``: it waits.
+
+    Args:
+        worker: the free worker's index in ``worker_models``.
+        worker_models: the model each worker has compiled (``None``: none yet).
+        waiting: model -> trainings not yet started, in the order models are taken.
+
+    The worker's own model while it has trainings waiting; else the first model with
+    trainings waiting that no other worker has compiled; else the model with the most
+    trainings waiting, if this worker has compiled nothing yet or if at least
+    :data:`STEAL_MIN_TRAININGS` of them wait (the ties go to the earlier model).
+    """
+    own = worker_models[worker]
+    if own is not None and waiting.get(own, 0):
+        return own
+    others = {model for i, model in enumerate(worker_models) if i != worker}
+    free = [name for name, n in waiting.items() if n and name not in others]
+    if free:
+        return free[0]
+    left = [name for name, n in waiting.items() if n]
+    if not left:
+        return None
+    busiest = max(left, key=lambda name: waiting[name])
+    return busiest if own is None or waiting[busiest] >= STEAL_MIN_TRAININGS else None
+
+
+def run_model_jobs(jobs: dict[str, FoldJob], pending: dict[str, list[tuple[int, int]]], workers: int,
+                   on_model_done=None) -> dict[str, dict[tuple[int, int], pd.DataFrame]]:
+    """Train every (training seed, fold) of ``pending[name]`` of every model in ``workers`` worker processes.
+
+    Each worker is a fresh (spawned) process pinned to ``profile.training_threads`` threads
+    that reuses its compiled network (:class:`FoldModel`) from one training to the next, so
+    the jobs go to the workers model by model: a free worker takes the next training of the
+    model it has compiled; when that model has none left, a model no other worker trains
+    (in the order of ``jobs``); else it helps with the model that has the most trainings
+    left (:func:`next_model`). With one model every worker trains it; with four models and
+    two workers each network is compiled about once instead of twice. Which worker trains a job never
+    changes its result (each starts from its seed's weights, in a pinned thread pool).
+
+    Every finished fold is saved by the process that trained it, so an interrupted set
+    resumes where it stopped. A progress line is printed per fold as it finishes, and
+    ``on_model_done(name, predictions by (seed, fold))`` is called when a model's last
+    training is done. A failing fold stops the set (the trainings already running finish
+    and are kept) and raises ``RuntimeError`` naming the model, seed and fold.
+
+    Returns:
+        model -> {(training seed, fold): predictions}.
+    """
+    done: dict[str, dict[tuple[int, int], pd.DataFrame]] = {name: {} for name in jobs}
+    queue = {name: list(pending.get(name, [])) for name in jobs}
+    total = sum(len(q) for q in queue.values())
+    for name in jobs:
+        if not queue[name] and on_model_done is not None:
+            on_model_done(name, {})
+    if not total:
+        return done
+    threads = next(iter(jobs.values())).profile.training_threads
+    count = min(workers, total)
+    several = sum(bool(q) for q in queue.values()) > 1
+    print(f"  {total} trainings{f' of {sum(bool(q) for q in queue.values())} models' if several else ''} in {count} worker "
+          f"processes of {threads} thread(s) each", flush=True)
     start = time.perf_counter()
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                               initargs=(job.profile.training_threads, job))
+    lanes = [ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=pin_threads,
+                                 initargs=(threads,)) for _ in range(count)]
+    lane_model: list[str | None] = [None] * count
+    running: dict = {}
+
+    def dispatch(lane: int) -> None:
+        name = next_model(lane, lane_model, {name: len(q) for name, q in queue.items()})
+        if name is None:
+            return
+        train_seed, fold = queue[name].pop(0)
+        switch = jobs[name] if lane_model[lane] != name else None
+        lane_model[lane] = name
+        running[lanes[lane].submit(_train_in_worker, switch, train_seed, fold)] = (lane, name, train_seed, fold)
+
     try:
-        futures = {pool.submit(_train_in_worker, train_seed, fold): (train_seed, fold) for train_seed, fold in pending}
-        remaining = set(futures)
-        while remaining:
-            finished, remaining = wait(remaining, return_when=FIRST_COMPLETED)
+        for lane in range(count):
+            dispatch(lane)
+        finished_count = 0
+        while running:
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for future in finished:
-                train_seed, fold = futures[future]
+                lane, name, train_seed, fold = running.pop(future)
                 try:
-                    done[train_seed, fold], line = future.result()
+                    done[name][train_seed, fold], line = future.result()
                 except Exception as error:
-                    for other in remaining:
-                        other.cancel()
-                    raise RuntimeError(f"{job.model_name}: training seed {train_seed} fold {fold} failed in a worker "
-                                       f"process: {type(error).__name__}: {error}") from error
-                print(f"{line} [{len(done)}/{len(pending)}, {time.perf_counter() - start:.0f} s]", flush=True)
+                    raise RuntimeError(f"{jobs[name].model_name}: training seed {train_seed} fold {fold} failed in a "
+                                       f"worker process: {type(error).__name__}: {error}") from error
+                finished_count += 1
+                if several:
+                    line = line.replace("  seed ", f"  {name}: seed ", 1)
+                print(f"{line} [{finished_count}/{total}, {time.perf_counter() - start:.0f} s]", flush=True)
+                dispatch(lane)
+                if on_model_done is not None and not queue[name] and not any(r[1] == name for r in running.values()):
+                    on_model_done(name, done[name])
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for executor in lanes:
+            executor.shutdown(wait=True, cancel_futures=True)
     return done
 
 

@@ -130,3 +130,45 @@ def test_killing_the_run_mid_set_loses_nothing_and_the_rerun_completes_it(tmp_pa
     complete = _train(_study(tmp_path / "whole"), workers=2)
     pd.testing.assert_frame_equal(rerun, complete, check_exact=True)
     assert _fold_files(tmp_path / "killed") == _fold_files(tmp_path / "whole")
+
+
+def test_a_free_worker_keeps_to_its_model_then_takes_one_no_other_worker_has():
+    waiting = {"a": 3, "b": 3, "c": 3, "d": 3}
+    assert training.next_model(0, [None, None], waiting) == "a"
+    assert training.next_model(1, ["a", None], waiting) == "b"  # not the model the other worker compiled
+    assert training.next_model(0, ["a", "b"], waiting) == "a"  # its own while it has trainings waiting
+    assert training.next_model(0, ["a", "b"], {**waiting, "a": 0}) == "c"  # then the first model nobody trains
+    assert training.next_model(1, ["c", "b"], {"a": 0, "b": 0, "c": 3, "d": 3}) == "d"
+    # one model: a fresh worker joins, whatever is left; a worker that compiled another joins only for enough
+    assert training.next_model(1, ["a", None], {"a": 1}) == "a"
+    many = training.STEAL_MIN_TRAININGS
+    assert training.next_model(1, ["a", "b"], {"a": many, "b": 0}) == "a"
+    assert training.next_model(1, ["a", "b"], {"a": many - 1, "b": 0}) is None
+    assert training.next_model(0, ["a", "b"], {"a": 0, "b": 0}) is None
+    # helping: the model with the most trainings waiting, ties to the earlier one
+    assert training.next_model(2, ["a", "b", "c"], {"a": many + 2, "b": many + 5, "c": 0}) == "b"
+    assert training.next_model(2, ["a", "b", None], {"a": 4, "b": 4}) == "a"
+
+
+@pytest.mark.slow
+def test_models_trained_together_are_those_trained_one_at_a_time(tmp_path, capsys):
+    """Notebook 05's four models in one set of workers (train_models_cross_validated): same files, same predictions."""
+    models = ["fusion_a", "deep_resnet50"]
+    study = _study(tmp_path / "together")
+    together = training.train_models_cross_validated(models, study["dataset"], study["clinical"], study["folds"],
+                                                     POOL_PROFILE, study["work_dir"], seed=3, imagenet="none", workers=2)
+    out = capsys.readouterr().out
+    assert list(together) == models
+    assert "8 trainings of 2 models in 2 worker processes of 1 thread(s) each" in out and "[8/8," in out
+    assert "fusion_a: seed 3 fold 0:" in out and "deep_resnet50: seed 1003 fold 1:" in out
+    for name in models:
+        assert f"hccer: {name}: pooled patient AUC" in out
+    alone = {name: _train(_study(tmp_path / "alone"), workers=1, model_name=name) for name in models}
+    for name in models:
+        pd.testing.assert_frame_equal(together[name], alone[name], check_exact=True)
+        written = pd.read_csv(tmp_path / "together" / "predictions" / f"{name}.csv", dtype={"patient_id": str})
+        assert len(written) == len(alone[name]) == 2 * 24
+    assert _fold_files(tmp_path / "together") == _fold_files(tmp_path / "alone")
+    with pytest.raises(ValueError, match="named twice"):
+        training.train_models_cross_validated(["fusion_a", "fusion_a"], study["dataset"], study["clinical"], study["folds"],
+                                              POOL_PROFILE, study["work_dir"])
