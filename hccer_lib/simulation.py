@@ -317,6 +317,25 @@ def _clinical_task(args: tuple[int, int, str, StudySettings], oracles: dict | No
     return seed, time.perf_counter() - start
 
 
+def _image_task(args: tuple) -> tuple[int, dict[str, str], float]:
+    """Compute and cache the image parts of one seed (in a worker, beside the clinical seeds);
+    returns (seed, part -> cached file name, seconds)."""
+    seed, profile, parts, folder, deep_part, study = args
+    start = time.perf_counter()
+    written = _write_image_parts(Path(folder), seed, image_parts(seed, profile, parts, Path(folder) / "scratch", study=study),
+                                 deep_part)
+    return seed, written, time.perf_counter() - start
+
+
+def _write_image_parts(folder: Path, seed: int, found: dict[str, pd.DataFrame], deep_part: str | None) -> dict[str, str]:
+    """Cache the image parts of ``seed`` (each written whole); returns part -> cached part name."""
+    written = {}
+    for part, frame in found.items():
+        written[part] = part if part == "radiomics" else deep_part
+        outputs.write_csv(_part_path(folder, seed, written[part]), frame)
+    return written
+
+
 def image_parts(seed: int, profile: Profile, parts: tuple[str, ...], scratch: Path, progress: bool = False,
                 study: StudySettings | None = None) -> dict[str, pd.DataFrame]:
     """Generate cohort ``seed`` with images in a temporary folder and run the image models.
@@ -599,38 +618,51 @@ def run_simulation(
             oracles = fixed_oracles()
         return oracles
 
+    # Image seeds: one generated cohort serves its radiomics and deep parts.
+    wanted = {s: [p for p, n in (("radiomics", counts.image), ("deep", counts.deep)) if s in seeds[:n]] for s in seeds}
+    image_todo = [(s, missing) for s in seeds if wanted[s]
+                  for missing in [[p for p in wanted[s] if not _part_path(folder, s, p if p == "radiomics" else deep_part).exists()]]
+                  if missing]  # fmt: skip
+
+    def image_done(seed: int, written: dict[str, str], seconds: float) -> None:
+        for part, name in written.items():
+            say(f"simulation: seed {seed} {part}: {_line(folder, seed, name)} [{seconds:.0f} s]")
+
     # Clinical seeds (side by side in worker processes).
     todo = [s for s in seeds if not _part_path(folder, s, "clinical").exists()]
     say(f"simulation: clinical seeds: {len(seeds) - len(todo)} cached, {len(todo)} to run")
     if todo:
         tasks = [(s, profile.n_folds, str(_part_path(folder, s, "clinical")), study) for s in todo]
-        n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(todo)))
+        # A radiomics-only image seed (a cohort drawn, its features extracted) runs in the same workers,
+        # submitted first (the longest job), instead of after the clinical seeds on partly idle cores.
+        beside = [(seed, missing) for seed, missing in image_todo if missing == ["radiomics"]]
+        n_jobs = max(1, min(n_jobs or os.cpu_count() or 1, len(todo) + len(beside)))
         if ray_jobs.executor(executor) == "ray":
             describe = lambda task: f"simulation: seed {task[0]} clinical"  # noqa: E731
             for i, (_, (seed, seconds)) in enumerate(ray_jobs.map_tasks(_clinical_task, tasks, get_oracles(), describe), 1):
                 say(f"simulation: seed {seed} clinical ({i}/{len(todo)}, Ray): {_line(folder, seed, 'clinical')} [{seconds:.1f} s]")
         elif n_jobs > 1:
             with ProcessPoolExecutor(n_jobs, initializer=_init_worker, initargs=(get_oracles(),)) as pool:
+                image_futures = [pool.submit(_image_task, (seed, profile, tuple(missing), str(folder), deep_part, study))
+                                 for seed, missing in beside]
+                if beside:
+                    say(f"simulation: seed{'s' if len(beside) > 1 else ''} {', '.join(str(seed) for seed, _ in beside)}: "
+                        "generating the cohort with images for radiomics, beside the clinical seeds")
                 for i, (seed, seconds) in enumerate(pool.map(_clinical_task, tasks), 1):
                     say(f"simulation: seed {seed} clinical ({i}/{len(todo)}): {_line(folder, seed, 'clinical')} [{seconds:.1f} s]")
+                for future in image_futures:
+                    image_done(*future.result())
+            image_todo = [item for item in image_todo if item not in beside]
         else:
             for i, task in enumerate(tasks, 1):
                 seed, seconds = _clinical_task(task, get_oracles())
                 say(f"simulation: seed {seed} clinical ({i}/{len(todo)}): {_line(folder, seed, 'clinical')} [{seconds:.1f} s]")
 
-    # Image seeds: one generated cohort serves its radiomics and deep parts.
-    wanted = {s: [p for p, n in (("radiomics", counts.image), ("deep", counts.deep)) if s in seeds[:n]] for s in seeds}
-    for seed in (s for s in seeds if wanted[s]):
-        missing = [p for p in wanted[seed] if not _part_path(folder, seed, p if p == "radiomics" else deep_part).exists()]
-        if not missing:
-            continue
+    for seed, missing in image_todo:
         t0 = time.perf_counter()
         say(f"simulation: seed {seed}: generating the cohort with images for {', '.join(missing)}")
         found = image_parts(seed, profile, tuple(missing), folder / "scratch", progress=False, study=study)
-        for part, frame in found.items():
-            name = part if part == "radiomics" else deep_part
-            outputs.write_csv(_part_path(folder, seed, name), frame)
-            say(f"simulation: seed {seed} {part}: {_line(folder, seed, name)} [{time.perf_counter() - t0:.0f} s]")
+        image_done(seed, _write_image_parts(folder, seed, found, deep_part), time.perf_counter() - t0)
     with contextlib.suppress(OSError):
         (folder / "scratch").rmdir()  # empty once every temporary cohort is gone
 

@@ -335,8 +335,9 @@ def test_settings_key_changes_with_the_folds(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_image_seed_runs_radiomics_and_cleans_up(tmp_path, cheap):
-    """One cohort with images (~35 s), first-order radiomics features only, 2 folds."""
+def test_an_image_seed_runs_radiomics_and_cleans_up(tmp_path, cheap, capsys):
+    """One cohort with images (~35 s), first-order radiomics features only, 2 folds; then the same
+    with two workers, where the image seed runs beside the clinical seeds: the same results."""
     from dataclasses import replace
 
     from hccer_lib.profiles import get_profile
@@ -350,3 +351,9 @@ def test_an_image_seed_runs_radiomics_and_cleans_up(tmp_path, cheap):
     assert not (folder / "scratch").exists(), "the temporary cohort was not deleted"
     tests = simulation.paired_tests(results)
     assert ((tests["model_a"] == "clinical_rf") & (tests["model_b"] == simulation.RADIOMICS_MODEL)).any()
+    capsys.readouterr()
+    side_by_side = simulation.run_simulation(profile, tmp_path / "pool", n_seeds=SeedCounts(2, 1, 0, 0), n_jobs=2)
+    assert "generating the cohort with images for radiomics, beside the clinical seeds" in capsys.readouterr().out
+    first_seed = side_by_side[side_by_side["seed"] == 2021].reset_index(drop=True)
+    pd.testing.assert_frame_equal(first_seed, results.reset_index(drop=True), check_exact=True)
+    assert not (tmp_path / "pool" / side_by_side.attrs["simulation_dir"] / "scratch").exists()
