@@ -62,16 +62,28 @@ def development_cohort(seed: int, data_root: Path) -> Path:
 CROP_VISIBLE_COLUMNS = (0, 1, 2, 3, 4, 8)
 
 
-def crop_visible_reference(cohort_dir: Path, seed: int) -> float:
+def crop_visible_reference(cohort_dir: Path, seed: int, with_clinical_vector: bool = False) -> float:
     """The learned image reference (``cv_auc``: logistic regression, C = 0.1, 10 stratified folds,
-    as :func:`hccer_lib.synth.oracle_aucs`) on :data:`CROP_VISIBLE_COLUMNS` only."""
+    as :func:`hccer_lib.synth.oracle_aucs`) on :data:`CROP_VISIBLE_COLUMNS` only.
+
+    ``with_clinical_vector``: beside the binary clinical vector that the fusion networks receive
+    (``clinical.clinical_matrix``, the paper's selection on the whole cohort): what a fusion
+    model's two inputs can show, a reference for fusion_d_joint.
+    """
     import pandas as pd
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
+    from hccer_lib.clinical import clinical_matrix
+
+    clinical = load_clinical(cohort_dir)
     truth = pd.read_csv(cohort_dir / "ground_truth.csv", dtype={"patient_id": str})
-    table = load_clinical(cohort_dir).merge(truth.drop(columns=["label"]), on="patient_id")
+    table = clinical.merge(truth.drop(columns=["label"]), on="patient_id", validate="one_to_one")
+    if table["patient_id"].astype(str).tolist() != clinical["patient_id"].astype(str).tolist():
+        raise ValueError(f"{cohort_dir}: ground_truth.csv does not hold every patient of clinical.csv")
     x = synth.oracle_inputs(table)["image"][:, list(CROP_VISIBLE_COLUMNS)]
+    if with_clinical_vector:
+        x = np.column_stack([np.asarray(clinical_matrix(clinical, protocol="paper")[0], dtype=float), x])
     y = table["early_recurrence"].to_numpy()
     folds = StratifiedKFold(n_splits=10, shuffle=True, random_state=seed)
     learned = synth._oracle_model().set_params(logisticregression__C=0.1)
@@ -111,7 +123,9 @@ def main() -> None:
         references = json.loads((cohort_dir / "ground_truth.json").read_text())["oracle_auc"]
         forest = evaluation.patient_level(cross_validate_clinical(clinical, folds, protocol="paper", seed=seed)[0])
         line = [f"cohort seed {seed}: learned references image {references['image']['cv_auc']:.3f}, "
-                f"(what a resized crop can show: {crop_visible_reference(cohort_dir, seed):.3f}), "
+                f"(what a resized crop can show: {crop_visible_reference(cohort_dir, seed):.3f}; with the binary "
+                f"clinical vector, what a fusion model's inputs can show: "
+                f"{crop_visible_reference(cohort_dir, seed, with_clinical_vector=True):.3f}), "
                 f"clinical {references['clinical']['cv_auc']:.3f}, both {references['both']['cv_auc']:.3f}; "
                 f"clinical_rf {evaluation.auc(forest['y_true'], forest['y_prob']):.3f}"]
         for model in args.models:

@@ -1,0 +1,48 @@
+"""scripts/develop_recipe.py: the development seeds only, its settings parser and its learned references."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hccer_lib import outputs, synth
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import develop_recipe  # noqa: E402
+
+
+def test_a_reported_seed_is_refused_and_settings_are_python_literals(tmp_path):
+    with pytest.raises(SystemExit, match="seed 2020 is a reported cohort"):
+        develop_recipe.development_cohort(2020, tmp_path)
+    assert not list(tmp_path.iterdir()), "nothing is generated for a reported seed"
+    assert develop_recipe.parse_settings(["epochs=9", "augment=true", "lr_schedule=cosine", "resnet_blocks=(1, 2)"]) == {
+        "epochs": 9, "augment": True, "lr_schedule": "cosine", "resnet_blocks": (1, 2)}
+
+
+def _cohort(folder: Path, seed: int, traits_from_label: bool, size_from_label: bool = False) -> Path:
+    """clinical.csv and ground_truth.csv of the generator's plan for ``seed`` (no images), with the
+    crop-visible traits (or the tumour's size) made a copy of the label, or left as drawn."""
+    plan = synth.plan_cohort(synth.SynthConfig(seed=seed))
+    clinical, truth = plan.clinical.copy(), plan.truth.copy()
+    label = clinical["early_recurrence"].to_numpy(dtype=float)
+    noise = np.random.default_rng(seed).permutation(label)  # independent of the label
+    for trait, (low, high) in {"necrosis_fraction": (0.0, 0.30), "heterogeneity_hu": (4.0, 16.0),
+                               "margin_irregularity": (0.02, 0.25), "rim_enhancement_hu": (0.0, 45.0)}.items():
+        source = label if traits_from_label else noise
+        truth[trait] = low + (high - low) * (0.25 + 0.5 * source)
+    truth["n_satellites"] = 0
+    if size_from_label:
+        clinical["tumor_size_mm"] = 20.0 + 30.0 * label
+    outputs.write_csv(folder / "clinical.csv", clinical)
+    outputs.write_csv(folder / "ground_truth.csv", truth)
+    return folder
+
+
+def test_the_crop_visible_reference_sees_the_traits_and_not_the_tumour_size(tmp_path):
+    seen = _cohort(tmp_path / "traits", 5, traits_from_label=True)
+    assert develop_recipe.crop_visible_reference(seen, 5) > 0.99
+    hidden = _cohort(tmp_path / "size", 5, traits_from_label=False, size_from_label=True)
+    assert develop_recipe.crop_visible_reference(hidden, 5) < 0.7  # the label is in the size only: not in a resized crop
+    # the fusion models' clinical vector holds "tumour size >= 50 mm": with it, the size is seen again
+    assert develop_recipe.crop_visible_reference(hidden, 5, with_clinical_vector=True) > 0.9
