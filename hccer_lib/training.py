@@ -797,7 +797,7 @@ def _cross_validate(
             finish(name, ray_jobs.run_fold_jobs(jobs[name], pending[name]))
     elif n_workers == 0 or len(models) == 1:
         for name in models:
-            finish(name, run_fold_jobs(jobs[name], pending[name], n_workers))
+            finish(name, run_fold_jobs(jobs[name], pending[name], n_workers, _model_tag(name, models)))
     else:
         run_model_jobs(jobs, pending, n_workers, on_model_done=finish)
     return {name: results[name] for name in models}
@@ -972,19 +972,20 @@ def _train_in_worker(job: FoldJob | None, train_seed: int, fold: int) -> tuple[p
     return train_and_save_fold(_WORKER["job"], train_seed, fold, _WORKER["fold_model"])
 
 
-def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int) -> dict[tuple[int, int], pd.DataFrame]:
+def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int,
+                  tag: str = "") -> dict[tuple[int, int], pd.DataFrame]:
     """Train every (training seed, fold) of ``pending``; return their predictions by (seed, fold).
 
     ``workers == 0``: one after another in this process. Otherwise in ``workers`` fresh
     (spawned) processes (:func:`run_model_jobs`). A progress line is printed per fold as it
-    finishes.
+    finishes, starting with ``tag`` (the model's name when several are trained together).
     """
     if workers == 0:
         done: dict[tuple[int, int], pd.DataFrame] = {}
         fold_model = FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay, xla=job.profile.xla)
         for train_seed, fold in pending:
             done[train_seed, fold], line = train_and_save_fold(job, train_seed, fold, fold_model)
-            print(line, flush=True)
+            print(line.replace("  seed ", f"  {tag}seed ", 1), flush=True)
         del fold_model
         keras.backend.clear_session()
         return done

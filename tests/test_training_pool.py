@@ -172,3 +172,18 @@ def test_models_trained_together_are_those_trained_one_at_a_time(tmp_path, capsy
     with pytest.raises(ValueError, match="named twice"):
         training.train_models_cross_validated(["fusion_a", "fusion_a"], study["dataset"], study["clinical"], study["folds"],
                                               POOL_PROFILE, study["work_dir"])
+
+
+@pytest.mark.slow
+def test_models_trained_together_in_this_process_name_each_fold(tmp_path, capsys):
+    """A profile without workers (smoke, paper) trains the models one after another; each line names its model."""
+    profile = replace(POOL_PROFILE, training_threads=0, train_seeds=1)
+    study = _study(tmp_path)
+    together = training.train_models_cross_validated(["fusion_b", "deep_resnet50"], study["dataset"], study["clinical"],
+                                                     study["folds"], profile, study["work_dir"], seed=3, imagenet="none")
+    out = capsys.readouterr().out
+    assert "fusion_b: seed 3 fold 0:" in out and "deep_resnet50: seed 3 fold 1:" in out and "worker processes" not in out
+    alone = training.train_cross_validated("deep_resnet50", study["dataset"], study["clinical"], study["folds"], profile,
+                                           tmp_path / "alone", seed=3, imagenet="none")
+    pd.testing.assert_frame_equal(together["deep_resnet50"], alone, check_exact=True)
+    assert "\n  seed 3 fold 0:" in capsys.readouterr().out, "one model alone: no name on its lines"
