@@ -651,9 +651,36 @@ def train_cross_validated(
     folds: pd.DataFrame,
     profile: Profile,
     work_dir: str | os.PathLike,
+    *,
+    output_name: str | None = None,
+    **options,
+) -> pd.DataFrame:
+    """Train ``model_name`` on every fold, once per training seed; return and save its out-of-fold predictions.
+
+    :func:`train_models_cross_validated` for one model. ``output_name``: the predictions
+    file's model name (default ``model_name``), e.g. ``"fusion_d_strict"``; ``options``:
+    the keyword arguments of :func:`train_models_cross_validated` (``seed``,
+    ``selection_protocol``, ``imagenet``, ``workers``, ``executor``, ``predictions_dir``, ...).
+
+    Returns:
+        ``patient_id, slice, fold, y_true, y_prob, train_seed``, one row per slice of the
+        dataset and training seed.
+    """
+    output_name = output_name or model_name
+    return train_models_cross_validated({output_name: model_name}, dataset, clinical, folds, profile, work_dir,
+                                        **options)[output_name]
+
+
+def train_models_cross_validated(
+    models: list[str] | tuple[str, ...] | dict[str, str],
+    dataset,
+    clinical: pd.DataFrame,
+    folds: pd.DataFrame,
+    profile: Profile,
+    work_dir: str | os.PathLike,
+    *,
     seed: int = 2020,
     selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
-    output_name: str | None = None,
     network_overrides: dict | None = None,
     imagenet: str = "auto",
     verbose: int | str = 0,
@@ -661,11 +688,20 @@ def train_cross_validated(
     workers: int | str | None = None,
     executor: str | None = None,
     predictions_dir: str | os.PathLike | None = None,
-) -> pd.DataFrame:
-    """Train ``model_name`` on every fold, once per training seed; return and save its out-of-fold predictions.
+) -> dict[str, pd.DataFrame]:
+    """Train each model on every fold, once per training seed; return and save their out-of-fold predictions.
+
+    Several models at once (notebook 05's fusion models A-D) give the same predictions,
+    files and run folders as one call per model, in less time when the trainings run in
+    worker processes: a worker keeps training one model while it has trainings left, so each
+    network is compiled by about one worker instead of by every worker
+    (:func:`run_model_jobs`). Each model's predictions file is written, and its summary
+    printed, as soon as its last training is done.
 
     Args:
-        model_name: one of :data:`networks.MODEL_NAMES` (the architecture).
+        models: the models' names (each one of :data:`networks.MODEL_NAMES`, the architecture),
+            or output name -> architecture, e.g. ``{"fusion_d_strict": "fusion_d"}``: the name of
+            the predictions file and of the run folder.
         dataset: a ``preprocessing.ProcessedDataset``: ``images`` ``[n, H, W, 3]`` in
             ``[0, 1]`` (NC, ART, PV), ``patient_id`` ``[n]``, ``slice`` ``[n]``, ``y_true`` ``[n]``.
         clinical: the raw clinical frame (``patient_id``, ``early_recurrence``, ...).
@@ -673,14 +709,12 @@ def train_cross_validated(
         profile: the training recipe (epochs, batch size, learning rate, ResNet blocks and
             width, ``train_seeds``, ``validation_fraction``, ``weight_decay``,
             ``lr_schedule``, ``augment``).
-        work_dir: the cohort's work folder; runs go to ``runs/``, the result to
-            ``<predictions_dir>/predictions/<output_name>.csv``.
+        work_dir: the cohort's work folder; runs go to ``runs/``, each result to
+            ``<predictions_dir>/predictions/<output name>.csv``.
         seed: the run seed; the training seeds are :func:`train_seeds` of it (see
             :func:`train_fold` for what each seeds).
         selection_protocol: ``"paper"`` (clinical variables selected on the whole cohort)
             or ``"strict"`` (selected on each training fold), see ``clinical.clinical_matrix``.
-        output_name: the prediction file's model name (default ``model_name``), e.g.
-            ``"fusion_d_strict"``.
         network_overrides: extra :class:`networks.NetworkConfig` fields (``image_units``, ...).
         imagenet: ``"auto"``, ``"none"`` or a weights file (see ``NetworkConfig``).
         verbose: Keras ``fit`` verbosity (0 silent, 2 one line per epoch); one line per
@@ -695,67 +729,14 @@ def train_cross_validated(
             ``StudyRun.results_dir``, one per profile); default ``work_dir``.
 
     Returns:
-        ``patient_id, slice, fold, y_true, y_prob, train_seed``, one row per slice of the
-        dataset and training seed.
+        output name -> ``patient_id, slice, fold, y_true, y_prob, train_seed`` (one row per
+        slice of the dataset and training seed), in the order of ``models``.
     """
-    output_name = output_name or model_name
-    return _cross_validate({output_name: model_name}, dataset, clinical, folds, profile, work_dir, seed, selection_protocol,
-                           network_overrides, imagenet, verbose, predict_batch_size, workers, executor,
-                           predictions_dir)[output_name]
-
-
-def train_models_cross_validated(
-    model_names: list[str] | tuple[str, ...],
-    dataset,
-    clinical: pd.DataFrame,
-    folds: pd.DataFrame,
-    profile: Profile,
-    work_dir: str | os.PathLike,
-    seed: int = 2020,
-    selection_protocol: str = DEFAULT_SETTINGS.selection_protocol,
-    network_overrides: dict | None = None,
-    imagenet: str = "auto",
-    verbose: int | str = 0,
-    predict_batch_size: int = 64,
-    workers: int | str | None = None,
-    executor: str | None = None,
-    predictions_dir: str | os.PathLike | None = None,
-) -> dict[str, pd.DataFrame]:
-    """:func:`train_cross_validated` for several models at once (notebook 05's fusion models A-D).
-
-    The same predictions, files and run folders as one call per model, in less time when the
-    trainings run in worker processes: a worker keeps training one model while it has
-    trainings left, so each network is compiled by about one worker instead of by every
-    worker (:func:`run_model_jobs`). Each model's predictions file is written, and its
-    summary printed, as soon as its last training is done. Returns model -> predictions,
-    in the order of ``model_names``.
-    """
-    names = list(dict.fromkeys(model_names))
-    if len(names) != len(list(model_names)):
-        raise ValueError(f"a model is named twice in {list(model_names)}")
-    return _cross_validate({name: name for name in names}, dataset, clinical, folds, profile, work_dir, seed,
-                           selection_protocol, network_overrides, imagenet, verbose, predict_batch_size, workers, executor,
-                           predictions_dir)
-
-
-def _cross_validate(
-    models: dict[str, str],
-    dataset,
-    clinical: pd.DataFrame,
-    folds: pd.DataFrame,
-    profile: Profile,
-    work_dir: str | os.PathLike,
-    seed: int,
-    selection_protocol: str,
-    network_overrides: dict | None,
-    imagenet: str,
-    verbose: int | str,
-    predict_batch_size: int,
-    workers: int | str | None,
-    executor: str | None,
-    predictions_dir: str | os.PathLike | None,
-) -> dict[str, pd.DataFrame]:
-    """Cross-validate ``models`` (output name -> architecture): the work of :func:`train_cross_validated`."""
+    if not isinstance(models, dict):
+        names = list(models)
+        if len(set(names)) != len(names):
+            raise ValueError(f"a model is named twice in {names}")
+        models = {name: name for name in names}
     for model_name in models.values():
         if model_name not in networks.MODEL_NAMES:
             raise ValueError(f"unknown model {model_name!r}; choose one of {networks.MODEL_NAMES}")
