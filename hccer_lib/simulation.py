@@ -620,9 +620,11 @@ def run_simulation(
 
     # Image seeds: one generated cohort serves its radiomics and deep parts.
     wanted = {s: [p for p, n in (("radiomics", counts.image), ("deep", counts.deep)) if s in seeds[:n]] for s in seeds}
-    image_todo = [(s, missing) for s in seeds if wanted[s]
-                  for missing in [[p for p in wanted[s] if not _part_path(folder, s, p if p == "radiomics" else deep_part).exists()]]
-                  if missing]  # fmt: skip
+    image_todo = []  # (seed, its image parts not cached yet)
+    for seed in seeds:
+        missing = [p for p in wanted[seed] if not _part_path(folder, seed, p if p == "radiomics" else deep_part).exists()]
+        if missing:
+            image_todo.append((seed, missing))
 
     def image_done(seed: int, written: dict[str, str], seconds: float) -> None:
         for part, name in written.items():

@@ -1010,8 +1010,9 @@ def run_model_jobs(jobs: dict[str, FoldJob], pending: dict[str, list[tuple[int, 
     model it has compiled; when that model has none left, a model no other worker trains
     (in the order of ``jobs``); else it helps with the model that has the most trainings
     left (:func:`next_model`). With one model every worker trains it; with four models and
-    two workers each network is compiled about once instead of twice. Which worker trains a job never
-    changes its result (each starts from its seed's weights, in a pinned thread pool).
+    two workers each network is compiled about once instead of twice. Which worker trains a
+    job never changes its result (each starts from its seed's weights, in a pinned thread
+    pool).
 
     Every finished fold is saved by the process that trained it, so an interrupted set
     resumes where it stopped. A progress line is printed per fold as it finishes, and
@@ -1032,9 +1033,10 @@ def run_model_jobs(jobs: dict[str, FoldJob], pending: dict[str, list[tuple[int, 
         return done
     threads = next(iter(jobs.values())).profile.training_threads
     count = min(workers, total)
-    several = sum(bool(q) for q in queue.values()) > 1
-    print(f"  {total} trainings{f' of {sum(bool(q) for q in queue.values())} models' if several else ''} in {count} worker "
-          f"processes of {threads} thread(s) each", flush=True)
+    n_models = sum(bool(q) for q in queue.values())
+    several = n_models > 1
+    print(f"  {total} trainings{f' of {n_models} models' if several else ''} in {count} worker processes of {threads} "
+          f"thread(s) each", flush=True)
     start = time.perf_counter()
     lanes = [ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=pin_threads,
                                  initargs=(threads,)) for _ in range(count)]
