@@ -775,7 +775,7 @@ def train_models_cross_validated(
 
     if on_ray:
         for name in models:
-            finish(name, ray_jobs.run_fold_jobs(jobs[name], pending[name]))
+            finish(name, ray_jobs.run_fold_jobs(jobs[name], pending[name], tag=_model_tag(name, models)))
     elif n_workers == 0 or len(models) == 1:
         for name in models:
             finish(name, run_fold_jobs(jobs[name], pending[name], n_workers, _model_tag(name, models)))

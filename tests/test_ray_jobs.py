@@ -62,6 +62,21 @@ def test_ray_tasks_give_the_local_predictions_byte_identical(tmp_path, local_ray
 
 
 @pytest.mark.slow
+def test_several_models_on_ray_name_their_folds_and_match_the_local_run(tmp_path, local_ray, capsys):
+    profile = replace(POOL_PROFILE, training_threads=0, train_seeds=1)
+    models = ["fusion_a", "deep_resnet50"]
+    study = _study(tmp_path / "ray")
+    on_ray = training.train_models_cross_validated(models, study["dataset"], study["clinical"], study["folds"], profile,
+                                                   study["work_dir"], seed=3, imagenet="none", executor="ray")
+    out = capsys.readouterr().out
+    assert "fusion_a: seed 3 fold 0:" in out and "deep_resnet50: seed 3 fold 1:" in out
+    local = training.train_models_cross_validated(models, study["dataset"], study["clinical"], study["folds"], profile,
+                                                  tmp_path / "local", seed=3, imagenet="none", executor="local")
+    for name in models:
+        pd.testing.assert_frame_equal(on_ray[name], local[name], check_exact=True)
+
+
+@pytest.mark.slow
 def test_a_ray_worker_killed_mid_set_loses_nothing(tmp_path, local_ray):
     killed: list[int] = []
 
