@@ -101,11 +101,10 @@ def _train_task(job, train_seed: int, fold: int) -> tuple[pd.DataFrame, str]:
     return training.train_and_save_fold(job, train_seed, fold, _PROCESS["fold_models"][key])
 
 
-def run_fold_jobs(job, pending: list[tuple[int, int]], max_retries: int = 3, tag: str = "") -> dict[tuple[int, int], pd.DataFrame]:
+def run_fold_jobs(job, pending: list[tuple[int, int]], max_retries: int = 3) -> dict[tuple[int, int], pd.DataFrame]:
     """Train every (training seed, fold) of ``pending`` as Ray tasks; return their predictions by (seed, fold).
 
-    A progress line is printed per fold as it finishes (starting with ``tag``, the model's
-    name when several are trained together). A failing fold stops the set (the
+    A progress line is printed per fold as it finishes. A failing fold stops the set (the
     tasks still running are cancelled; finished folds are saved) and raises ``RuntimeError``
     naming the model, seed and fold; a task whose process died is retried up to
     ``max_retries`` times first.
@@ -127,8 +126,7 @@ def run_fold_jobs(job, pending: list[tuple[int, int]], max_retries: int = 3, tag
     describe = lambda pair: f"{job.model_name}: training seed {pair[0]} fold {pair[1]}"  # noqa: E731
     for (train_seed, fold), (frame, line) in _completed(ray, tasks, describe):
         done[train_seed, fold] = frame
-        print(f"{line.replace('  seed ', f'  {tag}seed ', 1)} [{len(done)}/{len(pending)}, {time.perf_counter() - start:.0f} s]",
-              flush=True)
+        print(f"{line} [{len(done)}/{len(pending)}, {time.perf_counter() - start:.0f} s]", flush=True)
     return done
 
 

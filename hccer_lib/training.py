@@ -759,7 +759,8 @@ def train_models_cross_validated(
         print(f"hccer: training {output_name} ({model_name}), {len(fold_numbers)} folds x {len(seeds)} training seeds "
               f"{seeds}, run folder {run_dir}", flush=True)
         jobs[output_name] = FoldJob(model_name, dataset, clinical, folds, profile, run_dir, settings["key"],
-                                    selection_protocol, imagenet, network_overrides, verbose, predict_batch_size)
+                                    selection_protocol, imagenet, network_overrides, verbose, predict_batch_size,
+                                    _model_tag(output_name, models))
         saved[output_name] = {(s, f): _saved_fold(run_dir, settings["key"], s, f) for s in seeds for f in fold_numbers}
         for (train_seed, fold), frame in saved[output_name].items():
             if frame is not None:
@@ -775,10 +776,10 @@ def train_models_cross_validated(
 
     if on_ray:
         for name in models:
-            finish(name, ray_jobs.run_fold_jobs(jobs[name], pending[name], tag=_model_tag(name, models)))
+            finish(name, ray_jobs.run_fold_jobs(jobs[name], pending[name]))
     elif n_workers == 0 or len(models) == 1:
         for name in models:
-            finish(name, run_fold_jobs(jobs[name], pending[name], n_workers, _model_tag(name, models)))
+            finish(name, run_fold_jobs(jobs[name], pending[name], n_workers))
     else:
         run_model_jobs(jobs, pending, n_workers, on_model_done=finish)
     return {name: results[name] for name in models}
@@ -836,6 +837,8 @@ class FoldJob:
     network_overrides: dict | None
     verbose: int | str
     predict_batch_size: int
+    #: What each of its progress lines starts with: the model's name when several train together.
+    tag: str = ""
 
 
 def train_and_save_fold(job: FoldJob, train_seed: int, fold: int, fold_model: FoldModel) -> tuple[pd.DataFrame, str]:
@@ -877,7 +880,7 @@ def train_and_save_fold(job: FoldJob, train_seed: int, fold: int, fold_model: Fo
         "patient_auc": fold_auc,
         "seconds": round(seconds, 1),
     })
-    line = (f"  seed {train_seed} fold {fold}: {int((data.train & ~data.validation).sum())} training / "
+    line = (f"  {job.tag}seed {train_seed} fold {fold}: {int((data.train & ~data.validation).sum())} training / "
             f"{int(data.validation.sum())} validation / {int(test.sum())} test slices, epoch kept {history.best_epoch}, "
             f"loss {losses[-1]:.3f}, patient AUC {fold_auc:.3f}, {seconds:.0f} s")
     return frame, line
@@ -953,20 +956,19 @@ def _train_in_worker(job: FoldJob | None, train_seed: int, fold: int) -> tuple[p
     return train_and_save_fold(_WORKER["job"], train_seed, fold, _WORKER["fold_model"])
 
 
-def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int,
-                  tag: str = "") -> dict[tuple[int, int], pd.DataFrame]:
+def run_fold_jobs(job: FoldJob, pending: list[tuple[int, int]], workers: int) -> dict[tuple[int, int], pd.DataFrame]:
     """Train every (training seed, fold) of ``pending``; return their predictions by (seed, fold).
 
     ``workers == 0``: one after another in this process. Otherwise in ``workers`` fresh
     (spawned) processes (:func:`run_model_jobs`). A progress line is printed per fold as it
-    finishes, starting with ``tag`` (the model's name when several are trained together).
+    finishes.
     """
     if workers == 0:
         done: dict[tuple[int, int], pd.DataFrame] = {}
         fold_model = FoldModel(job.model_name, job.profile.learning_rate, job.profile.weight_decay, xla=job.profile.xla)
         for train_seed, fold in pending:
             done[train_seed, fold], line = train_and_save_fold(job, train_seed, fold, fold_model)
-            print(line.replace("  seed ", f"  {tag}seed ", 1), flush=True)
+            print(line, flush=True)
         del fold_model
         keras.backend.clear_session()
         return done
@@ -1034,8 +1036,7 @@ def run_model_jobs(jobs: dict[str, FoldJob], pending: dict[str, list[tuple[int, 
     threads = next(iter(jobs.values())).profile.training_threads
     count = min(workers, total)
     n_models = sum(bool(q) for q in queue.values())
-    several = n_models > 1
-    print(f"  {total} trainings{f' of {n_models} models' if several else ''} in {count} worker processes of {threads} "
+    print(f"  {total} trainings{f' of {n_models} models' if n_models > 1 else ''} in {count} worker processes of {threads} "
           f"thread(s) each", flush=True)
     start = time.perf_counter()
     lanes = [ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=pin_threads,
@@ -1066,8 +1067,6 @@ def run_model_jobs(jobs: dict[str, FoldJob], pending: dict[str, list[tuple[int, 
                     raise RuntimeError(f"{jobs[name].model_name}: training seed {train_seed} fold {fold} failed in a "
                                        f"worker process: {type(error).__name__}: {error}") from error
                 finished_count += 1
-                if several:
-                    line = line.replace("  seed ", f"  {name}: seed ", 1)
                 print(f"{line} [{finished_count}/{total}, {time.perf_counter() - start:.0f} s]", flush=True)
                 dispatch(lane)
                 if on_model_done is not None and not queue[name] and not any(r[1] == name for r in running.values()):
