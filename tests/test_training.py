@@ -319,3 +319,33 @@ def test_fast_cpu_graphs_is_scoped_and_a_training_leaves_the_process_as_it_was(s
         assert grappler_off()
     finally:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": False})
+
+
+def test_first_training_step_creates_no_variable_and_trains_as_before(monkeypatch):
+    """``build_training_state`` creates the optimizer's and the joint loss's variables before the first
+    step, so that step is traced once (no variable created inside it), and the weights after training
+    are those Keras gives when it creates them itself (the same training without it). The joint
+    loss's model: an optimizer and three loss heads."""
+    config = networks.NetworkConfig(image_size=SIZE, n_clinical=4, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none")
+    rng = np.random.default_rng(3)
+    inputs = {"image": rng.random((16, SIZE, SIZE, 3), dtype=np.float32), "clinical": rng.integers(0, 2, (16, 4)).astype("float32")}
+    y = np.array([0, 1] * 8, dtype="int32")
+
+    def trained(build_first: bool) -> list:
+        keras.utils.set_random_seed(5)
+        model = networks.compile_model(networks.build_model("fusion_d_joint", config), 1e-3)
+        targets = training.model_targets(model, y)
+        if build_first:
+            training.build_training_state(model, inputs, targets, 8)
+            counts = (len(model.optimizer.variables), len(model.metrics_variables))
+            assert counts[0] > 1, "the optimizer's moments exist before any step"
+        else:
+            monkeypatch.setattr(training, "build_training_state", lambda *args: None)
+        training.fit_model(model, inputs, y, epochs=2, batch_size=8, seed=1, augment=True)
+        if build_first:
+            assert (len(model.optimizer.variables), len(model.metrics_variables)) == counts, "a training step created variables"
+        monkeypatch.undo()
+        return model.get_weights()
+
+    for built, plain in zip(trained(True), trained(False), strict=True):
+        np.testing.assert_array_equal(built, plain)
