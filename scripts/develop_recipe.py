@@ -90,6 +90,36 @@ def crop_visible_reference(cohort_dir: Path, seed: int, with_clinical_vector: bo
     return float(roc_auc_score(y, cross_val_predict(learned, x, y, cv=folds, method="predict_proba")[:, 1]))
 
 
+def stacked_reference(image_predictions, clinical) -> float:
+    """What a trained image network's output and the clinical vector give together: the pooled
+    AUC of a logistic regression on the network's out-of-fold patient logit (seed ensemble,
+    ``evaluation.patient_level``) beside the binary clinical vector (as in
+    :func:`crop_visible_reference`), each fold's regression fitted on the other folds' patients
+    (the network's own folds: every input it sees is out-of-fold). A late fusion of the two
+    inputs as this network sees the image: the ceiling of what a fusion model with the same
+    image pathway would reach by combining them, where :func:`crop_visible_reference` is the
+    ceiling of what the crop holds.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    from hccer_lib.clinical import clinical_matrix
+
+    patients = evaluation.patient_level(image_predictions).set_index("patient_id")
+    ids = clinical["patient_id"].astype(str)
+    missing = sorted(set(ids) - set(patients.index.astype(str)))
+    if missing:
+        raise ValueError(f"no out-of-fold prediction for {len(missing)} patients, e.g. {missing[:3]}")
+    patients = patients.loc[ids]
+    probability = patients["y_prob"].to_numpy(dtype=float).clip(1e-6, 1 - 1e-6)
+    x = np.column_stack([np.log(probability / (1 - probability)), np.asarray(clinical_matrix(clinical, protocol="paper")[0], dtype=float)])
+    y, fold = clinical["early_recurrence"].to_numpy(dtype=int), patients["fold"].to_numpy()
+    stacked = np.zeros(len(y))
+    for k in np.unique(fold):
+        fitted = LogisticRegression(max_iter=1000).fit(x[fold != k], y[fold != k])
+        stacked[fold == k] = fitted.predict_proba(x[fold == k])[:, 1]
+    return evaluation.auc(y, stacked)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4], help="development generator seeds")
@@ -137,6 +167,9 @@ def main() -> None:
             line.append(f"  {model}: AUC {per_seed.mean():.3f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0:.3f} "
                         f"over {len(per_seed)} seeds, ensemble {evaluation.auc(ensemble['y_true'], ensemble['y_prob']):.3f}, "
                         f"{time.perf_counter() - start:.0f} s")
+            if model == "deep_resnet50":
+                line.append(f"    its out-of-fold logit beside the binary clinical vector (logistic regression, "
+                            f"a late fusion of the two): {stacked_reference(predictions, clinical):.3f}")
         print("\n".join(line), flush=True)
 
 

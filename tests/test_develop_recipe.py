@@ -46,3 +46,32 @@ def test_the_crop_visible_reference_sees_the_traits_and_not_the_tumour_size(tmp_
     assert develop_recipe.crop_visible_reference(hidden, 5) < 0.7  # the label is in the size only: not in a resized crop
     # the fusion models' clinical vector holds "tumour size >= 50 mm": with it, the size is seen again
     assert develop_recipe.crop_visible_reference(hidden, 5, with_clinical_vector=True) > 0.9
+
+
+def test_the_stacked_reference_adds_the_clinical_vector_to_the_image_network_output():
+    """Out-of-fold image predictions that carry half the label, beside a clinical vector that carries
+    the other half: the stacked regression sees both (AUC 1); the network's output alone does not."""
+    import pandas as pd
+
+    from hccer_lib import evaluation
+    from hccer_lib.clinical import clinical_matrix
+
+    clinical = synth.plan_cohort(synth.SynthConfig(seed=6)).clinical
+    bits, names = clinical_matrix(clinical, protocol="paper")
+    column = np.asarray(bits, dtype=float)[:, names.index(next(n for n in names if n.startswith("tumor_size")))]
+    clinical = clinical.assign(early_recurrence=(column + np.arange(len(clinical)) % 2 > 0).astype(int))
+    bits_now, _ = clinical_matrix(clinical, protocol="paper")  # the selection sees the new label
+    assert np.asarray(bits_now).shape[1] >= 1
+    image_half = (np.arange(len(clinical)) % 2).astype(float)
+    rows = []
+    for train_seed in (1, 2):  # two seeds and two slices per patient: the seed ensemble is their mean
+        for slice_index in (0, 1):
+            rows.append(pd.DataFrame({"patient_id": clinical["patient_id"].astype(str), "slice": slice_index,
+                                      "fold": np.arange(len(clinical)) % 5, "y_true": clinical["early_recurrence"],
+                                      "y_prob": 0.3 + 0.4 * image_half, "train_seed": train_seed}))
+    predictions = pd.concat(rows, ignore_index=True)
+    alone = evaluation.patient_level(predictions)
+    assert evaluation.auc(alone["y_true"], alone["y_prob"]) < 0.9
+    assert develop_recipe.stacked_reference(predictions, clinical) > 0.99
+    with pytest.raises(ValueError, match="no out-of-fold prediction for 1 patients"):
+        develop_recipe.stacked_reference(predictions[predictions["patient_id"] != clinical["patient_id"].iloc[0]], clinical)
