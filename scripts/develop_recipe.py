@@ -96,9 +96,9 @@ def stacked_reference(image_predictions, clinical) -> float:
     ``evaluation.patient_level``) beside the binary clinical vector (as in
     :func:`crop_visible_reference`), each fold's regression fitted on the other folds' patients
     (the network's own folds: every input it sees is out-of-fold). A late fusion of the two
-    inputs as this network sees the image: the ceiling of what a fusion model with the same
-    image pathway would reach by combining them, where :func:`crop_visible_reference` is the
-    ceiling of what the crop holds.
+    inputs as this network sees the image: a reference for a fusion model whose image pathway
+    learns what this one did (it can do better by learning other image features beside the
+    clinical vector), where :func:`crop_visible_reference` is one for what the crop holds.
     """
     from sklearn.linear_model import LogisticRegression
 
