@@ -550,7 +550,8 @@ CALIBRATION_CLIP = 1e-6
 INTERCEPT_BOUND = 50.0
 
 
-def _clipped_logit(y_prob) -> np.ndarray:
+def clipped_logit(y_prob) -> np.ndarray:
+    """``log(p / (1 - p))`` of probabilities clipped to ``[CALIBRATION_CLIP, 1 - CALIBRATION_CLIP]``."""
     p = np.clip(np.asarray(y_prob, dtype=float), CALIBRATION_CLIP, 1 - CALIBRATION_CLIP)
     return np.log(p / (1 - p))
 
@@ -569,7 +570,7 @@ def calibration_intercept(y_true, y_prob) -> float:
     from scipy.special import expit
 
     y = np.asarray(y_true, dtype=float)
-    offset = _clipped_logit(y_prob)
+    offset = clipped_logit(y_prob)
     if len(y) == 0 or y.sum() in (0, len(y)):
         return float("nan")
     return float(brentq(lambda a: y.sum() - expit(offset + a).sum(), -INTERCEPT_BOUND, INTERCEPT_BOUND, xtol=1e-12))
@@ -584,7 +585,7 @@ def calibration_slope(y_true, y_prob) -> float:
     from sklearn.linear_model import LogisticRegression
 
     y = np.asarray(y_true, dtype=int)
-    x = _clipped_logit(y_prob)
+    x = clipped_logit(y_prob)
     if len(y) == 0 or y.sum() in (0, len(y)) or np.ptp(x) == 0:
         return float("nan")
     fit = LogisticRegression(C=np.inf, tol=1e-10, max_iter=10_000).fit(x[:, None], y)

@@ -101,6 +101,7 @@ def stacked_reference(image_predictions, clinical) -> float:
     clinical vector), where :func:`crop_visible_reference` is one for what the crop holds.
     """
     from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
 
     from hccer_lib.clinical import clinical_matrix
 
@@ -110,13 +111,10 @@ def stacked_reference(image_predictions, clinical) -> float:
     if missing:
         raise ValueError(f"no out-of-fold prediction for {len(missing)} patients, e.g. {missing[:3]}")
     patients = patients.loc[ids]
-    probability = patients["y_prob"].to_numpy(dtype=float).clip(1e-6, 1 - 1e-6)
-    x = np.column_stack([np.log(probability / (1 - probability)), np.asarray(clinical_matrix(clinical, protocol="paper")[0], dtype=float)])
-    y, fold = clinical["early_recurrence"].to_numpy(dtype=int), patients["fold"].to_numpy()
-    stacked = np.zeros(len(y))
-    for k in np.unique(fold):
-        fitted = LogisticRegression(max_iter=1000).fit(x[fold != k], y[fold != k])
-        stacked[fold == k] = fitted.predict_proba(x[fold == k])[:, 1]
+    x = np.column_stack([evaluation.clipped_logit(patients["y_prob"]), np.asarray(clinical_matrix(clinical, protocol="paper")[0], dtype=float)])
+    y = clinical["early_recurrence"].to_numpy(dtype=int)
+    stacked = cross_val_predict(LogisticRegression(max_iter=1000), x, y, groups=patients["fold"].to_numpy(), cv=LeaveOneGroupOut(),
+                                method="predict_proba")[:, 1]
     return evaluation.auc(y, stacked)
 
 
