@@ -155,7 +155,8 @@ def fold_gradcam(model_name: str, dataset, clinical: pd.DataFrame, folds: pd.Dat
     model, data = training.train_fold_isolated(model_name, dataset, clinical, folds, profile, fold, seed=seed,
                                                selection_protocol=selection_protocol, imagenet=imagenet)  # fmt: skip
     retrained = pd.DataFrame({"patient_id": data.patient_id[data.test], "slice": data.slice[data.test],
-                              "y_prob_retrained": training.predict_probability(model, data.subset(data.test))})  # fmt: skip
+                              "y_prob_retrained": training.predict_probability(model, data.subset(data.test),
+                                                                                symmetries=profile.test_symmetries)})  # fmt: skip
     first_seed = stored["train_seed"] == seed if "train_seed" in stored else np.ones(len(stored), dtype=bool)
     check = stored[first_seed & (stored["fold"] == fold)].merge(retrained, on=["patient_id", "slice"], how="outer")
     max_difference = float((check["y_prob"] - check["y_prob_retrained"]).abs().max())
@@ -172,7 +173,7 @@ def fold_gradcam(model_name: str, dataset, clinical: pd.DataFrame, folds: pd.Dat
     rows = np.array(rows)
     inputs = {name: array[rows] for name, array in data.inputs.items()}
     result = network_gradcam(model, model_name, inputs, titles, f"Fold {fold} of {model_name}{title_suffix}", layer_name)
-    table = picked.assign(slice=data.slice[rows], slice_prob_retrained=training.predict_probability(model, inputs),
+    table = picked.assign(slice=data.slice[rows], slice_prob_retrained=training.predict_probability(model, inputs, symmetries=profile.test_symmetries),
                           model=model_name, layer=result.layer, reproduced=reproduced)  # fmt: skip
     del model
     keras.backend.clear_session()

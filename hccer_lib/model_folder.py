@@ -225,6 +225,11 @@ class FinalModel:
 
     # -- arrays -> probabilities --------------------------------------------------------------
 
+    @property
+    def test_symmetries(self) -> bool:
+        """The networks predict as in the cross-validation: averaged over the 8 symmetries when its profile did."""
+        return bool(self.manifest["profile"].get("test_symmetries", False))
+
     def predict_arrays(self, image=None, clinical=None, clinical_rows=None, radiomics_rows=None) -> dict[str, np.ndarray]:
         """Probabilities of every model from prepared arrays.
 
@@ -249,7 +254,7 @@ class FinalModel:
                 inputs = {"image": np.asarray(image, dtype=np.float32)}
                 if name != "deep_resnet50":
                     inputs["clinical"] = np.asarray(clinical, dtype=np.float32)
-                result.update(network_probabilities(model, inputs, name))
+                result.update(network_probabilities(model, inputs, name, symmetries=self.test_symmetries))
         return result
 
     # -- one patient ----------------------------------------------------------------------------
@@ -378,27 +383,35 @@ class FinalModel:
         return {f"patients:{name}": patients[name].to_numpy(dtype=np.float64) for name in self.output_names}
 
 
-def network_probabilities(model, inputs: dict, model_name: str, batch_size: int = 32) -> dict[str, np.ndarray]:
+def network_probabilities(model, inputs: dict, model_name: str, batch_size: int = 32,
+                          symmetries: bool = False) -> dict[str, np.ndarray]:
     """Probability of early recurrence ``[n]`` of each head of a network (:func:`output_names`).
 
     The model is called eagerly (``training=False``), batch by batch: a few slices of a
-    patient are not worth tracing a prediction graph for.
+    patient are not worth tracing a prediction graph for. With ``symmetries``, each head's
+    probability is the mean over the 8 symmetries of the square of the image
+    (``training.dihedral``), as ``training.predict_probability`` predicts the folds.
     """
     import keras
 
+    from hccer_lib.training import dihedral
+
     names = [tensor.name for tensor in model.inputs]
     n = len(inputs["image"])
-    heads: dict[str, list] = {}
-    for begin in range(0, n, batch_size):
-        out = model({name: inputs[name][begin : begin + batch_size] for name in names}, training=False)
-        out = out if isinstance(out, dict) else {"fused": out}
-        for head, values in out.items():
-            heads.setdefault(head, []).append(keras.ops.convert_to_numpy(values).astype(np.float64)[:, 1])
+    transforms = range(8) if symmetries else (0,)
+    heads: dict[str, np.ndarray] = {}
+    for transform in transforms:
+        turned = inputs if transform == 0 else {**inputs, "image": dihedral(inputs["image"], np.full(n, transform))}
+        for begin in range(0, n, batch_size):
+            out = model({name: turned[name][begin : begin + batch_size] for name in names}, training=False)
+            out = out if isinstance(out, dict) else {"fused": out}
+            for head, values in out.items():
+                heads.setdefault(head, np.zeros(n))[begin : begin + batch_size] += keras.ops.convert_to_numpy(values).astype(np.float64)[:, 1]
     result = {}
-    for head, parts in heads.items():
+    for head, total in heads.items():
         key = model_name if head == "fused" else f"{model_name}_{head}_head"
-        result[key] = np.concatenate(parts) if parts else np.zeros(0)
-    return {name: result[name] for name in output_names(model_name)}
+        result[key] = total / len(transforms)
+    return {name: result.get(name, np.zeros(0)) for name in output_names(model_name)}
 
 
 def _sha256(path: Path) -> str:

@@ -72,7 +72,8 @@ logger = logging.getLogger("hccer")
 # The profile's fields that change a network's training (part of every run's settings key;
 # ``train_seeds`` is not: each seed has its own files under the key).
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
-                       "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum", "training_threads")
+                       "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum", "training_threads",
+                       "test_symmetries")
 # Part of every run's settings key: raise it when a change of this module changes results.
 TRAINING_VERSION = 7
 #: Distance between two training seeds of a run (more than any number of folds).
@@ -231,6 +232,7 @@ def fit_model(
     augment: bool = False,
     validation: tuple[dict, np.ndarray, np.ndarray] | None = None,
     lr_schedule: str = "constant",
+    test_symmetries: bool = False,
 ):
     """Train ``model`` (compiled) on ``inputs`` (dict of ``[n, ...]`` arrays), labels ``y`` ``[n]`` 0/1.
 
@@ -239,14 +241,15 @@ def fit_model(
     on its three heads. ``lr_schedule="cosine"`` lowers the learning rate every epoch
     (:func:`cosine_learning_rate`). With ``validation = (inputs, y, patient_id)`` (rows of
     held-out *training* patients), the model ends with the weights of the epoch whose
-    patient-level AUC on them was best (:class:`BestEpoch`). Returns the Keras History;
+    patient-level AUC on them was best (:class:`BestEpoch`, predicting as the test fold will be:
+    ``test_symmetries``, see :func:`predict_probability`). Returns the Keras History;
     its ``best_epoch`` attribute is the epoch kept (1-based; ``epochs`` without validation).
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     targets = model_targets(model, np.asarray(y, dtype="int32"))
     base_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    best = BestEpoch(*validation) if validation is not None else None
+    best = BestEpoch(*validation, symmetries=test_symmetries) if validation is not None else None
     history = keras.callbacks.History()
     for callback in (history, best):
         if callback is not None:
@@ -296,12 +299,13 @@ class BestEpoch(keras.callbacks.Callback):
     ``y`` ``[n]``, ``patient_id`` ``[n]``); the patient probability is the mean over the
     patient's rows. The first epoch with the highest AUC wins (ties keep the earlier
     one). :meth:`restore` puts its weights back. Used only with rows of training patients:
-    the test fold is never seen.
+    the test fold is never seen. ``symmetries``: see :func:`predict_probability`.
     """
 
-    def __init__(self, inputs: dict, y, patient_id):
+    def __init__(self, inputs: dict, y, patient_id, symmetries: bool = False):
         super().__init__()
         self.inputs = inputs
+        self.symmetries = bool(symmetries)
         patients = pd.DataFrame({"patient_id": np.asarray(patient_id).astype(str), "y_true": np.asarray(y, dtype=int)})
         if patients.groupby("patient_id")["y_true"].first().nunique() < 2:
             raise ValueError("the held-out validation patients must hold both classes")
@@ -310,7 +314,7 @@ class BestEpoch(keras.callbacks.Callback):
         self.aucs: list[float] = []
 
     def on_epoch_end(self, epoch, logs=None):
-        frame = self.patients.assign(y_prob=predict_probability(self.model, self.inputs))
+        frame = self.patients.assign(y_prob=predict_probability(self.model, self.inputs, symmetries=self.symmetries))
         per_patient = frame.groupby("patient_id").mean()
         value = evaluation.auc(per_patient["y_true"], per_patient["y_prob"])
         self.aucs.append(value)
@@ -426,21 +430,28 @@ class FoldModel:
 
 
 @fast_cpu_graphs()
-def predict_probability(model: keras.Model, inputs: dict, batch_size: int = 64) -> np.ndarray:
+def predict_probability(model: keras.Model, inputs: dict, batch_size: int = 64, symmetries: bool = False) -> np.ndarray:
     """Probability of early recurrence ``[n]``: the fused head's second neuron.
 
-    The inputs are padded with zeros to whole batches (and the padding dropped after), so
-    that the prediction step is traced once for every fold whatever its size. Predicted
+    With ``symmetries`` (the profile's ``test_symmetries``), the mean of the probabilities of
+    each image turned by the 8 symmetries of the square (:func:`dihedral`; the clinical
+    vector unchanged): the network trained with ``augment`` has seen every image in any of
+    them. The inputs are padded with zeros to whole batches (and the padding dropped after),
+    so that the prediction step is traced once for every fold whatever its size. Predicted
     inside :func:`fast_cpu_graphs`, as the network was trained.
     """
     n = len(next(iter(inputs.values())))
     padded_n = -(-n // batch_size) * batch_size
     padded = {name: np.concatenate([a, np.zeros((padded_n - n, *a.shape[1:]), a.dtype)]) for name, a in inputs.items()}
-    probabilities = []
-    for begin in range(0, padded_n, batch_size):
-        batch = {name: a[begin : begin + batch_size] for name, a in padded.items()}
-        probabilities.append(np.asarray(networks.fused_probability(model.predict_on_batch(batch)), dtype=np.float64)[:, 1])
-    return np.concatenate(probabilities)[:n]
+    transforms = range(8) if symmetries else (0,)
+    probabilities = np.zeros(padded_n)
+    for transform in transforms:
+        turned = padded if transform == 0 else {**padded, "image": dihedral(padded["image"], np.full(padded_n, transform))}
+        for begin in range(0, padded_n, batch_size):
+            batch = {name: a[begin : begin + batch_size] for name, a in turned.items()}
+            fused = np.asarray(networks.fused_probability(model.predict_on_batch(batch)), dtype=np.float64)[:, 1]
+            probabilities[begin : begin + batch_size] += fused
+    return probabilities[:n] / len(transforms)
 
 
 def array_digest(*arrays) -> str:
@@ -624,7 +635,8 @@ def train_fold(
     if data.validation.any():
         validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation])
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
-              augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule)
+              augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
+              test_symmetries=profile.test_symmetries)
     return model, data
 
 
@@ -880,7 +892,7 @@ def train_and_save_fold(job: FoldJob, train_seed: int, fold: int, fold_model: Fo
         "slice": data.slice[test],
         "fold": fold,
         "y_true": data.y[test],
-        "y_prob": predict_probability(model, data.subset(test), job.predict_batch_size),
+        "y_prob": predict_probability(model, data.subset(test), job.predict_batch_size, job.profile.test_symmetries),
         evaluation.SEED_COLUMN: int(train_seed),
     })
     seconds = time.perf_counter() - start

@@ -349,3 +349,46 @@ def test_first_training_step_creates_no_variable_and_trains_as_before(monkeypatc
 
     for built, plain in zip(trained(True), trained(False), strict=True):
         np.testing.assert_array_equal(built, plain)
+
+
+def corner_model(size: int = 4) -> keras.Model:
+    """A network whose P(ER) is the softmax of (pixel [0, 0] of channel 0, 0): not turn-invariant."""
+    image = keras.Input((size, size, 3), name="image")
+    corner = keras.layers.Lambda(lambda x: x[:, 0, 0, 0:1])(image)
+    logits = keras.layers.Concatenate()([keras.ops.zeros_like(corner), corner])
+    return keras.Model({"image": image}, keras.layers.Softmax()(logits))
+
+
+def test_predicting_over_the_symmetries_averages_the_eight_turned_images_by_hand():
+    size = 4
+    images = np.zeros((3, size, size, 3), dtype=np.float32)
+    images[0, 0, 0, 0] = 2.0  # one corner: 2 of the 8 symmetries bring a corner pixel to [0, 0]
+    images[1, :, :, 0] = 1.0  # every pixel: every symmetry sees 1
+    images[2, 1, 2, 0] = 5.0  # not a corner: no symmetry brings it to [0, 0]
+    model = corner_model(size)
+    inputs = {"image": images}
+    plain = training.predict_probability(model, inputs, batch_size=2)
+    turned = training.predict_probability(model, inputs, batch_size=2, symmetries=True)
+    sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    np.testing.assert_allclose(plain, [sigmoid(2.0), sigmoid(1.0), 0.5], rtol=1e-6)
+    # image 0: the identity and the flip that keeps [0, 0] see 2 there, the other six see 0
+    expected = [(2 * sigmoid(2.0) + 6 * 0.5) / 8, sigmoid(1.0), 0.5]
+    np.testing.assert_allclose(turned, expected, rtol=1e-6, err_msg=f"got {turned}")
+    by_hand = np.mean([training.predict_probability(model, {"image": training.dihedral(images, [t] * 3)}) for t in range(8)], axis=0)
+    np.testing.assert_allclose(turned, by_hand, rtol=1e-6)
+
+
+def test_a_saved_network_predicts_over_the_symmetries_as_the_folds_were_predicted(study):
+    from hccer_lib.model_folder import network_probabilities
+
+    data = training.fold_data("fusion_d_joint", study.dataset, study.clinical, study.folds, TINY_PROFILE, 1)
+    keras.utils.set_random_seed(3)
+    model = networks.build_model("fusion_d_joint", data.config)
+    inputs = data.subset(data.test)
+    for symmetries in (False, True):
+        heads = network_probabilities(model, inputs, "fusion_d_joint", symmetries=symmetries)
+        folds = training.predict_probability(model, inputs, symmetries=symmetries)
+        np.testing.assert_allclose(heads["fusion_d_joint"], folds, rtol=1e-5, atol=1e-6, err_msg=f"symmetries={symmetries}")
+    plain = network_probabilities(model, inputs, "fusion_d_joint")
+    turned = network_probabilities(model, inputs, "fusion_d_joint", symmetries=True)
+    assert set(turned) == set(plain) and not np.allclose(turned["fusion_d_joint_image_head"], plain["fusion_d_joint_image_head"])
