@@ -21,7 +21,9 @@ network trains on the others for up to ``epochs`` epochs and keeps the weights o
 epoch whose patient-level AUC on those held-out patients was best (checkpoint choice; the
 test fold is never looked at). ``weight_decay`` (AdamW), ``lr_schedule`` (``"cosine"``:
 the learning rate falls per epoch from ``learning_rate`` towards 0) and ``augment``
-(:func:`dihedral`) complete it. The ``paper`` profile uses none of them.
+(:func:`dihedral`) complete it; ``test_symmetries`` predicts every test image in the 8
+symmetries that ``augment`` trains on and averages them (:func:`predict_probability`). The
+``paper`` profile uses none of them.
 
 Resuming: each finished fold is saved as ``<work_dir>/runs/<model>/<settings key>/
 seed_<s>/fold_<k>.csv`` (its out-of-fold predictions) with ``fold_<k>.json`` (its settings,

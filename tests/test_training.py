@@ -219,7 +219,8 @@ def test_train_fold_reproduces_the_out_of_fold_predictions(study):
     profile = replace(TINY_PROFILE, augment=True)
     predictions = run(study, model_name="fusion_b", profile=profile)
     model, data = training.train_fold("fusion_b", study.dataset, study.clinical, study.folds, profile, 1, seed=1, imagenet="none")
-    again = training.predict_probability(model, data.subset(data.test))
+    again = training.predict_probability(model, data.subset(data.test), symmetries=profile.test_symmetries)
+    assert profile.test_symmetries, "the smoke profile predicts over the symmetries, as quick does"
     stored = predictions[predictions["fold"] == 1].sort_values(["patient_id", "slice"])
     order = np.lexsort((data.slice[data.test], data.patient_id[data.test]))
     np.testing.assert_allclose(again[order], stored["y_prob"].to_numpy(), rtol=1e-5, atol=1e-6)

@@ -70,7 +70,7 @@ def test_one_or_two_workers_give_byte_identical_predictions(tmp_path, capsys):
     model, data = training.train_fold_isolated("deep_resnet50", study["dataset"], study["clinical"], study["folds"],
                                                POOL_PROFILE, 1, seed=1003, imagenet="none")
     stored = two[(two["train_seed"] == 1003) & (two["fold"] == 1)]["y_prob"].to_numpy()
-    retrained = training.predict_probability(model, data.subset(data.test))
+    retrained = training.predict_probability(model, data.subset(data.test), symmetries=POOL_PROFILE.test_symmetries)
     assert len(retrained) == len(stored) == 12 and np.abs(retrained - stored).max() < 1e-5
 
 
