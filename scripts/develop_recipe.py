@@ -62,6 +62,23 @@ def development_cohort(seed: int, data_root: Path) -> Path:
 CROP_VISIBLE_COLUMNS = (0, 1, 2, 3, 4, 8)
 
 
+#: Names of ``synth.oracle_inputs(...)["image"]``'s columns, in order.
+IMAGE_INPUT_NAMES = ("necrosis", "heterogeneity", "margin", "rim", "satellites", "size_mm", "size_50mm", "nodules",
+                     "cirrhosis")
+
+
+def _truth_table(cohort_dir: Path):
+    """``clinical.csv`` and the same rows beside ``ground_truth.csv``'s generator inputs (a synthetic cohort)."""
+    import pandas as pd
+
+    clinical = load_clinical(cohort_dir)
+    truth = pd.read_csv(cohort_dir / "ground_truth.csv", dtype={"patient_id": str})
+    table = clinical.merge(truth.drop(columns=["label"]), on="patient_id", validate="one_to_one")
+    if table["patient_id"].astype(str).tolist() != clinical["patient_id"].astype(str).tolist():
+        raise ValueError(f"{cohort_dir}: ground_truth.csv does not hold every patient of clinical.csv")
+    return clinical, table
+
+
 def crop_visible_reference(cohort_dir: Path, seed: int, with_clinical_vector: bool = False) -> float:
     """The learned image reference (``cv_auc``: logistic regression, C = 0.1, 10 stratified folds,
     as :func:`hccer_lib.synth.oracle_aucs`) on :data:`CROP_VISIBLE_COLUMNS` only.
@@ -70,17 +87,12 @@ def crop_visible_reference(cohort_dir: Path, seed: int, with_clinical_vector: bo
     (``clinical.clinical_matrix``, the paper's selection on the whole cohort): what a fusion
     model's two inputs can show, a reference for fusion_d_joint.
     """
-    import pandas as pd
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     from hccer_lib.clinical import clinical_matrix
 
-    clinical = load_clinical(cohort_dir)
-    truth = pd.read_csv(cohort_dir / "ground_truth.csv", dtype={"patient_id": str})
-    table = clinical.merge(truth.drop(columns=["label"]), on="patient_id", validate="one_to_one")
-    if table["patient_id"].astype(str).tolist() != clinical["patient_id"].astype(str).tolist():
-        raise ValueError(f"{cohort_dir}: ground_truth.csv does not hold every patient of clinical.csv")
+    clinical, table = _truth_table(cohort_dir)
     x = synth.oracle_inputs(table)["image"][:, list(CROP_VISIBLE_COLUMNS)]
     if with_clinical_vector:
         x = np.column_stack([np.asarray(clinical_matrix(clinical, protocol="paper")[0], dtype=float), x])
@@ -116,6 +128,36 @@ def stacked_reference(image_predictions, clinical) -> float:
     stacked = cross_val_predict(LogisticRegression(max_iter=1000), x, y, groups=patients["fold"].to_numpy(), cv=LeaveOneGroupOut(),
                                 method="predict_proba")[:, 1]
     return evaluation.auc(y, stacked)
+
+
+def trait_regression(image_predictions, cohort_dir: Path) -> dict:
+    """What a trained image network's output follows on a synthetic cohort: a linear regression of
+    its out-of-fold patient logit (seed ensemble, ``evaluation.patient_level``) on the generator's
+    image inputs (``synth.oracle_inputs``), each standardised over the cohort's patients.
+
+    A description of the network, fitted and read on the same patients (not a model). Returns
+    ``r2_crop_visible`` (on :data:`CROP_VISIBLE_COLUMNS`), ``r2`` (those with the tumour's size in mm
+    and its count of nodules) and ``coefficients`` (input name -> logit per SD, of the second fit).
+    """
+    from sklearn.linear_model import LinearRegression
+
+    clinical, table = _truth_table(cohort_dir)
+    patients = evaluation.patient_level(image_predictions).set_index("patient_id")
+    ids = clinical["patient_id"].astype(str)
+    missing = sorted(set(ids) - set(patients.index.astype(str)))
+    if missing:
+        raise ValueError(f"no out-of-fold prediction for {len(missing)} patients, e.g. {missing[:3]}")
+    logit = evaluation.clipped_logit(patients.loc[ids, "y_prob"].to_numpy(dtype=float))
+    x = synth.oracle_inputs(table)["image"].astype(float)
+    x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    visible = list(CROP_VISIBLE_COLUMNS)
+    with_size = visible + [IMAGE_INPUT_NAMES.index("size_mm"), IMAGE_INPUT_NAMES.index("nodules")]
+    fit = LinearRegression().fit(x[:, with_size], logit)
+    return {
+        "r2_crop_visible": float(LinearRegression().fit(x[:, visible], logit).score(x[:, visible], logit)),
+        "r2": float(fit.score(x[:, with_size], logit)),
+        "coefficients": {IMAGE_INPUT_NAMES[c]: float(b) for c, b in zip(with_size, fit.coef_, strict=True)},
+    }
 
 
 def main() -> None:
@@ -168,6 +210,11 @@ def main() -> None:
             if model == "deep_resnet50":
                 line.append(f"    its out-of-fold logit beside the binary clinical vector (logistic regression, "
                             f"a late fusion of the two): {stacked_reference(predictions, clinical):.3f}")
+                traits = trait_regression(predictions, cohort_dir)
+                weights = ", ".join(f"{name} {value:+.2f}" for name, value in traits["coefficients"].items())
+                line.append(f"    its out-of-fold logit regressed on the generator's image inputs (R² over the cohort's "
+                            f"patients): {traits['r2_crop_visible']:.2f} on what a crop can show, {traits['r2']:.2f} with "
+                            f"the tumour's size and nodules; logit per SD: {weights}")
         print("\n".join(line), flush=True)
 
 

@@ -75,3 +75,22 @@ def test_the_stacked_reference_adds_the_clinical_vector_to_the_image_network_out
     assert develop_recipe.stacked_reference(predictions, clinical) > 0.99
     with pytest.raises(ValueError, match="no out-of-fold prediction for 1 patients"):
         develop_recipe.stacked_reference(predictions[predictions["patient_id"] != clinical["patient_id"].iloc[0]], clinical)
+
+
+def test_the_trait_regression_finds_what_an_image_output_follows(tmp_path):
+    """Out-of-fold predictions whose logit is twice the tumour's standardised size: the regression gives
+    R² 1 with the size, little without it, and the size's coefficient 2 (logit per SD)."""
+    import pandas as pd
+
+    folder = _cohort(tmp_path / "cohort", 5, traits_from_label=False)
+    clinical = pd.read_csv(folder / "clinical.csv", dtype={"patient_id": str})
+    size = clinical["tumor_size_mm"].to_numpy(dtype=float)
+    logit = 2.0 * (size - size.mean()) / size.std()
+    predictions = pd.DataFrame({"patient_id": clinical["patient_id"], "slice": 0, "fold": np.arange(len(clinical)) % 5,
+                                "y_true": clinical["early_recurrence"], "y_prob": 1 / (1 + np.exp(-logit)), "train_seed": 1})
+    traits = develop_recipe.trait_regression(predictions, folder)
+    assert traits["r2"] > 0.999 and traits["r2_crop_visible"] < 0.2, traits
+    assert abs(traits["coefficients"]["size_mm"] - 2.0) < 1e-3, traits["coefficients"]
+    assert max(abs(v) for k, v in traits["coefficients"].items() if k != "size_mm") < 1e-3, traits["coefficients"]
+    with pytest.raises(ValueError, match="no out-of-fold prediction for 1 patients"):
+        develop_recipe.trait_regression(predictions.iloc[1:], folder)
