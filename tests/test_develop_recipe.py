@@ -13,8 +13,9 @@ import develop_recipe  # noqa: E402
 
 
 def test_a_reported_seed_is_refused_and_settings_are_python_literals(tmp_path):
-    with pytest.raises(SystemExit, match="seed 2020 is a reported cohort"):
-        develop_recipe.development_cohort(2020, tmp_path)
+    for seed in (2020, 6, 2021):  # the study's cohort, the README's untouched one, the simulation's first
+        with pytest.raises(SystemExit, match=f"seed {seed} is a reported cohort"):
+            develop_recipe.development_cohort(seed, tmp_path)
     assert not list(tmp_path.iterdir()), "nothing is generated for a reported seed"
     assert develop_recipe.parse_settings(["epochs=9", "augment=true", "lr_schedule=cosine", "resnet_blocks=(1, 2)"]) == {
         "epochs": 9, "augment": True, "lr_schedule": "cosine", "resnet_blocks": (1, 2)}
