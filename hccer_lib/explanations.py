@@ -173,8 +173,9 @@ def fold_gradcam(model_name: str, dataset, clinical: pd.DataFrame, folds: pd.Dat
     rows = np.array(rows)
     inputs = {name: array[rows] for name, array in data.inputs.items()}
     result = network_gradcam(model, model_name, inputs, titles, f"Fold {fold} of {model_name}{title_suffix}", layer_name)
-    table = picked.assign(slice=data.slice[rows], slice_prob_retrained=training.predict_probability(model, inputs, symmetries=profile.test_symmetries),
-                          model=model_name, layer=result.layer, reproduced=reproduced)  # fmt: skip
+    slice_prob = training.predict_probability(model, inputs, symmetries=profile.test_symmetries)
+    table = picked.assign(slice=data.slice[rows], slice_prob_retrained=slice_prob, model=model_name, layer=result.layer,
+                          reproduced=reproduced)
     del model
     keras.backend.clear_session()
     return result, table

@@ -390,18 +390,18 @@ def network_probabilities(model, inputs: dict, model_name: str, batch_size: int 
     The model is called eagerly (``training=False``), batch by batch: a few slices of a
     patient are not worth tracing a prediction graph for. With ``symmetries``, each head's
     probability is the mean over the 8 symmetries of the square of the image
-    (``training.dihedral``), as ``training.predict_probability`` predicts the folds.
+    (``training.turned_inputs``), as ``training.predict_probability`` predicts the folds.
     """
     import keras
 
-    from hccer_lib.training import dihedral
+    from hccer_lib.training import SYMMETRIES, turned_inputs
 
     names = [tensor.name for tensor in model.inputs]
     n = len(inputs["image"])
-    transforms = range(8) if symmetries else (0,)
+    transforms = SYMMETRIES if symmetries else (0,)
     heads: dict[str, np.ndarray] = {}
     for transform in transforms:
-        turned = inputs if transform == 0 else {**inputs, "image": dihedral(inputs["image"], np.full(n, transform))}
+        turned = turned_inputs(inputs, transform)
         for begin in range(0, n, batch_size):
             out = model({name: turned[name][begin : begin + batch_size] for name in names}, training=False)
             out = out if isinstance(out, dict) else {"fused": out}

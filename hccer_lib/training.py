@@ -205,6 +205,18 @@ class SliceBatches(keras.utils.PyDataset):
             self.transforms = self.rng.integers(0, 8, self.n)
 
 
+#: The symmetries of the square (:func:`dihedral`): 0 is the identity.
+SYMMETRIES = tuple(range(8))
+
+
+def turned_inputs(inputs: dict, transform: int) -> dict:
+    """``inputs`` with every ``"image"`` ``[n, H, W, c]`` turned by the symmetry ``transform`` (:func:`dihedral`);
+    the other inputs (the clinical vector) as they are. The identity returns ``inputs`` itself."""
+    if transform == 0:
+        return inputs
+    return {**inputs, "image": dihedral(inputs["image"], np.full(len(inputs["image"]), transform))}
+
+
 def dihedral(images: np.ndarray, transforms) -> np.ndarray:
     """Images ``[n, H, W, c]`` each turned by one of the 8 symmetries of the square.
 
@@ -445,10 +457,10 @@ def predict_probability(model: keras.Model, inputs: dict, batch_size: int = 64, 
     n = len(next(iter(inputs.values())))
     padded_n = -(-n // batch_size) * batch_size
     padded = {name: np.concatenate([a, np.zeros((padded_n - n, *a.shape[1:]), a.dtype)]) for name, a in inputs.items()}
-    transforms = range(8) if symmetries else (0,)
+    transforms = SYMMETRIES if symmetries else (0,)
     probabilities = np.zeros(padded_n)
     for transform in transforms:
-        turned = padded if transform == 0 else {**padded, "image": dihedral(padded["image"], np.full(padded_n, transform))}
+        turned = turned_inputs(padded, transform)
         for begin in range(0, padded_n, batch_size):
             batch = {name: a[begin : begin + batch_size] for name, a in turned.items()}
             fused = np.asarray(networks.fused_probability(model.predict_on_batch(batch)), dtype=np.float64)[:, 1]

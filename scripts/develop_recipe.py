@@ -106,6 +106,17 @@ def crop_visible_reference(cohort_dir: Path, seed: int, with_clinical_vector: bo
     return float(roc_auc_score(y, cross_val_predict(learned, x, y, cv=folds, method="predict_proba")[:, 1]))
 
 
+def _patient_predictions(image_predictions, clinical):
+    """The out-of-fold patient rows (seed ensemble, ``evaluation.patient_level``) in ``clinical``'s order;
+    ``ValueError`` when a patient of ``clinical`` has none."""
+    patients = evaluation.patient_level(image_predictions).set_index("patient_id")
+    ids = clinical["patient_id"].astype(str)
+    missing = sorted(set(ids) - set(patients.index.astype(str)))
+    if missing:
+        raise ValueError(f"no out-of-fold prediction for {len(missing)} patients, e.g. {missing[:3]}")
+    return patients.loc[ids]
+
+
 def stacked_reference(image_predictions, clinical) -> float:
     """What a trained image network's output and the clinical vector give together: the pooled
     AUC of a logistic regression on the network's out-of-fold patient logit (seed ensemble,
@@ -121,12 +132,7 @@ def stacked_reference(image_predictions, clinical) -> float:
 
     from hccer_lib.clinical import clinical_matrix
 
-    patients = evaluation.patient_level(image_predictions).set_index("patient_id")
-    ids = clinical["patient_id"].astype(str)
-    missing = sorted(set(ids) - set(patients.index.astype(str)))
-    if missing:
-        raise ValueError(f"no out-of-fold prediction for {len(missing)} patients, e.g. {missing[:3]}")
-    patients = patients.loc[ids]
+    patients = _patient_predictions(image_predictions, clinical)
     x = np.column_stack([evaluation.clipped_logit(patients["y_prob"]), np.asarray(clinical_matrix(clinical, protocol="paper")[0], dtype=float)])
     y = clinical["early_recurrence"].to_numpy(dtype=int)
     stacked = cross_val_predict(LogisticRegression(max_iter=1000), x, y, groups=patients["fold"].to_numpy(), cv=LeaveOneGroupOut(),
@@ -146,12 +152,7 @@ def trait_regression(image_predictions, cohort_dir: Path) -> dict:
     from sklearn.linear_model import LinearRegression
 
     clinical, table = _truth_table(cohort_dir)
-    patients = evaluation.patient_level(image_predictions).set_index("patient_id")
-    ids = clinical["patient_id"].astype(str)
-    missing = sorted(set(ids) - set(patients.index.astype(str)))
-    if missing:
-        raise ValueError(f"no out-of-fold prediction for {len(missing)} patients, e.g. {missing[:3]}")
-    logit = evaluation.clipped_logit(patients.loc[ids, "y_prob"].to_numpy(dtype=float))
+    logit = evaluation.clipped_logit(_patient_predictions(image_predictions, clinical)["y_prob"].to_numpy(dtype=float))
     x = synth.oracle_inputs(table)["image"].astype(float)
     x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
     visible = list(CROP_VISIBLE_COLUMNS)
