@@ -406,12 +406,14 @@ def network_probabilities(model, inputs: dict, model_name: str, batch_size: int 
             out = model({name: turned[name][begin : begin + batch_size] for name in names}, training=False)
             out = out if isinstance(out, dict) else {"fused": out}
             for head, values in out.items():
-                heads.setdefault(head, np.zeros(n))[begin : begin + batch_size] += keras.ops.convert_to_numpy(values).astype(np.float64)[:, 1]
+                if head not in heads:
+                    heads[head] = np.zeros(n)
+                heads[head][begin : begin + batch_size] += keras.ops.convert_to_numpy(values).astype(np.float64)[:, 1]
     result = {}
     for head, total in heads.items():
         key = model_name if head == "fused" else f"{model_name}_{head}_head"
         result[key] = total / len(transforms)
-    return {name: result.get(name, np.zeros(0)) for name in output_names(model_name)}
+    return {name: result[name] for name in output_names(model_name)}
 
 
 def _sha256(path: Path) -> str:

@@ -186,7 +186,7 @@ class SliceBatches(keras.utils.PyDataset):
         self.augment = bool(augment)
         self.rng = np.random.default_rng(seed)
         self.order = self.rng.permutation(self.n)
-        self.transforms = self.rng.integers(0, 8, self.n) if self.augment else None
+        self.transforms = self.rng.integers(0, len(SYMMETRIES), self.n) if self.augment else None
 
     def __len__(self) -> int:
         return self.n // self.batch_size
@@ -202,7 +202,7 @@ class SliceBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.order = self.rng.permutation(self.n)
         if self.augment:
-            self.transforms = self.rng.integers(0, 8, self.n)
+            self.transforms = self.rng.integers(0, len(SYMMETRIES), self.n)
 
 
 #: The symmetries of the square (:func:`dihedral`): 0 is the identity.

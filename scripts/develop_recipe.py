@@ -60,15 +60,14 @@ def development_cohort(seed: int, data_root: Path) -> Path:
     return folder
 
 
-#: Columns of ``synth.oracle_inputs(...)["image"]`` that a crop of the tumour's box, resized to a
-#: fixed side, can show: the four latent traits, satellites and cirrhosis (liver texture, with a
-#: margin); not the tumour's size (the resize removes it) nor the count of other nodules.
-CROP_VISIBLE_COLUMNS = (0, 1, 2, 3, 4, 8)
-
-
 #: Names of ``synth.oracle_inputs(...)["image"]``'s columns, in order.
 IMAGE_INPUT_NAMES = ("necrosis", "heterogeneity", "margin", "rim", "satellites", "size_mm", "size_50mm", "nodules",
                      "cirrhosis")
+#: Columns of ``synth.oracle_inputs(...)["image"]`` that a crop of the tumour's box, resized to a
+#: fixed side, can show: the four latent traits, satellites and cirrhosis (liver texture, with a
+#: margin); not the tumour's size (the resize removes it) nor the count of other nodules.
+CROP_VISIBLE_COLUMNS = tuple(IMAGE_INPUT_NAMES.index(name) for name in
+                             ("necrosis", "heterogeneity", "margin", "rim", "satellites", "cirrhosis"))
 
 
 def _truth_table(cohort_dir: Path):
@@ -152,9 +151,10 @@ def trait_regression(image_predictions, cohort_dir: Path) -> dict:
     from sklearn.linear_model import LinearRegression
 
     clinical, table = _truth_table(cohort_dir)
-    logit = evaluation.clipped_logit(_patient_predictions(image_predictions, clinical)["y_prob"].to_numpy(dtype=float))
+    logit = evaluation.clipped_logit(_patient_predictions(image_predictions, clinical)["y_prob"])
     x = synth.oracle_inputs(table)["image"].astype(float)
-    x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1.0)
+    spread = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
     visible = list(CROP_VISIBLE_COLUMNS)
     with_size = visible + [IMAGE_INPUT_NAMES.index("size_mm"), IMAGE_INPUT_NAMES.index("nodules")]
     fit = LinearRegression().fit(x[:, with_size], logit)
