@@ -102,6 +102,10 @@ class NetworkConfig:
             statistics still hold ``bn_momentum ** s`` of their initial 0 and 1: 30 % after
             the quick recipe's 120 steps at 0.99, so a short training predicts with
             statistics unlike those it was trained with.
+        image_dropout: in the fusion models, the share of the image pathway's features
+            (after B, C and D's image FC layer) dropped at random in each training step where
+            they meet the clinical pathway (``keras.layers.Dropout``; nothing is dropped when
+            predicting). 0 is the paper's networks.
     """
 
     image_size: int = 224
@@ -114,10 +118,13 @@ class NetworkConfig:
     clinical_units: int = 16
     imagenet: str = "auto"
     bn_momentum: float = 0.99
+    image_dropout: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.bn_momentum < 1.0:
             raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
+        if not 0.0 <= self.image_dropout < 1.0:
+            raise ValueError(f"image_dropout must be in [0, 1), got {self.image_dropout}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
         if len(self.resnet_blocks) != 4 or min(self.resnet_blocks) < 1:
@@ -378,6 +385,8 @@ def build_model(model_name: str, config: NetworkConfig | None = None, joint_loss
     image_branch = features
     if kind in ("b", "c", "d"):
         image_branch = layers.Dense(config.image_units, activation="relu", name="image_fc")(features)
+    if config.image_dropout:
+        image_branch = layers.Dropout(config.image_dropout, name="image_dropout")(image_branch)
     # The balancing gain where the vector itself meets the image features (A, B); C and D's own clinical layer comes first.
     gain = clinical_gain(int(image_branch.shape[-1])) if kind in ("a", "b") else 1.0
     scaled = ClinicalScaling(gain, name="clinical_scaling")(clinical)

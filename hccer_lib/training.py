@@ -75,9 +75,9 @@ logger = logging.getLogger("hccer")
 # ``train_seeds`` is not: each seed has its own files under the key).
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
                        "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum", "training_threads",
-                       "test_symmetries")
+                       "test_symmetries", "image_dropout")
 # Part of every run's settings key: raise it when a change of this module changes results.
-TRAINING_VERSION = 7
+TRAINING_VERSION = 8
 #: Distance between two training seeds of a run (more than any number of folds).
 TRAIN_SEED_STEP = 1000
 
@@ -151,15 +151,16 @@ def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto"
         default_kernel = networks.NetworkConfig.__dataclass_fields__["clinical_kernel"].default
         if n_clinical < default_kernel:
             overrides = {**overrides, "clinical_kernel": max(int(n_clinical), 1)}
-    return networks.NetworkConfig(
-        image_size=profile.image_size,
-        n_clinical=n_clinical,
-        resnet_blocks=tuple(profile.resnet_blocks),
-        resnet_width=profile.resnet_width,
-        imagenet=imagenet,
-        bn_momentum=profile.bn_momentum,
-        **overrides,
-    )
+    fields = {
+        "image_size": profile.image_size,
+        "n_clinical": n_clinical,
+        "resnet_blocks": tuple(profile.resnet_blocks),
+        "resnet_width": profile.resnet_width,
+        "imagenet": imagenet,
+        "bn_momentum": profile.bn_momentum,
+        "image_dropout": profile.image_dropout,
+    }
+    return networks.NetworkConfig(**{**fields, **overrides})
 
 
 class SliceBatches(keras.utils.PyDataset):
@@ -408,6 +409,13 @@ def reset_optimizer(model: keras.Model, learning_rate: float) -> None:
     model.optimizer.learning_rate = learning_rate
 
 
+def random_states(model: keras.Model) -> list:
+    """The model's variables that are not weights: the random state of its dropout layers
+    (``keras.random.SeedGenerator``), which ``get_weights``/``set_weights`` leave alone."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.variables if id(v) not in weights]
+
+
 class FoldModel:
     """One compiled network reused for every fold and seed, re-initialised for each.
 
@@ -415,7 +423,9 @@ class FoldModel:
     fold's training on a CPU, so the network of a model is built and compiled once; each
     fit then gets the initial weights of its seed, drawn by building the same architecture
     after ``keras.utils.set_random_seed(seed)`` (once per seed, then kept), and a reset
-    optimizer. The result is the same as building a new network with that seed.
+    optimizer. The random state of its dropout layers (``image_dropout``) is put back too, so a
+    fold's dropout masks do not depend on the folds the worker trained before. The result is
+    the same as building a new network with that seed.
     """
 
     def __init__(self, model_name: str, learning_rate: float, weight_decay: float = 0.0, xla: bool = False):
@@ -425,7 +435,7 @@ class FoldModel:
         self.xla = xla
         self.config: networks.NetworkConfig | None = None
         self.model: keras.Model | None = None
-        self.initial_weights: dict[int, list] = {}
+        self.initial_weights: dict[int, tuple[list, list]] = {}  # seed -> (weights, random states)
 
     def fresh(self, config: networks.NetworkConfig, seed: int) -> keras.Model:
         """The compiled network of ``config`` with the initial weights of ``seed``."""
@@ -436,8 +446,12 @@ class FoldModel:
             self.config, self.initial_weights = config, {}
         if seed not in self.initial_weights:
             keras.utils.set_random_seed(seed)
-            self.initial_weights[seed] = networks.build_model(self.model_name, config).get_weights()
-        self.model.set_weights(self.initial_weights[seed])
+            built = networks.build_model(self.model_name, config)
+            self.initial_weights[seed] = (built.get_weights(), [v.numpy() for v in random_states(built)])
+        weights, states = self.initial_weights[seed]
+        self.model.set_weights(weights)
+        for variable, value in zip(random_states(self.model), states, strict=True):
+            variable.assign(value)
         reset_optimizer(self.model, self.learning_rate)
         keras.utils.set_random_seed(seed)
         return self.model

@@ -211,3 +211,27 @@ def test_bn_momentum_reaches_every_batch_normalisation_and_its_moving_statistics
     np.testing.assert_allclose(moving_mean, 0.4 * batch_mean, rtol=1e-3, atol=1e-4)
     with pytest.raises(ValueError, match="bn_momentum"):
         NetworkConfig(bn_momentum=1.0)
+
+
+def test_image_dropout_drops_image_features_in_training_only_and_never_the_clinical_pathway():
+    config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", image_dropout=0.5)
+    model = networks.build_model("fusion_d_joint", config)
+    plain = networks.build_model("fusion_d_joint", TINY)
+    assert model.get_layer("image_dropout").rate == 0.5
+    assert "image_dropout" not in [layer.name for layer in plain.layers]
+    assert "image_dropout" not in [layer.name for layer in networks.build_model("deep_resnet50", config).layers]
+    for layer in plain.layers:  # the same weights in both
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    rng = np.random.default_rng(0)
+    inputs = {"image": rng.random((16, 32, 32, 3), dtype=np.float32), "clinical": rng.integers(0, 2, (16, 9)).astype(np.float32)}
+    predicted = {head: np.asarray(v) for head, v in model(inputs, training=False).items()}
+    for head, values in plain(inputs, training=False).items():  # predicting: nothing dropped
+        np.testing.assert_allclose(predicted[head], np.asarray(values), rtol=1e-6, err_msg=head)
+    first, second = model(inputs, training=True), plain(inputs, training=True)
+    # training: the image features reaching the heads differ (half of them dropped, the rest doubled),
+    # the clinical pathway's head is untouched
+    assert not np.allclose(np.asarray(first["image"]), np.asarray(second["image"]), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(first["clinical"]), np.asarray(second["clinical"]), rtol=1e-6)
+    with pytest.raises(ValueError, match="image_dropout"):
+        NetworkConfig(image_dropout=1.0)
