@@ -13,7 +13,7 @@ import develop_recipe  # noqa: E402
 
 
 def test_a_reported_seed_is_refused_and_settings_are_python_literals(tmp_path):
-    for seed in (2020, 6, 2021):  # the study's cohort, the README's untouched one, the simulation's first
+    for seed in (2020, 6, 7, 2021):  # the study's cohort, the README's untouched ones, the simulation's first
         with pytest.raises(SystemExit, match=f"seed {seed} is a reported cohort"):
             develop_recipe.development_cohort(seed, tmp_path)
     assert not list(tmp_path.iterdir()), "nothing is generated for a reported seed"
