@@ -141,8 +141,8 @@ PROFILES["quick"] = replace(
     # In the fusion models, half of the image pathway's features are dropped at random in each
     # training step where they meet the clinical pathway (``networks.NetworkConfig.image_dropout``), so
     # that the fused layer does not lean on image features alone. Development cohorts 3, 4, 5, 8, 9,
-    # 10, 11, fusion_d_joint over 3 seeds, without -> with: +0.058 on dev seed 8 (the weakest image
-    # input, 0.603 -> 0.661), +0.022, +0.014, +0.006, +0.005, -0.003, -0.016 on the others (README,
+    # 10, 11, fusion_d_joint over 3 seeds, without -> with: +0.050 on dev seed 8 (the weakest image
+    # input, 0.603 -> 0.653), +0.029, +0.017, +0.008, +0.006, +0.004, -0.020 on the others (README,
     # "How the CPU recipe was chosen").
     image_dropout=0.5,
     image_size=48,
