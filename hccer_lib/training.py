@@ -139,7 +139,9 @@ def check_imagenet(profile: Profile, imagenet: str = "auto") -> None:
 
 
 def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto", **overrides) -> networks.NetworkConfig:
-    """The :class:`networks.NetworkConfig` of ``profile`` (image size, ResNet blocks, width).
+    """The :class:`networks.NetworkConfig` of ``profile`` (image size, ResNet blocks and width,
+    batch normalisation momentum, image dropout); ``overrides`` replace any of these
+    (``develop_recipe.py --network image_dropout=0``) or set the network's other fields.
 
     Fusion C's Conv1D kernel (3) is shortened to the clinical vector's length when the
     selection keeps fewer bits (a cohort where only one or two variables pass the
