@@ -5,18 +5,20 @@ patient, stratified by label, computed once per cohort, seed and number of folds
 writes its out-of-fold predictions to ``<results_dir>/predictions/<model>.csv`` (the run's
 results folder, ``StudyRun.results_dir``: ``data/<cohort>/results/<profile>``)::
 
-    patient_id, slice, fold, y_true, y_prob[, train_seed]   (slice empty for patient-level models)
+    patient_id, slice, fold, y_true, y_prob[, train_seed][, roi_area_mm2]   (slice empty for patient-level models)
 
 A network trained with several initialisation seeds keeps every seed's out-of-fold
-predictions in one file, told apart by ``train_seed``. Unless said otherwise a statistic
-uses the **seed ensemble**: the mean probability per patient over slices and seeds
-(:func:`patient_level`); :func:`seed_aucs` gives the pooled AUC of each seed alone, whose
-spread is the training noise.
+predictions in one file, told apart by ``train_seed``. Slice-level models give each slice's
+tumour area (``roi_area_mm2``), and a patient's probability is the mean of its slices'
+weighted by it (:func:`patient_level`, :func:`area_weighted_mean`): the slices that cut
+through the tumour count more than those that graze its edge. Unless said otherwise a
+statistic uses the **seed ensemble**: that mean per patient over slices and seeds;
+:func:`seed_aucs` gives the pooled AUC of each seed alone, whose spread is the training noise.
 
 Everything statistical is computed from those files:
 
 * accuracy (threshold 0.5) and AUC per fold, mean ± SD over folds, at **patient level** for
-  every model (slice probabilities averaged per patient): the primary per-fold metrics, the
+  every model (slice probabilities averaged per patient, weighted by area): the primary per-fold metrics, the
   same level for the networks, the radiomics model and the clinical forest, so they can be
   compared; for slice-level models also on the slice rows (``slice_*``), kept as the paper's
   form (inferred: the paper does not say at which level its fold metrics are), never set
@@ -43,6 +45,10 @@ from hccer_lib.models import MODEL_NAMES, PAPER_TABLE_ROWS, paper_values
 PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
 #: The optional column of a network trained with several seeds: the seed of the row's network.
 SEED_COLUMN = "train_seed"
+#: The optional column of slice-level predictions: the tumour's area in the slice, mm² (the
+#: reference phase's ROI box, ``preprocessing.ProcessedDataset.roi_area_mm2``). Where present, a
+#: patient's probability is the slices' mean weighted by it (:func:`patient_level`).
+AREA_COLUMN = "roi_area_mm2"
 FOLD_COLUMNS = ["patient_id", "y_true", "fold"]
 #: Columns of the comparison files (``model_comparisons*.csv`` in the run's figures folder): the DeLong test, then the paired bootstrap
 #: 95% interval of ``auc_a - auc_b`` (patients resampled with ``n_bootstrap`` and ``bootstrap_seed``).
@@ -194,17 +200,27 @@ def _check_model_name(model: str) -> None:
 def validate_predictions(frame: pd.DataFrame, model: str = "predictions") -> pd.DataFrame:
     """The predictions frame with normalised types; ``ValueError`` says what is wrong.
 
-    Checks: the five columns (and ``train_seed``, kept when present), y_true 0/1, y_prob
-    finite in [0, 1], one fold and one label per patient, no duplicate (patient_id, slice,
-    train_seed), and every seed predicting the same rows.
+    Checks: the five columns (and ``train_seed`` and ``roi_area_mm2``, kept when present; an
+    area column without a value, as in a table of several models' rows, is dropped), y_true
+    0/1, y_prob finite in [0, 1], areas finite and > 0, one fold and one label per
+    patient, no duplicate (patient_id, slice, train_seed), and every seed predicting the same rows.
     """
     missing = [c for c in PREDICTION_COLUMNS if c not in frame]
     if missing:
         raise ValueError(f"{model}: missing columns {missing}; need {PREDICTION_COLUMNS}")
     seeded = SEED_COLUMN in frame
-    out = frame[PREDICTION_COLUMNS + ([SEED_COLUMN] if seeded else [])].copy()
+    with_area = AREA_COLUMN in frame and frame[AREA_COLUMN].notna().any()  # an empty column: a patient-level model's rows
+    out = frame[PREDICTION_COLUMNS + ([SEED_COLUMN] if seeded else []) + ([AREA_COLUMN] if with_area else [])].copy()
     if len(out) == 0:
         raise ValueError(f"{model}: no predictions")
+    if AREA_COLUMN in out:
+        area = pd.to_numeric(out[AREA_COLUMN], errors="coerce").astype(float)
+        bad = ~np.isfinite(area) | (area <= 0)
+        if bad.any():
+            row = out[bad].iloc[0]
+            raise ValueError(f"{model}: {AREA_COLUMN} must be > 0; patient {row['patient_id']}, slice {row['slice']} "
+                             f"has {row[AREA_COLUMN]!r}")
+        out[AREA_COLUMN] = area
     out["patient_id"] = out["patient_id"].astype(str)
     out["slice"] = pd.to_numeric(out["slice"], errors="raise").astype("Int64")
     out["fold"] = pd.to_numeric(out["fold"], errors="raise").astype(int)
@@ -244,8 +260,9 @@ def seed_ensemble(frame: pd.DataFrame) -> pd.DataFrame:
     frame = validate_predictions(frame)
     if SEED_COLUMN not in frame:
         return frame
-    keys = ["patient_id", "slice", "fold", "y_true"]
-    return frame.groupby(keys, as_index=False, dropna=False, sort=False)["y_prob"].mean()[PREDICTION_COLUMNS]
+    area = [AREA_COLUMN] if AREA_COLUMN in frame else []  # a slice's area is the same for every seed
+    keys = ["patient_id", "slice", "fold", "y_true", *area]
+    return frame.groupby(keys, as_index=False, dropna=False, sort=False)["y_prob"].mean()[PREDICTION_COLUMNS + area]
 
 
 def seed_frames(frame: pd.DataFrame) -> dict[int | None, pd.DataFrame]:
@@ -285,11 +302,25 @@ def read_predictions(work_dir: str | os.PathLike, model: str) -> pd.DataFrame:
     return validate_predictions(pd.read_csv(path, dtype={"patient_id": str}), model)
 
 
+def area_weighted_mean(probabilities, areas) -> float:
+    """The slices' probabilities averaged with weights proportional to the tumour's area in each slice.
+
+    A patient's slices do not show the tumour equally: the first and last cut its edge, a few
+    pixels of it resized to the whole image. Weighting each slice by the tumour's cross-section
+    (mm², or any unit: only the ratios count) lets the slices that show most of it count most.
+    Chosen on development cohorts only (README, "How the CPU recipe was chosen").
+    """
+    probabilities, areas = np.asarray(probabilities, dtype=float), np.asarray(areas, dtype=float)
+    return float(np.sum(probabilities * areas) / np.sum(areas))
+
+
 def patient_level(frame: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
     """One row per patient: slice probabilities aggregated by ``how`` (mean, median, max).
 
-    With ``train_seed``, the slices of every seed are aggregated together: with ``mean``,
-    the seed ensemble's patient probability.
+    ``mean`` weights each slice by the tumour's area in it (:func:`area_weighted_mean`) when the
+    frame has ``roi_area_mm2``, and counts every slice alike otherwise. With ``train_seed``,
+    the slices of every seed are aggregated together: with ``mean``, the seed ensemble's
+    patient probability.
 
     Returns:
         ``patient_id, fold, y_true, y_prob`` sorted by patient_id; a patient-level frame
@@ -298,7 +329,13 @@ def patient_level(frame: pd.DataFrame, how: str = "mean") -> pd.DataFrame:
     if how not in ("mean", "median", "max"):
         raise ValueError(f"how must be 'mean', 'median' or 'max', got {how!r}")
     frame = validate_predictions(frame)
-    grouped = frame.groupby(["patient_id", "fold", "y_true"], as_index=False)["y_prob"].agg(how)
+    keys = ["patient_id", "fold", "y_true"]
+    if how == "mean" and AREA_COLUMN in frame:
+        weighted = frame.assign(y_prob=frame["y_prob"] * frame[AREA_COLUMN])
+        sums = weighted.groupby(keys, as_index=False)[["y_prob", AREA_COLUMN]].sum()
+        grouped = sums.assign(y_prob=sums["y_prob"] / sums[AREA_COLUMN])
+    else:
+        grouped = frame.groupby(keys, as_index=False)["y_prob"].agg(how)
     return grouped[["patient_id", "fold", "y_true", "y_prob"]].sort_values("patient_id").reset_index(drop=True)
 
 

@@ -57,6 +57,7 @@ import pandas as pd
 from hccer_lib import __version__, outputs
 from hccer_lib.clinical import LABEL_COLUMN
 from hccer_lib.cohort import CohortError
+from hccer_lib.evaluation import area_weighted_mean
 from hccer_lib.model_arrays import (
     check_forest_arrays,
     forest_predict_proba,
@@ -272,18 +273,21 @@ class FinalModel:
         n = len(processed["slice"])
         if n == 0 and (self.networks or self.manifest.get("radiomics", {}).get("mode") == "2d"):
             raise CohortError("no tumour slice of the reference phase has a matching ROI slice in the other phases", patient.patient_id)
-        slices = pd.DataFrame({"patient_id": patient.patient_id, "slice": processed["slice"], "z_mm": processed["z_mm"]})
+        slices = pd.DataFrame({"patient_id": patient.patient_id, "slice": processed["slice"], "z_mm": processed["z_mm"],
+                               "roi_area_mm2": processed["roi_area_mm2"]})
         per_slice = self.predict_arrays(image=processed["images"], clinical=np.repeat(bits, n, axis=0)) if self.networks else {}
         for name, values in per_slice.items():
             slices[name] = values
-        probabilities = {name: float(np.mean(values)) for name, values in per_slice.items()}
+        # as in the study's tables (evaluation.patient_level): slices weighted by the tumour's area in them
+        probabilities = {name: area_weighted_mean(values, processed["roi_area_mm2"]) for name, values in per_slice.items()}
         if "clinical_rf" in self.forests:
             probabilities.update({k: float(v[0]) for k, v in self.predict_arrays(clinical_rows=bits).items()})
         if "radiomics_rf" in self.forests:
             rows = self.radiomics_rows(patient)
             values = self.predict_arrays(radiomics_rows=rows[self.radiomics["feature_columns"]].to_numpy(dtype=float))["radiomics_rf"]
-            probabilities["radiomics_rf"] = float(np.mean(values))
-            if self.manifest["radiomics"]["mode"] == "2d":
+            two_d = self.manifest["radiomics"]["mode"] == "2d"
+            probabilities["radiomics_rf"] = area_weighted_mean(values, rows["roi_area_mm2"]) if two_d else float(np.mean(values))
+            if two_d:
                 slices = slices.merge(pd.DataFrame({"slice": rows["slice"].astype(int), "radiomics_rf": values}), on="slice", how="left")
         ordered = {name: probabilities[name] for name in self.output_names if name in probabilities}
         return PatientPrediction(patient.patient_id, patient.y_true, ordered, slices, processed["images"], bits)

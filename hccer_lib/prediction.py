@@ -30,9 +30,10 @@ class PatientPrediction:
 
     Attributes:
         probabilities: output name (:func:`output_names`) → patient-level probability of
-            early recurrence (the mean over the patient's slices for slice-level models).
-        slices: one row per matched tumour slice: ``patient_id``, ``slice``, ``z_mm`` and
-            the slice-level probability of each image model.
+            early recurrence (for slice-level models the mean over the patient's slices, each
+            weighted by the tumour's area in it, ``evaluation.area_weighted_mean``).
+        slices: one row per matched tumour slice: ``patient_id``, ``slice``, ``z_mm``,
+            ``roi_area_mm2`` and the slice-level probability of each image model.
         images: the processed slices ``[n, H, W, 3]`` (NC, ART, PV in ``[0, 1]``).
         clinical_bits: the patient's clinical vector ``[1, k]``.
     """
@@ -109,7 +110,7 @@ def predict_cohort(final: FinalModel, cohort_dir: str | os.PathLike, progress: b
     patients = pd.DataFrame(rows)
     patients["y_true"] = patients["y_true"].astype("Int64")
     patients = patients[[c for c in patients.columns if c not in ("status", "reason")] + ["status", "reason"]]
-    return patients, (pd.concat(slices, ignore_index=True) if slices else pd.DataFrame(columns=["patient_id", "slice", "z_mm"]))
+    return patients, (pd.concat(slices, ignore_index=True) if slices else pd.DataFrame(columns=["patient_id", "slice", "z_mm", "roi_area_mm2"]))
 
 
 def _failed_row(patient_id: str, y_true: int | None, reason: str) -> dict:

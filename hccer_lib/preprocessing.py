@@ -47,7 +47,7 @@ DEFAULT_REFERENCE_PHASE = "PV"
 DEFAULT_WINDOW_LEVEL = 75.0
 DEFAULT_WINDOW_WIDTH = 350.0
 #: Bumped whenever the processing changes in a way that makes older caches wrong.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: roi_area_mm2
 
 log = logging.getLogger("hccer")
 
@@ -99,6 +99,9 @@ class ProcessedDataset:
         slice: int ``[n]``, slice index k in the reference phase.
         y_true: int ``[n]``, early recurrence label of the patient (0/1).
         phase_slices: int ``[n, 3]``, slice index used in NC, ART, PV.
+        roi_area_mm2: float ``[n]``, area of the reference phase's ROI box in the slice, mm²:
+            how much of the tumour the slice shows (``evaluation.patient_level`` weights a
+            patient's slices by it).
         key: cache key (hash of settings and cohort fingerprint).
         settings: the settings (dict) that made the images.
         dropped: one row per reference slice without a match in another phase.
@@ -110,6 +113,7 @@ class ProcessedDataset:
     slice: np.ndarray
     y_true: np.ndarray
     phase_slices: np.ndarray
+    roi_area_mm2: np.ndarray
     key: str
     settings: dict
     dropped: list[dict] = field(default_factory=list)
@@ -118,10 +122,9 @@ class ProcessedDataset:
         return len(self.patient_id)
 
     def table(self) -> pd.DataFrame:
-        """One row per image: patient_id, slice, z_mm, y_true, and the slice used per phase."""
-        frame = pd.DataFrame(
-            {"patient_id": self.patient_id, "slice": self.slice, "z_mm": self.z_mm, "y_true": self.y_true}
-        )
+        """One row per image: patient_id, slice, z_mm, y_true, roi_area_mm2, and the slice used per phase."""
+        frame = pd.DataFrame({"patient_id": self.patient_id, "slice": self.slice, "z_mm": self.z_mm,
+                              "y_true": self.y_true, "roi_area_mm2": self.roi_area_mm2})
         for j, phase in enumerate(PHASES):
             frame[f"slice_{phase}"] = self.phase_slices[:, j]
         return frame
@@ -305,11 +308,12 @@ def process_patient(
         keep_steps: also return the intermediate steps for Figure 2.
     Returns:
         dict with ``images`` float32 ``[n, S, S, 3]``, ``z_mm`` ``[n]``, ``slice`` ``[n]``,
-        ``phase_slices`` ``[n, 3]``, ``dropped`` (list of dicts), and ``steps`` when asked.
+        ``phase_slices`` ``[n, 3]``, ``roi_area_mm2`` ``[n]`` (the reference phase's box, mm²),
+        ``dropped`` (list of dicts), and ``steps`` when asked.
     """
     size = settings.image_size
     matched, dropped = match_phase_boxes(images, boxes, settings.reference_phase, settings.tolerance_mm)
-    out_images, out_z, out_slice, out_phase_slices, steps = [], [], [], [], []
+    out_images, out_z, out_slice, out_phase_slices, out_area, steps = [], [], [], [], [], []
     for match in matched:
         chosen = match["boxes"]
         geometry = {p: box_geometry_mm(images[p], chosen[p]) for p in PHASES}
@@ -320,6 +324,7 @@ def process_patient(
         out_z.append(match["z_mm"])
         out_slice.append(match["slice"])
         out_phase_slices.append([int(chosen[p].slice) for p in PHASES])
+        out_area.append(float(np.prod(geometry[settings.reference_phase][1])))
         if keep_steps:
             steps.append({"boxes": chosen, "geometry": geometry, "side_mm": side, "resized_hu": channels_hu})
     result = {
@@ -327,6 +332,7 @@ def process_patient(
         "z_mm": np.asarray(out_z, dtype=float),
         "slice": np.asarray(out_slice, dtype=int),
         "phase_slices": np.asarray(out_phase_slices, dtype=int).reshape(-1, 3),
+        "roi_area_mm2": np.asarray(out_area, dtype=float),
         "dropped": dropped,
     }
     if keep_steps:
@@ -478,6 +484,7 @@ def build_dataset(
         slice=np.concatenate([r["slice"] for r in parts]),
         y_true=np.repeat(np.array([labels[pid] for pid in patients], dtype=int), counts),
         phase_slices=np.concatenate([r["phase_slices"] for r in parts]),
+        roi_area_mm2=np.concatenate([r["roi_area_mm2"] for r in parts]),
         key=key,
         settings=asdict(settings),
         dropped=dropped,
@@ -514,6 +521,7 @@ def save_dataset(work_dir: str | os.PathLike, dataset: ProcessedDataset, cohort_
                 slice=dataset.slice,
                 y_true=dataset.y_true,
                 phase_slices=dataset.phase_slices,
+                roi_area_mm2=dataset.roi_area_mm2,
             )
     outputs.write_json(
         json_path,
@@ -556,6 +564,7 @@ def load_dataset(work_dir: str | os.PathLike, key: str | PreprocessSettings | di
             slice=arrays["slice"],
             y_true=arrays["y_true"],
             phase_slices=arrays["phase_slices"],
+            roi_area_mm2=arrays["roi_area_mm2"],
             key=meta["key"],
             settings=meta["settings"],
             dropped=meta.get("dropped", []),

@@ -51,6 +51,7 @@ from hccer_lib.cohort import PHASES
 from hccer_lib.evaluation import fold_of
 from hccer_lib.preprocessing import (
     DEFAULT_REFERENCE_PHASE,
+    box_geometry_mm,
     cohort_fingerprint,
     map_patients,
     match_phase_boxes,
@@ -59,14 +60,14 @@ from hccer_lib.study_run import DEFAULT_SETTINGS
 
 PARAMS_FILE = Path(__file__).with_name("radiomics_params.yaml")
 MODEL_NAME = "radiomics_rf"
-ID_COLUMNS = ["patient_id", "slice", "z_mm", "y_true"]
+ID_COLUMNS = ["patient_id", "slice", "z_mm", "roi_area_mm2", "y_true"]
 #: Feature classes that stay valid on a tiny or constant ROI; every other class is texture.
 NON_TEXTURE_CLASSES = ("firstorder", "shape", "shape2D")
 DEFAULT_MIN_TEXTURE_VOXELS = DEFAULT_SETTINGS.min_texture_voxels  # the study's setting (study_run.StudySettings)
 #: Inverse L1 penalties tried by the inner cross-validation (standardised features). Weaker
 #: penalties than C = 1 keep nearly every feature and make liblinear slow.
 DEFAULT_CS = tuple(np.logspace(-3, 0, 7).round(6))
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: roi_area_mm2
 
 log = logging.getLogger("hccer")
 
@@ -221,21 +222,24 @@ def extract_patient(
 ) -> tuple[list[dict], dict]:
     """Feature rows of one patient: one per matched reference slice (2-D) or one in all (3-D).
 
-    Columns of a row: ``slice`` (reference slice index, ``None`` in 3-D), ``z_mm``, then
+    Columns of a row: ``slice`` (reference slice index, ``None`` in 3-D), ``z_mm``,
+    ``roi_area_mm2`` (the reference phase's box in the slice, mm²; NaN in 3-D), then
     ``<phase>_<feature name>`` for NC, ART and PV. Returns ``(rows, notes)``, where ``notes``
     holds the lists ``small``, ``constant``, ``failed`` (ROI descriptions) and ``dropped``.
     """
     extractor = _extractor(params)
     notes: dict[str, list[str]] = {"small": [], "constant": [], "failed": [], "dropped": []}
     if mode == "3d":
-        units = [{"slice": None, "z_mm": float("nan"), "boxes": {p: boxes[p] for p in PHASES}}]
+        units = [{"slice": None, "z_mm": float("nan"), "roi_area_mm2": float("nan"), "boxes": {p: boxes[p] for p in PHASES}}]
     else:
         matched, dropped = match_phase_boxes(images, boxes, reference_phase, tolerance_mm)
         notes["dropped"] = [f"slice {d['slice']} ({d['unmatched']})" for d in dropped]
-        units = [{"slice": m["slice"], "z_mm": m["z_mm"], "boxes": {p: [m["boxes"][p]] for p in PHASES}} for m in matched]
+        units = [{"slice": m["slice"], "z_mm": m["z_mm"], "boxes": {p: [m["boxes"][p]] for p in PHASES},
+                  "roi_area_mm2": float(np.prod(box_geometry_mm(images[reference_phase], m["boxes"][reference_phase])[1]))}
+                 for m in matched]
     rows, names = [], {}
     for unit in units:
-        row = {"slice": unit["slice"], "z_mm": unit["z_mm"]}
+        row = {"slice": unit["slice"], "z_mm": unit["z_mm"], "roi_area_mm2": unit["roi_area_mm2"]}
         for phase in PHASES:
             phase_boxes = unit["boxes"][phase]
             image, mask = _crop(images[phase], _box_mask(images[phase], phase_boxes), phase_boxes)
@@ -293,7 +297,7 @@ def extract_cohort(
     """Radiomics features of every patient, or the cached table made with the same settings.
 
     Returns:
-        ``(features, meta)``: ``features`` has ``patient_id, slice, z_mm, y_true`` and one
+        ``(features, meta)``: ``features`` has ``patient_id, slice, z_mm, roi_area_mm2, y_true`` and one
         column per ``<phase>_<feature>``; ``meta`` is the JSON written beside the CSV
         (``pyradiomics_version``, ``params``, ``report``, ``seconds``, ``key``, ...).
     """
@@ -446,7 +450,7 @@ def cross_validate(
         folds: ``patient_id, y_true, fold`` (``evaluation.load_or_make_folds``).
     Returns:
         ``(predictions, selection)``: predictions ``patient_id, slice, fold, y_true, y_prob``
-        (the shared format); selection: one row per fold, one bool column per feature (selected
+        (the shared format) and, for slice rows, ``roi_area_mm2``; selection: one row per fold, one bool column per feature (selected
         by LASSO in that fold), plus ``C`` and ``fallback``.
     """
     columns = feature_columns(features)
@@ -472,6 +476,8 @@ def cross_validate(
         "y_true": y,
         "y_prob": prob,
     })
+    if "roi_area_mm2" in features and features["roi_area_mm2"].notna().all():  # slice rows (2-D)
+        predictions["roi_area_mm2"] = features["roi_area_mm2"].to_numpy(dtype=float)
     return predictions, pd.DataFrame(selection)
 
 

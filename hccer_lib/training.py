@@ -495,7 +495,8 @@ def array_digest(*arrays) -> str:
 
 
 def _patient_level_auc(frame: pd.DataFrame) -> float:
-    """AUC of the mean slice probability per patient (``evaluation.patient_level``); NaN with one class."""
+    """AUC of the patient probabilities (``evaluation.patient_level``; slices weighted by area when the frame
+    has it, as a fold's saved file has not); NaN with one class."""
     patients = evaluation.patient_level(frame)
     if patients["y_true"].nunique() < 2:
         return float("nan")
@@ -728,8 +729,8 @@ def train_cross_validated(
     ``selection_protocol``, ``imagenet``, ``workers``, ``executor``, ``predictions_dir``, ...).
 
     Returns:
-        ``patient_id, slice, fold, y_true, y_prob, train_seed``, one row per slice of the
-        dataset and training seed.
+        ``patient_id, slice, fold, y_true, y_prob, train_seed, roi_area_mm2``, one row per slice
+        of the dataset and training seed.
     """
     output_name = output_name or model_name
     return train_models_cross_validated({output_name: model_name}, dataset, clinical, folds, profile, work_dir,
@@ -794,7 +795,7 @@ def train_models_cross_validated(
             ``StudyRun.results_dir``, one per profile); default ``work_dir``.
 
     Returns:
-        output name -> ``patient_id, slice, fold, y_true, y_prob, train_seed`` (one row per
+        output name -> ``patient_id, slice, fold, y_true, y_prob, train_seed, roi_area_mm2`` (one row per
         slice of the dataset and training seed), in the order of ``models``.
     """
     if not isinstance(models, dict):
@@ -836,8 +837,8 @@ def train_models_cross_validated(
 
     def finish(output_name: str, trained: dict[tuple[int, int], pd.DataFrame]) -> None:
         saved[output_name].update(trained)
-        results[output_name] = _write_model_predictions(output_name, saved[output_name], seeds, fold_numbers, work_dir,
-                                                        predictions_dir)
+        results[output_name] = _write_model_predictions(output_name, saved[output_name], seeds, fold_numbers, dataset,
+                                                        work_dir, predictions_dir)
 
     if on_ray:
         for name in models:
@@ -855,16 +856,26 @@ def _model_tag(output_name: str, models: dict) -> str:
     return f"{output_name}: " if len(models) > 1 else ""
 
 
+def slice_areas(dataset) -> pd.DataFrame:
+    """``patient_id, slice, roi_area_mm2`` of every image of ``dataset`` (a ``preprocessing.ProcessedDataset``)."""
+    return pd.DataFrame({"patient_id": np.asarray(dataset.patient_id).astype(str), "slice": np.asarray(dataset.slice),
+                         evaluation.AREA_COLUMN: np.asarray(dataset.roi_area_mm2, dtype=float)})
+
+
 def _write_model_predictions(output_name: str, saved: dict[tuple[int, int], pd.DataFrame], seeds: list[int],
-                             fold_numbers: list[int], work_dir, predictions_dir) -> pd.DataFrame:
-    """Every fold and seed of a model in one predictions file (written whole), with one line per seed and a summary."""
+                             fold_numbers: list[int], dataset, work_dir, predictions_dir) -> pd.DataFrame:
+    """Every fold and seed of a model in one predictions file (written whole), with each slice's tumour area
+    (``roi_area_mm2``, by which the patient level weights its slices), one line per seed and a summary."""
     frames = []
+    areas = slice_areas(dataset)
     for train_seed in seeds:
-        frames.extend(saved[train_seed, fold] for fold in fold_numbers)
+        frames.extend(saved[train_seed, fold].merge(areas, on=["patient_id", "slice"], how="left", validate="many_to_one")
+                      for fold in fold_numbers)
         seed_frame = pd.concat(frames[-len(fold_numbers):], ignore_index=True)
         print(f"  {output_name} training seed {train_seed}: out-of-fold patient AUC {_patient_level_auc(seed_frame):.3f}",
               flush=True)
-    predictions = pd.concat(frames, ignore_index=True)[[*evaluation.PREDICTION_COLUMNS, evaluation.SEED_COLUMN]]
+    predictions = pd.concat(frames, ignore_index=True)[[*evaluation.PREDICTION_COLUMNS, evaluation.SEED_COLUMN,
+                                                         evaluation.AREA_COLUMN]]
     evaluation.write_predictions(work_dir if predictions_dir is None else predictions_dir, output_name, predictions)
     per_seed = evaluation.seed_aucs(predictions)
     print(f"hccer: {output_name}: pooled patient AUC {np.mean(list(per_seed.values())):.3f} ± "

@@ -94,6 +94,7 @@ def paper_sized_fold(profile, seed: int = 0):
         patient_id=pids,
         slice=np.concatenate([np.arange(k) for k in slices]),
         y_true=np.repeat(clinical["early_recurrence"].to_numpy(), slices),
+        roi_area_mm2=np.full(len(pids), 900.0),
     )
     folds = evaluation.make_folds(pd.Series(clinical["early_recurrence"].to_numpy(), index=clinical["patient_id"]),
                                   profile.n_folds, seed)

@@ -131,6 +131,28 @@ def test_patient_level_averages_slices_by_hand():
     assert np.allclose(ev.patient_level(frame, "max")["y_prob"], [0.6, 0.7])
 
 
+def test_patient_level_weights_slices_by_the_tumours_area_by_hand():
+    frame = pd.DataFrame({"patient_id": ["A", "A", "B", "B", "B"], "slice": [1, 2, 1, 2, 3], "fold": 0,
+                          "y_true": [1, 1, 0, 0, 0], "y_prob": [0.2, 0.6, 0.1, 0.4, 0.7],
+                          "roi_area_mm2": [100.0, 300.0, 50.0, 50.0, 100.0]})
+    patients = ev.patient_level(frame)
+    # A: (0.2 * 100 + 0.6 * 300) / 400 = 0.5; B: (0.1 * 50 + 0.4 * 50 + 0.7 * 100) / 200 = 0.475
+    assert np.allclose(patients["y_prob"], [0.5, 0.475]), f"got {patients['y_prob'].tolist()}"
+    assert np.allclose(ev.patient_level(frame, "median")["y_prob"], [0.4, 0.4]), "median ignores the areas"
+    assert ev.area_weighted_mean([0.2, 0.6], [1, 3]) == pytest.approx(0.5)
+
+
+def test_area_column_is_checked_naming_the_patient_and_slice_and_an_empty_one_is_dropped():
+    frame = pd.DataFrame({"patient_id": ["A", "A", "B"], "slice": [1, 2, 1], "fold": 0, "y_true": [1, 1, 0],
+                          "y_prob": [0.2, 0.6, 0.1], "roi_area_mm2": [100.0, 0.0, 80.0]})
+    with pytest.raises(ValueError, match="roi_area_mm2 must be > 0; patient A, slice 2"):
+        ev.validate_predictions(frame, "deep_resnet50")
+    with pytest.raises(ValueError, match="patient B, slice 1"):
+        ev.validate_predictions(frame.assign(roi_area_mm2=[100.0, 50.0, np.nan]), "deep_resnet50")
+    empty = ev.validate_predictions(frame.assign(roi_area_mm2=np.nan))  # rows of a patient-level model in a mixed table
+    assert "roi_area_mm2" not in empty and ev.patient_level(empty)["y_prob"].tolist() == pytest.approx([0.4, 0.1])
+
+
 # --- metrics -------------------------------------------------------------------------
 
 
@@ -465,6 +487,9 @@ def test_seed_ensemble_and_patient_level_average_over_seeds_by_hand():
     assert list(ensemble.columns) == ["slice", "fold", "y_true", "y_prob"] and ensemble.loc["A", "y_prob"] == pytest.approx(0.4)
     patients = ev.patient_level(frame).set_index("patient_id")
     assert patients.loc["B", "y_prob"] == pytest.approx(0.2), patients
+    with_areas = ev.seed_ensemble(frame.assign(roi_area_mm2=[10.0, 10.0, 20.0, 20.0]))
+    assert list(with_areas.columns) == ["patient_id", "slice", "fold", "y_true", "y_prob", "roi_area_mm2"], with_areas.columns
+    assert with_areas["roi_area_mm2"].tolist() == [10.0, 20.0], with_areas
 
 
 def test_seed_aucs_are_each_seeds_pooled_patient_auc():

@@ -198,7 +198,9 @@ def test_reloaded_model_predicts_the_same(study, tmp_path):
     assert np.array_equal(after.clinical_bits, [[0, 0, 0, 0, 1]]), after.clinical_bits  # age 55, 42 mm, BCLC A
     assert after.images.shape == (2, 32, 32, 3), after.images.shape
     assert after.y_true == 1, after.y_true
-    assert after.probabilities["fusion_d_joint"] == pytest.approx(after.slices["fusion_d_joint"].mean())
+    weights = after.slices["roi_area_mm2"] / after.slices["roi_area_mm2"].sum()  # slices weighted by the tumour's area
+    assert after.probabilities["fusion_d_joint"] == pytest.approx((weights * after.slices["fusion_d_joint"]).sum())
+    assert after.probabilities["radiomics_rf"] == pytest.approx((weights * after.slices["radiomics_rf"]).sum())
 
 
 def test_spread_slices_takes_the_middle_one_or_spreads_them():

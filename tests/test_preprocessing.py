@@ -112,6 +112,8 @@ def test_square_side_is_the_largest_box_extent_of_the_three_phases():
     result = pp.process_patient(images, boxes, pp.PreprocessSettings(image_size=4), keep_steps=True)
     side = result["steps"][0]["side_mm"]
     assert side == pytest.approx(16.0), f"side {side} mm, expected 16 mm (ART box x extent)"
+    # the tumour's area in the slice is the reference phase's (PV) box: 5 x 8 voxels of 1 mm
+    assert result["roi_area_mm2"].tolist() == pytest.approx([40.0]), result["roi_area_mm2"]
 
 
 def test_missing_phase_is_a_value_error():
@@ -146,6 +148,7 @@ def test_save_and_load_dataset_round_trip(tmp_path):
         slice=np.array([3, 4, 7]),
         y_true=np.array([0, 0, 1]),
         phase_slices=np.array([[3, 3, 3], [4, 4, 4], [7, 6, 7]]),
+        roi_area_mm2=np.array([120.0, 310.5, 64.0]),
         key="k123",
         settings={"image_size": 4},
     )
@@ -154,6 +157,7 @@ def test_save_and_load_dataset_round_trip(tmp_path):
     np.testing.assert_allclose(back.images, dataset.images, atol=1e-3, err_msg="images after float16 round trip")
     assert back.patient_id.tolist() == ["P1", "P1", "P2"], f"patient ids {back.patient_id}"
     assert back.slice.tolist() == [3, 4, 7] and back.y_true.tolist() == [0, 0, 1]
+    assert back.roi_area_mm2.tolist() == [120.0, 310.5, 64.0], f"areas {back.roi_area_mm2}"
     by_settings = pp.load_dataset(tmp_path, {"image_size": 4})
     assert by_settings.key == "k123", f"looked up by settings: {by_settings.key}"
     leftovers = [p.name for p in (tmp_path / "processed").iterdir() if p.name.startswith(".")]

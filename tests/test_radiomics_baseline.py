@@ -84,6 +84,8 @@ def test_extract_patient_2d_gives_one_row_per_matched_slice_and_reports_small_ro
     assert notes["small"] == ["ART slice 2"], f"notes {notes}"
     assert np.isnan(rows[0]["ART_original_glcm_Contrast"]) and np.isfinite(rows[1]["ART_original_glcm_Contrast"])
     assert np.isfinite(rows[0]["PV_original_glcm_Contrast"]), "PV texture of a 12x12 box should be finite"
+    areas = [r["roi_area_mm2"] for r in rows]  # the reference phase's (PV) box: 12 x 12 voxels of 0.8 mm
+    assert areas == pytest.approx([12 * 12 * 0.8 * 0.8] * 2), areas
 
 
 def test_extract_patient_3d_gives_one_row():
@@ -92,7 +94,7 @@ def test_extract_patient_3d_gives_one_row():
     images = {p: make_image(rng.normal(80, 40, size=(6, 24, 24))) for p in ("NC", "ART", "PV")}
     boxes = {p: [Box(k, 4, 15, 4, 15) for k in (1, 2, 3)] for p in ("NC", "ART", "PV")}
     rows, notes = rb.extract_patient(images, boxes, params, mode="3d")
-    assert len(rows) == 1 and rows[0]["slice"] is None, rows[0]["slice"]
+    assert len(rows) == 1 and rows[0]["slice"] is None and np.isnan(rows[0]["roi_area_mm2"]), rows[0]["slice"]
     volume = rows[0]["PV_original_shape_VoxelVolume"]
     assert volume == pytest.approx(3 * 12 * 12 * 0.8 * 0.8 * 5.0), f"box volume {volume} mm3"
 
@@ -120,6 +122,10 @@ def test_cross_validation_predicts_every_row_out_of_fold_and_finds_the_signal():
     predictions, selection = rb.cross_validate(features, folds, seed=0, inner_folds=3, n_estimators=50, progress=False)
     assert len(predictions) == len(features) and predictions["y_prob"].between(0, 1).all(), predictions.describe()
     assert list(predictions.columns) == ["patient_id", "slice", "fold", "y_true", "y_prob"]
+    with_areas, _ = rb.cross_validate(features.assign(roi_area_mm2=25.0 + features["slice"]), folds, seed=0, inner_folds=3,
+                                      n_estimators=50, progress=False)
+    assert with_areas["roi_area_mm2"].tolist() == (25.0 + features["slice"]).tolist(), "slice rows keep their tumour area"
+    assert with_areas["y_prob"].tolist() == predictions["y_prob"].tolist(), "the area is not a feature"
     assert len(selection) == 4, f"{len(selection)} folds"
     frequency = rb.selection_frequency(selection)
     kept = frequency.set_index("feature")["n_folds_selected"]

@@ -152,7 +152,7 @@ def run_folder(tmp_path):
     key = preprocessing.dataset_key(used, preprocessing.cohort_fingerprint(cohort_dir))
     dataset = preprocessing.ProcessedDataset(
         images=np.zeros((n, 2, 2, 3), np.float32), patient_id=slice_ids, z_mm=np.zeros(n), slice=np.zeros(n, int),
-        y_true=np.zeros(n, int), phase_slices=np.zeros((n, 3), int), key=key,
+        y_true=np.zeros(n, int), phase_slices=np.zeros((n, 3), int), roi_area_mm2=np.ones(n), key=key,
         settings={"image_size": 48, "window_level": 75.0, "window_width": 350.0, "reference_phase": "PV",
                   "margin": 0.25, "tolerance_mm": None},
         dropped=[{"patient_id": "P002", "slice": 3}])
@@ -160,7 +160,7 @@ def run_folder(tmp_path):
     # a newer cache of other settings (another window tried in notebook 02) is not the models' dataset
     other = preprocessing.ProcessedDataset(
         images=np.zeros((2, 2, 2, 3), np.float32), patient_id=np.array(["P001", "P001"]), z_mm=np.zeros(2),
-        slice=np.zeros(2, int), y_true=np.zeros(2, int), phase_slices=np.zeros((2, 3), int), key="0ther0ther00",
+        slice=np.zeros(2, int), y_true=np.zeros(2, int), phase_slices=np.zeros((2, 3), int), roi_area_mm2=np.ones(2), key="0ther0ther00",
         settings={"image_size": 48, "window_level": 40.0, "window_width": 400.0, "reference_phase": "PV",
                   "margin": 0.0, "tolerance_mm": None}, dropped=[])
     time.sleep(0.01)

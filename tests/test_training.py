@@ -51,7 +51,8 @@ def tiny_dataset(clinical: pd.DataFrame) -> SimpleNamespace:
     pids = np.repeat(clinical["patient_id"].to_numpy(), SLICES_PER_PATIENT)
     y = np.repeat(clinical["early_recurrence"].to_numpy(), SLICES_PER_PATIENT)
     images = rng.random((len(pids), SIZE, SIZE, 3), dtype=np.float32) * 0.5 + 0.5 * y[:, None, None, None]
-    return SimpleNamespace(images=images, patient_id=pids, slice=np.tile(np.arange(SLICES_PER_PATIENT), N_PATIENTS), y_true=y)
+    return SimpleNamespace(images=images, patient_id=pids, slice=np.tile(np.arange(SLICES_PER_PATIENT), N_PATIENTS), y_true=y,
+                           roi_area_mm2=100.0 + 10.0 * np.tile(np.arange(SLICES_PER_PATIENT), N_PATIENTS))
 
 
 def tiny_folds(clinical: pd.DataFrame, n_folds: int = 2) -> pd.DataFrame:
@@ -88,7 +89,8 @@ def test_slice_clinical_vectors_follow_patient_ids():
 @pytest.mark.slow
 def test_same_seed_same_predictions_and_resume(study, capsys):
     first = run(study)
-    assert list(first.columns) == ["patient_id", "slice", "fold", "y_true", "y_prob", "train_seed"]
+    assert list(first.columns) == ["patient_id", "slice", "fold", "y_true", "y_prob", "train_seed", "roi_area_mm2"]
+    assert (first["roi_area_mm2"] == 100.0 + 10.0 * first["slice"]).all(), "each slice keeps its tumour area"
     assert len(first) == N_PATIENTS * SLICES_PER_PATIENT and first["y_prob"].between(0, 1).all()
     saved = pd.read_csv(study.work_dir / "predictions" / "fusion_d.csv", dtype={"patient_id": str})
     np.testing.assert_allclose(saved.sort_values(["patient_id", "slice"])["y_prob"], first.sort_values(["patient_id", "slice"])["y_prob"], rtol=1e-6)
