@@ -51,6 +51,10 @@ class Profile:
             network's probabilities over them (test-time augmentation,
             ``training.predict_probability``): the same symmetries ``augment`` trains on.
             Off in the ``paper`` profile.
+        train_min_area: slices whose tumour area is less than this share of the largest of
+            their patient's slices are left out of the training (``training.area_shares``): the
+            first and last slices that graze the tumour's edge. They are still predicted, and
+            count by their area in the patient's probability. 0: every slice trains.
         image_dropout: share of the image pathway's features dropped at random in each
             training step where they meet the clinical pathway in the fusion models
             (``networks.NetworkConfig.image_dropout``); 0 is the paper's networks.
@@ -82,6 +86,11 @@ class Profile:
     roi_margin: float = 0.0
     test_symmetries: bool = False
     image_dropout: float = 0.0
+    train_min_area: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.train_min_area <= 1.0:
+            raise ValueError(f"train_min_area is a share of a patient's largest slice area, in [0, 1]; got {self.train_min_area}")
 
     def as_dict(self) -> dict:
         return asdict(self)

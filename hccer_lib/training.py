@@ -75,7 +75,7 @@ logger = logging.getLogger("hccer")
 # ``train_seeds`` is not: each seed has its own files under the key).
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
                        "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum", "training_threads",
-                       "test_symmetries", "image_dropout")
+                       "test_symmetries", "image_dropout", "train_min_area")
 # Part of every run's settings key: raise it when a change of this module changes results.
 TRAINING_VERSION = 8
 #: Distance between two training seeds of a run (more than any number of folds).
@@ -551,6 +551,12 @@ class FoldData:
         return {name: array[mask] for name, array in self.inputs.items()}
 
 
+def area_shares(dataset) -> np.ndarray:
+    """``[n]`` each image's tumour area (``dataset.roi_area_mm2``) as a share of the largest of its patient's slices."""
+    areas = pd.Series(np.asarray(dataset.roi_area_mm2, dtype=float))
+    return (areas / areas.groupby(np.asarray(dataset.patient_id).astype(str)).transform("max")).to_numpy()
+
+
 def _dataset_arrays(dataset, profile: Profile) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Checked ``images [n, H, H, 3]`` float32, ``patient_id``, ``y_true`` and ``slice`` of ``dataset``."""
     images = np.asarray(dataset.images, dtype=np.float32)
@@ -655,7 +661,7 @@ def train_fold(
     held_out = validation_patients(training_patients["patient_id"], training_patients["y"], profile.validation_fraction,
                                    fold_seed)
     data.validation = data.train & np.isin(data.patient_id, held_out)
-    fit_rows = data.train & ~data.validation
+    fit_rows = data.train & ~data.validation & (area_shares(dataset) >= profile.train_min_area)
     fold_model = fold_model or FoldModel(model_name, profile.learning_rate, profile.weight_decay, xla=profile.xla)
     model = fold_model.fresh(data.config, int(seed))
     if "clinical" in data.inputs:  # standardised on the patients it is fitted on, one row each
@@ -701,7 +707,7 @@ def run_folder(
         "imagenet_file_found": networks.imagenet_weights_path() is not None if imagenet == "auto" else None,
         "seed": int(seed),
         "selection_protocol": selection_protocol,
-        "data": array_digest(images, slice_pids, y_slices, slice_index),
+        "data": array_digest(images, slice_pids, y_slices, slice_index, np.asarray(dataset.roi_area_mm2, dtype=float)),
         "clinical": array_digest(pd.util.hash_pandas_object(clinical, index=False).to_numpy()),
         "folds": array_digest(folds["patient_id"].astype(str).to_numpy(), folds["fold"].to_numpy()),
         "keras_backend": keras.backend.backend(),
@@ -946,7 +952,7 @@ def train_and_save_fold(job: FoldJob, train_seed: int, fold: int, fold_model: Fo
         "key": job.key,
         "fold": fold,
         "train_seed": int(train_seed),
-        "n_train_slices": int((data.train & ~data.validation).sum()),
+        "n_train_slices": int((data.train & ~data.validation & (area_shares(job.dataset) >= job.profile.train_min_area)).sum()),
         "n_validation_slices": int(data.validation.sum()),
         "n_test_slices": int(test.sum()),
         "clinical_columns": list(data.clinical_names),

@@ -291,6 +291,24 @@ def test_several_training_seeds_with_validation_split_resume_and_differ(study, c
     pd.testing.assert_frame_equal(more[more["train_seed"] < 2000].reset_index(drop=True), first, check_dtype=False)
 
 
+def test_area_shares_are_each_slices_area_over_its_patients_largest_by_hand():
+    dataset = SimpleNamespace(patient_id=np.array(["A", "A", "B", "B", "B"]), roi_area_mm2=np.array([50.0, 100.0, 30.0, 60.0, 60.0]))
+    assert training.area_shares(dataset).tolist() == [0.5, 1.0, 0.5, 1.0, 1.0]
+
+
+def test_slices_below_the_training_area_share_are_predicted_but_not_trained_on(study):
+    # the tiny dataset's two slices per patient have areas 100 and 110 mm²: a share of 1 trains the larger one only
+    predictions = run(study, model_name="deep_resnet50", seed=3, profile=replace(TINY_PROFILE, train_min_area=1.0))
+    assert len(predictions) == N_PATIENTS * SLICES_PER_PATIENT, "every slice is still predicted"
+    run_dir = next((study.work_dir / "runs" / "deep_resnet50").iterdir())
+    for fold in (0, 1):
+        record = __import__("json").loads((run_dir / "seed_3" / f"fold_{fold}.json").read_text())
+        training_patients = N_PATIENTS - record["n_test_slices"] // SLICES_PER_PATIENT
+        assert record["n_train_slices"] == training_patients, record
+    with pytest.raises(ValueError, match="train_min_area"):
+        replace(TINY_PROFILE, train_min_area=1.5)
+
+
 def test_fast_cpu_graphs_is_scoped_and_a_training_leaves_the_process_as_it_was(study):
     """Grappler is off inside a training only; the process's own setting is the same after it."""
     if keras.backend.backend() != "tensorflow":
