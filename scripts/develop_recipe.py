@@ -165,6 +165,14 @@ def trait_regression(image_predictions, cohort_dir: Path) -> dict:
     }
 
 
+def _seed_summary(predictions) -> str:
+    """``"<mean> ± <SD> over <n> seeds, ensemble <AUC>"``: pooled patient AUCs of ``predictions``."""
+    per_seed = np.array(list(evaluation.seed_aucs(predictions).values()))
+    ensemble = evaluation.patient_level(predictions)
+    return (f"{per_seed.mean():.3f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0:.3f} over {len(per_seed)} seeds, "
+            f"ensemble {evaluation.auc(ensemble['y_true'], ensemble['y_prob']):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4], help="development generator seeds")
@@ -207,11 +215,9 @@ def main() -> None:
             start = time.perf_counter()
             predictions = training.train_cross_validated(model, dataset, clinical, folds, profile, work_dir, seed=seed,
                                                          network_overrides=network or None)
-            per_seed = np.array(list(evaluation.seed_aucs(predictions).values()))
-            ensemble = evaluation.patient_level(predictions)
-            line.append(f"  {model}: AUC {per_seed.mean():.3f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0:.3f} "
-                        f"over {len(per_seed)} seeds, ensemble {evaluation.auc(ensemble['y_true'], ensemble['y_prob']):.3f}, "
-                        f"{time.perf_counter() - start:.0f} s")
+            line.append(f"  {model}: AUC {_seed_summary(predictions)}, {time.perf_counter() - start:.0f} s")
+            line.append(f"    with every slice counted alike (not weighted by the tumour's area): "
+                        f"{_seed_summary(predictions.drop(columns=evaluation.AREA_COLUMN))}")
             if model == "deep_resnet50":
                 line.append(f"    its out-of-fold logit beside the binary clinical vector (logistic regression, "
                             f"a late fusion of the two): {stacked_reference(predictions, clinical):.3f}")

@@ -95,3 +95,18 @@ def test_the_trait_regression_finds_what_an_image_output_follows(tmp_path):
     assert max(abs(v) for k, v in traits["coefficients"].items() if k != "size_mm") < 1e-3, traits["coefficients"]
     with pytest.raises(ValueError, match="no out-of-fold prediction for 1 patients"):
         develop_recipe.trait_regression(predictions.iloc[1:], folder)
+
+
+def test_seed_summary_gives_the_mean_sd_and_ensemble_of_the_area_weighted_patient_aucs():
+    import pandas as pd
+
+    # two patients of each class, two slices each; the small edge slice of P1 (ER) says "no", its large one "yes"
+    rows = []
+    for seed in (1, 2):
+        for pid, y, probs in (("P1", 1, (0.1, 0.9)), ("P2", 1, (0.6, 0.6)), ("N1", 0, (0.5, 0.5)), ("N2", 0, (0.2, 0.4))):
+            rows += [{"patient_id": pid, "slice": k, "fold": 0, "y_true": y, "y_prob": p + 0.01 * seed, "train_seed": seed,
+                      "roi_area_mm2": (10.0, 90.0)[k]} for k, p in enumerate(probs)]
+    frame = pd.DataFrame(rows)
+    # weighted: P1 0.82, P2 0.6, N1 0.5, N2 0.38 -> AUC 1; counted alike: P1 0.5 ties N1 -> AUC 0.875
+    assert develop_recipe._seed_summary(frame) == "1.000 ± 0.000 over 2 seeds, ensemble 1.000"
+    assert develop_recipe._seed_summary(frame.drop(columns="roi_area_mm2")) == "0.875 ± 0.000 over 2 seeds, ensemble 0.875"
