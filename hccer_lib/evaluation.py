@@ -754,8 +754,8 @@ def write_results_table(
     """
     note = (
         "Accuracy in percent (threshold 0.5) and AUC: mean ± SD over the cross-validation folds (SD with ddof=1), "
-        "at patient level for every model (slice probabilities averaged per patient), so that the rows compare "
-        "like with like. Pooled AUC: all out-of-fold patients together, with a 95% bootstrap interval over "
+        "at patient level for every model (slice probabilities averaged per patient, each slice weighted by the "
+        "tumour's area in it), so that the rows compare like with like. Pooled AUC: all out-of-fold patients together, with a 95% bootstrap interval over "
         "patients. Networks trained with several initialisation seeds: every column but seed_* is the seed "
         "ensemble's (mean probability over seeds); seed_auc_mean ± seed_auc_sd is the pooled patient AUC of one "
         "training seed, over seeds (the training noise). slice_*: the same per-fold metrics on the slice rows of "
