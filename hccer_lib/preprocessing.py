@@ -162,6 +162,11 @@ def box_geometry_mm(image: sitk.Image, box) -> tuple[np.ndarray, np.ndarray]:
     return centre, extent
 
 
+def box_area_mm2(image: sitk.Image, box) -> float:
+    """Area of a slice box, mm² (its in-plane extent, :func:`box_geometry_mm`): how much of the tumour the slice shows."""
+    return float(np.prod(box_geometry_mm(image, box)[1]))
+
+
 def slice_z_mm(image: sitk.Image, k: int) -> float:
     """Physical z (mm) of the centre of slice ``k``."""
     return float(image.TransformContinuousIndexToPhysicalPoint((0.0, 0.0, float(k)))[2])
@@ -324,7 +329,7 @@ def process_patient(
         out_z.append(match["z_mm"])
         out_slice.append(match["slice"])
         out_phase_slices.append([int(chosen[p].slice) for p in PHASES])
-        out_area.append(float(np.prod(geometry[settings.reference_phase][1])))
+        out_area.append(box_area_mm2(images[settings.reference_phase], chosen[settings.reference_phase]))
         if keep_steps:
             steps.append({"boxes": chosen, "geometry": geometry, "side_mm": side, "resized_hu": channels_hu})
     result = {

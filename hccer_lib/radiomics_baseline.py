@@ -51,7 +51,7 @@ from hccer_lib.cohort import PHASES
 from hccer_lib.evaluation import fold_of
 from hccer_lib.preprocessing import (
     DEFAULT_REFERENCE_PHASE,
-    box_geometry_mm,
+    box_area_mm2,
     cohort_fingerprint,
     map_patients,
     match_phase_boxes,
@@ -235,7 +235,7 @@ def extract_patient(
         matched, dropped = match_phase_boxes(images, boxes, reference_phase, tolerance_mm)
         notes["dropped"] = [f"slice {d['slice']} ({d['unmatched']})" for d in dropped]
         units = [{"slice": m["slice"], "z_mm": m["z_mm"], "boxes": {p: [m["boxes"][p]] for p in PHASES},
-                  "roi_area_mm2": float(np.prod(box_geometry_mm(images[reference_phase], m["boxes"][reference_phase])[1]))}
+                  "roi_area_mm2": box_area_mm2(images[reference_phase], m["boxes"][reference_phase])}
                  for m in matched]
     rows, names = [], {}
     for unit in units:

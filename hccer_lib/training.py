@@ -530,6 +530,8 @@ class FoldData:
         config: the :class:`networks.NetworkConfig` of the fold's network.
         validation: ``[n]`` bool mask of the training rows held out for the choice of the
             epoch (a subset of ``train``; all ``False`` without a validation split).
+        fit: ``[n]`` bool mask of the rows the network is fitted on: ``train`` but
+            ``validation`` and the slices below ``Profile.train_min_area`` (set by :func:`train_fold`).
     """
 
     inputs: dict
@@ -541,10 +543,13 @@ class FoldData:
     clinical_names: list
     config: networks.NetworkConfig
     validation: np.ndarray | None = None
+    fit: np.ndarray | None = None
 
     def __post_init__(self):
         if self.validation is None:
             self.validation = np.zeros_like(self.train, dtype=bool)
+        if self.fit is None:
+            self.fit = self.train & ~self.validation
 
     def subset(self, mask) -> dict:
         """``inputs`` restricted to the rows of ``mask``."""
@@ -661,7 +666,7 @@ def train_fold(
     held_out = validation_patients(training_patients["patient_id"], training_patients["y"], profile.validation_fraction,
                                    fold_seed)
     data.validation = data.train & np.isin(data.patient_id, held_out)
-    fit_rows = data.train & ~data.validation & (area_shares(dataset) >= profile.train_min_area)
+    data.fit = fit_rows = data.train & ~data.validation & (area_shares(dataset) >= profile.train_min_area)
     fold_model = fold_model or FoldModel(model_name, profile.learning_rate, profile.weight_decay, xla=profile.xla)
     model = fold_model.fresh(data.config, int(seed))
     if "clinical" in data.inputs:  # standardised on the patients it is fitted on, one row each
@@ -952,7 +957,7 @@ def train_and_save_fold(job: FoldJob, train_seed: int, fold: int, fold_model: Fo
         "key": job.key,
         "fold": fold,
         "train_seed": int(train_seed),
-        "n_train_slices": int((data.train & ~data.validation & (area_shares(job.dataset) >= job.profile.train_min_area)).sum()),
+        "n_train_slices": int(data.fit.sum()),
         "n_validation_slices": int(data.validation.sum()),
         "n_test_slices": int(test.sum()),
         "clinical_columns": list(data.clinical_names),
