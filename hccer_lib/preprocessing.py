@@ -66,6 +66,9 @@ class PreprocessSettings:
         window_level, window_width: HU window mapped onto [0, 1].
         reference_phase: phase whose ROI slices define the samples (one sample per slice).
         margin: fraction of the square side added on each side of the ROI (0 = tight box).
+        margin_mm: millimetres added on each side of the square after ``margin``. Unlike the
+            fraction, a fixed margin leaves the tumour's size visible after the resize: the
+            tumour fills ``s / (s + 2 * margin_mm)`` of a crop's side of ``s`` mm.
         tolerance_mm: largest allowed distance between the wanted and the matched slice of an
             other phase, mm; ``None`` = that phase's slice thickness (at most one slice off).
     """
@@ -76,6 +79,7 @@ class PreprocessSettings:
     reference_phase: str = DEFAULT_REFERENCE_PHASE
     margin: float = 0.0
     tolerance_mm: float | None = None
+    margin_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.image_size < 2:
@@ -86,6 +90,8 @@ class PreprocessSettings:
             raise ValueError(f"reference_phase must be one of {PHASES}, got {self.reference_phase!r}")
         if self.margin < 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if self.margin_mm < 0:
+            raise ValueError(f"margin_mm must be >= 0 mm, got {self.margin_mm}")
 
 
 @dataclass
@@ -322,7 +328,8 @@ def process_patient(
     for match in matched:
         chosen = match["boxes"]
         geometry = {p: box_geometry_mm(images[p], chosen[p]) for p in PHASES}
-        side = max(float(extent.max()) for _, extent in geometry.values()) * (1.0 + 2.0 * settings.margin)
+        largest = max(float(extent.max()) for _, extent in geometry.values())
+        side = largest * (1.0 + 2.0 * settings.margin) + 2.0 * settings.margin_mm
         channels_hu = [resample_square(images[p], chosen[p].slice, geometry[p][0][:2], side, size) for p in PHASES]
         windowed = [window_hu(c, settings.window_level, settings.window_width) for c in channels_hu]
         out_images.append(np.stack(windowed, axis=-1))
@@ -435,6 +442,7 @@ def build_dataset(
     reference_phase: str = DEFAULT_REFERENCE_PHASE,
     margin: float = 0.0,
     tolerance_mm: float | None = None,
+    margin_mm: float = 0.0,
     n_jobs: int | None = None,
     force: bool = False,
     progress: bool = True,
@@ -464,6 +472,7 @@ def build_dataset(
         reference_phase=reference_phase,
         margin=float(margin),
         tolerance_mm=tolerance_mm,
+        margin_mm=float(margin_mm),
     )
     key = dataset_key(settings, cohort_fingerprint(cohort_dir))
     npz_path, json_path = _dataset_paths(work_dir, key)
@@ -576,7 +585,7 @@ def load_dataset(work_dir: str | os.PathLike, key: str | PreprocessSettings | di
         )
 
 
-_STUDY_FIELDS = ("window_level", "window_width", "reference_phase", "margin", "tolerance_mm")
+_STUDY_FIELDS = ("window_level", "window_width", "reference_phase", "margin", "tolerance_mm", "margin_mm")
 
 
 def study_settings_path(work_dir: str | os.PathLike, profile) -> Path:
@@ -588,7 +597,7 @@ def study_settings_path(work_dir: str | os.PathLike, profile) -> Path:
 def record_study_settings(work_dir: str | os.PathLike, settings: PreprocessSettings | dict, profile) -> Path:
     """Record the preprocessing chosen for the study (notebook 02) for every later stage of ``profile``'s runs.
 
-    Writes :func:`study_settings_path`: window, reference phase, margin and slice tolerance
+    Writes :func:`study_settings_path`: window, reference phase, margins and slice tolerance
     (not the image size, which each profile sets). The deep notebooks, the final model and
     the report read it through :func:`study_dataset`, so a non-default window chosen in
     notebook 02 reaches them all; a run of another profile never reads it.
@@ -623,6 +632,7 @@ def study_dataset(
         reference_phase=chosen.reference_phase,
         margin=chosen.margin,
         tolerance_mm=chosen.tolerance_mm,
+        margin_mm=chosen.margin_mm,
         n_jobs=n_jobs,
         progress=progress,
     )

@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 
+#: The ways of drawing an epoch's training rows (``Profile.train_sampling``).
+TRAIN_SAMPLINGS = ("slice", "patient")
+
+
 @dataclass(frozen=True)
 class Profile:
     """Every setting that a profile changes. Notebooks read them, never hard-code them.
@@ -55,6 +59,10 @@ class Profile:
             their patient's slices are left out of the training (``training.area_shares``): the
             first and last slices that graze the tumour's edge. They are still predicted, and
             count by their area in the patient's probability. 0: every slice trains.
+        train_sampling: how each epoch's training rows are drawn. ``"slice"``: every slice once, in
+            a new order. ``"patient"``: as many rows, drawn with replacement so that every patient
+            weighs alike and its slices by the tumour's area in them (``training.sampling_weights``),
+            as a patient's probability counts them. ``"slice"`` is the paper's training.
         image_dropout: share of the image pathway's features dropped at random in each
             training step where they meet the clinical pathway in the fusion models
             (``networks.NetworkConfig.image_dropout``); 0 is the paper's networks.
@@ -87,8 +95,11 @@ class Profile:
     test_symmetries: bool = False
     image_dropout: float = 0.0
     train_min_area: float = 0.0
+    train_sampling: str = "slice"
 
     def __post_init__(self) -> None:
+        if self.train_sampling not in TRAIN_SAMPLINGS:
+            raise ValueError(f"train_sampling must be one of {TRAIN_SAMPLINGS}, got {self.train_sampling!r}")
         if not 0.0 <= self.train_min_area <= 1.0:
             raise ValueError(f"train_min_area is a share of a patient's largest slice area, in [0, 1]; got {self.train_min_area}")
 

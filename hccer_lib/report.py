@@ -684,7 +684,8 @@ def checklist_facts(
     if dataset_meta is not None:
         s = dataset_meta["settings"]
         facts.update(reference_phase=s["reference_phase"], tolerance_is_slice_thickness=s["tolerance_mm"] is None,
-                     tolerance_mm=s["tolerance_mm"], margin=s["margin"], dataset_image_size=s["image_size"],
+                     tolerance_mm=s["tolerance_mm"], margin=s["margin"], margin_mm=s.get("margin_mm", 0.0),
+                     dataset_image_size=s["image_size"],
                      window_level=s["window_level"], window_width=s["window_width"],
                      n_dropped=len(dataset_meta.get("dropped", [])))
 

@@ -215,10 +215,12 @@ def simulation_settings(profile: str | Profile, study: StudySettings | None = No
 
 def _deep_key(profile: Profile) -> str:
     """Key of the deep models' settings (imports the training stack, so only when needed)."""
-    from hccer_lib import training
+    from hccer_lib import preprocessing, training
 
     fields = {f: getattr(profile, f, None) for f in training.DEEP_PROFILE_FIELDS}
-    return outputs.settings_key({"fields": fields, "training": training.TRAINING_VERSION, "models": DEEP_MODELS})
+    images = {"roi_margin": profile.roi_margin, "format": preprocessing.FORMAT_VERSION}  # the crops the networks see
+    return outputs.settings_key({"fields": fields, "training": training.TRAINING_VERSION, "models": DEEP_MODELS,
+                                 "images": images})
 
 
 def simulation_dir(profile: str | Profile, work_root: str | os.PathLike, study: StudySettings | None = None) -> Path:
@@ -376,7 +378,7 @@ def image_parts(seed: int, profile: Profile, parts: tuple[str, ...], scratch: Pa
         if "deep" in parts:
             from hccer_lib import preprocessing, training
 
-            dataset = preprocessing.build_dataset(cohort_dir, cohort_dir, profile.image_size, seed=seed, progress=progress)
+            dataset = preprocessing.study_dataset(cohort_dir, cohort_dir, profile, progress=progress)  # the study's crops
             frames = [
                 training.train_cross_validated(model, dataset, table, folds, profile, cohort_dir, seed=seed).assign(model=model)
                 for model in DEEP_MODELS

@@ -75,9 +75,9 @@ logger = logging.getLogger("hccer")
 # ``train_seeds`` is not: each seed has its own files under the key).
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
                        "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum", "training_threads",
-                       "test_symmetries", "image_dropout", "train_min_area")
+                       "test_symmetries", "image_dropout", "train_min_area", "train_sampling")
 # Part of every run's settings key: raise it when a change of this module changes results.
-TRAINING_VERSION = 8
+TRAINING_VERSION = 9
 #: Distance between two training seeds of a run (more than any number of folds).
 TRAIN_SEED_STEP = 1000
 
@@ -179,16 +179,19 @@ class SliceBatches(keras.utils.PyDataset):
 
     Args:
         inputs: dict of arrays ``[n, ...]``; targets: array ``[n]`` or dict of them.
+        weights: ``[n]`` probabilities of drawing each row (:func:`sampling_weights`): each epoch then
+            draws ``n`` rows with replacement; ``None``: every row once per epoch.
     """
 
-    def __init__(self, inputs: dict, targets, batch_size: int, seed: int, augment: bool = False):
+    def __init__(self, inputs: dict, targets, batch_size: int, seed: int, augment: bool = False, weights=None):
         super().__init__()
         self.inputs, self.targets = inputs, targets
         self.n = len(next(iter(inputs.values())))
         self.batch_size = min(int(batch_size), self.n)
         self.augment = bool(augment)
+        self.weights = None if weights is None else np.asarray(weights, dtype=float) / np.sum(weights)
         self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(self.n)
+        self.order = self._draw()
         self.transforms = self.rng.integers(0, len(SYMMETRIES), self.n) if self.augment else None
 
     def __len__(self) -> int:
@@ -202,8 +205,13 @@ class SliceBatches(keras.utils.PyDataset):
         y = {head: t[rows] for head, t in self.targets.items()} if isinstance(self.targets, dict) else self.targets[rows]
         return x, y
 
+    def _draw(self) -> np.ndarray:
+        if self.weights is None:
+            return self.rng.permutation(self.n)
+        return self.rng.choice(self.n, self.n, replace=True, p=self.weights)
+
     def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(self.n)
+        self.order = self._draw()
         if self.augment:
             self.transforms = self.rng.integers(0, len(SYMMETRIES), self.n)
 
@@ -247,19 +255,21 @@ def fit_model(
     verbose: int | str = 0,
     seed: int = 0,
     augment: bool = False,
-    validation: tuple[dict, np.ndarray, np.ndarray] | None = None,
+    validation: tuple[dict, np.ndarray, np.ndarray, np.ndarray] | None = None,
     lr_schedule: str = "constant",
     test_symmetries: bool = False,
+    row_weights=None,
 ):
     """Train ``model`` (compiled) on ``inputs`` (dict of ``[n, ...]`` arrays), labels ``y`` ``[n]`` 0/1.
 
     Batches come from :class:`SliceBatches` (full batches, reshuffled each epoch with
     ``seed``; image symmetries with ``augment``). A joint-loss model gets the same labels
     on its three heads. ``lr_schedule="cosine"`` lowers the learning rate every epoch
-    (:func:`cosine_learning_rate`). With ``validation = (inputs, y, patient_id)`` (rows of
+    (:func:`cosine_learning_rate`). With ``validation = (inputs, y, patient_id, roi_area_mm2)`` (rows of
     held-out *training* patients), the model ends with the weights of the epoch whose
     patient-level AUC on them was best (:class:`BestEpoch`, predicting as the test fold will be:
-    ``test_symmetries``, see :func:`predict_probability`). Returns the Keras History;
+    ``test_symmetries``, see :func:`predict_probability`). ``row_weights``: each row's probability of
+    being drawn (``Profile.train_sampling``, :func:`sampling_weights`). Returns the Keras History;
     its ``best_epoch`` attribute is the epoch kept (1-based; ``epochs`` without validation).
     """
     if lr_schedule not in LR_SCHEDULES:
@@ -273,7 +283,7 @@ def fit_model(
             callback.set_model(model)
     history.on_train_begin()
     build_training_state(model, inputs, targets, batch_size)
-    batches = SliceBatches(inputs, targets, batch_size, seed, augment)
+    batches = SliceBatches(inputs, targets, batch_size, seed, augment, row_weights)
     # Keras's fit() would feed the same batches through a tf.data generator, about 1.5 s more
     # per quick fold on one thread; the steps, and so the weights, are the same.
     for epoch in range(int(epochs)):
@@ -314,16 +324,21 @@ class BestEpoch(keras.callbacks.Callback):
 
     After each epoch the model predicts the held-out rows (``inputs`` ``[n, ...]``, labels
     ``y`` ``[n]``, ``patient_id`` ``[n]``); the patient probability is the mean over the
-    patient's rows. The first epoch with the highest AUC wins (ties keep the earlier
-    one). :meth:`restore` puts its weights back. Used only with rows of training patients:
-    the test fold is never seen. ``symmetries``: see :func:`predict_probability`.
+    patient's rows, weighted by the tumour's area in each (``roi_area_mm2`` ``[n]``, mm²) when
+    given, as the test fold's patients are (``evaluation.patient_level``). The first epoch with
+    the highest AUC wins (ties keep the earlier one). :meth:`restore` puts its weights back.
+    Used only with rows of training patients: the test fold is never seen. ``symmetries``: see
+    :func:`predict_probability`.
     """
 
-    def __init__(self, inputs: dict, y, patient_id, symmetries: bool = False):
+    def __init__(self, inputs: dict, y, patient_id, roi_area_mm2=None, symmetries: bool = False):
         super().__init__()
         self.inputs = inputs
         self.symmetries = bool(symmetries)
-        patients = pd.DataFrame({"patient_id": np.asarray(patient_id).astype(str), "y_true": np.asarray(y, dtype=int)})
+        patients = pd.DataFrame({"patient_id": np.asarray(patient_id).astype(str), "fold": 0,
+                                 "slice": np.arange(len(patient_id)), "y_true": np.asarray(y, dtype=int)})
+        if roi_area_mm2 is not None:
+            patients[evaluation.AREA_COLUMN] = np.asarray(roi_area_mm2, dtype=float)
         if patients.groupby("patient_id")["y_true"].first().nunique() < 2:
             raise ValueError("the held-out validation patients must hold both classes")
         self.patients = patients
@@ -332,7 +347,7 @@ class BestEpoch(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         frame = self.patients.assign(y_prob=predict_probability(self.model, self.inputs, symmetries=self.symmetries))
-        per_patient = frame.groupby("patient_id").mean()
+        per_patient = evaluation.patient_level(frame)
         value = evaluation.auc(per_patient["y_true"], per_patient["y_prob"])
         self.aucs.append(value)
         if value > self.best_auc:
@@ -495,8 +510,8 @@ def array_digest(*arrays) -> str:
 
 
 def _patient_level_auc(frame: pd.DataFrame) -> float:
-    """AUC of the patient probabilities (``evaluation.patient_level``; slices weighted by area when the frame
-    has it, as a fold's saved file has not); NaN with one class."""
+    """AUC of the patient probabilities (``evaluation.patient_level``: slices weighted by the tumour's area when
+    the frame has it); NaN with one class."""
     patients = evaluation.patient_level(frame)
     if patients["y_true"].nunique() < 2:
         return float("nan")
@@ -554,6 +569,14 @@ class FoldData:
     def subset(self, mask) -> dict:
         """``inputs`` restricted to the rows of ``mask``."""
         return {name: array[mask] for name, array in self.inputs.items()}
+
+
+def sampling_weights(patient_id, roi_area_mm2) -> np.ndarray:
+    """Probability of drawing each training row ``[n]`` under ``Profile.train_sampling = "patient"``: every patient
+    weighs alike (its rows sum to ``1 / n_patients``), and its slices by the tumour's area in them (mm²)."""
+    areas = pd.Series(np.asarray(roi_area_mm2, dtype=float))
+    shares = areas / areas.groupby(np.asarray(patient_id).astype(str)).transform("sum")
+    return (shares / shares.sum()).to_numpy()
 
 
 def area_shares(dataset) -> np.ndarray:
@@ -673,12 +696,16 @@ def train_fold(
         first_rows = np.unique(data.patient_id[fit_rows], return_index=True)[1]
         networks.set_clinical_scaling(model, data.inputs["clinical"][fit_rows][first_rows])
     keras.utils.set_random_seed(fold_seed)
+    sampling = None
+    if profile.train_sampling == "patient":
+        sampling = sampling_weights(data.patient_id[fit_rows], np.asarray(dataset.roi_area_mm2, dtype=float)[fit_rows])
     validation = None
     if data.validation.any():
-        validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation])
+        validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation],
+                      np.asarray(dataset.roi_area_mm2)[data.validation])
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
-              test_symmetries=profile.test_symmetries)
+              test_symmetries=profile.test_symmetries, row_weights=sampling)
     return model, data
 
 
@@ -948,7 +975,8 @@ def train_and_save_fold(job: FoldJob, train_seed: int, fold: int, fold_model: Fo
         evaluation.SEED_COLUMN: int(train_seed),
     })
     seconds = time.perf_counter() - start
-    fold_auc = _patient_level_auc(frame)
+    # weighted by the tumour's area as the tables are; the saved file gets the areas when the model's file is written
+    fold_auc = _patient_level_auc(frame.assign(**{evaluation.AREA_COLUMN: np.asarray(job.dataset.roi_area_mm2, float)[test]}))
     fold_csv = job.run_dir / f"seed_{train_seed}" / f"fold_{fold}.csv"
     outputs.write_csv(fold_csv, frame)
     history = model.history

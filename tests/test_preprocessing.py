@@ -106,6 +106,23 @@ def test_centre_registration_brings_a_shifted_square_to_the_centre():
         )
 
 
+def test_a_margin_in_mm_leaves_the_tumour_size_visible():
+    """margin_mm adds the same millimetres to every crop: a 4 mm box with 2 mm on each side fills half of
+    the 8 mm crop, an 8 mm box 8/12 of its 12 mm crop (a fractional margin gives both the same share)."""
+    for box_mm, side_mm in ((4, 8.0), (8, 12.0)):
+        array = np.zeros((3, 20, 20), dtype=np.float32)
+        array[1, 2 : 2 + box_mm, 2 : 2 + box_mm] = 200.0
+        images = {p: make_image(array, spacing=(1.0, 1.0, 5.0)) for p in pp.PHASES}
+        boxes = {p: [Box(1, 2, 1 + box_mm, 2, 1 + box_mm)] for p in pp.PHASES}
+        result = pp.process_patient(images, boxes, pp.PreprocessSettings(image_size=12, margin_mm=2.0), keep_steps=True)
+        assert result["steps"][0]["side_mm"] == pytest.approx(side_mm), result["steps"][0]["side_mm"]
+        bright = result["images"][0, :, :, 0] > pp.window_hu(np.array(100.0))
+        share = bright.sum(axis=1).max() / 12
+        assert share == pytest.approx(box_mm / side_mm, abs=1 / 12), f"{box_mm} mm box: {share:.2f} of the crop's side"
+    with pytest.raises(ValueError, match="margin_mm"):
+        pp.PreprocessSettings(margin_mm=-1.0)
+
+
 def test_square_side_is_the_largest_box_extent_of_the_three_phases():
     images = {p: make_image(np.zeros((3, 30, 30))) for p in pp.PHASES}
     boxes = {"NC": [Box(1, 5, 9, 5, 9)], "ART": [Box(1, 5, 20, 5, 9)], "PV": [Box(1, 5, 9, 5, 12)]}

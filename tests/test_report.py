@@ -202,6 +202,7 @@ def test_checklist_fills_what_the_run_knows_and_leaves_the_rest_open(run_folder,
     assert f"{len(slice_ids)} ROI slice images" in tripod.loc["20a", "value"]
     # preprocessing, radiomics, software, missing data, initialisation
     assert "48x48 px" in claim.loc["9", "value"] and "level 75 / width 350" in claim.loc["9", "value"]
+    assert "margin 0.25 of its side plus 0 mm" in claim.loc["9", "value"], claim.loc["9", "value"]  # a cache without margin_mm
     assert "1 reference slices dropped" in claim.loc["9", "value"], claim.loc["9", "value"]
     assert "PyRadiomics v3.1.4" in claim.loc["25", "value"] and "binWidth=25" in claim.loc["25", "value"]
     assert "scikit-learn" in claim.loc["23", "value"] and "pyradiomics" in claim.loc["23", "value"]

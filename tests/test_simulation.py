@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from hccer_lib import clinical, evaluation, models, outputs, simulation, synth
+from hccer_lib.profiles import get_profile
 from hccer_lib.simulation import SeedCounts
 
 
@@ -357,3 +358,11 @@ def test_an_image_seed_runs_radiomics_and_cleans_up(tmp_path, cheap, capsys):
     first_seed = side_by_side[side_by_side["seed"] == 2021].reset_index(drop=True)
     pd.testing.assert_frame_equal(first_seed, results.reset_index(drop=True), check_exact=True)
     assert not (tmp_path / "pool" / side_by_side.attrs["simulation_dir"] / "scratch").exists()
+
+
+def test_the_deep_part_is_keyed_by_the_crops_the_networks_see():
+    """The simulation's networks train on the study's crops (``preprocessing.study_dataset``: the
+    profile's ``roi_margin``), so a cached deep part of one margin is never read for another."""
+    quick = get_profile("quick")
+    assert simulation._deep_key(quick) != simulation._deep_key(replace(quick, roi_margin=0.0))
+    assert simulation._deep_key(quick) == simulation._deep_key(replace(quick, n_bootstrap=7)), "a setting the networks never see"

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hccer_lib import networks, training
+from hccer_lib import evaluation, networks, training
 from hccer_lib.clinical import clinical_matrix
 from hccer_lib.profiles import get_profile
 
@@ -274,6 +274,25 @@ def test_best_epoch_keeps_the_weights_of_the_best_validation_auc():
         training.BestEpoch(x, np.array([0, 0, 0, 0]), np.array(["A", "B", "C", "D"]))
 
 
+def test_best_epoch_weights_slices_by_the_tumour_area_as_the_test_fold_does():
+    """Two patients of two slices; p = sigmoid(2 w x). With w = 1 the slice means rank NER patient A
+    (x 0, 3) below ER patient B (x 1, 2): AUC 1. Weighted by areas A (1, 9) and B (9, 1), A's
+    probability is 0.948 and B's 0.891: AUC 0. With w = -1 it is the other way round."""
+    import keras
+
+    inputs = keras.Input((1,), name="image")
+    model = keras.Model({"image": inputs}, keras.layers.Dense(2, activation="softmax", name="fused")(inputs))
+    x = {"image": np.array([[0.0], [3.0], [1.0], [2.0]], dtype="float32")}
+    y, patients = np.array([0, 0, 1, 1]), np.array(["A", "A", "B", "B"])
+    for areas, expected_aucs, expected_epoch in ((None, [1.0, 0.0], 1), (np.array([1.0, 9.0, 9.0, 1.0]), [0.0, 1.0], 2)):
+        best = training.BestEpoch(x, y, patients, areas)
+        best.set_model(model)
+        for epoch, sign in enumerate((1.0, -1.0)):
+            model.get_layer("fused").set_weights([np.array([[-sign, sign]], dtype="float32"), np.zeros(2, "float32")])
+            best.on_epoch_end(epoch)
+        assert best.aucs == expected_aucs and best.best_epoch == expected_epoch, (areas, best.aucs, best.best_epoch)
+
+
 @pytest.mark.slow
 def test_several_training_seeds_with_validation_split_resume_and_differ(study, capsys):
     profile = replace(TINY_PROFILE, train_seeds=2, validation_fraction=0.34, epochs=2, lr_schedule="cosine", weight_decay=1e-4)
@@ -291,6 +310,30 @@ def test_several_training_seeds_with_validation_split_resume_and_differ(study, c
     pd.testing.assert_frame_equal(more[more["train_seed"] < 2000].reset_index(drop=True), first, check_dtype=False)
 
 
+def test_patient_sampling_weighs_every_patient_alike_and_its_slices_by_area_by_hand():
+    # A has slices of 30 and 10 mm², B one of 50 mm², C two of 20: each patient 1/3, shared by area
+    weights = training.sampling_weights(["A", "A", "B", "C", "C"], [30.0, 10.0, 50.0, 20.0, 20.0])
+    np.testing.assert_allclose(weights, [0.25, 1 / 12, 1 / 3, 1 / 6, 1 / 6], err_msg=str(weights))
+    # drawn with those weights, an epoch of many rows takes B's one slice about as often as A's two together
+    rows = np.arange(5)
+    batches = training.SliceBatches({"image": rows[:, None].astype("float32")}, rows, 5, seed=0, weights=weights)
+    drawn = []
+    for _ in range(2000):
+        drawn.extend(batches[0][1])
+        batches.on_epoch_end()
+    counts = np.bincount(drawn, minlength=5) / len(drawn)
+    np.testing.assert_allclose(counts, weights, atol=0.01, err_msg=f"drawn shares {counts}")
+    with pytest.raises(ValueError, match="train_sampling"):
+        replace(TINY_PROFILE, train_sampling="patients")
+
+
+def test_patient_sampling_reaches_the_training(study):
+    plain = run(study, model_name="deep_resnet50", seed=3, profile=TINY_PROFILE)
+    drawn = run(study, model_name="deep_resnet50", seed=3, profile=replace(TINY_PROFILE, train_sampling="patient"))
+    assert len(drawn) == len(plain) == N_PATIENTS * SLICES_PER_PATIENT, "every slice is predicted"
+    assert not np.allclose(drawn["y_prob"], plain["y_prob"]), "other batches must give another network"
+
+
 def test_area_shares_are_each_slices_area_over_its_patients_largest_by_hand():
     dataset = SimpleNamespace(patient_id=np.array(["A", "A", "B", "B", "B"]), roi_area_mm2=np.array([50.0, 100.0, 30.0, 60.0, 60.0]))
     assert training.area_shares(dataset).tolist() == [0.5, 1.0, 0.5, 1.0, 1.0]
@@ -305,6 +348,10 @@ def test_slices_below_the_training_area_share_are_predicted_but_not_trained_on(s
         record = __import__("json").loads((run_dir / "seed_3" / f"fold_{fold}.json").read_text())
         training_patients = N_PATIENTS - record["n_test_slices"] // SLICES_PER_PATIENT
         assert record["n_train_slices"] == training_patients, record
+        # the fold's record gives its patients' AUC as the tables do: slices weighted by the tumour's area
+        weighted = evaluation.patient_level(predictions[predictions["fold"] == fold])
+        expected = evaluation.auc(weighted["y_true"], weighted["y_prob"]) if weighted["y_true"].nunique() == 2 else np.nan
+        assert record["patient_auc"] == pytest.approx(expected, nan_ok=True), (record["patient_auc"], expected)
     with pytest.raises(ValueError, match="train_min_area"):
         replace(TINY_PROFILE, train_min_area=1.5)
 
