@@ -139,6 +139,13 @@ def test_a_notebook_opened_in_its_folder_runs_with_its_defaults(tmp_path, monkey
     root = tmp_path / "project"
     write_clinical_only_cohort(root / "data" / "synthetic_seed2020")
     monkeypatch.setenv(outputs.ROOT_VARIABLE, str(root))
+    # a network's predictions left by an earlier run: notebook 01's part of Table 4 holds its own models only
+    clinical = pd.read_csv(root / "data" / "synthetic_seed2020" / "clinical.csv", dtype={"patient_id": str})
+    stale = clinical[["patient_id", "early_recurrence"]].rename(columns={"early_recurrence": "y_true"}).sort_values("y_true")
+    stale = stale.assign(slice=0, fold=[k % 2 for k in range(len(stale))], y_prob=0.5)
+    predictions_dir = root / "data" / "synthetic_seed2020" / "results" / "smoke" / "predictions"
+    predictions_dir.mkdir(parents=True)
+    stale[["patient_id", "slice", "fold", "y_true", "y_prob"]].to_csv(predictions_dir / "deep_resnet50.csv", index=False)
     notebooks_dir = REPO_ROOT / "notebooks"
     before = _files(notebooks_dir)
     executed = tmp_path / "01_select_clinical.ipynb"
@@ -153,5 +160,7 @@ def test_a_notebook_opened_in_its_folder_runs_with_its_defaults(tmp_path, monkey
                                   dtype={"patient_id": str})
         assert predictions["patient_id"].nunique() == 24 and set(predictions["fold"]) == {0, 1}, model
     assert (root / "data" / "synthetic_seed2020" / "folds_2_seed2020.csv").is_file()
+    table4 = pd.read_csv(root / "figures" / "synthetic_seed2020" / "smoke" / "table4_clinical.csv")
+    assert table4["model"].tolist() == models.names(notebook="01_select_clinical"), table4["model"].tolist()
     shown = json.dumps([c.get("outputs", []) for c in nbformat.read(executed, as_version=4).cells])
     assert f"work folder {root.resolve() / 'data' / 'synthetic_seed2020'}" in shown, shown[:2000]
