@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-
 #: The ways of drawing an epoch's training rows (``Profile.train_sampling``).
 TRAIN_SAMPLINGS = ("slice", "patient")
 
@@ -134,10 +133,10 @@ PROFILES["quick"] = replace(
     # never a reported one; README, "How the CPU recipe was chosen", and
     # scripts/develop_recipe.py): 6 epochs of batches of 32, learning rate 2e-3 falling as a
     # cosine, the 8 symmetries of the square, XLA (1.4 times faster on 2 cores), and every
-    # network trained with 3 seeds. Longer training was better still (dev seed 3, one seed:
-    # deep model 0.65 after 10-12 epochs at 1e-4) but 6 networks x 10 folds x 3 seeds must fit
-    # in run_all.sh's 30 minutes on 2 cores. Batch normalisation's moving statistics follow the
-    # batches with momentum 0.9 (PyTorch's default, 0.1 in its convention) instead of Keras's 0.99:
+    # network trained with 3 seeds. Longer training was better with the first recipes (dev seed 3,
+    # one seed: deep model 0.65 after 10-12 epochs at 1e-4), not with this one (9 epochs: no gain
+    # on dev seeds 3, 5 and 8; README, "Tried since, none adopted"). Batch normalisation's moving
+    # statistics follow the batches with momentum 0.9 (PyTorch's default, 0.1 in its convention) instead of Keras's 0.99:
     # after 120 steps at 0.99 they still held 30 % of their initial 0 and 1, and the networks
     # predicted with statistics unlike those they were trained with (dev seed 4: deep model
     # 0.566 +- 0.031 at 0.99, 0.657 +- 0.025 at 0.9).
