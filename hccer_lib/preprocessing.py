@@ -623,16 +623,23 @@ def study_dataset(
     cohort_dir: str | os.PathLike, work_dir: str | os.PathLike, profile, n_jobs: int | None = None, progress: bool = True,
 ) -> ProcessedDataset:
     """The processed dataset of the study for ``profile`` (:func:`study_settings`), read from the cache or built."""
-    chosen = study_settings(work_dir, profile)
+    return dataset_with(cohort_dir, work_dir, study_settings(work_dir, profile), n_jobs=n_jobs, progress=progress)
+
+
+def dataset_with(
+    cohort_dir: str | os.PathLike, work_dir: str | os.PathLike, settings: PreprocessSettings, n_jobs: int | None = None,
+    progress: bool = True,
+) -> ProcessedDataset:
+    """:func:`build_dataset` with every field of ``settings``: read from the cache or built."""
     return build_dataset(
         cohort_dir,
         work_dir,
-        chosen.image_size,
-        window=(chosen.window_level, chosen.window_width),
-        reference_phase=chosen.reference_phase,
-        margin=chosen.margin,
-        tolerance_mm=chosen.tolerance_mm,
-        margin_mm=chosen.margin_mm,
+        settings.image_size,
+        window=(settings.window_level, settings.window_width),
+        reference_phase=settings.reference_phase,
+        margin=settings.margin,
+        tolerance_mm=settings.tolerance_mm,
+        margin_mm=settings.margin_mm,
         n_jobs=n_jobs,
         progress=progress,
     )

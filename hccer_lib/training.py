@@ -539,6 +539,7 @@ class FoldData:
         inputs: ``{"image": [n, H, W, 3]}`` float32 in ``[0, 1]`` (NC, ART, PV), plus
             ``"clinical": [n, k]`` (each slice's patient vector) for the fusion models.
         y: ``[n]`` 0/1 labels; patient_id ``[n]`` str; slice ``[n]`` slice index.
+        roi_area_mm2: ``[n]`` the tumour's area in each slice, mm² (``dataset.roi_area_mm2``).
         train, test: ``[n]`` bool masks (test all ``False`` for a whole-cohort fit).
         clinical_names: the bits of the clinical vector (selected on this fold's training
             patients under the ``strict`` protocol, on every patient under ``paper``).
@@ -553,6 +554,7 @@ class FoldData:
     y: np.ndarray
     patient_id: np.ndarray
     slice: np.ndarray
+    roi_area_mm2: np.ndarray
     train: np.ndarray
     test: np.ndarray
     clinical_names: list
@@ -651,7 +653,8 @@ def fold_data(
     vectors = slice_clinical_vectors(matrix, clinical["patient_id"].astype(str).to_numpy(), slice_pids)
     config = network_config(profile, n_clinical=vectors.shape[1], imagenet=imagenet, **(network_overrides or {}))
     inputs = {"image": images} if model_name == "deep_resnet50" else {"image": images, "clinical": vectors}
-    return FoldData(inputs, y_slices, slice_pids, slice_index, train, test, list(names), config)
+    areas = np.asarray(dataset.roi_area_mm2, dtype=float)
+    return FoldData(inputs, y_slices, slice_pids, slice_index, areas, train, test, list(names), config)
 
 
 @fast_cpu_graphs()
@@ -698,11 +701,11 @@ def train_fold(
     keras.utils.set_random_seed(fold_seed)
     sampling = None
     if profile.train_sampling == "patient":
-        sampling = sampling_weights(data.patient_id[fit_rows], np.asarray(dataset.roi_area_mm2, dtype=float)[fit_rows])
+        sampling = sampling_weights(data.patient_id[fit_rows], data.roi_area_mm2[fit_rows])
     validation = None
     if data.validation.any():
         validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation],
-                      np.asarray(dataset.roi_area_mm2)[data.validation])
+                      data.roi_area_mm2[data.validation])
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
               test_symmetries=profile.test_symmetries, row_weights=sampling)
@@ -976,7 +979,7 @@ def train_and_save_fold(job: FoldJob, train_seed: int, fold: int, fold_model: Fo
     })
     seconds = time.perf_counter() - start
     # weighted by the tumour's area as the tables are; the saved file gets the areas when the model's file is written
-    fold_auc = _patient_level_auc(frame.assign(**{evaluation.AREA_COLUMN: np.asarray(job.dataset.roi_area_mm2, float)[test]}))
+    fold_auc = _patient_level_auc(frame.assign(**{evaluation.AREA_COLUMN: data.roi_area_mm2[test]}))
     fold_csv = job.run_dir / f"seed_{train_seed}" / f"fold_{fold}.csv"
     outputs.write_csv(fold_csv, frame)
     history = model.history

@@ -199,11 +199,7 @@ def main() -> None:
         clinical = load_clinical(cohort_dir)
         folds = evaluation.load_or_make_folds(work_dir, clinical, profile.n_folds, seed)
         chosen = dataclasses.replace(preprocessing.study_settings(work_dir, profile), **parse_settings(args.preprocess))
-        dataset = preprocessing.build_dataset(
-            cohort_dir, work_dir, chosen.image_size, window=(chosen.window_level, chosen.window_width),
-            reference_phase=chosen.reference_phase, margin=chosen.margin, tolerance_mm=chosen.tolerance_mm, margin_mm=chosen.margin_mm,
-            progress=False,
-        )
+        dataset = preprocessing.dataset_with(cohort_dir, work_dir, chosen, progress=False)
         references = json.loads((cohort_dir / "ground_truth.json").read_text())["oracle_auc"]
         forest = evaluation.patient_level(cross_validate_clinical(clinical, folds, protocol="paper", seed=seed)[0])
         line = [f"cohort seed {seed}: learned references image {references['image']['cv_auc']:.3f}, "
