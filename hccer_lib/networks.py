@@ -64,6 +64,7 @@ import numpy as np
 from keras import layers, ops
 
 from hccer_lib import models
+from hccer_lib.profiles import HEAD_INITS
 
 logger = logging.getLogger("hccer")
 
@@ -106,6 +107,12 @@ class NetworkConfig:
             (after B, C and D's image FC layer) dropped at random in each training step where
             they meet the clinical pathway (``keras.layers.Dropout``; nothing is dropped when
             predicting). 0 is the paper's networks.
+        fusion_head_init: initial weights of the fusion models' 2-neuron softmax heads (the fused
+            one and, with the joint loss, the image and clinical heads): ``"glorot_uniform"``
+            (Keras's default, the paper's networks) or ``"zeros"`` (every head starts at
+            probability 1/2 and moves by what the training shows, not from a random draw that
+            weighs the clinical bits at random; its bias starts at 0 either way). The deep
+            model's head always starts from Keras's draw.
     """
 
     image_size: int = 224
@@ -119,12 +126,15 @@ class NetworkConfig:
     imagenet: str = "auto"
     bn_momentum: float = 0.99
     image_dropout: float = 0.0
+    fusion_head_init: str = "glorot_uniform"
 
     def __post_init__(self):
         if not 0.0 <= self.bn_momentum < 1.0:
             raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
         if not 0.0 <= self.image_dropout < 1.0:
             raise ValueError(f"image_dropout must be in [0, 1), got {self.image_dropout}")
+        if self.fusion_head_init not in HEAD_INITS:
+            raise ValueError(f"fusion_head_init must be one of {HEAD_INITS}, got {self.fusion_head_init!r}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
         if len(self.resnet_blocks) != 4 or min(self.resnet_blocks) < 1:
@@ -400,12 +410,12 @@ def build_model(model_name: str, config: NetworkConfig | None = None, joint_loss
     elif kind == "d":
         clinical_branch = layers.Dense(config.clinical_units, activation="relu", name="clinical_fc")(scaled)
     merged = layers.Concatenate(name="concat")([image_branch, clinical_branch])
-    fused = layers.Dense(2, activation="softmax", name="fused")(merged)
+    fused = layers.Dense(2, activation="softmax", kernel_initializer=config.fusion_head_init, name="fused")(merged)
     inputs = {"image": image, "clinical": clinical}
     if not joint_loss:
         return keras.Model(inputs, fused, name=model_name)
-    image_head = layers.Dense(2, activation="softmax", name="image_head")(image_branch)
-    clinical_head = layers.Dense(2, activation="softmax", name="clinical_head")(clinical_branch)
+    image_head = layers.Dense(2, activation="softmax", kernel_initializer=config.fusion_head_init, name="image_head")(image_branch)
+    clinical_head = layers.Dense(2, activation="softmax", kernel_initializer=config.fusion_head_init, name="clinical_head")(clinical_branch)
     outputs = {"fused": fused, "image": image_head, "clinical": clinical_head}
     return keras.Model(inputs, outputs, name=model_name)
 

@@ -235,3 +235,29 @@ def test_image_dropout_drops_image_features_in_training_only_and_never_the_clini
     np.testing.assert_allclose(np.asarray(first["clinical"]), np.asarray(second["clinical"]), rtol=1e-6)
     with pytest.raises(ValueError, match="image_dropout"):
         NetworkConfig(image_dropout=1.0)
+
+
+def test_zero_fusion_heads_start_at_one_half_and_then_learn():
+    """``fusion_head_init="zeros"``: every softmax head of a fusion model starts with kernel and bias 0,
+    so its first prediction is exactly 1/2 whatever the image and the clinical vector, and one training
+    step moves it. The deep model's head and the default (Keras's Glorot draw) do not start at 1/2."""
+    from hccer_lib.training import model_targets
+
+    config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", fusion_head_init="zeros")
+    rng = np.random.default_rng(0)
+    inputs = {"image": rng.random((8, 32, 32, 3), dtype=np.float32), "clinical": rng.integers(0, 2, (8, 9)).astype(np.float32)}
+    for name in ("fusion_a", "fusion_d_joint"):  # the vector itself at the fused layer; three heads
+        model = networks.build_model(name, config)
+        outputs = model(inputs, training=False)
+        heads = outputs if isinstance(outputs, dict) else {"fused": outputs}
+        for head, probabilities in heads.items():
+            np.testing.assert_allclose(np.asarray(probabilities), 0.5, atol=1e-6, err_msg=f"{name}: {head} head")
+        networks.compile_model(model, learning_rate=1e-2)
+        model.train_on_batch(inputs, model_targets(model, np.array([0, 1] * 4)))
+        assert np.abs(model.get_layer("fused").get_weights()[0]).max() > 0, f"{name}: the fused head did not move"
+    deep = networks.build_model("deep_resnet50", config)({"image": inputs["image"]}, training=False)
+    assert not np.allclose(np.asarray(deep), 0.5), "the deep model's head starts at 1/2"
+    glorot = networks.build_model("fusion_b", TINY)(inputs, training=False)
+    assert not np.allclose(np.asarray(glorot), 0.5), "the default fusion head starts at 1/2"
+    with pytest.raises(ValueError, match="fusion_head_init"):
+        NetworkConfig(fusion_head_init="ones")

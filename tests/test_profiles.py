@@ -23,8 +23,8 @@ def test_cheaper_profiles_are_cheaper():
 def test_the_paper_profile_adds_nothing_to_the_papers_training_and_quick_measures_the_noise():
     paper, quick = get_profile("paper"), get_profile("quick")
     recipe = (paper.validation_fraction, paper.weight_decay, paper.lr_schedule, paper.augment, paper.roi_margin,
-              paper.test_symmetries, paper.image_dropout)
-    assert recipe == (0.0, 0.0, "constant", False, 0.0, False, 0.0), recipe
+              paper.test_symmetries, paper.image_dropout, paper.fusion_head_init)
+    assert recipe == (0.0, 0.0, "constant", False, 0.0, False, 0.0, "glorot_uniform"), recipe
     assert paper.imagenet_required and not quick.imagenet_required
     assert quick.train_seeds >= 3 and paper.train_seeds >= 3, "several training seeds: the training noise"
 
@@ -33,3 +33,14 @@ def test_unknown_profile_is_refused_with_the_valid_names():
     with pytest.raises(ValueError, match="paper.*quick.*smoke"):
         get_profile("fast")
     assert set(PROFILES) == {"smoke", "quick", "paper"}
+
+
+def test_the_heads_initial_weights_reach_the_network_and_are_checked():
+    from dataclasses import replace
+
+    from hccer_lib import training
+
+    assert training.network_config(get_profile("quick")).fusion_head_init == "zeros"
+    assert training.network_config(get_profile("paper")).fusion_head_init == "glorot_uniform", "Keras's default: the paper's networks"
+    with pytest.raises(ValueError, match="fusion_head_init"):
+        replace(get_profile("quick"), fusion_head_init="zero")

@@ -366,3 +366,30 @@ def test_the_deep_part_is_keyed_by_the_crops_the_networks_see():
     quick = get_profile("quick")
     assert simulation._deep_key(quick) != simulation._deep_key(replace(quick, roi_margin=0.0))
     assert simulation._deep_key(quick) == simulation._deep_key(replace(quick, n_bootstrap=7)), "a setting the networks never see"
+
+
+def test_a_deep_seed_trains_the_networks_on_its_cohort_and_caches_them(tmp_path, cheap, capsys):
+    """One cohort with images (~35 s) and the simulation's three networks at the smoke profile (2 folds,
+    1 epoch, 32 px): a row per network on the generated cohort's 167 patients, its part cached under the
+    deep key, the temporary cohort deleted; a second run reads the cached part and trains nothing."""
+    profile = get_profile("smoke")
+    counts = SeedCounts(clinical=1, image=0, deep=1, oracle_cohorts=0)
+    results = simulation.run_simulation(profile, tmp_path, n_seeds=counts, n_jobs=1)
+    seed = simulation.simulation_seeds(1)[0]
+    deep = results[results["model"].isin(simulation.DEEP_MODELS)]
+    assert sorted(deep["model"]) == sorted(simulation.DEEP_MODELS), results["model"].tolist()
+    assert (deep["n_patients"] == 167).all() and deep["auc"].between(0, 1).all(), deep.to_dict("records")
+    assert (deep["level"] == "slice").all(), deep["level"].tolist()
+    folder = tmp_path / results.attrs["simulation_dir"]
+    part = simulation._read_part(simulation._part_path(folder, seed, f"deep_{simulation._deep_key(profile)}"))
+    clinical_rows = simulation._read_part(simulation._part_path(folder, seed, "clinical"))
+    for model in simulation.DEEP_MODELS:
+        rows = part[part["model"] == model]
+        assert set(rows["patient_id"]) == set(clinical_rows["patient_id"]), f"{model}: not every patient predicted"
+        assert rows["fold"].nunique() == profile.n_folds and rows["y_prob"].between(0, 1).all(), model
+        assert not rows.duplicated(["patient_id", "slice"]).any(), f"{model}: a slice predicted twice"
+    assert not (folder / "scratch").exists(), "the temporary cohort was not deleted"
+    capsys.readouterr()
+    again = simulation.run_simulation(profile, tmp_path, n_seeds=counts, n_jobs=1)
+    assert "generating the cohort with images" not in capsys.readouterr().out, "the cached deep part was not reused"
+    pd.testing.assert_frame_equal(again, results, check_exact=True)
