@@ -410,13 +410,17 @@ def build_model(model_name: str, config: NetworkConfig | None = None, joint_loss
     elif kind == "d":
         clinical_branch = layers.Dense(config.clinical_units, activation="relu", name="clinical_fc")(scaled)
     merged = layers.Concatenate(name="concat")([image_branch, clinical_branch])
-    fused = layers.Dense(2, activation="softmax", kernel_initializer=config.fusion_head_init, name="fused")(merged)
+
+    def softmax_head(name: str, x):
+        """A 2-neuron softmax head of the fusion model, its kernel started by ``config.fusion_head_init``."""
+        return layers.Dense(2, activation="softmax", kernel_initializer=config.fusion_head_init, name=name)(x)
+
+    fused = softmax_head("fused", merged)
     inputs = {"image": image, "clinical": clinical}
     if not joint_loss:
         return keras.Model(inputs, fused, name=model_name)
-    image_head = layers.Dense(2, activation="softmax", kernel_initializer=config.fusion_head_init, name="image_head")(image_branch)
-    clinical_head = layers.Dense(2, activation="softmax", kernel_initializer=config.fusion_head_init, name="clinical_head")(clinical_branch)
-    outputs = {"fused": fused, "image": image_head, "clinical": clinical_head}
+    outputs = {"fused": fused, "image": softmax_head("image_head", image_branch),
+               "clinical": softmax_head("clinical_head", clinical_branch)}
     return keras.Model(inputs, outputs, name=model_name)
 
 

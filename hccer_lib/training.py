@@ -75,8 +75,7 @@ logger = logging.getLogger("hccer")
 # ``train_seeds`` is not: each seed has its own files under the key).
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
                        "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum", "training_threads",
-                       "test_symmetries", "image_dropout", "train_min_area", "train_sampling",
-                       "fusion_head_init")
+                       "test_symmetries", "image_dropout", "train_min_area", "train_sampling", "fusion_head_init")
 # Part of every run's settings key: raise it when a change of this module changes results.
 TRAINING_VERSION = 9
 #: Distance between two training seeds of a run (more than any number of folds).
@@ -141,8 +140,9 @@ def check_imagenet(profile: Profile, imagenet: str = "auto") -> None:
 
 def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto", **overrides) -> networks.NetworkConfig:
     """The :class:`networks.NetworkConfig` of ``profile`` (image size, ResNet blocks and width,
-    batch normalisation momentum, image dropout, the fusion heads' initial weights); ``overrides`` replace any of these
-    (``develop_recipe.py --network image_dropout=0``) or set the network's other fields.
+    batch normalisation momentum, image dropout, the fusion heads' initial weights); ``overrides``
+    replace any of these (``develop_recipe.py --network image_dropout=0``) or set the network's
+    other fields.
 
     Fusion C's Conv1D kernel (3) is shortened to the clinical vector's length when the
     selection keeps fewer bits (a cohort where only one or two variables pass the
