@@ -113,6 +113,13 @@ class NetworkConfig:
             probability 1/2 and moves by what the training shows, not from a random draw that
             weighs the clinical bits at random; its bias starts at 0 either way). The deep
             model's head always starts from Keras's draw.
+        stem_pool: the stem's 3×3/2 max-pool of the reduced ResNets (:func:`build_resnet`);
+            ``False`` drops it, so that every stage works at twice the resolution (at 48 px the
+            last stage sees 3×3 instead of 2×2) for about twice the training time. Tried on
+            development cohorts and not adopted (README, "Tried since"); ResNet50 keeps its pool.
+        clinical_gain: the gain of :class:`ClinicalScaling` in every fusion model; ``None``
+            is :func:`clinical_gain` of the image features for fusion A and B and 1 for C and D
+            (whose own clinical layer comes first).
     """
 
     image_size: int = 224
@@ -127,6 +134,8 @@ class NetworkConfig:
     bn_momentum: float = 0.99
     image_dropout: float = 0.0
     fusion_head_init: str = "glorot_uniform"
+    stem_pool: bool = True
+    clinical_gain: float | None = None
 
     def __post_init__(self):
         if not 0.0 <= self.bn_momentum < 1.0:
@@ -135,6 +144,10 @@ class NetworkConfig:
             raise ValueError(f"image_dropout must be in [0, 1), got {self.image_dropout}")
         if self.fusion_head_init not in HEAD_INITS:
             raise ValueError(f"fusion_head_init must be one of {HEAD_INITS}, got {self.fusion_head_init!r}")
+        if not self.stem_pool and self.is_resnet50:
+            raise ValueError("stem_pool=False is for the reduced ResNets; ResNet50 keeps its stem's max-pool")
+        if self.clinical_gain is not None and not self.clinical_gain > 0:
+            raise ValueError(f"clinical_gain must be positive or None, got {self.clinical_gain}")
         if self.image_size < 32:
             raise ValueError(f"image_size must be at least 32 pixels, got {self.image_size}")
         if len(self.resnet_blocks) != 4 or min(self.resnet_blocks) < 1:
@@ -290,10 +303,12 @@ def build_resnet(
     blocks: tuple[int, ...] = RESNET50_BLOCKS,
     width: int = RESNET50_WIDTH,
     name: str | None = None,
+    stem_pool: bool = True,
 ) -> keras.Model:
     """A ResNet v1 feature extractor with Keras ResNet50's layers, configurable in size.
 
-    Stem (7×7/2 conv of ``width`` filters, BN, ReLU, 3×3/2 max-pool), then four stages of
+    Stem (7×7/2 conv of ``width`` filters, BN, ReLU, 3×3/2 max-pool unless ``stem_pool`` is
+    false), then four stages of
     ``blocks[i]`` bottleneck blocks with ``width · (1, 2, 4, 8)`` bottleneck filters (the
     first block of each stage has a projection shortcut; stages 2-4 halve the size),
     then global average pooling. ``blocks=(3, 4, 6, 3), width=64`` has the layers and
@@ -309,8 +324,9 @@ def build_resnet(
     x = layers.Conv2D(width, 7, strides=2, name="conv1_conv")(x)
     x = layers.BatchNormalization(epsilon=1.001e-5, name="conv1_bn")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
-    x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
-    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    if stem_pool:
+        x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+        x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
     for stage, n_blocks in enumerate(blocks):
         filters = width * 2**stage
         for block in range(n_blocks):
@@ -342,7 +358,7 @@ def _image_pathway(config: NetworkConfig) -> keras.Model:
         if config.imagenet not in ("auto", "none"):
             raise ValueError(f"ImageNet weights need the ResNet50 settings, got blocks={config.resnet_blocks}, width={config.resnet_width}")
         logger.debug("image pathway: ResNet blocks=%s width=%d, random initialisation", config.resnet_blocks, config.resnet_width)
-        return build_resnet(config.image_size, config.resnet_blocks, config.resnet_width)
+        return build_resnet(config.image_size, config.resnet_blocks, config.resnet_width, stem_pool=config.stem_pool)
     if config.imagenet == "none":
         weights = None
     elif config.imagenet == "auto":
@@ -399,6 +415,8 @@ def build_model(model_name: str, config: NetworkConfig | None = None, joint_loss
         image_branch = layers.Dropout(config.image_dropout, name="image_dropout")(image_branch)
     # The balancing gain where the vector itself meets the image features (A, B); C and D's own clinical layer comes first.
     gain = clinical_gain(int(image_branch.shape[-1])) if kind in ("a", "b") else 1.0
+    if config.clinical_gain is not None:
+        gain = float(config.clinical_gain)
     scaled = ClinicalScaling(gain, name="clinical_scaling")(clinical)
     clinical_branch = scaled
     if kind == "c":

@@ -59,6 +59,34 @@ def test_small_resnet_scales_with_blocks_and_width():
     assert deeper.count_params() > small.count_params()
 
 
+def test_a_stem_without_max_pool_keeps_twice_the_resolution_in_every_stage():
+    pooled = networks.build_resnet(48, (1, 1, 1, 1), 4)
+    unpooled = networks.build_resnet(48, (1, 1, 1, 1), 4, stem_pool=False)
+    last_stage = {model.name: model.get_layer("conv5_block1_out").output.shape[1:3] for model in (pooled, unpooled)}
+    # 48 px: the 7x7/2 stem gives 24, the max-pool 12, stages 2-4 halve: 2 with the pool, 3 without.
+    assert last_stage == {pooled.name: (2, 2), unpooled.name: (3, 3)}, last_stage
+    assert networks.count_layers(unpooled, keras.layers.MaxPooling2D) == 0
+    assert unpooled.count_params() == pooled.count_params(), "a max-pool has no weights"
+    assert networks.build_model("deep_resnet50", NetworkConfig(48, resnet_blocks=(1, 1, 1, 1), resnet_width=4,
+                                                               stem_pool=False)).output.shape[-1] == 2
+    with pytest.raises(ValueError, match="stem_pool"):
+        NetworkConfig(imagenet="none", stem_pool=False)
+
+
+def test_the_clinical_gain_is_the_rule_unless_the_config_sets_it():
+    vector = np.array([[1.0, 0, 1, 0, 1, 0, 1, 0, 1]], dtype="float32")
+    gains = {}
+    for model_name, gain in (("fusion_a", None), ("fusion_d", None), ("fusion_d", 3.0), ("fusion_a", 0.5)):
+        config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", clinical_gain=gain)
+        layer = networks.build_model(model_name, config).get_layer("clinical_scaling")
+        gains[(model_name, gain)] = float(np.asarray(layer(vector))[0, 0])  # mean 0, scale 1: the bit times the gain
+    expected = {("fusion_a", None): networks.clinical_gain(TINY_FEATURES), ("fusion_d", None): 1.0,
+                ("fusion_d", 3.0): 3.0, ("fusion_a", 0.5): 0.5}
+    assert gains == pytest.approx(expected), gains
+    with pytest.raises(ValueError, match="clinical_gain"):
+        NetworkConfig(clinical_gain=0.0)
+
+
 @pytest.mark.parametrize(
     ("model_name", "concat_width", "extra_params"),
     [
