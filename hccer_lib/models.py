@@ -10,13 +10,15 @@ mean ± SD over the 10 folds, as printed):
 |---|---|---|---|---|
 | ``clinical_rf`` | clinical | clinical | 01 | Table 4 "Clinical model (RF)" |
 | ``clinical_rf_strict`` | clinical | clinical | 01 | (this study: selection inside each training fold) |
+| ``clinical_lr`` | clinical | clinical | 01 | (this study: a logistic regression instead of the forest) |
 | ``radiomics_rf`` | radiomics | radiomics | 03 | Table 3 "Conventional radiomics model" |
 | ``deep_resnet50`` | network | image | 04 | Tables 3, 4 "Deep learning model" |
 | ``fusion_a`` ... ``fusion_d`` | network | image, clinical | 05 | Table 4 "Fusion model A" ... "D"; D also Table 5 |
 | ``fusion_d_joint`` | network | image, clinical | 06 | Table 5 "Fusion model D with joint loss" |
 
-A *variant* (``variant_of``) is the same model fitted under another protocol; the study's
-eight main models (:data:`MODEL_NAMES`) are the paper's, in the order of the study.
+A *variant* (``variant_of``) is the same model fitted under another protocol or with another
+classifier; the study's eight main models (:data:`MODEL_NAMES`) are the paper's, in the order of
+the study.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class Model:
         description: one line.
         paper_name: the paper's name for it (None: not in the paper).
         paper: the values the paper prints (None: not in the paper).
-        variant_of: the main model it is a variant of (another protocol), or None.
+        variant_of: the main model it is a variant of (another protocol or classifier), or None.
         fusion: the fusion architecture of a fusion network (``"a"``-``"d"``, section II.D;
             ``networks.build_model``), or None.
     """
@@ -95,6 +97,9 @@ REGISTRY: tuple[Model, ...] = (
           "Clinical model (RF)", PaperValues(76.03, 10.0, 0.7532, 0.13)),
     Model("clinical_rf_strict", "clinical", ("clinical",), "01_select_clinical",
           "the clinical random forest with its variables selected inside each training fold",
+          variant_of="clinical_rf"),
+    Model("clinical_lr", "clinical", ("clinical",), "01_select_clinical",
+          "logistic regression (L2) on the same clinical vector and selection, beside the paper's forest",
           variant_of="clinical_rf"),
     Model("radiomics_rf", "radiomics", ("radiomics",), "03_radiomics_baseline",
           "PyRadiomics features, median imputation, standardisation, LASSO, random forest",

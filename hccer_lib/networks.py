@@ -163,6 +163,18 @@ class NetworkConfig:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def key_dict(self) -> dict:
+        """:meth:`as_dict` less the settings of :data:`KEYED_AT_DEFAULT_SINCE` at the value every earlier
+        network had: what a training's run key hashes, so that adding a setting keeps earlier trainings valid."""
+        return {k: v for k, v in asdict(self).items()
+                if not (k in KEYED_AT_DEFAULT_SINCE and v == KEYED_AT_DEFAULT_SINCE[k])}
+
+
+#: Settings added to :class:`NetworkConfig` after trained networks were first keyed by it, each with the
+#: value that every network trained before it had. At that value a setting is left out of the run key
+#: (:meth:`NetworkConfig.key_dict`), so the trainings saved before it was added are read, not redone.
+KEYED_AT_DEFAULT_SINCE: dict[str, object] = {"stem_pool": True, "clinical_gain": None}
+
 
 # %% Input scaling
 

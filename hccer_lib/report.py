@@ -207,6 +207,8 @@ STUDY_COMPARISONS: tuple[tuple[str, str, str, str], ...] = (
     ("Table 5", "fusion_d_joint", "clinical_rf", "fusion D with joint loss vs clinical model"),
     ("Conclusion", "fusion_d", "radiomics_rf", "fusion D vs conventional radiomics ('significantly superior')"),
     ("Protocol", "clinical_rf", "clinical_rf_strict", "clinical selection on the whole cohort (paper) vs in each training fold (strict)"),
+    ("Table 4", "clinical_lr", "clinical_rf", "a logistic regression vs the forest on the clinical vector ('random forest performs best')"),
+    ("Table 5", "fusion_d_joint", "clinical_lr", "fusion D with joint loss vs a logistic regression on its clinical vector"),
 )  # fmt: skip
 
 

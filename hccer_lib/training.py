@@ -738,7 +738,8 @@ def run_folder(
     settings = {
         "model": model_name,
         "profile_deep": {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS},
-        "network": {k: v for k, v in network_config(profile, 1, imagenet, **(network_overrides or {})).as_dict().items() if k != "n_clinical"},
+        "network": {k: v for k, v in network_config(profile, 1, imagenet, **(network_overrides or {})).key_dict().items()
+                    if k != "n_clinical"},
         "training_version": TRAINING_VERSION,
         "imagenet": imagenet if imagenet in ("auto", "none") else str(imagenet),
         "imagenet_file_found": networks.imagenet_weights_path() is not None if imagenet == "auto" else None,

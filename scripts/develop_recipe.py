@@ -202,12 +202,14 @@ def main() -> None:
         dataset = preprocessing.dataset_with(cohort_dir, work_dir, chosen, progress=False)
         references = json.loads((cohort_dir / "ground_truth.json").read_text())["oracle_auc"]
         forest = evaluation.patient_level(cross_validate_clinical(clinical, folds, protocol="paper", seed=seed)[0])
+        regression = cross_validate_clinical(clinical, folds, protocol="paper", seed=seed, classifier="lr")[0]
         line = [f"cohort seed {seed}: learned references image {references['image']['cv_auc']:.3f}, "
                 f"(what a resized crop can show: {crop_visible_reference(cohort_dir, seed):.3f}; with the binary "
                 f"clinical vector, what a fusion model's inputs can show: "
                 f"{crop_visible_reference(cohort_dir, seed, with_clinical_vector=True):.3f}), "
                 f"clinical {references['clinical']['cv_auc']:.3f}, both {references['both']['cv_auc']:.3f}; "
-                f"clinical_rf {evaluation.auc(forest['y_true'], forest['y_prob']):.3f}"]
+                f"clinical_rf {evaluation.auc(forest['y_true'], forest['y_prob']):.3f}, "
+                f"clinical_lr {evaluation.auc(regression['y_true'], regression['y_prob']):.3f}"]
         for model in args.models:
             start = time.perf_counter()
             predictions = training.train_cross_validated(model, dataset, clinical, folds, profile, work_dir, seed=seed,

@@ -124,6 +124,25 @@ def test_cross_validated_clinical_rf_is_deterministic(paper_frame):
     assert (first.set_index("patient_id")["fold"] == folds.set_index("patient_id")["fold"]).all()
 
 
+def test_clinical_logistic_regression_ranks_an_additive_label_and_refuses_forest_settings(paper_frame):
+    from hccer_lib.evaluation import auc, make_folds
+
+    # The label counts three risk bits (PVI, tumour >= 50 mm, AFP >= 9), a sum that a regression on the
+    # bits can rank (0.991 measured, the penalty keeping the BCLC bits the selection adds from zero).
+    frame = paper_frame.copy()
+    risk = frame["portal_vein_invasion"] + (frame["tumor_size_mm"] >= 50) + (frame["afp"] >= 9)
+    frame["early_recurrence"] = (risk >= 2).astype(int)
+    folds = make_folds(frame.set_index("patient_id")["early_recurrence"], n_folds=5, seed=1)
+    predictions, names = cl.cross_validate_clinical(frame, folds, "paper", seed=3, classifier="lr")
+    assert {"portal_vein_invasion yes", "tumor_size_mm >=50", "afp >=9"} <= set(names[0]), names[0]
+    value = auc(predictions["y_true"], predictions["y_prob"])
+    assert value > 0.95, f"out-of-fold AUC {value:.3f} of a regression on the bits that make the label"
+    with pytest.raises(ValueError, match="classifier"):
+        cl.cross_validate_clinical(frame, folds, "paper", classifier="svm")
+    with pytest.raises(ValueError, match="forest settings"):
+        cl.cross_validate_clinical(frame, folds, "paper", classifier="lr", n_estimators=20)
+
+
 def test_binarise_rejects_unknown_category(paper_frame):
     frame = paper_frame.copy()
     frame.loc[5, "bclc"] = "D"

@@ -127,11 +127,11 @@ def test_clinical_only_cohort_runs_the_clinical_study_end_to_end(tmp_path, capsy
     table1 = pd.read_csv(figures / "table1_clinical.csv")
     age = table1[table1["variable"] == "age"].set_index("level")
     assert int(age["total"].sum()) == 24 and int(age["er"].sum()) == 10, age
-    for model in ("clinical_rf", "clinical_rf_strict"):
+    for model in ("clinical_rf", "clinical_rf_strict", "clinical_lr"):
         predictions = pd.read_csv(work / "predictions" / f"{model}.csv", dtype={"patient_id": str})
         assert predictions["patient_id"].nunique() == 24 and set(predictions["fold"]) == {0, 1}, model
     results = pd.read_csv(figures / "study_results_vs_paper.csv")
-    assert "clinical_rf" in set(results["model"]) and set(results["model"]) <= {"clinical_rf", "clinical_rf_strict"}, results
+    assert "clinical_rf" in set(results["model"]) and set(results["model"]) <= {"clinical_rf", "clinical_rf_strict", "clinical_lr"}, results
     comparisons = pd.read_csv(figures / "study_comparisons.csv")
     assert comparisons["p_value"].between(0, 1).all() and len(comparisons) >= 1, comparisons
     assert (figures / "reporting_checklist.csv").is_file() and (figures / "study_calibration.csv").is_file()
@@ -281,7 +281,7 @@ def test_dictionary_cohort_with_censoring_and_missing_values_runs_end_to_end(tmp
     afp = table1[table1["variable"] == "afp"].set_index("level")
     assert int(afp.loc["missing", "total"]) == 3 and int(afp["total"].sum()) == 24, afp
     assert "sex" in set(table1["variable"]) and "hbv" not in set(table1["variable"]), "only the dictionary's variables"
-    for model in ("clinical_rf", "clinical_rf_strict"):
+    for model in ("clinical_rf", "clinical_rf_strict", "clinical_lr"):
         predictions = pd.read_csv(work / "predictions" / f"{model}.csv", dtype={"patient_id": str})
         assert set(predictions["patient_id"]) == set(base["patient_id"]), model
         assert predictions["y_prob"].between(0, 1).all(), model

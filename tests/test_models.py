@@ -60,7 +60,7 @@ def test_the_registry_lists_each_model_once_with_its_kind_and_inputs():
         assert (m.paper is None) == (m.paper_name is None) == (not m.paper_tables), m
         assert (REPO_ROOT / "notebooks" / f"{m.notebook}.ipynb").is_file(), m
     assert models.get("fusion_d_joint").outputs == ["fusion_d_joint", "fusion_d_joint_image_head", "fusion_d_joint_clinical_head"]
-    assert models.names(kind="clinical") == ["clinical_rf", "clinical_rf_strict"]
+    assert models.names(kind="clinical") == ["clinical_rf", "clinical_rf_strict", "clinical_lr"]
     assert np.isnan(models.paper_auc("clinical_rf_strict")) and models.paper_auc("fusion_d") == 0.8248
     with pytest.raises(ValueError, match="unknown model 'fusion_e'"):
         models.get("fusion_e")

@@ -87,6 +87,15 @@ def test_the_clinical_gain_is_the_rule_unless_the_config_sets_it():
         NetworkConfig(clinical_gain=0.0)
 
 
+def test_settings_added_later_enter_the_run_key_only_away_from_their_earlier_value():
+    defaults = NetworkConfig().as_dict()
+    assert {name: defaults[name] for name in networks.KEYED_AT_DEFAULT_SINCE} == networks.KEYED_AT_DEFAULT_SINCE
+    key = NetworkConfig().key_dict()
+    assert set(defaults) - set(key) == set(networks.KEYED_AT_DEFAULT_SINCE), sorted(key)
+    assert NetworkConfig(clinical_gain=3.0).key_dict() == {**key, "clinical_gain": 3.0}
+    assert NetworkConfig(48, resnet_blocks=(1, 1, 1, 1), resnet_width=8, stem_pool=False).key_dict()["stem_pool"] is False
+
+
 @pytest.mark.parametrize(
     ("model_name", "concat_width", "extra_params"),
     [

@@ -83,7 +83,8 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, capsys):
     # Every paired comparison the study reports, with a DeLong p-value on the same patients.
     comparisons = pd.read_csv(figures / "model_comparisons.csv")
     pairs = {frozenset(p) for p in zip(comparisons["model_a"], comparisons["model_b"], strict=True)}
-    for pair in [("clinical_rf", "clinical_rf_strict"), ("fusion_d", "deep_resnet50"),
+    for pair in [("clinical_rf", "clinical_rf_strict"), ("clinical_lr", "clinical_rf"), ("fusion_d_joint", "clinical_lr"),
+                 ("fusion_d", "deep_resnet50"),
                  ("fusion_d", "clinical_rf"), ("fusion_d_joint", "fusion_d")]:
         assert frozenset(pair) in pairs, f"no comparison {pair} in {sorted(map(sorted, pairs))}"
     assert comparisons["p_value"].between(0, 1).all(), comparisons
@@ -155,7 +156,7 @@ def test_a_notebook_opened_in_its_folder_runs_with_its_defaults(tmp_path, monkey
     assert _files(notebooks_dir) == before, "the notebook wrote beside the notebooks"
     table1 = pd.read_csv(root / "figures" / "synthetic_seed2020" / "smoke" / "table1_clinical.csv")
     assert int(table1[table1["variable"] == "age"]["total"].sum()) == 24, table1
-    for model in ("clinical_rf", "clinical_rf_strict"):
+    for model in ("clinical_rf", "clinical_rf_strict", "clinical_lr"):
         predictions = pd.read_csv(root / "data" / "synthetic_seed2020" / "results" / "smoke" / "predictions" / f"{model}.csv",
                                   dtype={"patient_id": str})
         assert predictions["patient_id"].nunique() == 24 and set(predictions["fold"]) == {0, 1}, model

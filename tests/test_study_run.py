@@ -116,7 +116,8 @@ def test_runs_of_notebook_01_with_other_seeds_or_profiles_leave_each_others_file
             "figures/synthetic_seed2020/smoke/model_comparisons_clinical.csv",
             "figures/synthetic_seed2020/smoke/fig5_roc_clinical.png",
             "data/synthetic_seed2020/results/smoke/predictions/clinical_rf.csv",
-            "data/synthetic_seed2020/results/smoke/predictions/clinical_rf_strict.csv"} <= written, sorted(written)
+            "data/synthetic_seed2020/results/smoke/predictions/clinical_rf_strict.csv",
+            "data/synthetic_seed2020/results/smoke/predictions/clinical_lr.csv"} <= written, sorted(written)
     assert (root / "data" / "synthetic_seed2020" / "folds_2_seed2020.csv").is_file()
 
     # another seed (another synthetic cohort), run from notebooks/ as JupyterLab does
