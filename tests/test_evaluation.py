@@ -327,8 +327,10 @@ def test_fold_metrics_of_seeded_slices_use_the_seed_ensemble_per_patient():
 def test_results_table_lists_existing_models_beside_the_paper(tmp_path):
     ev.write_predictions(tmp_path, "clinical_rf", predictions(seed=1))
     ev.write_predictions(tmp_path, "clinical_rf_strict", predictions(seed=2))
+    ev.write_predictions(tmp_path, "clinical_lr", predictions(seed=3))  # a registered variant of another name
+    ev.write_predictions(tmp_path, "fusion_d_strict", predictions(seed=4))  # an unregistered <model>_<suffix> one
     table = ev.results_table(tmp_path, table="table4", n_bootstrap=50, cohort="synthetic")
-    assert table["model"].tolist() == ["clinical_rf", "clinical_rf_strict"], f"models {table['model'].tolist()}"
+    assert table["model"].tolist() == ["clinical_rf", "clinical_rf_strict", "clinical_lr", "fusion_d_strict"], table["model"].tolist()
     assert table.loc[0, "paper_accuracy"] == "76.03±10.0" and table.loc[0, "paper_auc"] == "0.7532±0.13"
     assert table.loc[1, "paper_auc"] == ""
     csv_path, md_path = ev.write_results_table(tmp_path / "figures", "table4", table, synthetic=True)
