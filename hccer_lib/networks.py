@@ -115,7 +115,7 @@ class NetworkConfig:
             model's head always starts from Keras's draw.
         stem_pool: the stem's 3×3/2 max-pool of the reduced ResNets (:func:`build_resnet`);
             ``False`` drops it, so that every stage works at twice the resolution (at 48 px the
-            last stage sees 3×3 instead of 2×2) for about twice the training time. Tried on
+            last stage sees 3×3 instead of 2×2) for 1.7 times the training time. Tried on
             development cohorts and not adopted (README, "Tried since"); ResNet50 keeps its pool.
         clinical_gain: the gain of :class:`ClinicalScaling` in every fusion model; ``None``
             is :func:`clinical_gain` of the image features for fusion A and B and 1 for C and D
@@ -320,8 +320,7 @@ def build_resnet(
     """A ResNet v1 feature extractor with Keras ResNet50's layers, configurable in size.
 
     Stem (7×7/2 conv of ``width`` filters, BN, ReLU, 3×3/2 max-pool unless ``stem_pool`` is
-    false), then four stages of
-    ``blocks[i]`` bottleneck blocks with ``width · (1, 2, 4, 8)`` bottleneck filters (the
+    false), then four stages of ``blocks[i]`` bottleneck blocks with ``width · (1, 2, 4, 8)`` bottleneck filters (the
     first block of each stage has a projection shortcut; stages 2-4 halve the size),
     then global average pooling. ``blocks=(3, 4, 6, 3), width=64`` has the layers and
     parameter count of ``keras.applications.ResNet50(include_top=False, pooling="avg")``.
