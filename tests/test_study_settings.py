@@ -213,7 +213,8 @@ def test_notebook_01_on_the_smoke_profile_uses_the_set_alpha_and_records_compari
     figures = root / "figures" / "synthetic_seed7" / "smoke_alpha0.2"
     comparisons = pd.read_csv(figures / "model_comparisons_clinical.csv")
     # the profile's resamples (smoke: 100) and the run's seed, not 1000 and 2020
-    assert comparisons[["n_bootstrap", "bootstrap_seed"]].values.tolist() == [[get_profile("smoke").n_bootstrap, 7]]
+    assert comparisons[["n_bootstrap", "bootstrap_seed"]].values.tolist() == [[get_profile("smoke").n_bootstrap, 7]] * 2, comparisons
+    assert comparisons[["model_a", "model_b"]].values.tolist() == [["clinical_rf", "clinical_rf_strict"], ["clinical_lr", "clinical_rf"]]
     assert not (root / "figures" / "synthetic_seed7" / "smoke").exists(), "the alpha run wrote into the study's folder"
 
 
