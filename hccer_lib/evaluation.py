@@ -40,7 +40,7 @@ import numpy as np
 import pandas as pd
 
 from hccer_lib import outputs
-from hccer_lib.models import MODEL_NAMES, PAPER_TABLE_ROWS, REGISTRY, paper_values
+from hccer_lib.models import PAPER_TABLE_ROWS, REGISTRY, paper_values
 
 PREDICTION_COLUMNS = ["patient_id", "slice", "fold", "y_true", "y_prob"]
 #: The optional column of a network trained with several seeds: the seed of the row's network.
@@ -689,13 +689,13 @@ def net_benefit(y_true, y_prob, thresholds=None) -> pd.DataFrame:
 def _table_models(work_dir: Path, table: str) -> list[str]:
     """The table's models plus their variants that have predictions: the registry's (``variant_of``,
     e.g. ``clinical_lr``) and any other ``<model>_<suffix>`` (``fusion_d_strict``)."""
-    known = set(MODEL_NAMES)
+    registered = {m.name for m in REGISTRY}
     found = sorted(p.stem for p in (work_dir / "predictions").glob("*.csv"))
     models = []
     for base in PAPER_TABLE_ROWS[table]:
         models.append(base)
-        registered = [m.name for m in REGISTRY if m.variant_of == base and m.name in found]
-        models += registered + [m for m in found if m.startswith(base + "_") and m not in known and m not in registered]
+        models += [m.name for m in REGISTRY if m.variant_of == base and m.name in found]
+        models += [m for m in found if m.startswith(base + "_") and m not in registered]
     return models
 
 

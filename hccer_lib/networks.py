@@ -320,9 +320,9 @@ def build_resnet(
     """A ResNet v1 feature extractor with Keras ResNet50's layers, configurable in size.
 
     Stem (7×7/2 conv of ``width`` filters, BN, ReLU, 3×3/2 max-pool unless ``stem_pool`` is
-    false), then four stages of ``blocks[i]`` bottleneck blocks with ``width · (1, 2, 4, 8)`` bottleneck filters (the
-    first block of each stage has a projection shortcut; stages 2-4 halve the size),
-    then global average pooling. ``blocks=(3, 4, 6, 3), width=64`` has the layers and
+    false), then four stages of ``blocks[i]`` bottleneck blocks with ``width · (1, 2, 4, 8)``
+    bottleneck filters (the first block of each stage has a projection shortcut; stages 2-4
+    halve the size), then global average pooling. ``blocks=(3, 4, 6, 3), width=64`` has the layers and
     parameter count of ``keras.applications.ResNet50(include_top=False, pooling="avg")``.
 
     Args:
@@ -424,10 +424,12 @@ def build_model(model_name: str, config: NetworkConfig | None = None, joint_loss
         image_branch = layers.Dense(config.image_units, activation="relu", name="image_fc")(features)
     if config.image_dropout:
         image_branch = layers.Dropout(config.image_dropout, name="image_dropout")(image_branch)
-    # The balancing gain where the vector itself meets the image features (A, B); C and D's own clinical layer comes first.
-    gain = clinical_gain(int(image_branch.shape[-1])) if kind in ("a", "b") else 1.0
+    # The balancing gain where the vector itself meets the image features (A, B); C and D's own clinical layer comes
+    # first. A config's clinical_gain replaces the rule.
     if config.clinical_gain is not None:
         gain = float(config.clinical_gain)
+    else:
+        gain = clinical_gain(int(image_branch.shape[-1])) if kind in ("a", "b") else 1.0
     scaled = ClinicalScaling(gain, name="clinical_scaling")(clinical)
     clinical_branch = scaled
     if kind == "c":
