@@ -70,6 +70,11 @@ class Profile:
         fusion_head_init: initial weights of the fusion models' 2-neuron softmax heads
             (``networks.NetworkConfig.fusion_head_init``): ``"glorot_uniform"`` (Keras's default
             draw, the paper's networks) or ``"zeros"`` (each head starts at probability 1/2).
+        clinical_warm_start: before each fusion model's training, its clinical pathway is fitted alone to
+            the training patients' clinical vectors (``networks.warm_start_clinical``), with the L2 penalty of
+            scikit-learn's ``LogisticRegression(C=clinical_warm_start)`` on them (for fusion A and B the start *is*
+            that regression), and the training starts from there; 0: it starts from its initial weights, as the
+            paper's networks do.
         imagenet_required: the profile is the paper's fine-tuning of ImageNet weights: a
             run refuses to start without the weights file unless random initialisation is
             asked for explicitly (``training.check_imagenet``).
@@ -101,12 +106,15 @@ class Profile:
     train_min_area: float = 0.0
     train_sampling: str = "slice"
     fusion_head_init: str = "glorot_uniform"
+    clinical_warm_start: float = 0.0
 
     def __post_init__(self) -> None:
         if self.train_sampling not in TRAIN_SAMPLINGS:
             raise ValueError(f"train_sampling must be one of {TRAIN_SAMPLINGS}, got {self.train_sampling!r}")
         if self.fusion_head_init not in HEAD_INITS:
             raise ValueError(f"fusion_head_init must be one of {HEAD_INITS}, got {self.fusion_head_init!r}")
+        if self.clinical_warm_start < 0:
+            raise ValueError(f"clinical_warm_start is a regression's C, >= 0 (0: no warm start); got {self.clinical_warm_start}")
         if not 0.0 <= self.train_min_area <= 1.0:
             raise ValueError(f"train_min_area is a share of a patient's largest slice area, in [0, 1]; got {self.train_min_area}")
 

@@ -700,6 +700,9 @@ def train_fold(
     if "clinical" in data.inputs:  # standardised on the patients it is fitted on, one row each
         first_rows = np.unique(data.patient_id[fit_rows], return_index=True)[1]
         networks.set_clinical_scaling(model, data.inputs["clinical"][fit_rows][first_rows])
+        if profile.clinical_warm_start:  # scikit-learn's C on these patients: a penalty of 1 / (C n)
+            networks.warm_start_clinical(model, data.inputs["clinical"][fit_rows][first_rows], data.y[fit_rows][first_rows],
+                                         penalty=1.0 / (profile.clinical_warm_start * len(first_rows)))
     keras.utils.set_random_seed(fold_seed)
     sampling = None
     if profile.train_sampling == "patient":
@@ -738,6 +741,8 @@ def run_folder(
     settings = {
         "model": model_name,
         "profile_deep": {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS},
+        **({"clinical_warm_start": profile.clinical_warm_start}
+           if profile.clinical_warm_start and model_name in networks.FUSION_KINDS else {}),
         "network": {k: v for k, v in network_config(profile, 1, imagenet, **(network_overrides or {})).key_dict().items()
                     if k != "n_clinical"},
         "training_version": TRAINING_VERSION,

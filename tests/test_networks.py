@@ -298,3 +298,73 @@ def test_zero_fusion_heads_start_at_one_half_and_then_learn():
     assert not np.allclose(np.asarray(glorot), 0.5), "the default fusion head starts at 1/2"
     with pytest.raises(ValueError, match="fusion_head_init"):
         NetworkConfig(fusion_head_init="ones")
+
+
+def test_clinical_warm_start_fits_the_clinical_pathway_like_a_ridge_regression_and_leaves_the_image_rows():
+    """``warm_start_clinical`` on vectors whose first three bits carry the label (a logistic model known by
+    construction): for every fusion architecture the network then ranks the patients as a ridge logistic
+    regression on the same bits does, whatever the image; the fused head's rows of the image branch and
+    the image pathway are untouched; bad input is refused."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n = 160
+    vectors = rng.integers(0, 2, (n, 9)).astype(np.float32)
+    y = (vectors[:, 0] + vectors[:, 1] - vectors[:, 2] + rng.normal(0, 0.7, n) > 0.5).astype(int)
+    regression = LogisticRegression(C=1.0).fit(vectors, y).predict_proba(vectors)[:, 1]
+    images = rng.random((n, 32, 32, 3), dtype=np.float32)
+    config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", fusion_head_init="zeros")
+    for name in ("fusion_a", "fusion_b", "fusion_c", "fusion_d", "fusion_d_joint"):
+        model = networks.build_model(name, config)
+        networks.set_clinical_scaling(model, vectors)
+        pathway = next(layer for layer in model.layers if isinstance(layer, keras.Model))  # the image pathway
+        image_weights = [w.copy() for w in pathway.get_weights()]
+        assert len(image_weights) > 10, f"{name}: {pathway.name} is not the ResNet"
+        networks.warm_start_clinical(model, vectors, y, penalty=0.01)
+        outputs = model({"image": images, "clinical": vectors}, training=False)
+        fused = np.asarray(networks.fused_probability(outputs))[:, 1]
+        auc, reference = roc_auc_score(y, fused), roc_auc_score(y, regression)
+        assert auc > reference - 0.02 and auc > 0.85, f"{name}: AUC {auc:.3f}, the regression's {reference:.3f}"
+        other_images = model({"image": images[::-1].copy(), "clinical": vectors}, training=False)
+        np.testing.assert_allclose(np.asarray(networks.fused_probability(other_images)), np.asarray(networks.fused_probability(outputs)),
+                                   atol=1e-6, err_msg=f"{name}: the image moves the warm-started prediction")
+        kernel = model.get_layer("fused").get_weights()[0]
+        image_rows = kernel.shape[0] - {"fusion_a": 9, "fusion_b": 9, "fusion_c": 7 * 8}.get(name, 16)
+        assert np.abs(kernel[:image_rows]).max() == 0.0, f"{name}: rows of the image branch changed"
+        for before, after in zip(image_weights, pathway.get_weights(), strict=True):
+            np.testing.assert_array_equal(before, after, err_msg=f"{name}: the image pathway changed")
+        if name == "fusion_d_joint":
+            clinical_head = np.asarray(outputs["clinical"])[:, 1]
+            assert roc_auc_score(y, clinical_head) > 0.85, "the joint loss's clinical head starts fitted too"
+    with pytest.raises(ValueError, match="penalty"):
+        networks.warm_start_clinical(model, vectors, y, penalty=0.0)
+    with pytest.raises(ValueError, match="must match"):
+        networks.warm_start_clinical(model, vectors, y[:-1], penalty=0.01)
+    with pytest.raises(ValueError, match="no clinical pathway"):
+        networks.warm_start_clinical(networks.build_model("deep_resnet50", config), vectors, y, penalty=0.01)
+
+
+def test_fusion_a_warm_start_is_the_ridge_logistic_regression_by_hand():
+    """For fusion A the warm-started pathway is a logistic regression on the standardised bits: its logit
+    coefficients ``gain * (W[:, 1] - W[:, 0])`` and intercept are scikit-learn's ``LogisticRegression(C=1 / (penalty
+    * n))`` on the same standardised vectors (a penalty ``penalty * gain**2`` on each softmax column's weights is
+    ``penalty / 2`` times the squared coefficients, against ``1 / (2 C n)`` in scikit-learn's mean loss)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(1)
+    n = 120
+    vectors = rng.integers(0, 2, (n, 9)).astype(np.float32)
+    y = (vectors[:, 0] - vectors[:, 1] + rng.normal(0, 0.7, n) > 0.3).astype(int)
+    config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", fusion_head_init="zeros")
+    for penalty in (0.01, 0.1):
+        model = networks.build_model("fusion_a", config)
+        networks.set_clinical_scaling(model, vectors)
+        networks.warm_start_clinical(model, vectors, y, penalty=penalty)
+        gain = model.get_layer("clinical_scaling").gain
+        kernel, bias = model.get_layer("fused").get_weights()
+        reference = LogisticRegression(C=1 / (penalty * n), max_iter=5000).fit(StandardScaler().fit_transform(vectors), y)
+        np.testing.assert_allclose(gain * (kernel[-9:, 1] - kernel[-9:, 0]), reference.coef_[0], atol=5e-3,
+                                   err_msg=f"penalty {penalty}: coefficients")
+        assert bias[1] - bias[0] == pytest.approx(reference.intercept_[0], abs=5e-3), (bias, reference.intercept_)

@@ -461,3 +461,37 @@ def test_a_saved_network_predicts_over_the_symmetries_as_the_folds_were_predicte
     plain = network_probabilities(model, inputs, "fusion_d_joint")
     turned = network_probabilities(model, inputs, "fusion_d_joint", symmetries=True)
     assert set(turned) == set(plain) and not np.allclose(turned["fusion_d_joint_image_head"], plain["fusion_d_joint_image_head"])
+
+
+def test_clinical_warm_start_sees_the_training_patients_only_and_keys_fusion_runs(study, monkeypatch):
+    """``Profile.clinical_warm_start``: each fold's warm start gets one clinical vector per *training* patient
+    (never the test fold's) with its label and the penalty of the profile's C; it changes the fusion models' run key,
+    not the deep model's, and at 0 (the default) the keys are those of before the setting existed."""
+    calls = []
+    real = networks.warm_start_clinical
+
+    def recording(model, vectors, y, penalty, **kwargs):
+        calls.append((np.asarray(vectors).copy(), np.asarray(y).copy(), penalty))
+        return real(model, vectors, y, penalty, **kwargs)
+
+    monkeypatch.setattr(networks, "warm_start_clinical", recording)
+    warm = replace(TINY_PROFILE, clinical_warm_start=0.1)
+    data = training.fold_data("fusion_b", study.dataset, study.clinical, study.folds, warm, 0)
+    training.train_fold("fusion_b", study.dataset, study.clinical, study.folds, warm, 0, seed=1, imagenet="none")
+    assert len(calls) == 1, len(calls)
+    vectors, labels, penalty = calls[0]
+    training_patients = sorted(set(data.patient_id[data.train]))
+    assert len(vectors) == len(labels) == len(training_patients), (len(vectors), len(training_patients))
+    expected = study.clinical.set_index("patient_id").loc[training_patients, "early_recurrence"].to_numpy()
+    np.testing.assert_array_equal(labels, expected)
+    assert penalty == pytest.approx(1 / (0.1 * len(training_patients))), "scikit-learn's C = 0.1 on these patients"
+
+    def key(model_name, profile):
+        return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
+                                   seed=1, imagenet="none")[1]
+
+    assert "clinical_warm_start" not in key("fusion_b", TINY_PROFILE), "the default keeps the earlier keys"
+    assert key("fusion_b", warm)["key"] != key("fusion_b", TINY_PROFILE)["key"]
+    assert key("deep_resnet50", warm)["key"] == key("deep_resnet50", TINY_PROFILE)["key"], "no clinical pathway to start"
+    with pytest.raises(ValueError, match="clinical_warm_start"):
+        replace(TINY_PROFILE, clinical_warm_start=-1.0)
