@@ -254,7 +254,7 @@ def refit_final_model(
                 raise ValueError(f"{name} was trained on clinical bits {data.clinical_names}, the final model encodes {final.bit_names}")
             add_network(final, name, model, data.config, seed=int(seed), imagenet=imagenet if imagenet in ("auto", "none") else Path(imagenet).name,
                         n_training_slices=int(fitted.sum()), n_training_patients=len(set(data.patient_id[fitted])),
-                        training={f: getattr(profile, f) for f in training.DEEP_PROFILE_FIELDS if f != "xla"})  # fmt: skip
+                        training={f: v for f, v in training.training_settings(profile, name).items() if f != "xla"})  # fmt: skip
     return final
 
 

@@ -217,7 +217,7 @@ def _deep_key(profile: Profile) -> str:
     """Key of the deep models' settings (imports the training stack, so only when needed)."""
     from hccer_lib import preprocessing, training
 
-    fields = {f: getattr(profile, f, None) for f in training.DEEP_PROFILE_FIELDS}
+    fields = training.training_settings(profile)
     images = {"roi_margin": profile.roi_margin, "format": preprocessing.FORMAT_VERSION}  # the crops the networks see
     return outputs.settings_key({"fields": fields, "training": training.TRAINING_VERSION, "models": DEEP_MODELS,
                                  "images": images})

@@ -76,6 +76,18 @@ logger = logging.getLogger("hccer")
 DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "resnet_blocks", "resnet_width", "augment",
                        "validation_fraction", "weight_decay", "lr_schedule", "xla", "bn_momentum", "training_threads",
                        "test_symmetries", "image_dropout", "train_min_area", "train_sampling", "fusion_head_init")
+
+
+def training_settings(profile: Profile, model_name: str | None = None) -> dict:
+    """The settings of ``profile`` that change a network's training: :data:`DEEP_PROFILE_FIELDS`, and
+    ``clinical_warm_start`` where it is set and the network (``model_name``; ``None``: any) has a clinical
+    pathway. Left out otherwise, so that the trainings keyed before it existed keep their keys."""
+    settings = {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS}
+    if profile.clinical_warm_start and (model_name is None or model_name in networks.FUSION_KINDS):
+        settings["clinical_warm_start"] = profile.clinical_warm_start
+    return settings
+
+
 # Part of every run's settings key: raise it when a change of this module changes results.
 TRAINING_VERSION = 9
 #: Distance between two training seeds of a run (more than any number of folds).
@@ -740,9 +752,7 @@ def run_folder(
     images, slice_pids, y_slices, slice_index = _dataset_arrays(dataset, profile)
     settings = {
         "model": model_name,
-        "profile_deep": {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS},
-        **({"clinical_warm_start": profile.clinical_warm_start}
-           if profile.clinical_warm_start and model_name in networks.FUSION_KINDS else {}),
+        "profile_deep": training_settings(profile, model_name),
         "network": {k: v for k, v in network_config(profile, 1, imagenet, **(network_overrides or {})).key_dict().items()
                     if k != "n_clinical"},
         "training_version": TRAINING_VERSION,

@@ -192,7 +192,7 @@ def main() -> None:
         parser.error(f"--network: not a field of networks.NetworkConfig: {', '.join(unknown)}")
 
     profile = dataclasses.replace(get_profile(args.profile), **parse_settings(args.set))
-    print(f"recipe: {json.dumps({k: v for k, v in profile.as_dict().items() if k in training.DEEP_PROFILE_FIELDS + ('train_seeds', 'clinical_warm_start')})}"
+    print(f"recipe: {json.dumps({**training.training_settings(profile), 'train_seeds': profile.train_seeds})}"
           f"; preprocessing changes: {parse_settings(args.preprocess) or 'none'}; network changes: {network or 'none'}")
     for seed in args.seeds:
         cohort_dir = development_cohort(seed, Path(args.data_root))

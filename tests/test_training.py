@@ -490,7 +490,10 @@ def test_clinical_warm_start_sees_the_training_patients_only_and_keys_fusion_run
         return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
                                    seed=1, imagenet="none")[1]
 
-    assert "clinical_warm_start" not in key("fusion_b", TINY_PROFILE), "the default keeps the earlier keys"
+    assert "clinical_warm_start" not in key("fusion_b", TINY_PROFILE)["profile_deep"], "the default keeps the earlier keys"
+    assert training.training_settings(warm, "fusion_b")["clinical_warm_start"] == 0.1
+    assert "clinical_warm_start" in training.training_settings(warm), "any network: the seed simulation's key"
+    assert "clinical_warm_start" not in training.training_settings(warm, "deep_resnet50")
     assert key("fusion_b", warm)["key"] != key("fusion_b", TINY_PROFILE)["key"]
     assert key("deep_resnet50", warm)["key"] == key("deep_resnet50", TINY_PROFILE)["key"], "no clinical pathway to start"
     with pytest.raises(ValueError, match="clinical_warm_start"):
