@@ -489,29 +489,29 @@ def warm_start_clinical(model: keras.Model, vectors, y, penalty: float, steps: i
     if "clinical_scaling" not in names:
         raise ValueError(f"{model.name} has no clinical pathway to start")
     scaling = model.get_layer("clinical_scaling")
-    regulariser = keras.regularizers.L2
     first_penalty = penalty * scaling.gain ** 2
+
+    def penalised_copy(name: str, layer_penalty: float):
+        """A new layer of ``model``'s layer ``name``'s configuration, its kernel under an L2 penalty."""
+        layer = model.get_layer(name)
+        return type(layer).from_config({**layer.get_config(), "kernel_regularizer": keras.regularizers.L2(layer_penalty)})
+
     clinical = keras.Input((vectors.shape[1],), name="clinical")
-    copied = {"clinical_scaling": ClinicalScaling(scaling.gain, name="clinical_scaling")}
+    copied = {"clinical_scaling": ClinicalScaling.from_config(scaling.get_config())}
     branch = copied["clinical_scaling"](clinical)
-    if "clinical_conv" in names:
-        conv = model.get_layer("clinical_conv")
-        copied["clinical_conv"] = layers.Conv1D(conv.filters, conv.kernel_size, activation="relu", name="clinical_conv",
-                                                kernel_regularizer=regulariser(first_penalty))
-        branch = layers.Flatten()(copied["clinical_conv"](layers.Reshape((vectors.shape[1], 1))(branch)))
-        head_penalty = penalty
+    head_penalty = penalty
+    if "clinical_conv" in names:  # fusion C: the stateless reshape and flatten are the model's own layers
+        copied["clinical_conv"] = penalised_copy("clinical_conv", first_penalty)
+        branch = model.get_layer("clinical_flatten")(copied["clinical_conv"](model.get_layer("clinical_sequence")(branch)))
     elif "clinical_fc" in names:
-        dense = model.get_layer("clinical_fc")
-        copied["clinical_fc"] = layers.Dense(dense.units, activation="relu", name="clinical_fc",
-                                             kernel_regularizer=regulariser(first_penalty))
+        copied["clinical_fc"] = penalised_copy("clinical_fc", first_penalty)
         branch = copied["clinical_fc"](branch)
-        head_penalty = penalty
-    else:
+    else:  # fusion A and B: the head itself sees the scaled bits
         head_penalty = first_penalty
-    outputs = {"fused": layers.Dense(2, activation="softmax", name="fused", kernel_regularizer=regulariser(head_penalty))(branch)}
+    fused_copy = penalised_copy("fused", head_penalty)
+    outputs = {"fused": fused_copy(branch)}
     if "clinical_head" in names:
-        copied["clinical_head"] = layers.Dense(2, activation="softmax", name="clinical_head",
-                                               kernel_regularizer=regulariser(head_penalty))
+        copied["clinical_head"] = penalised_copy("clinical_head", head_penalty)
         outputs["clinical"] = copied["clinical_head"](branch)
     pathway = keras.Model({"clinical": clinical}, outputs, name=f"{model.name}_clinical_start")
     for name, layer in copied.items():
@@ -519,7 +519,7 @@ def warm_start_clinical(model: keras.Model, vectors, y, penalty: float, steps: i
     fused = model.get_layer("fused")
     kernel, bias = fused.get_weights()
     clinical_rows = slice(kernel.shape[0] - int(branch.shape[-1]), kernel.shape[0])
-    pathway.get_layer("fused").set_weights([kernel[clinical_rows], bias])
+    fused_copy.set_weights([kernel[clinical_rows], bias])
     # Every step is the whole batch of patients; all of them run in one compiled call (steps_per_execution),
     # several times faster than a call per step on a CPU.
     pathway.compile(optimizer=keras.optimizers.Adam(learning_rate),
@@ -527,9 +527,9 @@ def warm_start_clinical(model: keras.Model, vectors, y, penalty: float, steps: i
     repeated = np.tile(vectors, (int(steps), 1))
     pathway.fit({"clinical": repeated}, {head: np.tile(y, int(steps)) for head in outputs}, batch_size=len(y), epochs=1,
                 shuffle=False, verbose=0)
-    for name in copied:
-        model.get_layer(name).set_weights(pathway.get_layer(name).get_weights())
-    fitted_kernel, fitted_bias = pathway.get_layer("fused").get_weights()
+    for name, layer in copied.items():
+        model.get_layer(name).set_weights(layer.get_weights())
+    fitted_kernel, fitted_bias = fused_copy.get_weights()
     kernel[clinical_rows] = fitted_kernel
     fused.set_weights([kernel, fitted_bias])
 

@@ -711,9 +711,10 @@ def train_fold(
     model = fold_model.fresh(data.config, int(seed))
     if "clinical" in data.inputs:  # standardised on the patients it is fitted on, one row each
         first_rows = np.unique(data.patient_id[fit_rows], return_index=True)[1]
-        networks.set_clinical_scaling(model, data.inputs["clinical"][fit_rows][first_rows])
+        patient_vectors = data.inputs["clinical"][fit_rows][first_rows]
+        networks.set_clinical_scaling(model, patient_vectors)
         if profile.clinical_warm_start:  # scikit-learn's C on these patients: a penalty of 1 / (C n)
-            networks.warm_start_clinical(model, data.inputs["clinical"][fit_rows][first_rows], data.y[fit_rows][first_rows],
+            networks.warm_start_clinical(model, patient_vectors, data.y[fit_rows][first_rows],
                                          penalty=1.0 / (profile.clinical_warm_start * len(first_rows)))
     keras.utils.set_random_seed(fold_seed)
     sampling = None
