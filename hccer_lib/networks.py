@@ -120,6 +120,10 @@ class NetworkConfig:
         clinical_gain: the gain of :class:`ClinicalScaling` in every fusion model; ``None``
             is :func:`clinical_gain` of the image features for fusion A and B and 1 for C and D
             (whose own clinical layer comes first).
+        head_dropout: in the deep model, the share of its pooled image features dropped at random in
+            each training step before its softmax head (``keras.layers.Dropout``; nothing is dropped
+            when predicting). 0 is the paper's network. Tried on development cohorts and not adopted
+            (README, "Tried since").
     """
 
     image_size: int = 224
@@ -136,12 +140,15 @@ class NetworkConfig:
     fusion_head_init: str = "glorot_uniform"
     stem_pool: bool = True
     clinical_gain: float | None = None
+    head_dropout: float = 0.0
 
     def __post_init__(self):
         if not 0.0 <= self.bn_momentum < 1.0:
             raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
         if not 0.0 <= self.image_dropout < 1.0:
             raise ValueError(f"image_dropout must be in [0, 1), got {self.image_dropout}")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
         if self.fusion_head_init not in HEAD_INITS:
             raise ValueError(f"fusion_head_init must be one of {HEAD_INITS}, got {self.fusion_head_init!r}")
         if not self.stem_pool and self.is_resnet50:
@@ -173,7 +180,7 @@ class NetworkConfig:
 #: Settings added to :class:`NetworkConfig` after trained networks were first keyed by it, each with the
 #: value that every network trained before it had. At that value a setting is left out of the run key
 #: (:meth:`NetworkConfig.key_dict`), so the trainings saved before it was added are read, not redone.
-KEYED_AT_DEFAULT_SINCE: dict[str, object] = {"stem_pool": True, "clinical_gain": None}
+KEYED_AT_DEFAULT_SINCE: dict[str, object] = {"stem_pool": True, "clinical_gain": None, "head_dropout": 0.0}
 
 
 # %% Input scaling
@@ -414,6 +421,8 @@ def build_model(model_name: str, config: NetworkConfig | None = None, joint_loss
     if model_name == "deep_resnet50":
         if joint_loss:
             raise ValueError("the joint loss needs a clinical pathway; deep_resnet50 has none")
+        if config.head_dropout:
+            features = layers.Dropout(config.head_dropout, name="head_dropout")(features)
         fused = layers.Dense(2, activation="softmax", name="fused")(features)
         return keras.Model({"image": image}, fused, name=model_name)
 

@@ -34,6 +34,9 @@ class Profile:
         augment: turn each training image by a random symmetry of the square (flips and
             quarter turns, ``training.dihedral``), drawn anew every epoch. Off in the
             ``paper`` profile: the paper does not augment.
+        augment_shift: with ``augment``, each training image is also moved by a random whole
+            number of pixels, up to this many along each axis (``training.shifted``; the edge
+            mirrored into the gap), drawn anew every epoch; 0: not moved.
         train_seeds: how many times every network is trained, with different
             initialisation seeds (``training.train_seeds``): the training noise.
         validation_fraction: share of each fold's *training* patients held out to choose
@@ -107,6 +110,7 @@ class Profile:
     train_sampling: str = "slice"
     fusion_head_init: str = "glorot_uniform"
     clinical_warm_start: float = 0.0
+    augment_shift: int = 0
 
     def __post_init__(self) -> None:
         if self.train_sampling not in TRAIN_SAMPLINGS:
@@ -115,6 +119,9 @@ class Profile:
             raise ValueError(f"fusion_head_init must be one of {HEAD_INITS}, got {self.fusion_head_init!r}")
         if self.clinical_warm_start < 0:
             raise ValueError(f"clinical_warm_start is a regression's C, >= 0 (0: no warm start); got {self.clinical_warm_start}")
+        if self.augment_shift < 0 or (self.augment_shift and not self.augment):
+            raise ValueError(f"augment_shift is a number of pixels >= 0, and needs augment; got {self.augment_shift} "
+                             f"with augment={self.augment}")
         if not 0.0 <= self.train_min_area <= 1.0:
             raise ValueError(f"train_min_area is a share of a patient's largest slice area, in [0, 1]; got {self.train_min_area}")
 

@@ -79,10 +79,12 @@ DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "r
 
 
 def training_settings(profile: Profile, model_name: str | None = None) -> dict:
-    """The settings of ``profile`` that change a network's training: :data:`DEEP_PROFILE_FIELDS`, and
-    ``clinical_warm_start`` where it is set and the network (``model_name``; ``None``: any) has a clinical
+    """The settings of ``profile`` that change a network's training: :data:`DEEP_PROFILE_FIELDS`, ``augment_shift``
+    where it is set, and ``clinical_warm_start`` where it is set and the network (``model_name``; ``None``: any) has a clinical
     pathway. Left out otherwise, so that the trainings keyed before it existed keep their keys."""
     settings = {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS}
+    if profile.augment_shift:
+        settings["augment_shift"] = profile.augment_shift
     if profile.clinical_warm_start and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["clinical_warm_start"] = profile.clinical_warm_start
     return settings
@@ -183,7 +185,8 @@ class SliceBatches(keras.utils.PyDataset):
     """Shuffled full batches of in-memory arrays, reshuffled every epoch (seeded).
 
     With ``augment``, each image of a batch is turned by one of the 8 symmetries of the
-    square (:func:`dihedral`), drawn anew for every sample each epoch (seeded).
+    square (:func:`dihedral`), drawn anew for every sample each epoch (seeded); with ``shift``
+    above 0 it is also moved by up to ``shift`` pixels along each axis (:func:`shifted`).
 
     Every batch has exactly ``batch_size`` samples: the ``n % batch_size`` left over after
     each epoch's shuffle are skipped for that epoch (other ones the next epoch). With one
@@ -197,7 +200,8 @@ class SliceBatches(keras.utils.PyDataset):
             draws ``n`` rows with replacement; ``None``: every row once per epoch.
     """
 
-    def __init__(self, inputs: dict, targets, batch_size: int, seed: int, augment: bool = False, weights=None):
+    def __init__(self, inputs: dict, targets, batch_size: int, seed: int, augment: bool = False, weights=None,
+                 shift: int = 0):
         super().__init__()
         self.inputs, self.targets = inputs, targets
         self.n = len(next(iter(inputs.values())))
@@ -207,6 +211,14 @@ class SliceBatches(keras.utils.PyDataset):
         self.rng = np.random.default_rng(seed)
         self.order = self._draw()
         self.transforms = self.rng.integers(0, len(SYMMETRIES), self.n) if self.augment else None
+        self.shift = int(shift)
+        if self.shift < 0 or (self.shift and not self.augment):
+            raise ValueError(f"shift must be >= 0 and needs augment; got shift={shift}, augment={augment}")
+        self.offsets = self._draw_offsets()
+
+    def _draw_offsets(self):
+        """``[n, 2]`` pixel offsets (rows, columns) in ``-shift..shift`` (``None`` without a shift)."""
+        return self.rng.integers(-self.shift, self.shift + 1, (self.n, 2)) if self.shift else None
 
     def __len__(self) -> int:
         return self.n // self.batch_size
@@ -216,6 +228,8 @@ class SliceBatches(keras.utils.PyDataset):
         x = {name: array[rows] for name, array in self.inputs.items()}
         if self.augment:
             x["image"] = dihedral(x["image"], self.transforms[rows])
+        if self.shift:
+            x["image"] = shifted(x["image"], self.offsets[rows], self.shift)
         y = {head: t[rows] for head, t in self.targets.items()} if isinstance(self.targets, dict) else self.targets[rows]
         return x, y
 
@@ -228,6 +242,7 @@ class SliceBatches(keras.utils.PyDataset):
         self.order = self._draw()
         if self.augment:
             self.transforms = self.rng.integers(0, len(SYMMETRIES), self.n)
+        self.offsets = self._draw_offsets()
 
 
 #: The symmetries of the square (:func:`dihedral`): 0 is the identity.
@@ -260,6 +275,31 @@ def dihedral(images: np.ndarray, transforms) -> np.ndarray:
     return out
 
 
+def shifted(images: np.ndarray, offsets, max_shift: int) -> np.ndarray:
+    """Images ``[n, H, W, c]`` each moved by ``offsets[i] = (rows, columns)`` pixels, |offset| <= ``max_shift``.
+
+    The image is mirrored by ``max_shift`` pixels on each side (``numpy.pad``'s ``"reflect"``), and the
+    ``H × W`` window moved by the offset from the centre is kept: the gap an offset opens at one edge is
+    filled with the mirror of the image's own border, the liver around the tumour, not zeros. Offset
+    ``(0, 0)`` gives the image itself.
+    """
+    offsets = np.asarray(offsets, dtype=int)
+    max_shift = int(max_shift)
+    if offsets.shape != (len(images), 2):
+        raise ValueError(f"offsets must be [{len(images)}, 2], got {offsets.shape}")
+    if np.abs(offsets).max(initial=0) > max_shift:
+        raise ValueError(f"an offset is larger than max_shift={max_shift}: {np.abs(offsets).max()}")
+    if max_shift >= min(images.shape[1:3]):
+        raise ValueError(f"max_shift={max_shift} must be smaller than the image side {images.shape[1:3]}")
+    height, width = images.shape[1:3]
+    padded = np.pad(images, ((0, 0), (max_shift, max_shift), (max_shift, max_shift), (0, 0)), mode="reflect")
+    out = np.empty_like(images)
+    for i, (dy, dx) in enumerate(offsets):
+        top, left = max_shift - dy, max_shift - dx
+        out[i] = padded[i, top:top + height, left:left + width]
+    return out
+
+
 def fit_model(
     model: keras.Model,
     inputs: dict,
@@ -273,6 +313,7 @@ def fit_model(
     lr_schedule: str = "constant",
     test_symmetries: bool = False,
     row_weights=None,
+    shift: int = 0,
 ):
     """Train ``model`` (compiled) on ``inputs`` (dict of ``[n, ...]`` arrays), labels ``y`` ``[n]`` 0/1.
 
@@ -283,7 +324,8 @@ def fit_model(
     held-out *training* patients), the model ends with the weights of the epoch whose
     patient-level AUC on them was best (:class:`BestEpoch`, predicting as the test fold will be:
     ``test_symmetries``, see :func:`predict_probability`). ``row_weights``: each row's probability of
-    being drawn (``Profile.train_sampling``, :func:`sampling_weights`). Returns the Keras History;
+    being drawn (``Profile.train_sampling``, :func:`sampling_weights`). ``shift``: with ``augment``, each
+    training image is also moved by up to this many pixels (``Profile.augment_shift``). Returns the Keras History;
     its ``best_epoch`` attribute is the epoch kept (1-based; ``epochs`` without validation).
     """
     if lr_schedule not in LR_SCHEDULES:
@@ -297,7 +339,7 @@ def fit_model(
             callback.set_model(model)
     history.on_train_begin()
     build_training_state(model, inputs, targets, batch_size)
-    batches = SliceBatches(inputs, targets, batch_size, seed, augment, row_weights)
+    batches = SliceBatches(inputs, targets, batch_size, seed, augment, row_weights, shift)
     # Keras's fit() would feed the same batches through a tf.data generator, about 1.5 s more
     # per quick fold on one thread; the steps, and so the weights, are the same.
     for epoch in range(int(epochs)):
@@ -726,7 +768,7 @@ def train_fold(
                       data.roi_area_mm2[data.validation])
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
-              test_symmetries=profile.test_symmetries, row_weights=sampling)
+              test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift)
     return model, data
 
 

@@ -166,6 +166,74 @@ def trait_regression(image_predictions, cohort_dir: Path) -> dict:
     }
 
 
+#: The statistics :func:`crop_statistics` takes of each phase of a crop, in this order.
+CROP_STATISTICS = ("mean", "sd", "p10", "p50", "p90", "centre_mean", "centre_sd", "border_mean", "border_sd",
+                   "gradient", "centre_local_sd")
+#: The ones that describe texture (pixel-to-pixel change) rather than intensity.
+TEXTURE_STATISTICS = ("gradient", "centre_local_sd")
+
+
+def crop_statistics(images: np.ndarray, margin: float) -> np.ndarray:
+    """Simple statistics of each phase of each processed crop: ``[n, H, W, 3]`` in ``[0, 1]`` →
+    ``[n, 3 · len(CROP_STATISTICS)]`` (phase by phase, :data:`CROP_STATISTICS` within each).
+
+    Intensity: mean, SD and the 10th, 50th and 90th percentiles of the crop; mean and SD of its centre
+    (the tumour's box, which the crop's ``margin`` surrounds: ``margin / (1 + 2 margin)`` of the side on
+    each side) and of the border around it. Texture: the mean absolute difference of neighbouring pixels
+    (both axes) and the mean SD of the 3 × 3 neighbourhoods of the centre.
+    """
+    from scipy import ndimage
+
+    images = np.asarray(images, dtype=np.float64)
+    n, height, width, phases = images.shape
+    edge = int(round(height * margin / (1 + 2 * margin)))
+    centre = np.zeros((height, width), dtype=bool)
+    centre[edge:height - edge, edge:width - edge] = True
+    columns = []
+    for phase in range(phases):
+        x = images[..., phase]
+        flat = x.reshape(n, -1)
+        local_mean = ndimage.uniform_filter(x, size=(1, 3, 3))
+        local_sd = np.sqrt(np.clip(ndimage.uniform_filter(x * x, size=(1, 3, 3)) - local_mean**2, 0, None))
+        gradient = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(x, axis=2)).mean(axis=(1, 2))
+        border = x[:, ~centre] if (~centre).any() else flat
+        columns += [flat.mean(1), flat.std(1), *np.percentile(flat, [10, 50, 90], axis=1), x[:, centre].mean(1),
+                    x[:, centre].std(1), border.mean(1), border.std(1), gradient, local_sd[:, centre].mean(1)]
+    return np.stack(columns, axis=1)
+
+
+def crop_statistics_reference(dataset, folds, margin: float, texture_only: bool = False) -> float:
+    """What simple statistics of the networks' own input give: the pooled patient AUC of a logistic
+    regression (standardised, C = 0.01) on :func:`crop_statistics` of ``dataset.images``, each patient's
+    statistics averaged over its slices weighted by the tumour's area (as a patient's probability is),
+    each fold's regression fitted on the other folds' patients (the study's ``folds``). ``texture_only``:
+    on :data:`TEXTURE_STATISTICS` only. A reference for the deep model: a network that does not reach it
+    does not learn what summary statistics of its crops hold.
+    """
+    import pandas as pd
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    statistics = crop_statistics(dataset.images, margin)
+    if texture_only:
+        keep = [i % len(CROP_STATISTICS) for i in range(statistics.shape[1])]
+        statistics = statistics[:, [i for i, k in enumerate(keep) if CROP_STATISTICS[k] in TEXTURE_STATISTICS]]
+    area = np.asarray(dataset.roi_area_mm2, dtype=float)
+    sums = pd.DataFrame(statistics * area[:, None]).groupby(np.asarray(dataset.patient_id)).sum()
+    patients = sums.div(pd.Series(area).groupby(np.asarray(dataset.patient_id)).sum(), axis=0)
+    fold_of = folds.assign(patient_id=folds["patient_id"].astype(str)).set_index("patient_id")
+    fold = fold_of.loc[patients.index.astype(str), "fold"].to_numpy()
+    y = pd.Series(np.asarray(dataset.y_true), index=np.asarray(dataset.patient_id)).groupby(level=0).first()
+    y = y.loc[patients.index].to_numpy(dtype=int)
+    probability = np.zeros(len(patients))
+    for held_out in np.unique(fold):
+        test = fold == held_out
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=5000))
+        probability[test] = model.fit(patients.to_numpy()[~test], y[~test]).predict_proba(patients.to_numpy()[test])[:, 1]
+    return evaluation.auc(y, probability)
+
+
 def _seed_summary(predictions) -> str:
     """``"<mean> ± <SD> over <n> seeds, ensemble <AUC>"``: pooled patient AUCs of ``predictions``."""
     per_seed = np.array(list(evaluation.seed_aucs(predictions).values()))
@@ -221,6 +289,9 @@ def main() -> None:
             line.append(f"    with every slice counted alike (not weighted by the tumour's area): "
                         f"{_seed_summary(predictions.drop(columns=evaluation.AREA_COLUMN))}")
             if model == "deep_resnet50":
+                line.append(f"    a logistic regression on simple statistics of the same crops (develop_recipe.crop_statistics): "
+                            f"{crop_statistics_reference(dataset, folds, chosen.margin):.3f}, on their texture alone "
+                            f"{crop_statistics_reference(dataset, folds, chosen.margin, texture_only=True):.3f}")
                 line.append(f"    its out-of-fold logit beside the binary clinical vector (logistic regression, "
                             f"a late fusion of the two): {stacked_reference(predictions, clinical):.3f}")
                 traits = trait_regression(predictions, cohort_dir)

@@ -110,3 +110,57 @@ def test_seed_summary_gives_the_mean_sd_and_ensemble_of_the_area_weighted_patien
     # weighted: P1 0.82, P2 0.6, N1 0.5, N2 0.38 -> AUC 1; counted alike: P1 0.5 ties N1 -> AUC 0.875
     assert develop_recipe._seed_summary(frame) == "1.000 ± 0.000 over 2 seeds, ensemble 1.000"
     assert develop_recipe._seed_summary(frame.drop(columns="roi_area_mm2")) == "0.875 ± 0.000 over 2 seeds, ensemble 0.875"
+
+
+def test_crop_statistics_are_what_they_say_on_a_crop_worked_out_by_hand():
+    image = np.zeros((1, 6, 6, 3))
+    image[0, 2:4, 2:4, 1] = 1.0  # the ART phase: the 2 × 2 centre bright, the rest 0
+    image[0, :, :, 2] = np.arange(6)[None, :] / 10  # the PV phase: a ramp along x
+    stats = develop_recipe.crop_statistics(image, margin=0.5)  # the centre: 6 · 0.5 / 2 = 1.5, rounded to 2 px
+    by_name = {name: stats[0, len(develop_recipe.CROP_STATISTICS) * phase + i] for phase in range(3)
+               for i, name in enumerate(develop_recipe.CROP_STATISTICS) if phase == 1}
+    assert stats.shape == (1, 3 * len(develop_recipe.CROP_STATISTICS))
+    assert by_name["mean"] == pytest.approx(4 / 36) and by_name["centre_mean"] == pytest.approx(1.0)
+    assert by_name["border_mean"] == pytest.approx(0.0) and by_name["centre_sd"] == pytest.approx(0.0)
+    # 32 of the 36 sorted pixels are 0: the 90th percentile lies halfway between the 32nd (0) and the 33rd (1)
+    assert by_name["p90"] == pytest.approx(0.5) and by_name["p50"] == pytest.approx(0.0)
+    # the bright square's edges: 2 columns × 2 rows of changes of 1 along each axis, over 5 × 6 differences each
+    assert by_name["gradient"] == pytest.approx(2 * 4 / 30)
+    ramp = stats[0, 2 * len(develop_recipe.CROP_STATISTICS):]
+    assert ramp[develop_recipe.CROP_STATISTICS.index("gradient")] == pytest.approx(0.1)  # 0.1 per column, 0 per row
+    np.testing.assert_allclose(stats[0, :len(develop_recipe.CROP_STATISTICS)], 0.0)  # the empty NC phase
+
+
+def _statistics_cohort(n_patients: int, carrier: str, seed: int = 0):
+    """Slices of ``n_patients`` patients (3 each) whose label is carried by the centre's brightness
+    (``"mean"``) or by pixel noise (``"texture"``), and folds; ``SimpleNamespace`` as ``ProcessedDataset``."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    label = np.arange(n_patients) % 2
+    images, ids, area = [], [], []
+    for patient, y in enumerate(label):
+        for _ in range(3):
+            image = np.full((12, 12, 3), 0.4) + rng.normal(0, 0.02, (12, 12, 3))
+            if carrier == "mean":
+                image[3:9, 3:9, 1] += 0.1 * y + rng.normal(0, 0.03)  # a constant per slice: no texture
+            else:
+                image += rng.normal(0, 0.05 * y + 0.01, (12, 12, 3))
+            images.append(image)
+            ids.append(f"P{patient:03d}")
+            area.append(rng.uniform(50, 150))
+    dataset = SimpleNamespace(images=np.array(images), patient_id=np.array(ids), y_true=np.repeat(label, 3),
+                              roi_area_mm2=np.array(area))
+    folds = pd.DataFrame({"patient_id": [f"P{p:03d}" for p in range(n_patients)], "fold": np.arange(n_patients) % 5})
+    return dataset, folds
+
+
+def test_the_crop_statistics_reference_finds_a_label_in_the_crops_statistics_and_not_where_there_is_none():
+    bright, folds = _statistics_cohort(40, "mean")
+    assert develop_recipe.crop_statistics_reference(bright, folds, margin=0.25) > 0.95
+    noisy, folds = _statistics_cohort(40, "texture")
+    assert develop_recipe.crop_statistics_reference(noisy, folds, margin=0.25, texture_only=True) > 0.95
+    shuffled = bright.__class__(**{**vars(bright), "y_true": np.repeat(np.random.default_rng(1).permutation(np.arange(40) % 2), 3)})
+    assert 0.2 < develop_recipe.crop_statistics_reference(shuffled, folds, margin=0.25) < 0.8, "a label the crops do not carry"

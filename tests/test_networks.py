@@ -274,6 +274,24 @@ def test_image_dropout_drops_image_features_in_training_only_and_never_the_clini
         NetworkConfig(image_dropout=1.0)
 
 
+def test_head_dropout_drops_the_deep_models_features_in_training_only():
+    config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", head_dropout=0.5)
+    model, plain = networks.build_model("deep_resnet50", config), networks.build_model("deep_resnet50", TINY)
+    assert model.get_layer("head_dropout").rate == 0.5
+    assert "head_dropout" not in [layer.name for layer in plain.layers]
+    assert "head_dropout" not in [layer.name for layer in networks.build_model("fusion_d", config).layers]
+    for layer in plain.layers:  # the same weights in both
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    images = {"image": np.random.default_rng(1).random((16, 32, 32, 3), dtype=np.float32)}
+    np.testing.assert_allclose(np.asarray(model(images, training=False)), np.asarray(plain(images, training=False)),
+                               rtol=1e-6)  # predicting: nothing dropped
+    assert not np.allclose(np.asarray(model(images, training=True)), np.asarray(plain(images, training=True)), atol=1e-4)
+    assert "head_dropout" not in TINY.key_dict() and config.key_dict()["head_dropout"] == 0.5
+    with pytest.raises(ValueError, match="head_dropout"):
+        NetworkConfig(head_dropout=1.0)
+
+
 def test_zero_fusion_heads_start_at_one_half_and_then_learn():
     """``fusion_head_init="zeros"``: every softmax head of a fusion model starts with kernel and bias 0,
     so its first prediction is exactly 1/2 whatever the image and the clinical vector, and one training

@@ -204,6 +204,65 @@ def test_augmented_batches_are_seeded_and_keep_labels():
     assert not any(np.array_equal(plain[i][0]["image"], first[i][0]["image"]) for i in range(2)), "augment changed nothing"
 
 
+def test_shifted_moves_each_image_and_mirrors_its_border_into_the_gap():
+    image = np.arange(5 * 5 * 3, dtype=np.float32).reshape(1, 5, 5, 3)
+    down_one = training.shifted(image, [[1, 0]], max_shift=2)[0]
+    # moved down by one row: row r shows the original row r - 1, and row 0 the mirror of row 1
+    np.testing.assert_array_equal(down_one[1:], image[0, :-1])
+    np.testing.assert_array_equal(down_one[0], image[0, 1])
+    left_two = training.shifted(image, [[0, -2]], max_shift=2)[0]
+    # moved left by two columns: column c shows column c + 2; the last two mirror columns 3 and 2
+    np.testing.assert_array_equal(left_two[:, :3], image[0, :, 2:])
+    np.testing.assert_array_equal(left_two[:, 3], image[0, :, 3])
+    np.testing.assert_array_equal(left_two[:, 4], image[0, :, 2])
+    two = np.concatenate([image, image + 100])
+    np.testing.assert_array_equal(training.shifted(two, [[0, 0], [0, 0]], 2), two)  # no offset: the images
+    with pytest.raises(ValueError, match="larger than max_shift"):
+        training.shifted(image, [[3, 0]], max_shift=2)
+    with pytest.raises(ValueError, match="offsets must be"):
+        training.shifted(two, [[1, 0]], max_shift=2)
+    with pytest.raises(ValueError, match="smaller than the image side"):
+        training.shifted(image, [[0, 0]], max_shift=5)
+
+
+def test_shifted_batches_are_seeded_keep_labels_and_leave_unshifted_batches_as_they_were():
+    rng = np.random.default_rng(4)
+    images = rng.random((10, 6, 6, 3), dtype=np.float32)
+    y = np.arange(10) % 2
+
+    def first_epoch(seed, shift):
+        batches = training.SliceBatches({"image": images}, y, 5, seed, augment=True, shift=shift)
+        return [batches[i] for i in range(len(batches))]
+
+    first, again, unshifted = first_epoch(7, 2), first_epoch(7, 2), first_epoch(7, 0)
+    for (x1, y1), (x2, y2), (_, y0) in zip(first, again, unshifted, strict=True):
+        np.testing.assert_array_equal(x1["image"], x2["image"])
+        np.testing.assert_array_equal(y1, y2)
+        np.testing.assert_array_equal(y1, y0)  # the first epoch's rows in the same order: the shift draws after them
+    # each image is a symmetry of an original image of the same label, moved by at most 2 pixels
+    x, labels = first[0]
+    for image, label in zip(x["image"], labels, strict=True):
+        matches = [i for i in range(10) for t in range(8) for dy in range(-2, 3) for dx in range(-2, 3)
+                   if np.array_equal(training.shifted(training.dihedral(images[i:i + 1], [t]), [[dy, dx]], 2)[0], image)]
+        assert matches and all(y[i] == label for i in matches), (matches, label)
+    assert any(not np.array_equal(a[0]["image"], b[0]["image"]) for a, b in zip(first, unshifted, strict=True))
+    # without a shift the batches are those of a SliceBatches that never had one
+    plain = training.SliceBatches({"image": images}, y, 5, 7, augment=True)
+    for i, (x0, _) in enumerate(unshifted):
+        np.testing.assert_array_equal(x0["image"], plain[i][0]["image"])
+    with pytest.raises(ValueError, match="needs augment"):
+        training.SliceBatches({"image": images}, y, 5, 7, augment=False, shift=2)
+
+
+def test_augment_shift_is_keyed_only_when_set_and_needs_augment():
+    plain = training.training_settings(TINY_PROFILE, "deep_resnet50")
+    assert "augment_shift" not in plain, "the trainings keyed before the setting keep their keys"
+    moved = replace(TINY_PROFILE, augment=True, augment_shift=4)
+    assert training.training_settings(moved, "deep_resnet50") == {**plain, "augment": True, "augment_shift": 4}
+    with pytest.raises(ValueError, match="needs augment"):
+        replace(TINY_PROFILE, augment=False, augment_shift=4)
+
+
 def test_fold_data_splits_by_patient(study):
     data = training.fold_data("fusion_d", study.dataset, study.clinical, study.folds, TINY_PROFILE, 1)
     test_patients = set(study.folds.loc[study.folds["fold"] == 1, "patient_id"])
