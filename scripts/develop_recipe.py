@@ -179,7 +179,7 @@ def crop_statistics(images: np.ndarray, margin: float) -> np.ndarray:
 
     Intensity: mean, SD and the 10th, 50th and 90th percentiles of the crop; mean and SD of its centre
     (the tumour's box, which the crop's ``margin`` surrounds: ``margin / (1 + 2 margin)`` of the side on
-    each side) and of the border around it. Texture: the mean absolute difference of neighbouring pixels
+    each side) and of the border around it (the whole crop when there is no margin). Texture: the mean absolute difference of neighbouring pixels
     (both axes) and the mean SD of the 3 × 3 neighbourhoods of the centre.
     """
     from scipy import ndimage
@@ -217,8 +217,8 @@ def crop_statistics_reference(dataset, folds, margin: float, texture_only: bool 
 
     statistics = crop_statistics(dataset.images, margin)
     if texture_only:
-        keep = [i % len(CROP_STATISTICS) for i in range(statistics.shape[1])]
-        statistics = statistics[:, [i for i, k in enumerate(keep) if CROP_STATISTICS[k] in TEXTURE_STATISTICS]]
+        names = np.tile(CROP_STATISTICS, statistics.shape[1] // len(CROP_STATISTICS))  # phase by phase
+        statistics = statistics[:, np.isin(names, TEXTURE_STATISTICS)]
     area = np.asarray(dataset.roi_area_mm2, dtype=float)
     sums = pd.DataFrame(statistics * area[:, None]).groupby(np.asarray(dataset.patient_id)).sum()
     patients = sums.div(pd.Series(area).groupby(np.asarray(dataset.patient_id)).sum(), axis=0)

@@ -250,16 +250,23 @@ def test_bn_momentum_reaches_every_batch_normalisation_and_its_moving_statistics
         NetworkConfig(bn_momentum=1.0)
 
 
-def test_image_dropout_drops_image_features_in_training_only_and_never_the_clinical_pathway():
-    config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", image_dropout=0.5)
-    model = networks.build_model("fusion_d_joint", config)
-    plain = networks.build_model("fusion_d_joint", TINY)
-    assert model.get_layer("image_dropout").rate == 0.5
-    assert "image_dropout" not in [layer.name for layer in plain.layers]
-    assert "image_dropout" not in [layer.name for layer in networks.build_model("deep_resnet50", config).layers]
+def _with_and_without_dropout(model_name: str, setting: str, other_model: str):
+    """``model_name`` built with ``setting`` (a dropout of the network's configuration) at 0.5 and without it,
+    with the same weights; the dropout layer (named as the setting) is in the first only, and not in
+    ``other_model`` built with the same setting. Returns the configuration and the two models."""
+    config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", **{setting: 0.5})
+    model, plain = networks.build_model(model_name, config), networks.build_model(model_name, TINY)
+    assert model.get_layer(setting).rate == 0.5
+    assert setting not in [layer.name for layer in plain.layers]
+    assert setting not in [layer.name for layer in networks.build_model(other_model, config).layers]
     for layer in plain.layers:  # the same weights in both
         if layer.weights:
             model.get_layer(layer.name).set_weights(layer.get_weights())
+    return config, model, plain
+
+
+def test_image_dropout_drops_image_features_in_training_only_and_never_the_clinical_pathway():
+    _, model, plain = _with_and_without_dropout("fusion_d_joint", "image_dropout", other_model="deep_resnet50")
     rng = np.random.default_rng(0)
     inputs = {"image": rng.random((16, 32, 32, 3), dtype=np.float32), "clinical": rng.integers(0, 2, (16, 9)).astype(np.float32)}
     predicted = {head: np.asarray(v) for head, v in model(inputs, training=False).items()}
@@ -275,14 +282,7 @@ def test_image_dropout_drops_image_features_in_training_only_and_never_the_clini
 
 
 def test_head_dropout_drops_the_deep_models_features_in_training_only():
-    config = NetworkConfig(32, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none", head_dropout=0.5)
-    model, plain = networks.build_model("deep_resnet50", config), networks.build_model("deep_resnet50", TINY)
-    assert model.get_layer("head_dropout").rate == 0.5
-    assert "head_dropout" not in [layer.name for layer in plain.layers]
-    assert "head_dropout" not in [layer.name for layer in networks.build_model("fusion_d", config).layers]
-    for layer in plain.layers:  # the same weights in both
-        if layer.weights:
-            model.get_layer(layer.name).set_weights(layer.get_weights())
+    config, model, plain = _with_and_without_dropout("deep_resnet50", "head_dropout", other_model="fusion_d")
     images = {"image": np.random.default_rng(1).random((16, 32, 32, 3), dtype=np.float32)}
     np.testing.assert_allclose(np.asarray(model(images, training=False)), np.asarray(plain(images, training=False)),
                                rtol=1e-6)  # predicting: nothing dropped
