@@ -22,7 +22,9 @@ epoch whose patient-level AUC on those held-out patients was best (checkpoint ch
 test fold is never looked at). ``weight_decay`` (AdamW), ``lr_schedule`` (``"cosine"``:
 the learning rate falls per epoch from ``learning_rate`` towards 0) and ``augment``
 (:func:`dihedral`) complete it; ``test_symmetries`` predicts every test image in the 8
-symmetries that ``augment`` trains on and averages them (:func:`predict_probability`). The
+symmetries that ``augment`` trains on and averages them (:func:`predict_probability`);
+``head_refit`` fits the deep model's softmax head anew, after its training, as a penalised logistic
+regression on its own pooled features of the fold's training patients (:func:`refit_head`). The
 ``paper`` profile uses none of them.
 
 Resuming: each finished fold is saved as ``<work_dir>/runs/<model>/<settings key>/
@@ -57,6 +59,7 @@ import logging
 import multiprocessing
 import os
 import time
+import weakref
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +67,9 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from hccer_lib import evaluation, networks, outputs
 from hccer_lib.profiles import Profile
@@ -80,13 +86,16 @@ DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "r
 
 def training_settings(profile: Profile, model_name: str | None = None) -> dict:
     """The settings of ``profile`` that change a network's training: :data:`DEEP_PROFILE_FIELDS`, ``augment_shift``
-    where it is set, and ``clinical_warm_start`` where it is set and the network (``model_name``; ``None``: any) has a clinical
-    pathway. Left out otherwise, so that the trainings keyed before it existed keep their keys."""
+    where it is set, ``clinical_warm_start`` where it is set and the network (``model_name``; ``None``: any) has a clinical
+    pathway, and ``head_refit`` where it is set and the network is the deep model (or any). Left out otherwise, so that
+    the trainings keyed before they existed keep their keys."""
     settings = {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS}
     if profile.augment_shift:
         settings["augment_shift"] = profile.augment_shift
     if profile.clinical_warm_start and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["clinical_warm_start"] = profile.clinical_warm_start
+    if profile.head_refit and (model_name is None or model_name == "deep_resnet50"):
+        settings["head_refit"] = profile.head_refit
     return settings
 
 
@@ -555,6 +564,78 @@ def predict_probability(model: keras.Model, inputs: dict, batch_size: int = 64, 
     return probabilities[:n] / len(transforms)
 
 
+#: Each network's layers up to its head as a Keras model (:func:`pooled_features`), kept while the network lives.
+_FEATURE_MODELS: weakref.WeakKeyDictionary[keras.Model, keras.Model] = weakref.WeakKeyDictionary()
+
+
+def pooled_features(model: keras.Model, images: np.ndarray, batch_size: int = 64, symmetries: bool = False) -> np.ndarray:
+    """The deep model's pooled image features ``[n, f]`` of ``images`` ``[n, H, W, 3]``: what its softmax head sees.
+
+    With ``symmetries``, each image's features averaged over its 8 symmetries of the square (:func:`dihedral`).
+    The network's layers up to its head are predicted as one Keras model, made once per network
+    (:data:`_FEATURE_MODELS`), inside :func:`fast_cpu_graphs` as the network is trained.
+    """
+    names = {layer.name for layer in model.layers}
+    if "phase_scaling" not in names or "fused" not in names:
+        raise ValueError(f"{model.name} has no image pathway and head")
+    if model not in _FEATURE_MODELS:
+        _FEATURE_MODELS[model] = keras.Model(model.inputs, model.get_layer("fused").input)
+    features_of = _FEATURE_MODELS[model]
+    images = np.asarray(images, dtype=np.float32)
+    transforms = SYMMETRIES if symmetries else (0,)
+    features = 0.0
+    with fast_cpu_graphs():
+        for transform in transforms:
+            turned = dihedral(images, np.full(len(images), transform))
+            features = features + features_of.predict({"image": turned}, batch_size=batch_size, verbose=0)
+    return np.asarray(features, dtype=np.float64) / len(transforms)
+
+
+def refit_head(model: keras.Model, images: np.ndarray, y, patient_id, roi_area_mm2, C: float,
+               symmetries: bool = False) -> Pipeline:
+    """Fit the deep model's softmax head anew as a penalised logistic regression on its training patients.
+
+    ``images`` ``[n, H, W, 3]``, ``y`` ``[n]`` 0/1, ``patient_id`` and ``roi_area_mm2`` (mm²) ``[n]``: the training
+    slices. Each patient's pooled features (:func:`pooled_features`, with ``symmetries`` averaged over the 8 turns)
+    are averaged over its slices weighted by the tumour's area, as the patient level weights its slices'
+    probabilities; a logistic regression (scikit-learn, standardised features, L2 penalty of ``C``) is fitted on one
+    row per patient. Its coefficients are put into the ``fused`` softmax layer, half on each neuron with opposite
+    signs, so that the network's probability for a slice is the regression's on that slice's features.
+
+    Why: trained by the recipe's last Adam steps on the slices of patients whose features it has just fitted, the
+    head weighs those features too much. A strongly penalised regression on the same features ranks the test
+    patients better (README, "How the CPU recipe was chosen"). Returns the fitted pipeline.
+    """
+    if C <= 0:
+        raise ValueError(f"C must be positive, got {C}")
+    names = {layer.name for layer in model.layers}
+    if "phase_scaling" not in names or "clinical_scaling" in names:
+        raise ValueError(f"refit_head fits the deep model's head on image features alone; {model.name} is not it")
+    y = np.asarray(y, dtype=int)
+    patient_id, areas = np.asarray(patient_id), np.asarray(roi_area_mm2, dtype=np.float64)
+    if not len(images) == len(y) == len(patient_id) == len(areas) or len(y) == 0:
+        raise ValueError(f"images, y, patient_id and roi_area_mm2 must have one row per slice, got lengths "
+                         f"{len(images)}, {len(y)}, {len(patient_id)}, {len(areas)}")
+    features = pooled_features(model, images, symmetries=symmetries)
+    weighted = pd.DataFrame(features * areas[:, None]).assign(area=areas, y=y).groupby(patient_id).sum()
+    if (weighted["area"] <= 0).any():
+        raise ValueError("every training patient needs a tumour area above 0 in its slices")
+    patient_features = weighted.drop(columns=["area", "y"]).div(weighted["area"], axis=0).to_numpy()
+    slices = pd.Series(patient_id).value_counts().reindex(weighted.index).to_numpy()
+    patient_y = weighted["y"].to_numpy() / slices
+    if not np.isin(patient_y, (0.0, 1.0)).all():
+        raise ValueError("each patient's slices must carry one label")
+    regression = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=10_000))
+    regression.fit(patient_features, patient_y.astype(int))
+    scaler, logistic = regression[0], regression[1]
+    weights = logistic.coef_[0] / scaler.scale_
+    intercept = logistic.intercept_[0] - float(np.sum(weights * scaler.mean_))
+    kernel = np.stack([-weights / 2, weights / 2], axis=1).astype(np.float32)
+    bias = np.array([-intercept / 2, intercept / 2], dtype=np.float32)
+    model.get_layer("fused").set_weights([kernel, bias])
+    return regression
+
+
 def array_digest(*arrays) -> str:
     """A short content hash of numpy arrays (the data a run was trained on)."""
     digest = hashlib.sha256()
@@ -735,7 +816,9 @@ def train_fold(
     ``seed + fold`` the validation patients, the batches and the symmetries. The same
     network, initial weights, validation patients, batches and epochs as
     :func:`train_cross_validated`'s fold ``fold`` of that seed, so predicting
-    ``data.subset(data.test)`` gives that fold's out-of-fold predictions again. The
+    ``data.subset(data.test)`` gives that fold's out-of-fold predictions again. With
+    ``profile.head_refit``, the deep model's head is then fitted anew on the training patients
+    (:func:`refit_head`; never the test fold, nor held-out validation patients). The
     whole-cohort fit (``fold=None``) is seeded with ``seed + n_folds``, after the folds'.
     With ``profile.validation_fraction > 0`` a share of the training patients is held out
     for the choice of the epoch (``data.validation``; the network's history says which,
@@ -769,6 +852,9 @@ def train_fold(
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
               test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift)
+    if profile.head_refit and model_name == "deep_resnet50":
+        refit_head(model, data.inputs["image"][fit_rows], data.y[fit_rows], data.patient_id[fit_rows],
+                   data.roi_area_mm2[fit_rows], profile.head_refit, symmetries=profile.test_symmetries)
     return model, data
 
 

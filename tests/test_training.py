@@ -557,3 +557,82 @@ def test_clinical_warm_start_sees_the_training_patients_only_and_keys_fusion_run
     assert key("deep_resnet50", warm)["key"] == key("deep_resnet50", TINY_PROFILE)["key"], "no clinical pathway to start"
     with pytest.raises(ValueError, match="clinical_warm_start"):
         replace(TINY_PROFILE, clinical_warm_start=-1.0)
+
+
+def test_refit_head_makes_the_network_the_regression_on_its_patients_pooled_features_by_hand(study):
+    """``training.refit_head``: each patient's pooled features averaged over its slices by the tumour's area, a
+    standardised logistic regression of C fitted on one row per patient (scikit-learn, here by hand), and the network's
+    probability for a slice then equal to that regression's on the slice's own features."""
+    from sklearn.linear_model import LogisticRegression
+
+    model = networks.build_model("deep_resnet50", training.network_config(TINY_PROFILE, imagenet="none"))
+    images, y = study.dataset.images, study.dataset.y_true
+    patient_id, areas = study.dataset.patient_id, study.dataset.roi_area_mm2
+    fitted = training.refit_head(model, images, y, patient_id, areas, C=0.5)
+
+    features = training.pooled_features(model, images)
+    assert features.shape == (len(images), model.get_layer("fused").get_weights()[0].shape[0]), features.shape
+    first, second = features[0::2], features[1::2]  # the tiny dataset: two slices per patient, areas 100 and 110 mm²
+    patient_features = (100.0 * first + 110.0 * second) / 210.0
+    spread = np.where(patient_features.std(0) > 0, patient_features.std(0), 1.0)  # a feature dead in every image: 1
+    standardised = (patient_features - patient_features.mean(0)) / spread
+    by_hand = LogisticRegression(C=0.5, max_iter=10_000).fit(standardised, y[0::2])
+    np.testing.assert_allclose(fitted[1].coef_, by_hand.coef_, rtol=1e-4, atol=1e-6)
+
+    slice_logit = by_hand.intercept_[0] + ((features - patient_features.mean(0)) / spread) @ by_hand.coef_[0]
+    network = training.predict_probability(model, {"image": images})
+    np.testing.assert_allclose(network, 1 / (1 + np.exp(-slice_logit)), atol=2e-5, err_msg="the network is the regression")
+
+    turned = training.pooled_features(model, images[:3], symmetries=True)
+    each = [training.pooled_features(model, training.dihedral(images[:3], np.full(3, t))) for t in range(8)]
+    np.testing.assert_allclose(turned, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_refit_head_refuses_bad_input_and_the_fusion_models(study):
+    model = networks.build_model("deep_resnet50", training.network_config(TINY_PROFILE, imagenet="none"))
+    data = study.dataset
+    with pytest.raises(ValueError, match="C must be positive"):
+        training.refit_head(model, data.images, data.y_true, data.patient_id, data.roi_area_mm2, C=0.0)
+    with pytest.raises(ValueError, match="one row per slice"):
+        training.refit_head(model, data.images, data.y_true[:-1], data.patient_id, data.roi_area_mm2, C=1.0)
+    mixed = data.y_true.copy()
+    mixed[0] = 1 - mixed[0]
+    with pytest.raises(ValueError, match="one label"):
+        training.refit_head(model, data.images, mixed, data.patient_id, data.roi_area_mm2, C=1.0)
+    fusion = networks.build_model("fusion_d", training.network_config(TINY_PROFILE, imagenet="none"))
+    with pytest.raises(ValueError, match="not it"):
+        training.refit_head(fusion, data.images, data.y_true, data.patient_id, data.roi_area_mm2, C=1.0)
+    with pytest.raises(ValueError, match="head_refit"):
+        replace(TINY_PROFILE, head_refit=-0.1)
+
+
+def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, monkeypatch):
+    """``Profile.head_refit``: in ``train_fold`` the deep model's head is refitted on the fold's training slices (never
+    the test fold's) with the profile's C; the setting changes the deep model's run key, not a fusion model's, and at 0
+    (the default) the keys are those of before the setting existed."""
+    calls = []
+    real = training.refit_head
+
+    def recording(model, images, y, patient_id, roi_area_mm2, C, symmetries=False):
+        calls.append((np.asarray(patient_id).copy(), C, symmetries))
+        return real(model, images, y, patient_id, roi_area_mm2, C, symmetries=symmetries)
+
+    monkeypatch.setattr(training, "refit_head", recording)
+    as_trained, refit = replace(TINY_PROFILE, head_refit=0.0), replace(TINY_PROFILE, head_refit=0.01)
+    model, data = training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, refit, 0, seed=1,
+                                      imagenet="none")
+    assert len(calls) == 1, len(calls)
+    patients, C, symmetries = calls[0]
+    assert sorted(set(patients)) == sorted(set(data.patient_id[data.train])), "the training patients, all of them"
+    assert not set(patients) & set(data.patient_id[data.test]), "never the test fold"
+    assert C == 0.01 and symmetries == TINY_PROFILE.test_symmetries, (C, symmetries)
+    training.train_fold("fusion_d", study.dataset, study.clinical, study.folds, refit, 0, seed=1, imagenet="none")
+    assert len(calls) == 1, "a fusion model's head is not refitted"
+
+    def key(model_name, profile):
+        return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
+                                   seed=1, imagenet="none")[1]
+
+    assert "head_refit" not in key("deep_resnet50", as_trained)["profile_deep"], "0 keeps the keys of before the setting"
+    assert key("deep_resnet50", refit)["key"] != key("deep_resnet50", as_trained)["key"]
+    assert key("fusion_d", refit)["key"] == key("fusion_d", as_trained)["key"], "only the deep model's head"
