@@ -608,25 +608,22 @@ def refit_head(model: keras.Model, images: np.ndarray, y, patient_id, roi_area_m
     """
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
-    names = {layer.name for layer in model.layers}
-    if "phase_scaling" not in names or "clinical_scaling" in names:
+    if "clinical_scaling" in {layer.name for layer in model.layers}:
         raise ValueError(f"refit_head fits the deep model's head on image features alone; {model.name} is not it")
     y = np.asarray(y, dtype=int)
     patient_id, areas = np.asarray(patient_id), np.asarray(roi_area_mm2, dtype=np.float64)
     if not len(images) == len(y) == len(patient_id) == len(areas) or len(y) == 0:
         raise ValueError(f"images, y, patient_id and roi_area_mm2 must have one row per slice, got lengths "
                          f"{len(images)}, {len(y)}, {len(patient_id)}, {len(areas)}")
-    features = pooled_features(model, images, symmetries=symmetries)
-    weighted = pd.DataFrame(features * areas[:, None]).assign(area=areas, y=y).groupby(patient_id).sum()
-    if (weighted["area"] <= 0).any():
+    if (pd.Series(areas).groupby(patient_id).sum() <= 0).any():
         raise ValueError("every training patient needs a tumour area above 0 in its slices")
-    patient_features = weighted.drop(columns=["area", "y"]).div(weighted["area"], axis=0).to_numpy()
-    slices = pd.Series(patient_id).value_counts().reindex(weighted.index).to_numpy()
-    patient_y = weighted["y"].to_numpy() / slices
-    if not np.isin(patient_y, (0.0, 1.0)).all():
+    labels = pd.Series(y).groupby(patient_id).agg(["min", "max"])
+    if (labels["min"] != labels["max"]).any():
         raise ValueError("each patient's slices must carry one label")
+    features = pooled_features(model, images, symmetries=symmetries)
+    patient_features = area_weighted_patient_means(features, patient_id, areas)
     regression = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=10_000))
-    regression.fit(patient_features, patient_y.astype(int))
+    regression.fit(patient_features.to_numpy(), labels["min"].to_numpy())
     scaler, logistic = regression[0], regression[1]
     weights = logistic.coef_[0] / scaler.scale_
     intercept = logistic.intercept_[0] - float(np.sum(weights * scaler.mean_))
@@ -716,6 +713,15 @@ def sampling_weights(patient_id, roi_area_mm2) -> np.ndarray:
     areas = pd.Series(np.asarray(roi_area_mm2, dtype=float))
     shares = areas / areas.groupby(np.asarray(patient_id).astype(str)).transform("sum")
     return (shares / shares.sum()).to_numpy()
+
+
+def area_weighted_patient_means(values: np.ndarray, patient_id, roi_area_mm2) -> pd.DataFrame:
+    """``[patients, k]``: each patient's rows of ``values`` ``[n, k]`` averaged with weights proportional to the
+    tumour's area in each slice (mm², ``[n]``), as a patient's probability weighs its slices
+    (``evaluation.area_weighted_mean``); indexed by patient id, sorted."""
+    patient_id, areas = np.asarray(patient_id), np.asarray(roi_area_mm2, dtype=np.float64)
+    sums = pd.DataFrame(np.asarray(values) * areas[:, None]).groupby(patient_id).sum()
+    return sums.div(pd.Series(areas).groupby(patient_id).sum(), axis=0)
 
 
 def area_shares(dataset) -> np.ndarray:

@@ -219,9 +219,7 @@ def crop_statistics_reference(dataset, folds, margin: float, texture_only: bool 
     if texture_only:
         names = np.tile(CROP_STATISTICS, statistics.shape[1] // len(CROP_STATISTICS))  # phase by phase
         statistics = statistics[:, np.isin(names, TEXTURE_STATISTICS)]
-    area = np.asarray(dataset.roi_area_mm2, dtype=float)
-    sums = pd.DataFrame(statistics * area[:, None]).groupby(np.asarray(dataset.patient_id)).sum()
-    patients = sums.div(pd.Series(area).groupby(np.asarray(dataset.patient_id)).sum(), axis=0)
+    patients = training.area_weighted_patient_means(statistics, dataset.patient_id, dataset.roi_area_mm2)
     fold_of = folds.assign(patient_id=folds["patient_id"].astype(str)).set_index("patient_id")
     fold = fold_of.loc[patients.index.astype(str), "fold"].to_numpy()
     y = pd.Series(np.asarray(dataset.y_true), index=np.asarray(dataset.patient_id)).groupby(level=0).first()

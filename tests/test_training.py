@@ -398,6 +398,13 @@ def test_area_shares_are_each_slices_area_over_its_patients_largest_by_hand():
     assert training.area_shares(dataset).tolist() == [0.5, 1.0, 0.5, 1.0, 1.0]
 
 
+def test_area_weighted_patient_means_weigh_each_slice_by_its_area_by_hand():
+    values = np.array([[1.0, 10.0], [4.0, 40.0], [2.0, 0.0]])
+    means = training.area_weighted_patient_means(values, ["B", "B", "A"], [100.0, 50.0, 30.0])
+    assert means.index.tolist() == ["A", "B"], means.index.tolist()
+    np.testing.assert_allclose(means.to_numpy(), [[2.0, 0.0], [2.0, 20.0]], err_msg="B: (100 * 1 + 50 * 4) / 150 = 2")
+
+
 def test_slices_below_the_training_area_share_are_predicted_but_not_trained_on(study):
     # the tiny dataset's two slices per patient have areas 100 and 110 mm²: a share of 1 trains the larger one only
     predictions = run(study, model_name="deep_resnet50", seed=3, profile=replace(TINY_PROFILE, train_min_area=1.0))
