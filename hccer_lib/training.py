@@ -24,7 +24,8 @@ the learning rate falls per epoch from ``learning_rate`` towards 0) and ``augmen
 (:func:`dihedral`) complete it; ``test_symmetries`` predicts every test image in the 8
 symmetries that ``augment`` trains on and averages them (:func:`predict_probability`);
 ``head_refit`` fits the deep model's softmax head anew, after its training, as a penalised logistic
-regression on its own pooled features of the fold's training patients (:func:`refit_head`). The
+regression on its own pooled features of the fold's training patients (:func:`refit_head`;
+``fusion_head_refit`` does the same for the fusion models' fused head, tried and not adopted). The
 ``paper`` profile uses none of them.
 
 Resuming: each finished fold is saved as ``<work_dir>/runs/<model>/<settings key>/
@@ -69,7 +70,7 @@ import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
-from sklearn.preprocessing import StandardScaler
+from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from hccer_lib import evaluation, networks, outputs
 from hccer_lib.profiles import Profile
@@ -87,8 +88,9 @@ DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "r
 def training_settings(profile: Profile, model_name: str | None = None) -> dict:
     """The settings of ``profile`` that change a network's training: :data:`DEEP_PROFILE_FIELDS`, ``augment_shift``
     where it is set, ``clinical_warm_start`` where it is set and the network (``model_name``; ``None``: any) has a clinical
-    pathway, and ``head_refit`` where it is set and the network is the deep model (or any). Left out otherwise, so that
-    the trainings keyed before they existed keep their keys."""
+    pathway, ``head_refit`` where it is set and the network is the deep model (or any), and ``fusion_head_refit`` where
+    it is set and the network is a fusion model (or any). Left out otherwise, so that the trainings keyed before they
+    existed keep their keys."""
     settings = {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS}
     if profile.augment_shift:
         settings["augment_shift"] = profile.augment_shift
@@ -96,6 +98,9 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
         settings["clinical_warm_start"] = profile.clinical_warm_start
     if profile.head_refit and (model_name is None or model_name == "deep_resnet50"):
         settings["head_refit"] = profile.head_refit
+    if profile.fusion_head_refit and (model_name is None or model_name in networks.FUSION_KINDS):
+        settings["fusion_head_refit"] = profile.fusion_head_refit
+        settings["fusion_refit_image_scale"] = profile.fusion_refit_image_scale
     return settings
 
 
@@ -564,16 +569,18 @@ def predict_probability(model: keras.Model, inputs: dict, batch_size: int = 64, 
     return probabilities[:n] / len(transforms)
 
 
-#: Each network's layers up to its head as a Keras model (:func:`pooled_features`), kept while the network lives.
+#: Each network's layers up to its head as a Keras model (:func:`head_features`), kept while the network lives.
 _FEATURE_MODELS: weakref.WeakKeyDictionary[keras.Model, keras.Model] = weakref.WeakKeyDictionary()
 
 
-def pooled_features(model: keras.Model, images: np.ndarray, batch_size: int = 64, symmetries: bool = False) -> np.ndarray:
-    """The deep model's pooled image features ``[n, f]`` of ``images`` ``[n, H, W, 3]``: what its softmax head sees.
+def head_features(model: keras.Model, inputs: dict, batch_size: int = 64, symmetries: bool = False) -> np.ndarray:
+    """What the network's ``fused`` softmax head sees, ``[n, f]``, for ``inputs`` (the network's input dict).
 
-    With ``symmetries``, each image's features averaged over its 8 symmetries of the square (:func:`dihedral`).
-    The network's layers up to its head are predicted as one Keras model, made once per network
-    (:data:`_FEATURE_MODELS`), inside :func:`fast_cpu_graphs` as the network is trained.
+    The deep model's pooled image features; a fusion model's image branch beside its clinical branch (the
+    ``concat`` layer). With ``symmetries``, each row averaged over the image's 8 symmetries of the square
+    (:func:`dihedral`; the clinical vector unchanged). The network's layers up to its head are predicted as one
+    Keras model, made once per network (:data:`_FEATURE_MODELS`), inside :func:`fast_cpu_graphs` as the network
+    is trained.
     """
     names = {layer.name for layer in model.layers}
     if "phase_scaling" not in names or "fused" not in names:
@@ -581,26 +588,45 @@ def pooled_features(model: keras.Model, images: np.ndarray, batch_size: int = 64
     if model not in _FEATURE_MODELS:
         _FEATURE_MODELS[model] = keras.Model(model.inputs, model.get_layer("fused").input)
     features_of = _FEATURE_MODELS[model]
-    images = np.asarray(images, dtype=np.float32)
+    inputs = {name: np.asarray(array, dtype=np.float32) for name, array in inputs.items()}
     transforms = SYMMETRIES if symmetries else (0,)
     features = 0.0
     with fast_cpu_graphs():
         for transform in transforms:
-            turned = dihedral(images, np.full(len(images), transform))
-            features = features + features_of.predict({"image": turned}, batch_size=batch_size, verbose=0)
+            features = features + features_of.predict(turned_inputs(inputs, transform), batch_size=batch_size, verbose=0)
     return np.asarray(features, dtype=np.float64) / len(transforms)
 
 
-def refit_head(model: keras.Model, images: np.ndarray, y, patient_id, roi_area_mm2, C: float,
-               symmetries: bool = False) -> Pipeline:
-    """Fit the deep model's softmax head anew as a penalised logistic regression on its training patients.
+def pooled_features(model: keras.Model, images: np.ndarray, batch_size: int = 64, symmetries: bool = False) -> np.ndarray:
+    """The deep model's pooled image features ``[n, f]`` of ``images`` ``[n, H, W, 3]``: :func:`head_features` of
+    the image alone."""
+    return head_features(model, {"image": images}, batch_size, symmetries)
 
-    ``images`` ``[n, H, W, 3]``, ``y`` ``[n]`` 0/1, ``patient_id`` and ``roi_area_mm2`` (mm²) ``[n]``: the training
-    slices. Each patient's pooled features (:func:`pooled_features`, with ``symmetries`` averaged over the 8 turns)
-    are averaged over its slices weighted by the tumour's area, as the patient level weights its slices'
-    probabilities; a logistic regression (scikit-learn, standardised features, L2 penalty of ``C``) is fitted on one
-    row per patient. Its coefficients are put into the ``fused`` softmax layer, half on each neuron with opposite
-    signs, so that the network's probability for a slice is the regression's on that slice's features.
+
+def _scaled_columns(features: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``features`` ``[n, f]`` with each column multiplied by its ``scales`` ``[f]`` (a step of :func:`refit_head`)."""
+    return features * scales
+
+
+def refit_head(model: keras.Model, inputs: dict, y, patient_id, roi_area_mm2, C: float,
+               symmetries: bool = False, image_scale: float = 1.0) -> Pipeline:
+    """Fit a network's ``fused`` softmax head anew as a penalised logistic regression on its training patients.
+
+    ``inputs`` the network's input dict (``{"image": [n, H, W, 3]}``, plus ``"clinical": [n, k]`` for a fusion
+    model), ``y`` ``[n]`` 0/1, ``patient_id`` and ``roi_area_mm2`` (mm²) ``[n]``: the training slices. Each
+    patient's head features (:func:`head_features`, with ``symmetries`` averaged over the 8 turns; the deep model's
+    pooled image features, a fusion model's image and clinical branches side by side) are averaged over its slices
+    weighted by the tumour's area, as the patient level weights its slices' probabilities; a logistic regression
+    (scikit-learn, standardised features, L2 penalty of ``C``) is fitted on one row per patient. Its coefficients
+    are put into the ``fused`` softmax layer, half on each neuron with opposite signs, so that the network's
+    probability for a slice is the regression's on that slice's features. The layers below the head, and a
+    joint-loss model's image and clinical heads (used in training only), are left as they are.
+
+    ``image_scale`` (fusion models): the standardised image-branch features are multiplied by it before the
+    regression, so that their coefficients are penalised ``1 / image_scale²`` times as much as the clinical
+    branch's. On its training patients a fusion model's image branch looks far stronger than it is on new ones
+    (it has just been fitted to them; README, "Tried since"), and an equal penalty lets it crowd out the clinical
+    branch.
 
     Why: trained by the recipe's last Adam steps on the slices of patients whose features it has just fitted, the
     head weighs those features too much. A strongly penalised regression on the same features ranks the test
@@ -608,24 +634,31 @@ def refit_head(model: keras.Model, images: np.ndarray, y, patient_id, roi_area_m
     """
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
-    if "clinical_scaling" in {layer.name for layer in model.layers}:
-        raise ValueError(f"refit_head fits the deep model's head on image features alone; {model.name} is not it")
+    fusion = "clinical_scaling" in {layer.name for layer in model.layers}
+    if image_scale <= 0 or (image_scale != 1.0 and not fusion):
+        raise ValueError(f"image_scale weighs a fusion model's image branch against its clinical branch, > 0 (1 for "
+                         f"{model.name}); got {image_scale}")
     y = np.asarray(y, dtype=int)
     patient_id, areas = np.asarray(patient_id), np.asarray(roi_area_mm2, dtype=np.float64)
-    if not len(images) == len(y) == len(patient_id) == len(areas) or len(y) == 0:
-        raise ValueError(f"images, y, patient_id and roi_area_mm2 must have one row per slice, got lengths "
-                         f"{len(images)}, {len(y)}, {len(patient_id)}, {len(areas)}")
+    lengths = {name: len(array) for name, array in inputs.items()}
+    if len(set(lengths.values()) | {len(y), len(patient_id), len(areas)}) != 1 or len(y) == 0:
+        raise ValueError(f"the inputs ({lengths}), y, patient_id and roi_area_mm2 must have one row per slice, got "
+                         f"lengths {len(y)}, {len(patient_id)}, {len(areas)}")
     if (pd.Series(areas).groupby(patient_id).sum() <= 0).any():
         raise ValueError("every training patient needs a tumour area above 0 in its slices")
     labels = pd.Series(y).groupby(patient_id).agg(["min", "max"])
     if (labels["min"] != labels["max"]).any():
         raise ValueError("each patient's slices must carry one label")
-    features = pooled_features(model, images, symmetries=symmetries)
+    features = head_features(model, inputs, symmetries=symmetries)
     patient_features = area_weighted_patient_means(features, patient_id, areas)
-    regression = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=10_000))
+    column_scales = np.ones(features.shape[1])
+    if fusion:  # the concat layer's first input is the image branch
+        column_scales[: int(model.get_layer("concat").input[0].shape[-1])] = image_scale
+    regression = make_pipeline(StandardScaler(), FunctionTransformer(_scaled_columns, kw_args={"scales": column_scales}),
+                               LogisticRegression(C=C, max_iter=10_000))
     regression.fit(patient_features.to_numpy(), labels["min"].to_numpy())
-    scaler, logistic = regression[0], regression[1]
-    weights = logistic.coef_[0] / scaler.scale_
+    scaler, logistic = regression[0], regression[-1]
+    weights = logistic.coef_[0] * column_scales / scaler.scale_
     intercept = logistic.intercept_[0] - float(np.sum(weights * scaler.mean_))
     kernel = np.stack([-weights / 2, weights / 2], axis=1).astype(np.float32)
     bias = np.array([-intercept / 2, intercept / 2], dtype=np.float32)
@@ -823,8 +856,9 @@ def train_fold(
     network, initial weights, validation patients, batches and epochs as
     :func:`train_cross_validated`'s fold ``fold`` of that seed, so predicting
     ``data.subset(data.test)`` gives that fold's out-of-fold predictions again. With
-    ``profile.head_refit``, the deep model's head is then fitted anew on the training patients
-    (:func:`refit_head`; never the test fold, nor held-out validation patients). The
+    ``profile.head_refit`` (the deep model) or ``profile.fusion_head_refit`` (a fusion model), the network's fused
+    head is then fitted anew on the training patients (:func:`refit_head`; never the test fold, nor held-out
+    validation patients). The
     whole-cohort fit (``fold=None``) is seeded with ``seed + n_folds``, after the folds'.
     With ``profile.validation_fraction > 0`` a share of the training patients is held out
     for the choice of the epoch (``data.validation``; the network's history says which,
@@ -858,9 +892,13 @@ def train_fold(
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
               test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift)
-    if profile.head_refit and model_name == "deep_resnet50":
-        refit_head(model, data.inputs["image"][fit_rows], data.y[fit_rows], data.patient_id[fit_rows],
+    if model_name == "deep_resnet50" and profile.head_refit:
+        refit_head(model, data.subset(fit_rows), data.y[fit_rows], data.patient_id[fit_rows],
                    data.roi_area_mm2[fit_rows], profile.head_refit, symmetries=profile.test_symmetries)
+    elif model_name != "deep_resnet50" and profile.fusion_head_refit:
+        refit_head(model, data.subset(fit_rows), data.y[fit_rows], data.patient_id[fit_rows],
+                   data.roi_area_mm2[fit_rows], profile.fusion_head_refit, symmetries=profile.test_symmetries,
+                   image_scale=profile.fusion_refit_image_scale)
     return model, data
 
 

@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from hccer_lib import evaluation, networks, training
 from hccer_lib.clinical import clinical_matrix
@@ -570,12 +571,10 @@ def test_refit_head_makes_the_network_the_regression_on_its_patients_pooled_feat
     """``training.refit_head``: each patient's pooled features averaged over its slices by the tumour's area, a
     standardised logistic regression of C fitted on one row per patient (scikit-learn, here by hand), and the network's
     probability for a slice then equal to that regression's on the slice's own features."""
-    from sklearn.linear_model import LogisticRegression
-
     model = networks.build_model("deep_resnet50", training.network_config(TINY_PROFILE, imagenet="none"))
     images, y = study.dataset.images, study.dataset.y_true
     patient_id, areas = study.dataset.patient_id, study.dataset.roi_area_mm2
-    fitted = training.refit_head(model, images, y, patient_id, areas, C=0.5)
+    fitted = training.refit_head(model, {"image": images}, y, patient_id, areas, C=0.5)
 
     features = training.pooled_features(model, images)
     assert features.shape == (len(images), model.get_layer("fused").get_weights()[0].shape[0]), features.shape
@@ -584,7 +583,7 @@ def test_refit_head_makes_the_network_the_regression_on_its_patients_pooled_feat
     spread = np.where(patient_features.std(0) > 0, patient_features.std(0), 1.0)  # a feature dead in every image: 1
     standardised = (patient_features - patient_features.mean(0)) / spread
     by_hand = LogisticRegression(C=0.5, max_iter=10_000).fit(standardised, y[0::2])
-    np.testing.assert_allclose(fitted[1].coef_, by_hand.coef_, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(fitted[-1].coef_, by_hand.coef_, rtol=1e-4, atol=1e-6)
 
     slice_logit = by_hand.intercept_[0] + ((features - patient_features.mean(0)) / spread) @ by_hand.coef_[0]
     network = training.predict_probability(model, {"image": images})
@@ -595,46 +594,106 @@ def test_refit_head_makes_the_network_the_regression_on_its_patients_pooled_feat
     np.testing.assert_allclose(turned, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
 
 
-def test_refit_head_refuses_bad_input_and_the_fusion_models(study):
+def test_refit_head_makes_a_fusion_model_the_regression_on_both_branches(study):
+    """A joint-loss fusion model: the fused head sees the image branch beside the clinical branch, whose rows are
+    each patient's alone (the same in every slice and symmetry); after the refit the network's probability is the
+    regression's on them, and the training-only image and clinical heads are untouched."""
+    data = training.fold_data("fusion_d_joint", study.dataset, study.clinical, study.folds, TINY_PROFILE, None,
+                              imagenet="none")
+    model = networks.build_model("fusion_d_joint", data.config)
+    networks.set_clinical_scaling(model, data.inputs["clinical"])
+    heads = {name: [w.copy() for w in model.get_layer(name).get_weights()] for name in ("image_head", "clinical_head")}
+    fitted = training.refit_head(model, data.inputs, data.y, data.patient_id, data.roi_area_mm2, C=0.5, symmetries=True,
+                                 image_scale=0.3)
+
+    features = training.head_features(model, data.inputs, symmetries=True)
+    n_image = model.get_layer("image_fc").output.shape[-1]
+    n_clinical = model.get_layer("clinical_fc").output.shape[-1]
+    assert features.shape == (len(data.y), n_image + n_clinical), features.shape
+    clinical_part = pd.DataFrame(features[:, n_image:]).groupby(data.patient_id).agg(["min", "max"])
+    np.testing.assert_allclose(clinical_part.xs("min", axis=1, level=1), clinical_part.xs("max", axis=1, level=1),
+                               atol=1e-6, err_msg="the clinical branch is the patient's, in every slice and symmetry")
+    assert np.ptp(features[:, n_image:], axis=0).max() > 0, "patients differ in their clinical branch"
+
+    patient_features = training.area_weighted_patient_means(features, data.patient_id, data.roi_area_mm2).to_numpy()
+    patient_y = pd.Series(data.y).groupby(data.patient_id).first().to_numpy()
+    # standardised, the image branch's columns times 0.3: penalised 1 / 0.3² times as much as the clinical ones
+    spread = np.where(patient_features.std(0) > 0, patient_features.std(0), 1.0) / np.r_[np.full(n_image, 0.3),
+                                                                                         np.ones(n_clinical)]
+    by_hand = LogisticRegression(C=0.5, max_iter=10_000).fit((patient_features - patient_features.mean(0)) / spread,
+                                                             patient_y)
+    np.testing.assert_allclose(fitted[-1].coef_, by_hand.coef_, rtol=1e-4, atol=1e-6)
+    assert np.abs(by_hand.coef_[0, n_image:]).max() > 0, "the clinical branch has weight"
+
+    def regression(turned_features):
+        return 1 / (1 + np.exp(-by_hand.intercept_[0] - ((turned_features - patient_features.mean(0)) / spread) @ by_hand.coef_[0]))
+
+    # predicted in the 8 symmetries, the network's probability is the mean of the regression's on each turn's features
+    each_turn = [regression(training.head_features(model, training.turned_inputs(data.inputs, t))) for t in range(8)]
+    network = training.predict_probability(model, data.inputs, symmetries=True)
+    np.testing.assert_allclose(network, np.mean(each_turn, axis=0), atol=5e-5, err_msg="the network is the regression")
+    for name, weights in heads.items():
+        for before, after in zip(weights, model.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(before, after, err_msg=f"{name} is the joint loss's, left as trained")
+
+
+def test_refit_head_refuses_bad_input(study):
     model = networks.build_model("deep_resnet50", training.network_config(TINY_PROFILE, imagenet="none"))
     data = study.dataset
+    images = {"image": data.images}
     with pytest.raises(ValueError, match="C must be positive"):
-        training.refit_head(model, data.images, data.y_true, data.patient_id, data.roi_area_mm2, C=0.0)
+        training.refit_head(model, images, data.y_true, data.patient_id, data.roi_area_mm2, C=0.0)
     with pytest.raises(ValueError, match="one row per slice"):
-        training.refit_head(model, data.images, data.y_true[:-1], data.patient_id, data.roi_area_mm2, C=1.0)
+        training.refit_head(model, images, data.y_true[:-1], data.patient_id, data.roi_area_mm2, C=1.0)
+    with pytest.raises(ValueError, match="one row per slice"):
+        training.refit_head(model, {"image": data.images[:-1]}, data.y_true, data.patient_id, data.roi_area_mm2, C=1.0)
     mixed = data.y_true.copy()
     mixed[0] = 1 - mixed[0]
     with pytest.raises(ValueError, match="one label"):
-        training.refit_head(model, data.images, mixed, data.patient_id, data.roi_area_mm2, C=1.0)
-    fusion = networks.build_model("fusion_d", training.network_config(TINY_PROFILE, imagenet="none"))
-    with pytest.raises(ValueError, match="not it"):
-        training.refit_head(fusion, data.images, data.y_true, data.patient_id, data.roi_area_mm2, C=1.0)
-    with pytest.raises(ValueError, match="head_refit"):
-        replace(TINY_PROFILE, head_refit=-0.1)
+        training.refit_head(model, images, mixed, data.patient_id, data.roi_area_mm2, C=1.0)
+    with pytest.raises(ValueError, match="area above 0"):
+        training.refit_head(model, images, data.y_true, data.patient_id, np.zeros(len(data.y_true)), C=1.0)
+    with pytest.raises(ValueError, match="image_scale"):
+        training.refit_head(model, images, data.y_true, data.patient_id, data.roi_area_mm2, C=1.0, image_scale=0.5)
+    for field in ("head_refit", "fusion_head_refit", "fusion_refit_image_scale"):
+        with pytest.raises(ValueError, match=field):
+            replace(TINY_PROFILE, **{field: -0.1})
 
 
 def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, monkeypatch):
     """``Profile.head_refit``: in ``train_fold`` the deep model's head is refitted on the fold's training slices (never
     the test fold's) with the profile's C; the setting changes the deep model's run key, not a fusion model's, and at 0
-    (the default) the keys are those of before the setting existed."""
+    (the default) the keys are those of before the setting existed. ``fusion_head_refit`` does the same for the fusion
+    models alone, with their clinical input."""
     calls = []
     real = training.refit_head
 
-    def recording(model, images, y, patient_id, roi_area_mm2, C, symmetries=False):
-        calls.append((np.asarray(patient_id).copy(), C, symmetries))
-        return real(model, images, y, patient_id, roi_area_mm2, C, symmetries=symmetries)
+    def recording(model, inputs, y, patient_id, roi_area_mm2, C, symmetries=False, image_scale=1.0):
+        calls.append((np.asarray(patient_id).copy(), C, symmetries, sorted(inputs), image_scale))
+        return real(model, inputs, y, patient_id, roi_area_mm2, C, symmetries=symmetries, image_scale=image_scale)
 
     monkeypatch.setattr(training, "refit_head", recording)
     as_trained, refit = replace(TINY_PROFILE, head_refit=0.0), replace(TINY_PROFILE, head_refit=0.01)
     model, data = training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, refit, 0, seed=1,
                                       imagenet="none")
     assert len(calls) == 1, len(calls)
-    patients, C, symmetries = calls[0]
+    patients, C, symmetries, inputs, image_scale = calls[0]
     assert sorted(set(patients)) == sorted(set(data.patient_id[data.train])), "the training patients, all of them"
     assert not set(patients) & set(data.patient_id[data.test]), "never the test fold"
-    assert C == 0.01 and symmetries == TINY_PROFILE.test_symmetries, (C, symmetries)
+    assert C == 0.01 and symmetries == TINY_PROFILE.test_symmetries and inputs == ["image"], (C, symmetries, inputs)
+    assert image_scale == 1.0, image_scale
     training.train_fold("fusion_d", study.dataset, study.clinical, study.folds, refit, 0, seed=1, imagenet="none")
-    assert len(calls) == 1, "a fusion model's head is not refitted"
+    assert len(calls) == 1, "a fusion model's head is not refitted by head_refit"
+    fusion_refit = replace(as_trained, fusion_head_refit=0.1, fusion_refit_image_scale=0.2)
+    _, fusion_data = training.train_fold("fusion_d", study.dataset, study.clinical, study.folds, fusion_refit, 1, seed=1,
+                                         imagenet="none")
+    assert len(calls) == 2, len(calls)
+    patients, C, _, inputs, image_scale = calls[1]
+    assert sorted(set(patients)) == sorted(set(fusion_data.patient_id[fusion_data.train])), "the training patients"
+    assert C == 0.1 and inputs == ["clinical", "image"] and image_scale == 0.2, (C, inputs, image_scale)
+    training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, fusion_refit, 0, seed=1,
+                        imagenet="none")
+    assert len(calls) == 2, "fusion_head_refit leaves the deep model's head as trained"
 
     def key(model_name, profile):
         return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
@@ -643,3 +702,8 @@ def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, mo
     assert "head_refit" not in key("deep_resnet50", as_trained)["profile_deep"], "0 keeps the keys of before the setting"
     assert key("deep_resnet50", refit)["key"] != key("deep_resnet50", as_trained)["key"]
     assert key("fusion_d", refit)["key"] == key("fusion_d", as_trained)["key"], "only the deep model's head"
+    assert "fusion_head_refit" not in key("fusion_d", as_trained)["profile_deep"], "0 keeps the keys"
+    assert key("fusion_d", fusion_refit)["key"] != key("fusion_d", as_trained)["key"]
+    other_scale = replace(fusion_refit, fusion_refit_image_scale=0.5)
+    assert key("fusion_d", other_scale)["key"] != key("fusion_d", fusion_refit)["key"], "the scale is keyed"
+    assert key("deep_resnet50", fusion_refit)["key"] == key("deep_resnet50", as_trained)["key"], "the fusion heads only"
