@@ -597,12 +597,6 @@ def head_features(model: keras.Model, inputs: dict, batch_size: int = 64, symmet
     return np.asarray(features, dtype=np.float64) / len(transforms)
 
 
-def pooled_features(model: keras.Model, images: np.ndarray, batch_size: int = 64, symmetries: bool = False) -> np.ndarray:
-    """The deep model's pooled image features ``[n, f]`` of ``images`` ``[n, H, W, 3]``: :func:`head_features` of
-    the image alone."""
-    return head_features(model, {"image": images}, batch_size, symmetries)
-
-
 def _scaled_columns(features: np.ndarray, scales: np.ndarray) -> np.ndarray:
     """``features`` ``[n, f]`` with each column multiplied by its ``scales`` ``[f]`` (a step of :func:`refit_head`)."""
     return features * scales
@@ -892,13 +886,11 @@ def train_fold(
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
               test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift)
-    if model_name == "deep_resnet50" and profile.head_refit:
+    head_C, image_scale = ((profile.head_refit, 1.0) if model_name == "deep_resnet50"
+                           else (profile.fusion_head_refit, profile.fusion_refit_image_scale))
+    if head_C:
         refit_head(model, data.subset(fit_rows), data.y[fit_rows], data.patient_id[fit_rows],
-                   data.roi_area_mm2[fit_rows], profile.head_refit, symmetries=profile.test_symmetries)
-    elif model_name != "deep_resnet50" and profile.fusion_head_refit:
-        refit_head(model, data.subset(fit_rows), data.y[fit_rows], data.patient_id[fit_rows],
-                   data.roi_area_mm2[fit_rows], profile.fusion_head_refit, symmetries=profile.test_symmetries,
-                   image_scale=profile.fusion_refit_image_scale)
+                   data.roi_area_mm2[fit_rows], head_C, symmetries=profile.test_symmetries, image_scale=image_scale)
     return model, data
 
 

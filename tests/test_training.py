@@ -576,7 +576,7 @@ def test_refit_head_makes_the_network_the_regression_on_its_patients_pooled_feat
     patient_id, areas = study.dataset.patient_id, study.dataset.roi_area_mm2
     fitted = training.refit_head(model, {"image": images}, y, patient_id, areas, C=0.5)
 
-    features = training.pooled_features(model, images)
+    features = training.head_features(model, {"image": images})
     assert features.shape == (len(images), model.get_layer("fused").get_weights()[0].shape[0]), features.shape
     first, second = features[0::2], features[1::2]  # the tiny dataset: two slices per patient, areas 100 and 110 mm²
     patient_features = (100.0 * first + 110.0 * second) / 210.0
@@ -589,8 +589,8 @@ def test_refit_head_makes_the_network_the_regression_on_its_patients_pooled_feat
     network = training.predict_probability(model, {"image": images})
     np.testing.assert_allclose(network, 1 / (1 + np.exp(-slice_logit)), atol=2e-5, err_msg="the network is the regression")
 
-    turned = training.pooled_features(model, images[:3], symmetries=True)
-    each = [training.pooled_features(model, training.dihedral(images[:3], np.full(3, t))) for t in range(8)]
+    turned = training.head_features(model, {"image": images[:3]}, symmetries=True)
+    each = [training.head_features(model, {"image": training.dihedral(images[:3], np.full(3, t))}) for t in range(8)]
     np.testing.assert_allclose(turned, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
 
 
