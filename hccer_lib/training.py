@@ -619,12 +619,12 @@ def refit_head(model: keras.Model, inputs: dict, y, patient_id, roi_area_mm2, C:
     ``image_scale`` (fusion models): the standardised image-branch features are multiplied by it before the
     regression, so that their coefficients are penalised ``1 / image_scale²`` times as much as the clinical
     branch's. On its training patients a fusion model's image branch looks far stronger than it is on new ones
-    (it has just been fitted to them; README, "Tried since"), and an equal penalty lets it crowd out the clinical
+    (it has just been fitted to them; docs/cpu_recipe.md, "Tried since"), and an equal penalty lets it crowd out the clinical
     branch.
 
     Why: trained by the recipe's last Adam steps on the slices of patients whose features it has just fitted, the
     head weighs those features too much. A strongly penalised regression on the same features ranks the test
-    patients better (README, "How the CPU recipe was chosen"). Returns the fitted pipeline.
+    patients better (docs/cpu_recipe.md). Returns the fitted pipeline.
     """
     if C <= 0:
         raise ValueError(f"C must be positive, got {C}")
@@ -894,6 +894,20 @@ def train_fold(
     return model, data
 
 
+def _network_record(model_name: str, clinical: pd.DataFrame, folds: pd.DataFrame, profile: Profile,
+                    selection_protocol: str, imagenet: str, network_overrides: dict | None) -> dict:
+    """The network a run's settings record (and its key hashes), less ``n_clinical`` (the clinical table's digest
+    keys the vector): a fusion model's as built for the clinical vector that the whole cohort selects under
+    ``selection_protocol`` (fusion C's kernel is shortened to a shorter vector, :func:`network_config`); the deep
+    model, which has no clinical input, at the default vector's length."""
+    n_clinical = networks.NetworkConfig.__dataclass_fields__["n_clinical"].default
+    if model_name != "deep_resnet50":
+        _, names = _clinical_matrix(clinical, selection_protocol, tuple(folds["patient_id"].astype(str)))
+        n_clinical = len(names)
+    config = network_config(profile, n_clinical, imagenet, **(network_overrides or {}))
+    return {k: v for k, v in config.key_dict().items() if k != "n_clinical"}
+
+
 def run_folder(
     model_name: str,
     dataset,
@@ -918,8 +932,7 @@ def run_folder(
     settings = {
         "model": model_name,
         "profile_deep": training_settings(profile, model_name),
-        "network": {k: v for k, v in network_config(profile, 1, imagenet, **(network_overrides or {})).key_dict().items()
-                    if k != "n_clinical"},
+        "network": _network_record(model_name, clinical, folds, profile, selection_protocol, imagenet, network_overrides),
         "training_version": TRAINING_VERSION,
         "imagenet": imagenet if imagenet in ("auto", "none") else str(imagenet),
         "imagenet_file_found": networks.imagenet_weights_path() is not None if imagenet == "auto" else None,

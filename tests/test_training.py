@@ -125,6 +125,24 @@ def test_other_settings_get_their_own_run_folder(study):
     assert len(other) == N_PATIENTS * SLICES_PER_PATIENT
 
 
+def test_run_settings_record_the_network_that_is_built(study):
+    """Fusion C's Conv1D kernel (3) spans at most the clinical vector: the run's record says what was built."""
+    for n_bits in (2, 9):  # a vector shorter than the kernel, and the paper's
+        clinical = study.clinical
+        if n_bits == 9:  # nine bits that the chi-squared selection keeps: each follows the label
+            clinical = study.clinical.assign(portal_vein_invasion=clinical["early_recurrence"], nlr=2 + 2 * clinical["early_recurrence"],
+                                             tb=15 + 10 * clinical["early_recurrence"], afp=5 + 10 * clinical["early_recurrence"],
+                                             bclc=np.where(clinical["early_recurrence"] == 1, "C", "0"))
+        built = training.fold_data("fusion_c", study.dataset, clinical, study.folds, TINY_PROFILE, None, imagenet="none").config
+        assert built.n_clinical == n_bits, (built.n_clinical, n_bits)
+        _, settings = training.run_folder("fusion_c", study.dataset, clinical, study.folds, TINY_PROFILE, study.work_dir,
+                                          imagenet="none")
+        assert settings["network"]["clinical_kernel"] == built.clinical_kernel == min(3, n_bits), (settings["network"], built)
+    _, deep = training.run_folder("deep_resnet50", study.dataset, study.clinical, study.folds, TINY_PROFILE, study.work_dir,
+                                  imagenet="none")
+    assert deep["network"]["clinical_kernel"] == 3, deep["network"]  # no clinical input: the default, not shortened
+
+
 @pytest.mark.slow
 def test_joint_model_trains_and_predicts_fused_head(study):
     predictions = run(study, model_name="fusion_d_joint", profile=replace(TINY_PROFILE, epochs=1))
