@@ -308,7 +308,7 @@ def area_weighted_mean(probabilities, areas) -> float:
     A patient's slices do not show the tumour equally: the first and last cut its edge, a few
     pixels of it resized to the whole image. Weighting each slice by the tumour's cross-section
     (mm², or any unit: only the ratios count) lets the slices that show most of it count most.
-    Chosen on development cohorts only (README, "How the CPU recipe was chosen").
+    Chosen on development cohorts only (docs/cpu_recipe.md).
     """
     probabilities, areas = np.asarray(probabilities, dtype=float), np.asarray(areas, dtype=float)
     return float(np.sum(probabilities * areas) / np.sum(areas))

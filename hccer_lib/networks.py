@@ -116,14 +116,14 @@ class NetworkConfig:
         stem_pool: the stem's 3×3/2 max-pool of the reduced ResNets (:func:`build_resnet`);
             ``False`` drops it, so that every stage works at twice the resolution (at 48 px the
             last stage sees 3×3 instead of 2×2) for 1.7 times the training time. Tried on
-            development cohorts and not adopted (README, "Tried since"); ResNet50 keeps its pool.
+            development cohorts and not adopted (docs/cpu_recipe.md, "Tried since"); ResNet50 keeps its pool.
         clinical_gain: the gain of :class:`ClinicalScaling` in every fusion model; ``None``
             is :func:`clinical_gain` of the image features for fusion A and B and 1 for C and D
             (whose own clinical layer comes first).
         head_dropout: in the deep model, the share of its pooled image features dropped at random in
             each training step before its softmax head (``keras.layers.Dropout``; nothing is dropped
             when predicting). 0 is the paper's network. Tried on development cohorts and not adopted
-            (README, "Tried since").
+            (docs/cpu_recipe.md, "Tried since").
     """
 
     image_size: int = 224
@@ -486,7 +486,7 @@ def warm_start_clinical(model: keras.Model, vectors, y, penalty: float, steps: i
     Why: the study's short recipe (126 Adam steps) fits the clinical pathway about as a weakly penalised
     regression on the slices would, below a penalised regression on the same bits (``clinical_lr``); this
     start gives the network that regression before the image is seen. Tried on development cohorts and not
-    adopted (README, "Tried since": ``Profile.clinical_warm_start``).
+    adopted (docs/cpu_recipe.md, "Tried since": ``Profile.clinical_warm_start``).
     """
     if penalty <= 0:
         raise ValueError(f"penalty must be positive, got {penalty}")

@@ -171,12 +171,12 @@ PROFILES["quick"] = replace(
     name="quick",
     # A reduced ResNet, randomly initialised (no ImageNet weights for it): 48 px, one block per
     # stage, width 8. The recipe was chosen on a development cohort only (generator seed 3,
-    # never a reported one; README, "How the CPU recipe was chosen", and
+    # never a reported one; docs/cpu_recipe.md, and
     # scripts/develop_recipe.py): 6 epochs of batches of 32, learning rate 2e-3 falling as a
     # cosine, the 8 symmetries of the square, XLA (1.4 times faster on 2 cores), and every
     # network trained with 3 seeds. Longer training was better with the first recipes (dev seed 3,
     # one seed: deep model 0.65 after 10-12 epochs at 1e-4), not with this one (9 epochs: no gain
-    # on dev seeds 3, 5 and 8; README, "Tried since, none adopted"). Batch normalisation's moving
+    # on dev seeds 3, 5 and 8; docs/cpu_recipe.md, "Tried since, none adopted"). Batch normalisation's moving
     # statistics follow the batches with momentum 0.9 (PyTorch's default, 0.1 in its convention) instead of Keras's 0.99:
     # after 120 steps at 0.99 they still held 30 % of their initial 0 and 1, and the networks
     # predicted with statistics unlike those they were trained with (dev seed 4: deep model
@@ -202,16 +202,15 @@ PROFILES["quick"] = replace(
     # training step where they meet the clinical pathway (``networks.NetworkConfig.image_dropout``), so
     # that the fused layer does not lean on image features alone. Development cohorts 3, 4, 5, 8, 9,
     # 10, 11, fusion_d_joint over 3 seeds, without -> with: +0.050 on dev seed 8 (the weakest image
-    # input, 0.603 -> 0.653), +0.029, +0.017, +0.008, +0.006, +0.004, -0.020 on the others (README,
-    # "How the CPU recipe was chosen").
+    # input, 0.603 -> 0.653), +0.029, +0.017, +0.008, +0.006, +0.004, -0.020 on the others
+    # (docs/cpu_recipe.md).
     image_dropout=0.5,
     # The fusion models' softmax heads start at zero weights (probability 1/2) instead of Keras's random
     # draw. Their clinical bits are standardised and, in A and B, multiplied by sqrt(n_image / 9) (2.7
     # in B), so a random head starts with clinical weights as large as 6 epochs can move: a training
     # seed whose draw gives an important bit the wrong sign does not recover (dev seed 8, fusion_b: one
     # seed's folds ended their training at a loss of 0.63-0.71, its AUC at 0.605). The deep model's head
-    # keeps the draw (zero there: 0.631 against 0.640 over dev seeds 3, 4, 5, 8). README, "How the CPU
-    # recipe was chosen".
+    # keeps the draw (zero there: 0.631 against 0.640 over dev seeds 3, 4, 5, 8). docs/cpu_recipe.md.
     fusion_head_init="zeros",
     # After its training, the deep model's softmax head is fitted anew as a logistic regression (C = 0.001,
     # standardised) on its pooled features of the fold's training patients, one area-weighted row per
@@ -219,9 +218,9 @@ PROFILES["quick"] = replace(
     # has just fitted to these patients too much. Development cohorts, deep model over 3 seeds, as trained
     # -> refitted: dev seeds 5, 8, 3, 4 (C chosen on these, from 0.0001-1) 0.617 -> 0.647, 0.568 -> 0.611,
     # 0.673 -> 0.696, 0.703 -> 0.727; dev seeds 9, 10, 11 (measured after) 0.580 -> 0.639, 0.664 -> 0.688,
-    # 0.649 -> 0.684 (README, "How the CPU recipe was chosen").
+    # 0.649 -> 0.684 (docs/cpu_recipe.md).
     # The fusion models' fused head is left as trained: refitted likewise (``fusion_head_refit``), with one penalty
-    # or the image branch's penalised 100 times as much, it lost on dev seeds 3, 4, 13 and 14 (README, "Tried since,
+    # or the image branch's penalised 100 times as much, it lost on dev seeds 3, 4, 13 and 14 (docs/cpu_recipe.md, "Tried since,
     # not adopted: the fusion models' fused head refitted likewise").
     head_refit=0.001,
     image_size=48,

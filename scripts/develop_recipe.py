@@ -6,7 +6,7 @@ whose fields are changed by ``--set``; prints each model's pooled patient-level 
 SD over training seeds, and the seed ensemble) beside the cohort's learned references (the
 logistic regressions on the generator's true inputs, ``cv_auc`` of ``ground_truth.json``) and
 the clinical random forest and logistic regression (``clinical_rf``, ``clinical_lr``). This is
-how the ``quick`` profile's recipe was chosen (README, "How the CPU recipe was chosen"); seed
+how the ``quick`` profile's recipe was chosen (docs/cpu_recipe.md); seed
 2020 and the other reported cohorts are refused.
 
     python scripts/develop_recipe.py --seeds 3 4 --models deep_resnet50 fusion_d_joint \\
