@@ -221,7 +221,9 @@ PROFILES["quick"] = replace(
     # 0.649 -> 0.684 (docs/cpu_recipe.md).
     # The fusion models' fused head is left as trained: refitted likewise (``fusion_head_refit``), with one penalty
     # or the image branch's penalised 100 times as much, it lost on dev seeds 3, 4, 13 and 14 (docs/cpu_recipe.md, "Tried since,
-    # not adopted: the fusion models' fused head refitted likewise").
+    # not adopted: the fusion models' fused head refitted likewise"). Each branch at the penalty chosen for it alone
+    # (C = 0.01, image scale 0.316) gained for fusion C and D with the joint loss but lost up to 0.060 for fusion A
+    # (docs/cpu_recipe.md, "Tried, not adopted: the fused head refitted with each branch at its own penalty").
     head_refit=0.001,
     image_size=48,
     epochs=6,
