@@ -543,6 +543,45 @@ def warm_start_clinical(model: keras.Model, vectors, y, penalty: float, steps: i
     fused.set_weights([kernel, fitted_bias])
 
 
+#: The output of :func:`with_area_head`'s training model that regresses a slice's tumour area.
+AREA_HEAD = "area"
+
+
+def pooled_image_features(model: keras.Model):
+    """The symbolic output of ``model``'s image pathway (its pooled image features, ``[n, 32·width]``)."""
+    pathways = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    if len(pathways) != 1:
+        raise ValueError(f"{model.name} has no single image pathway")
+    return pathways[0]._inbound_nodes[0].output_tensors[0]
+
+
+def with_area_head(model: keras.Model) -> keras.Model:
+    """A training model on ``model``'s layers: its outputs and a linear regression of the slice's tumour area.
+
+    The regression (``AREA_HEAD``, one linear neuron) reads the pooled image features, so that the image
+    pathway is also trained to tell the tumour's size from the crop (``Profile.area_target``); ``model`` itself,
+    which shares every layer, predicts as before and never uses it. Outputs: a dict, ``"fused"`` (and a
+    joint-loss model's other heads) beside ``AREA_HEAD``.
+    """
+    outputs = dict(model.output) if has_joint_loss(model) else {"fused": model.output}
+    outputs[AREA_HEAD] = layers.Dense(1, name="area_head")(pooled_image_features(model))
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_with_area")
+
+
+def compile_with_area_head(trainer: keras.Model, area_weight: float, learning_rate: float, weight_decay: float = 0.0,
+                           xla: bool = False) -> keras.Model:
+    """Compile :func:`with_area_head`'s model: the network's loss (:func:`compile_model`) plus ``area_weight`` times
+    the mean squared error of the area regression."""
+    if area_weight <= 0:
+        raise ValueError(f"area_weight must be > 0, got {area_weight}")
+    heads = [name for name in trainer.output if name != AREA_HEAD]
+    losses = {head: "sparse_categorical_crossentropy" for head in heads} | {AREA_HEAD: "mean_squared_error"}
+    weights = {head: (JOINT_LOSS_WEIGHTS[head] if len(heads) > 1 else 1.0) for head in heads} | {AREA_HEAD: float(area_weight)}
+    trainer.compile(optimizer=_optimizer(learning_rate, weight_decay), loss=losses, loss_weights=weights,
+                    jit_compile=_jit_compile(xla))
+    return trainer
+
+
 def has_joint_loss(model: keras.Model) -> bool:
     """Whether ``model`` has the three heads of the joint loss."""
     return isinstance(model.output, dict)
@@ -561,19 +600,27 @@ def compile_model(model: keras.Model, learning_rate: float = 1e-4, weight_decay:
     Keras's default (``"auto"``): on JAX, ``jit_compile=False`` would run every training
     step op by op, several times slower than compiled.
     """
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-    if weight_decay:
-        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
-    else:
-        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
-    jit_compile = bool(xla) if keras.backend.backend() == "tensorflow" else "auto"
+    optimizer, jit_compile = _optimizer(learning_rate, weight_decay), _jit_compile(xla)
     if has_joint_loss(model):
         losses = {head: "sparse_categorical_crossentropy" for head in JOINT_LOSS_WEIGHTS}
         model.compile(optimizer=optimizer, loss=losses, loss_weights=dict(JOINT_LOSS_WEIGHTS), jit_compile=jit_compile)
     else:
         model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
     return model
+
+
+def _optimizer(learning_rate: float, weight_decay: float) -> keras.optimizers.Optimizer:
+    """Adam, or AdamW with ``weight_decay > 0`` (:func:`compile_model`)."""
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if weight_decay:
+        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+    return keras.optimizers.Adam(learning_rate=learning_rate)
+
+
+def _jit_compile(xla: bool):
+    """Keras's ``jit_compile`` for ``xla`` (:func:`compile_model`): as asked on TensorFlow, ``"auto"`` elsewhere."""
+    return bool(xla) if keras.backend.backend() == "tensorflow" else "auto"
 
 
 def joint_loss_value(y_true, heads: dict) -> float:

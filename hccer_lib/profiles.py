@@ -88,6 +88,11 @@ class Profile:
         fusion_refit_image_scale: with ``fusion_head_refit``, the standardised image-branch features are multiplied
             by this before the regression: their coefficients are penalised ``1 / scale²`` times as much as the
             clinical branch's (1: alike).
+        area_target: above 0, the image pathway is also trained to tell each training slice's tumour area from its
+            crop: a linear neuron on the pooled image features regresses the slice's log area (mm², standardised),
+            its mean squared error weighted by this in the loss (training only; the network predicts as without
+            it). A resized crop hides the tumour's size, which the networks otherwise hardly learn to read from the
+            texture it squeezes (docs/cpu_recipe.md). 0: not, the paper's loss.
         imagenet_required: the profile is the paper's fine-tuning of ImageNet weights: a
             run refuses to start without the weights file unless random initialisation is
             asked for explicitly (``training.check_imagenet``).
@@ -124,6 +129,7 @@ class Profile:
     head_refit: float = 0.0
     fusion_head_refit: float = 0.0
     fusion_refit_image_scale: float = 1.0
+    area_target: float = 0.0
 
     def __post_init__(self) -> None:
         if self.train_sampling not in TRAIN_SAMPLINGS:
@@ -138,6 +144,8 @@ class Profile:
         for field in ("head_refit", "fusion_head_refit"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} is a regression's C, >= 0 (0: the head as trained); got {getattr(self, field)}")
+        if self.area_target < 0:
+            raise ValueError(f"area_target is a loss weight, >= 0 (0: no area regression); got {self.area_target}")
         if self.fusion_refit_image_scale <= 0:
             raise ValueError(f"fusion_refit_image_scale multiplies standardised features, > 0; got {self.fusion_refit_image_scale}")
         if not 0.0 <= self.train_min_area <= 1.0:
@@ -224,6 +232,10 @@ PROFILES["quick"] = replace(
     # not adopted: the fusion models' fused head refitted likewise"). Each branch at the penalty chosen for it alone
     # (C = 0.01, image scale 0.316) gained for fusion C and D with the joint loss but lost up to 0.060 for fusion A
     # (docs/cpu_recipe.md, "Tried, not adopted: the fused head refitted with each branch at its own penalty").
+    # With the refit, 4 or 5 epochs, a learning rate of 1e-3 and an area target (``area_target`` 0.3 or 1) moved the
+    # deep model's mean over dev seeds 3, 4, 5, 8 by +0.001 to +0.005, within the training noise; the area target of
+    # weight 1 gains on the cohorts where the image pathway learns least and loses where it learns most (+0.006 over
+    # seven; docs/cpu_recipe.md, "Tried since, not adopted: shorter training, ..."). None adopted.
     head_refit=0.001,
     image_size=48,
     epochs=6,

@@ -98,6 +98,8 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
         settings["clinical_warm_start"] = profile.clinical_warm_start
     if profile.head_refit and (model_name is None or model_name == "deep_resnet50"):
         settings["head_refit"] = profile.head_refit
+    if profile.area_target:
+        settings["area_target"] = profile.area_target
     if profile.fusion_head_refit and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["fusion_head_refit"] = profile.fusion_head_refit
         settings["fusion_refit_image_scale"] = profile.fusion_refit_image_scale
@@ -328,6 +330,8 @@ def fit_model(
     test_symmetries: bool = False,
     row_weights=None,
     shift: int = 0,
+    trainer: keras.Model | None = None,
+    extra_targets: dict | None = None,
 ):
     """Train ``model`` (compiled) on ``inputs`` (dict of ``[n, ...]`` arrays), labels ``y`` ``[n]`` 0/1.
 
@@ -339,30 +343,37 @@ def fit_model(
     patient-level AUC on them was best (:class:`BestEpoch`, predicting as the test fold will be:
     ``test_symmetries``, see :func:`predict_probability`). ``row_weights``: each row's probability of
     being drawn (``Profile.train_sampling``, :func:`sampling_weights`). ``shift``: with ``augment``, each
-    training image is also moved by up to this many pixels (``Profile.augment_shift``). Returns the Keras History;
+    training image is also moved by up to this many pixels (``Profile.augment_shift``). ``trainer``: a compiled model
+    on ``model``'s layers with more outputs (:func:`networks.with_area_head`) that is trained instead, on the labels
+    and ``extra_targets`` (``{output: [n]}``); ``model`` shares its weights. Returns the Keras History;
     its ``best_epoch`` attribute is the epoch kept (1-based; ``epochs`` without validation).
     """
     if lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {lr_schedule!r}")
     targets = model_targets(model, np.asarray(y, dtype="int32"))
-    base_rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    fitted = model
+    if trainer is not None:
+        targets = {**(targets if isinstance(targets, dict) else {"fused": targets}),
+                   **{name: np.asarray(values, dtype="float32") for name, values in (extra_targets or {}).items()}}
+        fitted = trainer
+    base_rate = float(keras.ops.convert_to_numpy(fitted.optimizer.learning_rate))
     best = BestEpoch(*validation, symmetries=test_symmetries) if validation is not None else None
     history = keras.callbacks.History()
     for callback in (history, best):
         if callback is not None:
             callback.set_model(model)
     history.on_train_begin()
-    build_training_state(model, inputs, targets, batch_size)
+    build_training_state(fitted, inputs, targets, batch_size)
     batches = SliceBatches(inputs, targets, batch_size, seed, augment, row_weights, shift)
     # Keras's fit() would feed the same batches through a tf.data generator, about 1.5 s more
     # per quick fold on one thread; the steps, and so the weights, are the same.
     for epoch in range(int(epochs)):
         if lr_schedule == "cosine":
-            model.optimizer.learning_rate = cosine_learning_rate(base_rate, epoch, epochs)
+            fitted.optimizer.learning_rate = cosine_learning_rate(base_rate, epoch, epochs)
         losses = []
         for index in range(len(batches)):
             batch_x, batch_y = batches[index]
-            losses.append(float(model.train_on_batch(batch_x, batch_y, return_dict=True)["loss"]))
+            losses.append(float(fitted.train_on_batch(batch_x, batch_y, return_dict=True)["loss"]))
         batches.on_epoch_end()
         logs = {"loss": float(np.mean(losses))}
         if verbose:
@@ -523,6 +534,7 @@ class FoldModel:
         self.config: networks.NetworkConfig | None = None
         self.model: keras.Model | None = None
         self.initial_weights: dict[int, tuple[list, list]] = {}  # seed -> (weights, random states)
+        self.trainers: dict[float, keras.Model] = {}  # area weight -> compiled networks.with_area_head model
 
     def fresh(self, config: networks.NetworkConfig, seed: int) -> keras.Model:
         """The compiled network of ``config`` with the initial weights of ``seed``."""
@@ -530,7 +542,7 @@ class FoldModel:
             keras.backend.clear_session()
             self.model = networks.compile_model(networks.build_model(self.model_name, config), self.learning_rate,
                                                 self.weight_decay, self.xla)
-            self.config, self.initial_weights = config, {}
+            self.config, self.initial_weights, self.trainers = config, {}, {}
         if seed not in self.initial_weights:
             keras.utils.set_random_seed(seed)
             built = networks.build_model(self.model_name, config)
@@ -542,6 +554,23 @@ class FoldModel:
         reset_optimizer(self.model, self.learning_rate)
         keras.utils.set_random_seed(seed)
         return self.model
+
+    def trainer(self, area_weight: float, seed: int) -> keras.Model:
+        """The network of the last :meth:`fresh` with the area regression (:func:`networks.with_area_head`), compiled
+        once per weight; its area head started from ``seed`` (Glorot uniform, bias 0) and its optimizer reset."""
+        if self.model is None:
+            raise RuntimeError("call fresh() before trainer()")
+        if area_weight not in self.trainers:
+            self.trainers[area_weight] = networks.compile_with_area_head(
+                networks.with_area_head(self.model), area_weight, self.learning_rate, self.weight_decay, self.xla)
+        trainer = self.trainers[area_weight]
+        head = trainer.get_layer("area_head")
+        n_in = int(head.kernel.shape[0])
+        limit = np.sqrt(6.0 / (n_in + 1))
+        kernel = np.random.default_rng(seed).uniform(-limit, limit, (n_in, 1)).astype(np.float32)
+        head.set_weights([kernel, np.zeros(1, dtype=np.float32)])
+        reset_optimizer(trainer, self.learning_rate)
+        return trainer
 
 
 @fast_cpu_graphs()
@@ -827,6 +856,17 @@ def fold_data(
     return FoldData(inputs, y_slices, slice_pids, slice_index, areas, train, test, list(names), config)
 
 
+def area_targets(roi_area_mm2) -> np.ndarray:
+    """The area regression's targets (``Profile.area_target``): each training slice's log tumour area (mm²),
+    standardised over those slices. The log, because the crop's resize shrinks a tumour by its side, not its area."""
+    areas = np.asarray(roi_area_mm2, dtype=np.float64)
+    if not np.all(np.isfinite(areas) & (areas > 0)):
+        raise ValueError("every training slice needs a tumour area above 0 mm² for the area target")
+    logs = np.log(areas)
+    spread = logs.std()
+    return (logs - logs.mean()) / (spread if spread > 0 else 1.0)
+
+
 @fast_cpu_graphs()
 def train_fold(
     model_name: str,
@@ -883,9 +923,14 @@ def train_fold(
     if data.validation.any():
         validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation],
                       data.roi_area_mm2[data.validation])
+    trainer, area = None, None
+    if profile.area_target:
+        trainer = fold_model.trainer(profile.area_target, fold_seed)
+        area = area_targets(data.roi_area_mm2[fit_rows])
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
-              test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift)
+              test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift,
+              trainer=trainer, extra_targets=None if area is None else {networks.AREA_HEAD: area})
     head_C, image_scale = ((profile.head_refit, 1.0) if model_name == "deep_resnet50"
                            else (profile.fusion_head_refit, profile.fusion_refit_image_scale))
     if head_C:

@@ -673,7 +673,7 @@ def test_refit_head_refuses_bad_input(study):
         training.refit_head(model, images, data.y_true, data.patient_id, np.zeros(len(data.y_true)), C=1.0)
     with pytest.raises(ValueError, match="image_scale"):
         training.refit_head(model, images, data.y_true, data.patient_id, data.roi_area_mm2, C=1.0, image_scale=0.5)
-    for field in ("head_refit", "fusion_head_refit", "fusion_refit_image_scale"):
+    for field in ("head_refit", "fusion_head_refit", "fusion_refit_image_scale", "area_target"):
         with pytest.raises(ValueError, match=field):
             replace(TINY_PROFILE, **{field: -0.1})
 
@@ -725,3 +725,80 @@ def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, mo
     other_scale = replace(fusion_refit, fusion_refit_image_scale=0.5)
     assert key("fusion_d", other_scale)["key"] != key("fusion_d", fusion_refit)["key"], "the scale is keyed"
     assert key("deep_resnet50", fusion_refit)["key"] == key("deep_resnet50", as_trained)["key"], "the fusion heads only"
+
+
+def test_area_targets_are_the_standardised_log_areas_by_hand():
+    """Areas 100, 400 and 1600 mm² are equally spaced logs: standardised, -√1.5, 0 and √1.5."""
+    np.testing.assert_allclose(training.area_targets([100.0, 400.0, 1600.0]), [-np.sqrt(1.5), 0.0, np.sqrt(1.5)])
+    np.testing.assert_array_equal(training.area_targets([50.0, 50.0]), [0.0, 0.0])
+    with pytest.raises(ValueError, match="above 0 mm²"):
+        training.area_targets([100.0, 0.0])
+
+
+def test_the_area_head_trains_the_shared_network_to_read_the_size_its_images_show():
+    """``networks.with_area_head``: a training model on the deep model's own layers. Trained by ``fit_model`` on images
+    whose brightness grows with the (log) area, its area neuron comes to predict the area (correlation above 0.9,
+    from none before), and the deep model, which shares the layers, has changed with it: its image features and its
+    prediction are those of the training model, and it still has one output."""
+    config = networks.NetworkConfig(image_size=SIZE, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none")
+    rng = np.random.default_rng(4)
+    n = 64
+    log_area = rng.uniform(np.log(50.0), np.log(2000.0), n)
+    brightness = (log_area - log_area.min()) / np.ptp(log_area)
+    images = (0.2 * rng.random((n, SIZE, SIZE, 3)) + 0.8 * brightness[:, None, None, None]).astype(np.float32)
+    y = (rng.random(n) < 0.5).astype("int32")
+    keras.utils.set_random_seed(2)
+    model = networks.compile_model(networks.build_model("deep_resnet50", config), 1e-2)
+    trainer = networks.compile_with_area_head(networks.with_area_head(model), 1.0, 1e-2)
+    z = training.area_targets(np.exp(log_area))
+
+    def area_correlation():
+        return np.corrcoef(trainer.predict({"image": images}, verbose=0)[networks.AREA_HEAD][:, 0], z)[0, 1]
+
+    before = area_correlation()
+    weights_before = [w.copy() for w in model.get_weights()]
+    training.fit_model(model, {"image": images}, y, epochs=30, batch_size=16, seed=1, trainer=trainer,
+                       extra_targets={networks.AREA_HEAD: z})
+    assert abs(before) < 0.9 and area_correlation() > 0.9, (before, area_correlation())
+    assert not isinstance(model.output, dict), "the deep model keeps its single output"
+    assert any(not np.array_equal(a, b) for a, b in zip(weights_before, model.get_weights(), strict=True))
+    np.testing.assert_allclose(model.predict({"image": images}, verbose=0),
+                               trainer.predict({"image": images}, verbose=0)["fused"], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="area_weight"):
+        networks.compile_with_area_head(networks.with_area_head(model), 0.0, 1e-2)
+
+
+def test_area_target_reaches_every_network_is_seeded_and_keyed_only_when_set(study, monkeypatch):
+    """``Profile.area_target``: ``train_fold`` trains the network with the area head, on the standardised log areas of
+    the fit slices (never the test fold's), for the deep model and a joint-loss fusion model alike; the same seed gives
+    the same predictions; the setting changes the run key, and at 0 (the default) the keys are those of before it."""
+    calls = []
+    real = training.fit_model
+
+    def recording(model, inputs, y, *args, trainer=None, extra_targets=None, **kwargs):
+        calls.append((trainer, None if extra_targets is None else extra_targets[networks.AREA_HEAD], len(y)))
+        return real(model, inputs, y, *args, trainer=trainer, extra_targets=extra_targets, **kwargs)
+
+    monkeypatch.setattr(training, "fit_model", recording)
+    with_area = replace(TINY_PROFILE, area_target=0.5)
+    predictions = []
+    for model_name in ("deep_resnet50", "deep_resnet50", "fusion_d_joint"):
+        model, data = training.train_fold(model_name, study.dataset, study.clinical, study.folds, with_area, 0, seed=1,
+                                          imagenet="none")
+        trainer, targets, n_rows = calls[-1]
+        assert trainer is not None and networks.AREA_HEAD in trainer.output, model_name
+        np.testing.assert_allclose(targets, training.area_targets(data.roi_area_mm2[data.fit]))
+        assert n_rows == data.fit.sum() and not (data.fit & data.test).any()
+        predictions.append(training.predict_probability(model, data.subset(data.test)))
+    np.testing.assert_array_equal(predictions[0], predictions[1])
+    training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, TINY_PROFILE, 0, seed=1,
+                        imagenet="none")
+    assert calls[-1][0] is None and calls[-1][1] is None, "0: no area head"
+
+    def key(model_name, profile):
+        return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
+                                   seed=1, imagenet="none")[1]
+
+    assert "area_target" not in key("deep_resnet50", TINY_PROFILE)["profile_deep"], "0 keeps the keys of before"
+    for model_name in ("deep_resnet50", "fusion_d_joint"):
+        assert key(model_name, with_area)["key"] != key(model_name, TINY_PROFILE)["key"], model_name
