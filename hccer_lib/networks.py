@@ -55,7 +55,6 @@ models run on TensorFlow (the default) and on JAX (``KERAS_BACKEND=jax``).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -64,6 +63,7 @@ import numpy as np
 from keras import layers, ops
 
 from hccer_lib import models
+from hccer_lib.imagenet import IMAGENET_WEIGHTS_FILE, imagenet_weights_path, keras_home  # noqa: F401 (this module's API)
 from hccer_lib.profiles import HEAD_INITS
 
 logger = logging.getLogger("hccer")
@@ -74,7 +74,6 @@ FUSION_KINDS = models.FUSION_KINDS
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 RESNET50_WIDTH = 64
-IMAGENET_WEIGHTS_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 IMAGENET_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 
 # Joint loss of section III.D, equation (4).
@@ -280,22 +279,6 @@ def set_clinical_scaling(model: keras.Model, vectors) -> None:
 
 
 # %% Image pathway
-
-
-def keras_home() -> Path:
-    """Keras's cache folder: ``$KERAS_HOME`` if set (read now), else ``~/.keras``."""
-    return Path(os.environ.get("KERAS_HOME") or Path("~/.keras").expanduser())
-
-
-def imagenet_weights_path(keras_dir: str | os.PathLike | None = None) -> Path | None:
-    """The local ResNet50 ImageNet weights file (no top), or ``None`` when it is absent.
-
-    Looks in ``<keras_dir>/models/`` (``keras_dir`` defaults to :func:`keras_home`) for
-    ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5``, the file Keras itself
-    caches. Never downloads.
-    """
-    path = Path(keras_dir or keras_home()) / "models" / IMAGENET_WEIGHTS_FILE
-    return path if path.is_file() else None
 
 
 def _bottleneck_block(x, filters: int, stride: int, projection: bool, name: str):

@@ -95,7 +95,7 @@ class Profile:
             texture it squeezes (docs/cpu_recipe.md). 0: not, the paper's loss.
         imagenet_required: the profile is the paper's fine-tuning of ImageNet weights: a
             run refuses to start without the weights file unless random initialisation is
-            asked for explicitly (``training.check_imagenet``).
+            asked for explicitly (``imagenet.check_imagenet``).
     """
 
     name: str

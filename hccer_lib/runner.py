@@ -164,7 +164,7 @@ def run_notebooks(
     ``imagenet`` reaches the notebooks that declare it (the networks'): ``"auto"`` (the
     weights file when present) or ``"none"`` (random initialisation, ``--random-init``). A
     profile that fine-tunes ImageNet weights (``paper``) without the file raises
-    ``ValueError`` before any notebook runs (``training.check_imagenet``).
+    ``ValueError`` before any notebook runs (``imagenet.check_imagenet``).
     ``external_cohort`` (a labelled cohort folder, or ``None``) reaches the notebooks that
     declare it (09, external validation). ``workers`` (a number or ``"auto"``; ``None``:
     ``$HCCER_TRAINING_WORKERS`` or ``"auto"``) sets how many worker processes train the
@@ -188,7 +188,8 @@ def run_notebooks(
     """
     import papermill as pm
 
-    from hccer_lib import outputs, ray_jobs, training
+    from hccer_lib import outputs, ray_jobs
+    from hccer_lib.imagenet import check_imagenet
     from hccer_lib.profiles import get_profile
     from hccer_lib.study_run import EXECUTED_ROOT, StudyRun
 
@@ -197,7 +198,9 @@ def run_notebooks(
     run = StudyRun.from_parameters(**params)
     with _kernel_environment(**{outputs.ROOT_VARIABLE: str(cwd)}):  # the run's paths as its notebooks read them
         cohort_name, run_name, run_record = run.cohort_name, run.run_name, Path(cwd) / run.run_record
-    training.check_imagenet(get_profile(profile), imagenet)
+    check_imagenet(get_profile(profile), imagenet)  # before TensorFlow is loaded: a refusal is one line
+    from hccer_lib import training
+
     training.training_workers(get_profile(profile), workers)  # a bad value stops the run before any notebook
     kernel_environment = {"MPLBACKEND": KERNEL_MPLBACKEND, outputs.ROOT_VARIABLE: str(cwd)}
     if workers is not None:

@@ -73,6 +73,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from hccer_lib import evaluation, networks, outputs
+from hccer_lib.imagenet import check_imagenet  # noqa: F401 (this module's API)
 from hccer_lib.profiles import Profile
 from hccer_lib.study_run import DEFAULT_SETTINGS, SELECTION_PROTOCOLS
 
@@ -146,26 +147,6 @@ def fast_cpu_graphs():
         yield True
     finally:
         tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": before})
-
-
-def check_imagenet(profile: Profile, imagenet: str = "auto") -> None:
-    """Refuse a profile that fine-tunes ImageNet weights when the weights file is missing.
-
-    The ``paper`` profile is the paper's method: ResNet50 pre-trained on ImageNet, then
-    fine-tuned. Trained from random weights it is another method, so with
-    ``imagenet="auto"`` and no local weights file this raises ``ValueError`` (one line
-    saying how to get the file). ``imagenet="none"`` (``run_all.sh --random-init``) asks for
-    random initialisation explicitly; a weights file path is checked when the network is built.
-    """
-    if not profile.imagenet_required or imagenet != "auto" or networks.imagenet_weights_path() is not None:
-        return
-    wanted = networks.keras_home() / "models" / networks.IMAGENET_WEIGHTS_FILE
-    raise ValueError(
-        f"profile {profile.name!r} fine-tunes ImageNet weights (the paper's method) but {wanted} does not exist: on a "
-        f"machine with internet run python -c \"import keras; keras.applications.ResNet50(include_top=False, "
-        f"weights='imagenet')\" and copy {networks.IMAGENET_WEIGHTS_FILE} from ~/.keras/models/ to "
-        f"{wanted.parent}/ (or set KERAS_HOME), or train from random weights on purpose with run_all.sh --random-init"
-    )
 
 
 def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto", **overrides) -> networks.NetworkConfig:

@@ -174,6 +174,12 @@ def test_paper_profile_without_imagenet_weights_refuses_to_start_in_one_line(tmp
     assert len(lines) == 1 and "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5" in lines[0], proc.stderr
     assert "--random-init" in lines[0] and "Traceback" not in proc.stderr
     assert "notebooks" not in proc.stdout, "no notebook may start"
+    # On CPUs where oneDNN is on, TensorFlow writes start-up lines to stderr at any log level: the refusal comes first.
+    probe = ("import sys; from hccer_lib.__main__ import main; code = main(['run', '--profile', 'paper']); "
+             "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "empty_keras_home")}
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert loaded.stdout.split() == ["2", "False", "False"], loaded.stdout + loaded.stderr
 
 
 def test_random_init_reaches_the_network_notebooks_only(tmp_path, capsys):
