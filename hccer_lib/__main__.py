@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 #: TensorFlow's C++ log level for the command line: 2 hides its start-up INFO and WARNING
@@ -16,6 +17,47 @@ TF_LOG_LEVEL = "2"
 #: Exit code of ``predict --cohort`` when some patients could not be predicted (their rows
 #: in predictions.csv say why); 2 is bad input that stops the whole command.
 PARTLY_PREDICTED = 1
+
+
+#: The start-up lines that TensorFlow writes to stderr before it reads its log level (absl's notice, then INFO and
+#: WARNING lines such as "I0000 00:00:... port.cc:153] oneDNN custom operations are on"), and the line that
+#: continues the CPU-feature notice.
+_TENSORFLOW_STARTUP = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} \d\d:\d\d:|"
+                                 r"To enable the following instructions: )")
+
+
+def _tensorflow_startup_line(line: str) -> bool:
+    """Whether ``line`` is one of TensorFlow's start-up INFO or WARNING lines (:data:`_TENSORFLOW_STARTUP`)."""
+    return bool(_TENSORFLOW_STARTUP.match(line))
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import Keras (and TensorFlow) with stderr held back, then write back all but TensorFlow's start-up lines.
+
+    On CPUs where TensorFlow turns on its oneDNN operations it writes INFO lines to stderr when it loads, before it
+    reads ``TF_CPP_MIN_LOG_LEVEL``; a refused input would then not be the one line on stderr. With the log level
+    above 1 (the command line's default, :data:`TF_LOG_LEVEL`), those lines are dropped; any other line, and an
+    error of the import, still show.
+    """
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", "")
+    if "keras" in sys.modules or not level.isdigit() or int(level) < 2:
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().decode(errors="replace").splitlines() if not _tensorflow_startup_line(line)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -229,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)  # before anything imports TensorFlow
     args = build_parser().parse_args(argv)
+    if args.func in (_cmd_predict, _cmd_external_validate):  # they load saved networks
+        _import_tensorflow_quietly()
     from hccer_lib.cohort import CohortError
 
     try:

@@ -312,3 +312,22 @@ def test_predict_edited_note_refused_without_tensorflow_logs(model_and_cohort, t
     patient = patient_folder(cohort, "P002", tmp_path / "P002")
     result = run_cli("predict", "--model", str(edited), "--patient", str(patient), tf_log_level=None)
     assert_one_line_error(result, f"model folder {edited}, file manifest.json", "changed since the model was saved")
+
+
+def test_tensorflows_start_up_lines_are_told_from_other_lines():
+    """The lines TensorFlow writes when it loads on a CPU with oneDNN on (seen verbatim) are dropped by the commands
+    that load networks; an error line, TensorFlow's own errors (E...) and anything else are kept."""
+    from hccer_lib.__main__ import _tensorflow_startup_line
+
+    start_up = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796406754.805443    7001 port.cc:153] oneDNN custom operations are on. You may see slightly "
+        "different numerical results due to floating-point round-off errors from different computation orders.",
+        "I0000 00:00:1796401263.565374    2117 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use "
+        "available CPU instructions in performance-critical operations.",
+        "To enable the following instructions: AVX2 AVX512F AVX512_VNNI AVX512_BF16 FMA, in other operations, rebuild "
+        "TensorFlow with the appropriate compiler flags.",
+    ]
+    kept = ["error: model folder m, file manifest.json: changed since the model was saved",
+            "E0000 00:00:1796401263.5 cuda_dnn.cc:8] could not load the library", "Warning: something else"]
+    assert [_tensorflow_startup_line(line) for line in start_up + kept] == [True] * len(start_up) + [False] * len(kept)
