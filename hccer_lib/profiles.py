@@ -232,10 +232,10 @@ PROFILES["quick"] = replace(
     # not adopted: the fusion models' fused head refitted likewise"). Each branch at the penalty chosen for it alone
     # (C = 0.01, image scale 0.316) gained for fusion C and D with the joint loss but lost up to 0.060 for fusion A
     # (docs/cpu_recipe.md, "Tried, not adopted: the fused head refitted with each branch at its own penalty").
-    # With the refit, 4 or 5 epochs, a learning rate of 1e-3 and an area target (``area_target`` 0.3 or 1) moved the
-    # deep model's mean over dev seeds 3, 4, 5, 8 by +0.001 to +0.005, within the training noise; the area target of
-    # weight 1 gains on the cohorts where the image pathway learns least and loses where it learns most (+0.006 over
-    # seven; docs/cpu_recipe.md, "Tried since, not adopted: shorter training, ..."). None adopted.
+    # With the refit, 4 epochs (+0.010 over dev seeds 3-5 and 8-11, on each) and an area target of weight 1
+    # (``area_target``, +0.009, on six of seven) gain about one SE for the deep model; not adopted yet: the fusion
+    # models, which these fields reach too, have not been measured with them (docs/cpu_recipe.md, "Tried since, not
+    # adopted yet").
     head_refit=0.001,
     image_size=48,
     epochs=6,
