@@ -63,7 +63,7 @@ import numpy as np
 from keras import layers, ops
 
 from hccer_lib import models
-from hccer_lib.imagenet import IMAGENET_WEIGHTS_FILE, imagenet_weights_path, keras_home  # noqa: F401 (this module's API)
+from hccer_lib.imagenet import IMAGENET_WEIGHTS_FILE, imagenet_weights_path, keras_home
 from hccer_lib.profiles import HEAD_INITS
 
 logger = logging.getLogger("hccer")
@@ -543,7 +543,8 @@ def with_area_head(model: keras.Model) -> keras.Model:
 
     The regression (``AREA_HEAD``, one linear neuron) reads the pooled image features, so that the image
     pathway is also trained to tell the tumour's size from the crop (``Profile.area_target``); ``model`` itself,
-    which shares every layer, predicts as before and never uses it. Outputs: a dict, ``"fused"`` (and a
+    which shares every layer, predicts as before and never uses it; compiled by :func:`compile_model` with its
+    ``area_weight``. Outputs: a dict, ``"fused"`` (and a
     joint-loss model's other heads) beside ``AREA_HEAD``.
     """
     outputs = dict(model.output) if has_joint_loss(model) else {"fused": model.output}
@@ -551,59 +552,46 @@ def with_area_head(model: keras.Model) -> keras.Model:
     return keras.Model(model.inputs, outputs, name=f"{model.name}_with_area")
 
 
-def compile_with_area_head(trainer: keras.Model, area_weight: float, learning_rate: float, weight_decay: float = 0.0,
-                           xla: bool = False) -> keras.Model:
-    """Compile :func:`with_area_head`'s model: the network's loss (:func:`compile_model`) plus ``area_weight`` times
-    the mean squared error of the area regression."""
-    if area_weight <= 0:
-        raise ValueError(f"area_weight must be > 0, got {area_weight}")
-    heads = [name for name in trainer.output if name != AREA_HEAD]
-    losses = {head: "sparse_categorical_crossentropy" for head in heads} | {AREA_HEAD: "mean_squared_error"}
-    weights = {head: (JOINT_LOSS_WEIGHTS[head] if len(heads) > 1 else 1.0) for head in heads} | {AREA_HEAD: float(area_weight)}
-    trainer.compile(optimizer=_optimizer(learning_rate, weight_decay), loss=losses, loss_weights=weights,
-                    jit_compile=_jit_compile(xla))
-    return trainer
-
-
 def has_joint_loss(model: keras.Model) -> bool:
     """Whether ``model`` has the three heads of the joint loss."""
     return isinstance(model.output, dict)
 
 
-def compile_model(model: keras.Model, learning_rate: float = 1e-4, weight_decay: float = 0.0, xla: bool = False) -> keras.Model:
+def compile_model(model: keras.Model, learning_rate: float = 1e-4, weight_decay: float = 0.0, xla: bool = False,
+                  area_weight: float = 0.0) -> keras.Model:
     """Compile with Adam and cross entropy on integer labels (the joint loss when 3 heads).
 
     ``weight_decay > 0`` uses AdamW (decoupled weight decay of that rate) instead of Adam.
     Labels are ``[n]`` integers 0/1 (sparse cross entropy on the 2-neuron softmax, the
     paper's equation (1)); a joint-loss model gets the same labels for every head and
-    the weights of equation (4) in :data:`JOINT_LOSS_WEIGHTS`. On TensorFlow, XLA
+    the weights of equation (4) in :data:`JOINT_LOSS_WEIGHTS`. A training model with the area regression
+    (:func:`with_area_head`) adds ``area_weight`` (> 0) times its mean squared error. On TensorFlow, XLA
     compilation only with ``xla=True``: it costs some 10-20 s per network on a CPU, then
     trains a small ResNet 1.5-2 times faster, so it pays where one compiled network trains
     many folds and seeds (``training.FoldModel``), not for a single fit. Other backends keep
     Keras's default (``"auto"``): on JAX, ``jit_compile=False`` would run every training
     step op by op, several times slower than compiled.
     """
-    optimizer, jit_compile = _optimizer(learning_rate, weight_decay), _jit_compile(xla)
-    if has_joint_loss(model):
-        losses = {head: "sparse_categorical_crossentropy" for head in JOINT_LOSS_WEIGHTS}
-        model.compile(optimizer=optimizer, loss=losses, loss_weights=dict(JOINT_LOSS_WEIGHTS), jit_compile=jit_compile)
-    else:
-        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
-    return model
-
-
-def _optimizer(learning_rate: float, weight_decay: float) -> keras.optimizers.Optimizer:
-    """Adam, or AdamW with ``weight_decay > 0`` (:func:`compile_model`)."""
     if weight_decay < 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     if weight_decay:
-        return keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
-    return keras.optimizers.Adam(learning_rate=learning_rate)
-
-
-def _jit_compile(xla: bool):
-    """Keras's ``jit_compile`` for ``xla`` (:func:`compile_model`): as asked on TensorFlow, ``"auto"`` elsewhere."""
-    return bool(xla) if keras.backend.backend() == "tensorflow" else "auto"
+        optimizer = keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate)
+    jit_compile = bool(xla) if keras.backend.backend() == "tensorflow" else "auto"
+    heads = list(model.output) if isinstance(model.output, dict) else []
+    if (AREA_HEAD in heads) != (area_weight > 0):
+        raise ValueError(f"area_weight must be > 0 exactly when {model.name} has the area head, got {area_weight}")
+    if not heads:
+        model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
+        return model
+    classes = [head for head in heads if head != AREA_HEAD]
+    weights = dict(JOINT_LOSS_WEIGHTS) if len(classes) > 1 else {"fused": 1.0}
+    losses = {head: "sparse_categorical_crossentropy" for head in weights}
+    if area_weight > 0:
+        losses[AREA_HEAD], weights[AREA_HEAD] = "mean_squared_error", float(area_weight)
+    model.compile(optimizer=optimizer, loss=losses, loss_weights=weights, jit_compile=jit_compile)
+    return model
 
 
 def joint_loss_value(y_true, heads: dict) -> float:

@@ -73,7 +73,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
 from hccer_lib import evaluation, networks, outputs
-from hccer_lib.imagenet import check_imagenet  # noqa: F401 (this module's API)
+from hccer_lib.imagenet import check_imagenet
 from hccer_lib.profiles import Profile
 from hccer_lib.study_run import DEFAULT_SETTINGS, SELECTION_PROTOCOLS
 
@@ -542,8 +542,8 @@ class FoldModel:
         if self.model is None:
             raise RuntimeError("call fresh() before trainer()")
         if area_weight not in self.trainers:
-            self.trainers[area_weight] = networks.compile_with_area_head(
-                networks.with_area_head(self.model), area_weight, self.learning_rate, self.weight_decay, self.xla)
+            self.trainers[area_weight] = networks.compile_model(networks.with_area_head(self.model), self.learning_rate,
+                                                               self.weight_decay, self.xla, area_weight=area_weight)
         trainer = self.trainers[area_weight]
         head = trainer.get_layer("area_head")
         n_in = int(head.kernel.shape[0])
@@ -904,14 +904,11 @@ def train_fold(
     if data.validation.any():
         validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation],
                       data.roi_area_mm2[data.validation])
-    trainer, area = None, None
-    if profile.area_target:
-        trainer = fold_model.trainer(profile.area_target, fold_seed)
-        area = area_targets(data.roi_area_mm2[fit_rows])
+    trainer = fold_model.trainer(profile.area_target, fold_seed) if profile.area_target else None
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
               test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift,
-              trainer=trainer, extra_targets=None if area is None else {networks.AREA_HEAD: area})
+              trainer=trainer, extra_targets=None if trainer is None else {networks.AREA_HEAD: area_targets(data.roi_area_mm2[fit_rows])})
     head_C, image_scale = ((profile.head_refit, 1.0) if model_name == "deep_resnet50"
                            else (profile.fusion_head_refit, profile.fusion_refit_image_scale))
     if head_C:

@@ -749,7 +749,7 @@ def test_the_area_head_trains_the_shared_network_to_read_the_size_its_images_sho
     y = (rng.random(n) < 0.5).astype("int32")
     keras.utils.set_random_seed(2)
     model = networks.compile_model(networks.build_model("deep_resnet50", config), 1e-2)
-    trainer = networks.compile_with_area_head(networks.with_area_head(model), 1.0, 1e-2)
+    trainer = networks.compile_model(networks.with_area_head(model), 1e-2, area_weight=1.0)
     z = training.area_targets(np.exp(log_area))
 
     def area_correlation():
@@ -765,7 +765,7 @@ def test_the_area_head_trains_the_shared_network_to_read_the_size_its_images_sho
     np.testing.assert_allclose(model.predict({"image": images}, verbose=0),
                                trainer.predict({"image": images}, verbose=0)["fused"], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="area_weight"):
-        networks.compile_with_area_head(networks.with_area_head(model), 0.0, 1e-2)
+        networks.compile_model(networks.with_area_head(model), 1e-2, area_weight=0.0)
 
 
 def test_area_target_reaches_every_network_is_seeded_and_keyed_only_when_set(study, monkeypatch):
