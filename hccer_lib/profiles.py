@@ -216,7 +216,7 @@ PROFILES["quick"] = replace(
     image_dropout=0.5,
     # The fusion models' softmax heads start at zero weights (probability 1/2) instead of Keras's random
     # draw. Their clinical bits are standardised and, in A and B, multiplied by sqrt(n_image / 9) (2.7
-    # in B), so a random head starts with clinical weights as large as 6 epochs can move: a training
+    # in B), so a random head starts with clinical weights as large as 6 epochs could move: a training
     # seed whose draw gives an important bit the wrong sign does not recover (dev seed 8, fusion_b: one
     # seed's folds ended their training at a loss of 0.63-0.71, its AUC at 0.605). The deep model's head
     # keeps the draw (zero there: 0.631 against 0.640 over dev seeds 3, 4, 5, 8). docs/cpu_recipe.md.
@@ -238,9 +238,10 @@ PROFILES["quick"] = replace(
     # 4 epochs, not 6: with its head refitted, the deep model lost with every epoch added (dev seeds 5 / 8: 12
     # epochs 0.631 / 0.588, 9 epochs 0.639 / 0.600, 6 epochs 0.647 / 0.611). 6 -> 4 epochs, over 3 seeds: deep model
     # +0.010 over dev seeds 3, 4, 5, 8, 9, 10, 11, gaining on each; fusion_d_joint +0.001 and fusion_c +0.005 over
-    # dev seeds 3, 4, 5, 8 (seed ensembles +0.007, +0.005); a fifth less time per network (docs/cpu_recipe.md,
-    # "Adopted: 4 epochs"). An area target of weight 1 (``area_target``, +0.009 for the deep model, on six of seven)
-    # is not adopted: one SE, and the fusion models not measured with it.
+    # dev seeds 3, 4, 5, 8 (seed ensembles +0.007, +0.005), fusion_a +0.004, fusion_b +0.013 and fusion_d -0.002 over
+    # dev seeds 5 and 8; a fifth less time per network (docs/cpu_recipe.md,
+    # "Adopted: 4 epochs"). An area target of weight 1 (``area_target``) is not adopted: +0.009 for the deep model with
+    # 6 epochs, nothing on average with 4 (the same seven cohorts).
     epochs=4,
     batch_size=32,
     learning_rate=2e-3,
