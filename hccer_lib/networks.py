@@ -100,8 +100,9 @@ class NetworkConfig:
             (the statistics a trained network predicts with); 0.99 is Keras's, as in
             ``keras.applications.ResNet50``. After ``s`` training steps the moving
             statistics still hold ``bn_momentum ** s`` of their initial 0 and 1: 30 % after
-            the quick recipe's 120 steps at 0.99, so a short training predicts with
-            statistics unlike those it was trained with.
+            120 steps at 0.99 (the quick recipe's 6 epochs when this was measured; 45 % after
+            the 80 steps of its 4 epochs now), so a short training predicts with statistics
+            unlike those it was trained with.
         image_dropout: in the fusion models, the share of the image pathway's features
             (after B, C and D's image FC layer) dropped at random in each training step where
             they meet the clinical pathway (``keras.layers.Dropout``; nothing is dropped when
