@@ -180,12 +180,11 @@ PROFILES["quick"] = replace(
     # A reduced ResNet, randomly initialised (no ImageNet weights for it): 48 px, one block per
     # stage, width 8. The recipe was chosen on a development cohort only (generator seed 3,
     # never a reported one; docs/cpu_recipe.md, and
-    # scripts/develop_recipe.py): epochs of batches of 32, learning rate 2e-3 falling as a
-    # cosine, the 8 symmetries of the square, XLA (1.4 times faster on 2 cores), and every
-    # network trained with 3 seeds. Longer training was better with the first recipes (dev seed 3,
-    # one seed: deep model 0.65 after 10-12 epochs at 1e-4), not with this one (9 epochs: no gain
-    # on dev seeds 3, 5 and 8; docs/cpu_recipe.md, "Tried since, none adopted"); the number of
-    # epochs, 6 at first, is 4 since the deep model's head refit (below, beside ``epochs``). Batch normalisation's moving
+    # scripts/develop_recipe.py): 6 epochs at first (4 now: below, beside ``epochs``) of batches of 32,
+    # learning rate 2e-3 falling as a cosine, the 8 symmetries of the square, XLA (1.4 times faster on
+    # 2 cores), and every network trained with 3 seeds. Longer training was better with the first recipes
+    # (dev seed 3, one seed: deep model 0.65 after 10-12 epochs at 1e-4), not with this one (9 epochs: no
+    # gain on dev seeds 3, 5 and 8; docs/cpu_recipe.md, "Tried since, none adopted"). Batch normalisation's moving
     # statistics follow the batches with momentum 0.9 (PyTorch's default, 0.1 in its convention) instead of Keras's 0.99:
     # after 120 steps at 0.99 they still held 30 % of their initial 0 and 1, and the networks
     # predicted with statistics unlike those they were trained with (dev seed 4: deep model
