@@ -15,8 +15,9 @@ recurrence is the second neuron.
 | ``fusion_d`` | as B | FC ``clinical_units`` (16) | concat → FC 2 |
 | ``fusion_d_joint`` | as D, plus a softmax head on each pathway | | loss = 1/4 image + 1/4 clinical + 1/2 fused |
 
-The paper leaves open whether C and D keep B's image FC layer and the sizes of the
-added layers. Here C and D are B plus their clinical layer (the paper presents A to D as
+The paper leaves open whether C and D keep B's image FC layer, the sizes of the
+added layers and the activation of C and D's clinical layer (``clinical_activation``: ReLU or
+none). Here C and D are B plus their clinical layer (the paper presents A to D as
 successive changes and argues for B's balancing of 2048 image against 9 clinical
 features); every size is a :class:`NetworkConfig` field.
 
@@ -64,7 +65,7 @@ from keras import layers, ops
 
 from hccer_lib import models
 from hccer_lib.imagenet import IMAGENET_WEIGHTS_FILE, imagenet_weights_path, keras_home
-from hccer_lib.profiles import HEAD_INITS
+from hccer_lib.profiles import CLINICAL_ACTIVATIONS, HEAD_INITS
 
 logger = logging.getLogger("hccer")
 
@@ -93,6 +94,10 @@ class NetworkConfig:
         image_units: units of the image FC layer of fusion B, C and D (the paper: not stated).
         clinical_filters, clinical_kernel: fusion C's Conv1D over the clinical vector.
         clinical_units: units of fusion D's FC layer over the clinical vector.
+        clinical_activation: the activation of fusion C's Conv1D and fusion D's FC layer over the clinical vector:
+            ``"relu"`` or ``"linear"`` (none: the layer is a learned linear map of the standardised bits, Keras's
+            default for a layer). The paper names neither; the ``paper`` profile keeps ``"relu"``, the ``quick``
+            profile's choice is in ``hccer_lib/profiles.py``.
         imagenet: ``"auto"`` loads ImageNet weights when the architecture is ResNet50 and
             the weights file exists locally (random initialisation otherwise, logged);
             ``"none"`` always initialises randomly; or the path of a weights file.
@@ -141,8 +146,11 @@ class NetworkConfig:
     stem_pool: bool = True
     clinical_gain: float | None = None
     head_dropout: float = 0.0
+    clinical_activation: str = "relu"
 
     def __post_init__(self):
+        if self.clinical_activation not in CLINICAL_ACTIVATIONS:
+            raise ValueError(f"clinical_activation must be one of {CLINICAL_ACTIVATIONS}, got {self.clinical_activation!r}")
         if not 0.0 <= self.bn_momentum < 1.0:
             raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
         if not 0.0 <= self.image_dropout < 1.0:
@@ -180,7 +188,8 @@ class NetworkConfig:
 #: Settings added to :class:`NetworkConfig` after trained networks were first keyed by it, each with the
 #: value that every network trained before it had. At that value a setting is left out of the run key
 #: (:meth:`NetworkConfig.key_dict`), so the trainings saved before it was added are read, not redone.
-KEYED_AT_DEFAULT_SINCE: dict[str, object] = {"stem_pool": True, "clinical_gain": None, "head_dropout": 0.0}
+KEYED_AT_DEFAULT_SINCE: dict[str, object] = {"stem_pool": True, "clinical_gain": None, "head_dropout": 0.0,
+                                             "clinical_activation": "relu"}
 
 
 # %% Input scaling
@@ -429,10 +438,11 @@ def build_model(model_name: str, config: NetworkConfig | None = None, joint_loss
         if config.clinical_kernel > config.n_clinical:
             raise ValueError(f"clinical_kernel {config.clinical_kernel} is longer than the clinical vector ({config.n_clinical})")
         sequence = layers.Reshape((config.n_clinical, 1), name="clinical_sequence")(scaled)
-        conv = layers.Conv1D(config.clinical_filters, config.clinical_kernel, activation="relu", name="clinical_conv")(sequence)
+        conv = layers.Conv1D(config.clinical_filters, config.clinical_kernel, activation=config.clinical_activation,
+                             name="clinical_conv")(sequence)
         clinical_branch = layers.Flatten(name="clinical_flatten")(conv)
     elif kind == "d":
-        clinical_branch = layers.Dense(config.clinical_units, activation="relu", name="clinical_fc")(scaled)
+        clinical_branch = layers.Dense(config.clinical_units, activation=config.clinical_activation, name="clinical_fc")(scaled)
     merged = layers.Concatenate(name="concat")([image_branch, clinical_branch])
 
     def softmax_head(name: str, x):

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, replace
 TRAIN_SAMPLINGS = ("slice", "patient")
 #: The initial weights the fusion models' softmax heads may start from (``Profile.fusion_head_init``).
 HEAD_INITS = ("glorot_uniform", "zeros")
+#: The activations of fusion C and D's clinical layer (``Profile.clinical_activation``).
+CLINICAL_ACTIVATIONS = ("relu", "linear")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ class Profile:
         fusion_head_init: initial weights of the fusion models' 2-neuron softmax heads
             (``networks.NetworkConfig.fusion_head_init``): ``"glorot_uniform"`` (Keras's default
             draw, the paper's networks) or ``"zeros"`` (each head starts at probability 1/2).
+        clinical_activation: activation of fusion C's convolution and fusion D's FC layer over the clinical vector
+            (``networks.NetworkConfig.clinical_activation``): ``"relu"`` or ``"linear"`` (no activation, Keras's
+            default for a layer). The paper does not say which.
         clinical_warm_start: before each fusion model's training, its clinical pathway is fitted alone to
             the training patients' clinical vectors (``networks.warm_start_clinical``), with the L2 penalty of
             scikit-learn's ``LogisticRegression(C=clinical_warm_start)`` on them (for fusion A and B the start *is*
@@ -130,8 +135,11 @@ class Profile:
     fusion_head_refit: float = 0.0
     fusion_refit_image_scale: float = 1.0
     area_target: float = 0.0
+    clinical_activation: str = "relu"
 
     def __post_init__(self) -> None:
+        if self.clinical_activation not in CLINICAL_ACTIVATIONS:
+            raise ValueError(f"clinical_activation must be one of {CLINICAL_ACTIVATIONS}, got {self.clinical_activation!r}")
         if self.train_sampling not in TRAIN_SAMPLINGS:
             raise ValueError(f"train_sampling must be one of {TRAIN_SAMPLINGS}, got {self.train_sampling!r}")
         if self.fusion_head_init not in HEAD_INITS:
@@ -220,6 +228,13 @@ PROFILES["quick"] = replace(
     # seed's folds ended their training at a loss of 0.63-0.71, its AUC at 0.605). The deep model's head
     # keeps the draw (zero there: 0.631 against 0.640 over dev seeds 3, 4, 5, 8). docs/cpu_recipe.md.
     fusion_head_init="zeros",
+    # Fusion C's Conv1D and fusion D's FC layer over the clinical vector are linear (no ReLU; the paper names no
+    # activation): a ReLU layer of 16 random units passes only part of what the 9 standardised bits say, and 4 epochs
+    # do not recover it. Development cohorts, 3 seeds, ReLU -> linear: fusion_d_joint +0.010 on average over dev seeds
+    # 3, 4, 5, 8, 9, 10, 11, 13, 14 (+0.028 on dev seed 8, the weakest image input; -0.011 on dev seed 9, the only
+    # loss beyond 0.001), fusion_d +0.016, +0.007, -0.001 (dev seeds 5, 8, 9), fusion_c +0.005, +0.014 (dev seeds 5,
+    # 8); docs/cpu_recipe.md, "Adopted: a linear clinical layer".
+    clinical_activation="linear",
     # After its training, the deep model's softmax head is fitted anew as a logistic regression (C = 0.001,
     # standardised) on its pooled features of the fold's training patients, one area-weighted row per
     # patient (``training.refit_head``): the head trained on the slices weighs features that the network

@@ -62,7 +62,7 @@ import os
 import time
 import weakref
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -101,6 +101,8 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
         settings["head_refit"] = profile.head_refit
     if profile.area_target:
         settings["area_target"] = profile.area_target
+    if profile.clinical_activation != "relu" and (model_name is None or networks.FUSION_KINDS.get(model_name) in ("c", "d")):
+        settings["clinical_activation"] = profile.clinical_activation
     if profile.fusion_head_refit and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["fusion_head_refit"] = profile.fusion_head_refit
         settings["fusion_refit_image_scale"] = profile.fusion_refit_image_scale
@@ -174,6 +176,7 @@ def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto"
         "bn_momentum": profile.bn_momentum,
         "image_dropout": profile.image_dropout,
         "fusion_head_init": profile.fusion_head_init,
+        "clinical_activation": profile.clinical_activation,
     }
     return networks.NetworkConfig(**{**fields, **overrides})
 
@@ -922,12 +925,15 @@ def _network_record(model_name: str, clinical: pd.DataFrame, folds: pd.DataFrame
     """The network a run's settings record (and its key hashes), less ``n_clinical`` (the clinical table's digest
     keys the vector): a fusion model's as built for the clinical vector that the whole cohort selects under
     ``selection_protocol`` (fusion C's kernel is shortened to a shorter vector, :func:`network_config`); the deep
-    model, which has no clinical input, at the default vector's length."""
+    model, which has no clinical input, at the default vector's length. A network without fusion C or D's clinical
+    layer is recorded with that layer's default activation, whatever the profile's ``clinical_activation``."""
     n_clinical = networks.NetworkConfig.__dataclass_fields__["n_clinical"].default
     if model_name != "deep_resnet50":
         _, names = _clinical_matrix(clinical, selection_protocol, tuple(folds["patient_id"].astype(str)))
         n_clinical = len(names)
     config = network_config(profile, n_clinical, imagenet, **(network_overrides or {}))
+    if networks.FUSION_KINDS.get(model_name) not in ("c", "d"):  # no clinical layer: its activation changes nothing
+        config = replace(config, clinical_activation=networks.KEYED_AT_DEFAULT_SINCE["clinical_activation"])
     return {k: v for k, v in config.key_dict().items() if k != "n_clinical"}
 
 

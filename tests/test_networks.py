@@ -1,6 +1,7 @@
 """Architectures of the deep and fusion models, input scaling, joint loss, ImageNet loading."""
 
 import logging
+from dataclasses import replace
 
 import keras
 import numpy as np
@@ -386,3 +387,31 @@ def test_fusion_a_warm_start_is_the_ridge_logistic_regression_by_hand():
         np.testing.assert_allclose(gain * (kernel[-9:, 1] - kernel[-9:, 0]), reference.coef_[0], atol=5e-3,
                                    err_msg=f"penalty {penalty}: coefficients")
         assert bias[1] - bias[0] == pytest.approx(reference.intercept_[0], abs=5e-3), (bias, reference.intercept_)
+
+
+def test_clinical_activation_makes_c_and_ds_clinical_layer_a_linear_map():
+    """``clinical_activation="linear"``: fusion C's Conv1D and fusion D's FC layer map the clinical vector linearly (an
+    affine map of the standardised bits keeps every mix of two vectors), where ReLU does not; fusion A and B, which
+    have no clinical layer, are built alike either way; the run key holds the setting only when it is not ReLU."""
+    rng = np.random.default_rng(3)
+    first, second = rng.integers(0, 2, (64, 9)).astype(np.float32), rng.integers(0, 2, (64, 9)).astype(np.float32)
+    mix = 0.3 * first + 0.7 * second
+    for model_name, layer_name in (("fusion_c", "clinical_flatten"), ("fusion_d_joint", "clinical_fc")):
+        for activation in ("linear", "relu"):
+            keras.utils.set_random_seed(0)
+            model = networks.build_model(model_name, replace(TINY, clinical_activation=activation))
+            branch = keras.Model(model.input["clinical"], model.get_layer(layer_name).output)
+            mixed = np.asarray(branch(mix))
+            between = 0.3 * np.asarray(branch(first)) + 0.7 * np.asarray(branch(second))
+            if activation == "linear":
+                np.testing.assert_allclose(mixed, between, atol=1e-5, err_msg=model_name)
+            else:
+                assert (mixed == 0).any() and not np.allclose(mixed, between, atol=1e-3), model_name
+    for model_name in ("fusion_a", "fusion_b"):
+        plain = networks.build_model(model_name, TINY)
+        linear = networks.build_model(model_name, replace(TINY, clinical_activation="linear"))
+        assert [layer.name for layer in plain.layers] == [layer.name for layer in linear.layers], model_name
+    assert "clinical_activation" not in TINY.key_dict()
+    assert replace(TINY, clinical_activation="linear").key_dict()["clinical_activation"] == "linear"
+    with pytest.raises(ValueError, match="clinical_activation"):
+        NetworkConfig(clinical_activation="tanh")
