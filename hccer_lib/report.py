@@ -715,6 +715,8 @@ def checklist_facts(
     if fusion is not None:
         facts.update({key: fusion["network"][key]
                       for key in ("image_units", "clinical_filters", "clinical_kernel", "clinical_units")})
+        # a run records it only where it is not ReLU (networks.KEYED_AT_DEFAULT_SINCE)
+        facts["clinical_activation"] = fusion["network"].get("clinical_activation", "relu")
 
     # pooled AUCs of the models that have predictions
     predicted = [m for m in MODELS if evaluation.predictions_path(results_dir, m).is_file()]

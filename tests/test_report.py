@@ -208,8 +208,10 @@ def test_checklist_fills_what_the_run_knows_and_leaves_the_rest_open(run_folder,
     assert "scikit-learn" in claim.loc["23", "value"] and "pyradiomics" in claim.loc["23", "value"]
     assert "7 too small for texture" in tripod.loc["11", "value"]
     assert "random initialisation" in claim.loc["24", "value"] and "clinical FC 16 units" in claim.loc["22", "value"]
+    # the run records no clinical_activation: a network keyed before the setting, or at its default, ReLU
+    assert "activation of C and D's clinical layer (assumed): relu" in claim.loc["22", "value"], claim.loc["22", "value"]
     # what was tuned and on which cohorts; the paper's silences marked as assumptions; what the tests answer
-    assert "development synthetic cohorts only (generator seeds 3, 4, 5 and 8-11" in tripod.loc["12c", "value"]
+    assert "development synthetic cohorts only (generator seeds 3, 4, 5, 8-11, 13 and 14" in tripod.loc["12c", "value"]
     assert "never on the study's default cohort (seed 2020)" in tripod.loc["12c", "value"]
     assert "Adam (an assumption: the paper does not name its optimiser)" in claim.loc["25", "value"]
     assert "sizes assumed: the paper does not state them" in claim.loc["22", "value"]
@@ -418,3 +420,7 @@ def test_the_tuning_statement_names_the_networks_actual_layer_sizes():
             defaults["clinical_units"]) == (64, 8, 3, 16), defaults
     tuning = report.checklist_template()["phrases"]["tuning"]
     assert "image FC 64 units, fusion C Conv1D 8 filters of kernel 3, fusion D clinical FC 16 units" in tuning, tuning
+    from hccer_lib.profiles import get_profile
+
+    assert (get_profile("paper").clinical_activation, get_profile("quick").clinical_activation) == ("relu", "linear")
+    assert "(ReLU in the paper profile, none in the quick profile)" in " ".join(tuning.split()), tuning
