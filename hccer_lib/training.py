@@ -101,7 +101,8 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
         settings["head_refit"] = profile.head_refit
     if profile.area_target:
         settings["area_target"] = profile.area_target
-    if profile.clinical_activation != "relu" and (model_name is None or networks.FUSION_KINDS.get(model_name) in ("c", "d")):
+    if (profile.clinical_activation != networks.KEYED_AT_DEFAULT_SINCE["clinical_activation"]
+            and (model_name is None or networks.FUSION_KINDS.get(model_name) in ("c", "d"))):
         settings["clinical_activation"] = profile.clinical_activation
     if profile.fusion_head_refit and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["fusion_head_refit"] = profile.fusion_head_refit

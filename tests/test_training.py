@@ -808,6 +808,7 @@ def test_clinical_activation_reaches_c_and_d_and_keys_only_their_runs(study):
     """``Profile.clinical_activation`` builds fusion C and D's clinical layer with it and changes their run keys (the
     profile's and the network's records); the deep model and fusion A and B, which have no such layer, keep their keys,
     and ReLU (the default) keeps the keys of before the setting existed."""
+    relu = replace(TINY_PROFILE, clinical_activation="relu")  # the smoke profile inherits the quick profile's linear
     linear = replace(TINY_PROFILE, clinical_activation="linear")
     built = training.fold_data("fusion_d_joint", study.dataset, study.clinical, study.folds, linear, None,
                                imagenet="none").config
@@ -817,10 +818,10 @@ def test_clinical_activation_reaches_c_and_d_and_keys_only_their_runs(study):
         return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
                                    seed=1, imagenet="none")[1]
 
-    assert "clinical_activation" not in key("fusion_d", TINY_PROFILE)["profile_deep"], "ReLU keeps the keys of before"
+    assert "clinical_activation" not in key("fusion_d", relu)["profile_deep"], "ReLU keeps the keys of before"
     for model_name in ("fusion_c", "fusion_d", "fusion_d_joint"):
-        assert key(model_name, linear)["key"] != key(model_name, TINY_PROFILE)["key"], model_name
+        assert key(model_name, linear)["key"] != key(model_name, relu)["key"], model_name
     for model_name in ("deep_resnet50", "fusion_a", "fusion_b"):
-        assert key(model_name, linear)["key"] == key(model_name, TINY_PROFILE)["key"], model_name
+        assert key(model_name, linear)["key"] == key(model_name, relu)["key"], model_name
     with pytest.raises(ValueError, match="clinical_activation"):
         replace(TINY_PROFILE, clinical_activation="tanh")
