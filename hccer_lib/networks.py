@@ -72,6 +72,9 @@ logger = logging.getLogger("hccer")
 #: The networks and the fusion architecture of each fusion network: the model registry's (``models.py``).
 MODEL_NAMES = models.NETWORK_MODELS
 FUSION_KINDS = models.FUSION_KINDS
+#: The fusion architectures with a layer of their own over the clinical vector (C's Conv1D, D's FC), the layer whose
+#: activation is :attr:`NetworkConfig.clinical_activation`.
+CLINICAL_LAYER_KINDS = ("c", "d")
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 RESNET50_WIDTH = 64

@@ -102,7 +102,7 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
     if profile.area_target:
         settings["area_target"] = profile.area_target
     if (profile.clinical_activation != networks.KEYED_AT_DEFAULT_SINCE["clinical_activation"]
-            and (model_name is None or networks.FUSION_KINDS.get(model_name) in ("c", "d"))):
+            and (model_name is None or networks.FUSION_KINDS.get(model_name) in networks.CLINICAL_LAYER_KINDS)):
         settings["clinical_activation"] = profile.clinical_activation
     if profile.fusion_head_refit and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["fusion_head_refit"] = profile.fusion_head_refit
@@ -933,7 +933,7 @@ def _network_record(model_name: str, clinical: pd.DataFrame, folds: pd.DataFrame
         _, names = _clinical_matrix(clinical, selection_protocol, tuple(folds["patient_id"].astype(str)))
         n_clinical = len(names)
     config = network_config(profile, n_clinical, imagenet, **(network_overrides or {}))
-    if networks.FUSION_KINDS.get(model_name) not in ("c", "d"):  # no clinical layer: its activation changes nothing
+    if networks.FUSION_KINDS.get(model_name) not in networks.CLINICAL_LAYER_KINDS:  # no such layer to activate
         config = replace(config, clinical_activation=networks.KEYED_AT_DEFAULT_SINCE["clinical_activation"])
     return {k: v for k, v in config.key_dict().items() if k != "n_clinical"}
 
