@@ -65,7 +65,7 @@ from keras import layers, ops
 
 from hccer_lib import models
 from hccer_lib.imagenet import IMAGENET_WEIGHTS_FILE, imagenet_weights_path, keras_home
-from hccer_lib.profiles import CLINICAL_ACTIVATIONS, HEAD_INITS
+from hccer_lib.profiles import CLINICAL_ACTIVATIONS, DEFAULT_CLINICAL_ACTIVATION, HEAD_INITS
 
 logger = logging.getLogger("hccer")
 
@@ -149,7 +149,7 @@ class NetworkConfig:
     stem_pool: bool = True
     clinical_gain: float | None = None
     head_dropout: float = 0.0
-    clinical_activation: str = "relu"
+    clinical_activation: str = DEFAULT_CLINICAL_ACTIVATION
 
     def __post_init__(self):
         if self.clinical_activation not in CLINICAL_ACTIVATIONS:
@@ -192,7 +192,7 @@ class NetworkConfig:
 #: value that every network trained before it had. At that value a setting is left out of the run key
 #: (:meth:`NetworkConfig.key_dict`), so the trainings saved before it was added are read, not redone.
 KEYED_AT_DEFAULT_SINCE: dict[str, object] = {"stem_pool": True, "clinical_gain": None, "head_dropout": 0.0,
-                                             "clinical_activation": "relu"}
+                                             "clinical_activation": DEFAULT_CLINICAL_ACTIVATION}
 
 
 # %% Input scaling

@@ -17,6 +17,8 @@ TRAIN_SAMPLINGS = ("slice", "patient")
 HEAD_INITS = ("glorot_uniform", "zeros")
 #: The activations of fusion C and D's clinical layer (``Profile.clinical_activation``).
 CLINICAL_ACTIVATIONS = ("relu", "linear")
+#: The default of that layer: ReLU, as every network had before the setting existed (and the ``paper`` profile has).
+DEFAULT_CLINICAL_ACTIVATION = "relu"
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,7 @@ class Profile:
     fusion_head_refit: float = 0.0
     fusion_refit_image_scale: float = 1.0
     area_target: float = 0.0
-    clinical_activation: str = "relu"
+    clinical_activation: str = DEFAULT_CLINICAL_ACTIVATION
 
     def __post_init__(self) -> None:
         if self.clinical_activation not in CLINICAL_ACTIVATIONS:

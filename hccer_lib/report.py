@@ -33,6 +33,7 @@ import pandas as pd
 
 from hccer_lib import outputs
 from hccer_lib.models import MODEL_NAMES, NETWORK_MODELS, PAPER_TABLE_ROWS, paper_auc, paper_values
+from hccer_lib.profiles import DEFAULT_CLINICAL_ACTIVATION
 from hccer_lib.study_run import DEFAULT_SETTINGS
 
 CHECKLIST_COLUMNS = ["framework", "item", "topic", "status", "value"]
@@ -715,8 +716,8 @@ def checklist_facts(
     if fusion is not None:
         facts.update({key: fusion["network"][key]
                       for key in ("image_units", "clinical_filters", "clinical_kernel", "clinical_units")})
-        # a run records it only where it is not ReLU (networks.KEYED_AT_DEFAULT_SINCE)
-        facts["clinical_activation"] = fusion["network"].get("clinical_activation", "relu")
+        # a run records it only where it is not the default (networks.KEYED_AT_DEFAULT_SINCE)
+        facts["clinical_activation"] = fusion["network"].get("clinical_activation", DEFAULT_CLINICAL_ACTIVATION)
 
     # pooled AUCs of the models that have predictions
     predicted = [m for m in MODELS if evaluation.predictions_path(results_dir, m).is_file()]
