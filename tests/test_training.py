@@ -737,9 +737,9 @@ def test_area_targets_are_the_standardised_log_areas_by_hand():
 
 def test_the_area_head_trains_the_shared_network_to_read_the_size_its_images_show():
     """``networks.with_area_head``: a training model on the deep model's own layers. Trained by ``fit_model`` on images
-    whose brightness grows with the (log) area, its area neuron comes to predict the area (its squared error at least
-    ten times smaller than before training, correlation above 0.85: 0.97 on TensorFlow, 0.90 on JAX, where the untrained
-    network already follows the brightness), and the deep model, which shares the layers, has changed with it: its
+    whose brightness grows with the (log) area, its area neuron comes to predict the area (correlation above 0.9, from
+    below 0.9 before, and its squared error at least ten times smaller; after 60 epochs 0.98 on both TensorFlow and JAX,
+    where after 30 JAX had only 0.90), and the deep model, which shares the layers, has changed with it: its
     image features and its prediction are those of the training model, and it still has one output."""
     config = networks.NetworkConfig(image_size=SIZE, resnet_blocks=(1, 1, 1, 1), resnet_width=4, imagenet="none")
     rng = np.random.default_rng(4)
@@ -760,10 +760,11 @@ def test_the_area_head_trains_the_shared_network_to_read_the_size_its_images_sho
 
     before = area_fit()
     weights_before = [w.copy() for w in model.get_weights()]
-    training.fit_model(model, {"image": images}, y, epochs=30, batch_size=16, seed=1, trainer=trainer,
+    training.fit_model(model, {"image": images}, y, epochs=60, batch_size=16, seed=1, trainer=trainer,
                        extra_targets={networks.AREA_HEAD: z})
     after = area_fit()
-    assert after[0] < before[0] / 10 and after[1] > 0.85, f"(squared error, correlation) before {before}, after {after}"
+    assert abs(before[1]) < 0.9 and after[1] > 0.9 and after[0] < before[0] / 10, \
+        f"(squared error, correlation) before {before}, after {after}"
     assert not isinstance(model.output, dict), "the deep model keeps its single output"
     assert any(not np.array_equal(a, b) for a, b in zip(weights_before, model.get_weights(), strict=True))
     np.testing.assert_allclose(model.predict({"image": images}, verbose=0),
