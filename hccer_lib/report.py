@@ -393,6 +393,101 @@ def plot_results_vs_paper(frame: pd.DataFrame, title: str = "", ax=None):
     return ax
 
 
+#: What a network must reach on a synthetic cohort for the study to say that it learns what the cohort holds,
+#: against the cohort's learned references (logistic regressions on the generator's true inputs, ``cv_auc`` of
+#: ``ground_truth.json``) and the clinical forest: the deep model within ``DEEP_REFERENCE_GAP`` of the image
+#: reference; fusion_d_joint at least max(clinical_rf, both reference - ``JOINT_REFERENCE_GAP``); no fusion model
+#: below clinical_rf - ``FUSION_FOREST_GAP``. Each network is read by its pooled patient AUC, mean over training seeds.
+DEEP_REFERENCE_GAP = 0.05
+JOINT_REFERENCE_GAP = 0.03
+FUSION_FOREST_GAP = 0.02
+#: The learned reference that each model is read against: the one of the inputs it sees (radiomics: the image).
+REFERENCE_OF_INPUTS = {("image",): "image", ("clinical",): "clinical", ("clinical", "image"): "both"}
+
+
+def learning_checks(results: pd.DataFrame, cohort_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """Do the networks learn what a synthetic cohort holds? The checks of :data:`DEEP_REFERENCE_GAP` and beside.
+
+    ``results`` has one row per model with ``pooled_auc`` (the seed ensemble's) and ``seed_auc_mean``,
+    ``seed_auc_sd`` (``evaluation.summarise_model``; :func:`results_vs_paper`). Returns one row per model of
+    ``results`` that reads the clinical vector, the image or both: ``model``, ``inputs`` (``image``, ``clinical``,
+    ``both``), ``auc`` (a network's mean over training seeds, another model's pooled AUC), ``auc_sd`` (over
+    seeds), ``pooled_auc``, ``learned_reference`` (of its inputs), ``below_reference``, and for the networks
+    that are checked ``check`` (what is asked), ``bound`` (the AUC asked for), ``margin`` (``auc - bound``)
+    and ``passes``. ``None`` for a cohort without ``ground_truth.json`` (a real cohort has no learned
+    references). The fusion checks need the clinical forest's row: without it they are not made.
+    """
+    from hccer_lib import models, synth
+
+    truth = synth.read_ground_truth(cohort_dir)
+    if truth is None:
+        return None
+    references = {name: float(truth["oracle_auc"][name]["cv_auc"]) for name in ("image", "clinical", "both")}
+    by_model = results.set_index("model")
+    forest = float(by_model.loc["clinical_rf", "pooled_auc"]) if "clinical_rf" in by_model.index else None
+    rows = []
+    for model in results["model"]:
+        seen = {"image" if i == "radiomics" else i for i in models.get(model).inputs}
+        inputs = REFERENCE_OF_INPUTS.get(tuple(sorted(seen)))
+        if inputs is None:
+            continue
+        row = by_model.loc[model]
+        network = model in NETWORK_MODELS
+        auc = float(row["seed_auc_mean"]) if network else float(row["pooled_auc"])
+        check, bound = "", np.nan
+        if model == "deep_resnet50":
+            check, bound = f"within {DEEP_REFERENCE_GAP} of the image reference", references["image"] - DEEP_REFERENCE_GAP
+        elif model == "fusion_d_joint" and forest is not None:
+            check = f"at least max(clinical_rf, both reference - {JOINT_REFERENCE_GAP})"
+            bound = max(forest, references["both"] - JOINT_REFERENCE_GAP)
+        elif model in models.FUSION_MODELS and forest is not None:
+            check, bound = f"not below clinical_rf - {FUSION_FOREST_GAP}", forest - FUSION_FOREST_GAP
+        rows.append({
+            "model": model, "inputs": inputs, "auc": auc,
+            "auc_sd": float(row["seed_auc_sd"]) if network else np.nan, "pooled_auc": float(row["pooled_auc"]),
+            "learned_reference": references[inputs], "below_reference": references[inputs] - auc,
+            "check": check, "bound": bound, "margin": auc - bound if check else np.nan,
+            "passes": bool(auc >= bound) if check else None,
+        })
+    return pd.DataFrame(rows, columns=["model", "inputs", "auc", "auc_sd", "pooled_auc", "learned_reference",
+                                       "below_reference", "check", "bound", "margin", "passes"])
+
+
+def plot_learning_checks(frame: pd.DataFrame, title: str = "", ax=None):
+    """Each model's AUC beside the learned reference of its inputs and, for the checked networks, the AUC asked for.
+
+    Args:
+        frame: from :func:`learning_checks`.
+    Returns:
+        The matplotlib axes.
+    """
+    import matplotlib.pyplot as plt
+
+    frame = frame.reset_index(drop=True)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(6, 0.9 * len(frame) + 2), 4.5))
+    x = np.arange(len(frame))
+    ax.errorbar(x, frame["auc"], yerr=frame["auc_sd"].fillna(0.0), fmt="o", color="tab:blue", capsize=3,
+                label="this run: mean ± SD over training seeds (forests: pooled)")
+    ax.plot(x + 0.18, frame["pooled_auc"], "s", color="tab:cyan", label="this run: seed ensemble, pooled")
+    ax.hlines(frame["learned_reference"], x - 0.35, x + 0.35, color="black", linewidth=2,
+              label="learned reference of the model's inputs")
+    checked = frame[frame["check"] != ""]
+    ax.hlines(checked["bound"], checked.index - 0.35, checked.index + 0.35, color="tab:red", linestyles="--",
+              label="AUC asked for (check)")
+    for i, row in checked.iterrows():
+        ax.annotate("passes" if row["passes"] else f"{-row['margin']:.3f} short", (i, min(row["bound"], row["auc"])),
+                    xytext=(0, -16), textcoords="offset points", ha="center", fontsize=7,
+                    color="tab:green" if row["passes"] else "tab:red")
+    ax.set_xticks(x, [f"{m}\n({i})" for m, i in zip(frame["model"], frame["inputs"], strict=True)], rotation=30,
+                  ha="right", fontsize=8)
+    ax.set_ylabel("pooled patient AUC")
+    ax.set_ylim(0.4, 1.0)
+    ax.set_title(title or "What the models learn against what the cohort holds", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    return ax
+
+
 def pick_explained_patients(patients: pd.DataFrame, n_each: int = 2, threshold: float = 0.5) -> pd.DataFrame:
     """Correctly and wrongly predicted patients of one test fold, for a saliency figure.
 

@@ -409,6 +409,76 @@ def test_report_plots_draw_every_row():
     plt.close("all")
 
 
+def _cohort_with_references(folder, image: float, clinical: float, both: float):
+    """A cohort folder whose ``ground_truth.json`` holds only the learned references (``cv_auc``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    references = {"image": image, "clinical": clinical, "both": both}
+    outputs.write_json(folder / "ground_truth.json", {"oracle_auc": {k: {"cv_auc": v} for k, v in references.items()}})
+    return folder
+
+
+def _results(**aucs):
+    """``results_vs_paper``'s columns that the checks read: name=(seed mean, seed SD, pooled) or name=pooled."""
+    rows = []
+    for model, value in aucs.items():
+        mean, sd, pooled = value if isinstance(value, tuple) else (value, np.nan, value)
+        rows.append({"model": model, "seed_auc_mean": mean, "seed_auc_sd": sd, "pooled_auc": pooled})
+    return pd.DataFrame(rows)
+
+
+def test_learning_checks_read_each_model_against_its_inputs_reference_and_the_bounds_by_hand(tmp_path):
+    cohort = _cohort_with_references(tmp_path / "cohort", image=0.78, clinical=0.70, both=0.80)
+    results = _results(radiomics_rf=0.70, deep_resnet50=(0.74, 0.01, 0.75), clinical_rf=0.72,
+                       fusion_a=(0.69, 0.02, 0.70), fusion_b=(0.71, 0.01, 0.72), fusion_d_joint=(0.765, 0.01, 0.78))
+    checks = report.learning_checks(results, cohort).set_index("model")
+    assert list(checks.index) == ["radiomics_rf", "deep_resnet50", "clinical_rf", "fusion_a", "fusion_b", "fusion_d_joint"]
+    assert checks["inputs"].tolist() == ["image", "image", "clinical", "both", "both", "both"]
+    # a network is read by its mean over seeds, a forest by its pooled AUC
+    assert checks.loc["deep_resnet50", "auc"] == pytest.approx(0.74) and checks.loc["clinical_rf", "auc"] == pytest.approx(0.72)
+    assert checks.loc["fusion_a", "below_reference"] == pytest.approx(0.80 - 0.69)
+    # deep model: 0.78 - 0.05 = 0.73 asked, 0.74 reached
+    assert checks.loc["deep_resnet50", "bound"] == pytest.approx(0.73) and checks.loc["deep_resnet50", "passes"]
+    # fusion models: clinical_rf - 0.02 = 0.70 asked; fusion_a 0.69 is 0.01 short, fusion_b passes
+    assert checks.loc["fusion_a", "bound"] == pytest.approx(0.70) and not checks.loc["fusion_a", "passes"]
+    assert checks.loc["fusion_a", "margin"] == pytest.approx(-0.01) and checks.loc["fusion_b", "passes"]
+    # fusion_d_joint: max(0.72, 0.80 - 0.03) = 0.77 asked; 0.765 over seeds is short although its ensemble (0.78) is not
+    assert checks.loc["fusion_d_joint", "bound"] == pytest.approx(0.77) and not checks.loc["fusion_d_joint", "passes"]
+    # the forests and the radiomics model are not checked
+    assert checks.loc[["radiomics_rf", "clinical_rf"], "check"].tolist() == ["", ""]
+    assert checks.loc[["radiomics_rf", "clinical_rf"], "passes"].isna().all()
+
+
+def test_learning_checks_take_the_clinical_forest_as_the_bound_where_it_is_above_the_reference(tmp_path):
+    cohort = _cohort_with_references(tmp_path / "cohort", image=0.70, clinical=0.69, both=0.715)
+    checks = report.learning_checks(_results(clinical_rf=0.69, fusion_d_joint=(0.688, 0.02, 0.694)), cohort)
+    joint = checks.set_index("model").loc["fusion_d_joint"]
+    assert joint["bound"] == pytest.approx(0.69) and joint["margin"] == pytest.approx(-0.002) and not joint["passes"]
+
+
+def test_learning_checks_need_a_synthetic_cohort_and_the_forest_for_the_fusion_bounds(tmp_path):
+    assert report.learning_checks(_results(deep_resnet50=(0.7, 0.01, 0.7)), tmp_path) is None, "a real cohort"
+    cohort = _cohort_with_references(tmp_path / "cohort", image=0.78, clinical=0.70, both=0.80)
+    checks = report.learning_checks(_results(deep_resnet50=(0.70, 0.01, 0.71), fusion_b=(0.71, 0.01, 0.72)), cohort)
+    assert checks.set_index("model").loc["fusion_b", "check"] == "", "no clinical_rf row: no fusion bound"
+    assert not checks.set_index("model").loc["deep_resnet50", "passes"], "0.70 against 0.73 asked"
+
+
+def test_the_learning_checks_figure_marks_what_passes_and_what_falls_short(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cohort = _cohort_with_references(tmp_path / "cohort", image=0.78, clinical=0.70, both=0.80)
+    checks = report.learning_checks(_results(deep_resnet50=(0.74, 0.01, 0.75), clinical_rf=0.72,
+                                             fusion_a=(0.69, 0.02, 0.70)), cohort)
+    ax = report.plot_learning_checks(checks)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["deep_resnet50\n(image)", "clinical_rf\n(clinical)",
+                                                             "fusion_a\n(both)"]
+    assert sorted(t.get_text() for t in ax.texts) == ["0.010 short", "passes"]
+    plt.close("all")
+
+
 def test_the_tuning_statement_names_the_networks_actual_layer_sizes():
     # The checklist says which layer sizes are assumptions: they must be the ones the networks are built with.
     import dataclasses
