@@ -406,11 +406,12 @@ REFERENCE_OF_INPUTS = {("image",): "image", ("clinical",): "clinical", ("clinica
 
 
 def learning_checks(results: pd.DataFrame, cohort_dir: str | os.PathLike) -> pd.DataFrame | None:
-    """Do the networks learn what a synthetic cohort holds? The checks of :data:`DEEP_REFERENCE_GAP` and beside.
+    """Each model against the learned reference of its inputs, and the networks against their checks (above).
 
     ``results`` has one row per model with ``pooled_auc`` (the seed ensemble's) and ``seed_auc_mean``,
     ``seed_auc_sd`` (``evaluation.summarise_model``; :func:`results_vs_paper`). Returns one row per model of
-    ``results`` that reads the clinical vector, the image or both: ``model``, ``inputs`` (``image``, ``clinical``,
+    ``results`` that reads the clinical vector, the image or both (a variant such as ``fusion_d_strict`` as its
+    model does, but unchecked): ``model``, ``inputs`` (``image``, ``clinical``,
     ``both``), ``auc`` (a network's mean over training seeds, another model's pooled AUC), ``auc_sd`` (over
     seeds), ``pooled_auc``, ``learned_reference`` (of its inputs), ``below_reference``, and for the networks
     that are checked ``check`` (what is asked), ``bound`` (the AUC asked for), ``margin`` (``auc - bound``)
@@ -426,13 +427,19 @@ def learning_checks(results: pd.DataFrame, cohort_dir: str | os.PathLike) -> pd.
     by_model = results.set_index("model")
     forest = float(by_model.loc["clinical_rf", "pooled_auc"]) if "clinical_rf" in by_model.index else None
     rows = []
+    registered = {record.name for record in models.REGISTRY}
     for model in results["model"]:
-        seen = {"image" if i == "radiomics" else i for i in models.get(model).inputs}
+        # a variant outside the registry (``fusion_d_strict``) reads the inputs of its model, unchecked
+        base = model if model in registered else max([m for m in MODEL_NAMES if model.startswith(m + "_")], key=len,
+                                                        default=None)
+        if base is None:
+            continue
+        seen = {"image" if i == "radiomics" else i for i in models.get(base).inputs}
         inputs = REFERENCE_OF_INPUTS.get(tuple(sorted(seen)))
         if inputs is None:
             continue
         row = by_model.loc[model]
-        network = model in NETWORK_MODELS
+        network = base in NETWORK_MODELS
         auc = float(row["seed_auc_mean"]) if network else float(row["pooled_auc"])
         check, bound = "", np.nan
         if model == "deep_resnet50":
@@ -482,7 +489,7 @@ def plot_learning_checks(frame: pd.DataFrame, title: str = "", ax=None):
     ax.set_xticks(x, [f"{m}\n({i})" for m, i in zip(frame["model"], frame["inputs"], strict=True)], rotation=30,
                   ha="right", fontsize=8)
     ax.set_ylabel("pooled patient AUC")
-    ax.set_ylim(0.4, 1.0)
+    ax.set_ylim(min(0.4, float(np.nanmin(frame[["auc", "pooled_auc"]].to_numpy(float))) - 0.05), 1.0)
     ax.set_title(title or "What the models learn against what the cohort holds", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     return ax

@@ -429,10 +429,15 @@ def _results(**aucs):
 def test_learning_checks_read_each_model_against_its_inputs_reference_and_the_bounds_by_hand(tmp_path):
     cohort = _cohort_with_references(tmp_path / "cohort", image=0.78, clinical=0.70, both=0.80)
     results = _results(radiomics_rf=0.70, deep_resnet50=(0.74, 0.01, 0.75), clinical_rf=0.72,
-                       fusion_a=(0.69, 0.02, 0.70), fusion_b=(0.71, 0.01, 0.72), fusion_d_joint=(0.765, 0.01, 0.78))
+                       fusion_a=(0.69, 0.02, 0.70), fusion_b=(0.71, 0.01, 0.72), fusion_d_joint=(0.765, 0.01, 0.78),
+                       fusion_d_joint_strict=(0.70, 0.01, 0.71))
     checks = report.learning_checks(results, cohort).set_index("model")
-    assert list(checks.index) == ["radiomics_rf", "deep_resnet50", "clinical_rf", "fusion_a", "fusion_b", "fusion_d_joint"]
-    assert checks["inputs"].tolist() == ["image", "image", "clinical", "both", "both", "both"]
+    assert list(checks.index) == ["radiomics_rf", "deep_resnet50", "clinical_rf", "fusion_a", "fusion_b", "fusion_d_joint",
+                                  "fusion_d_joint_strict"]
+    assert checks["inputs"].tolist() == ["image", "image", "clinical", "both", "both", "both", "both"]
+    # a variant outside the registry is read as its network (mean over seeds), without a check
+    assert checks.loc["fusion_d_joint_strict", "auc"] == pytest.approx(0.70)
+    assert checks.loc["fusion_d_joint_strict", "check"] == "" and checks.loc["fusion_d_joint_strict", "passes"] is None
     # a network is read by its mean over seeds, a forest by its pooled AUC
     assert checks.loc["deep_resnet50", "auc"] == pytest.approx(0.74) and checks.loc["clinical_rf", "auc"] == pytest.approx(0.72)
     assert checks.loc["fusion_a", "below_reference"] == pytest.approx(0.80 - 0.69)
