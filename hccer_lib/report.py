@@ -32,7 +32,16 @@ import numpy as np
 import pandas as pd
 
 from hccer_lib import outputs
-from hccer_lib.models import MODEL_NAMES, NETWORK_MODELS, PAPER_TABLE_ROWS, paper_auc, paper_values
+from hccer_lib.models import (
+    FUSION_MODELS,
+    MODEL_NAMES,
+    NETWORK_MODELS,
+    PAPER_TABLE_ROWS,
+    REGISTRY,
+    paper_auc,
+    paper_values,
+)
+from hccer_lib.models import get as model_record
 from hccer_lib.profiles import DEFAULT_CLINICAL_ACTIVATION
 from hccer_lib.study_run import DEFAULT_SETTINGS
 
@@ -418,7 +427,7 @@ def learning_checks(results: pd.DataFrame, cohort_dir: str | os.PathLike) -> pd.
     and ``passes``. ``None`` for a cohort without ``ground_truth.json`` (a real cohort has no learned
     references). The fusion checks need the clinical forest's row: without it they are not made.
     """
-    from hccer_lib import models, synth
+    from hccer_lib import synth
 
     truth = synth.read_ground_truth(cohort_dir)
     if truth is None:
@@ -427,14 +436,14 @@ def learning_checks(results: pd.DataFrame, cohort_dir: str | os.PathLike) -> pd.
     by_model = results.set_index("model")
     forest = float(by_model.loc["clinical_rf", "pooled_auc"]) if "clinical_rf" in by_model.index else None
     rows = []
-    registered = {record.name for record in models.REGISTRY}
+    registered = {record.name for record in REGISTRY}
     for model in results["model"]:
         # a variant outside the registry (``fusion_d_strict``) reads the inputs of its model, unchecked
         base = model if model in registered else max([m for m in MODEL_NAMES if model.startswith(m + "_")], key=len,
                                                         default=None)
         if base is None:
             continue
-        seen = {"image" if i == "radiomics" else i for i in models.get(base).inputs}
+        seen = {"image" if i == "radiomics" else i for i in model_record(base).inputs}
         inputs = REFERENCE_OF_INPUTS.get(tuple(sorted(seen)))
         if inputs is None:
             continue
@@ -447,7 +456,7 @@ def learning_checks(results: pd.DataFrame, cohort_dir: str | os.PathLike) -> pd.
         elif model == "fusion_d_joint" and forest is not None:
             check = f"at least max(clinical_rf, both reference - {JOINT_REFERENCE_GAP})"
             bound = max(forest, references["both"] - JOINT_REFERENCE_GAP)
-        elif model in models.FUSION_MODELS and forest is not None:
+        elif model in FUSION_MODELS and forest is not None:
             check, bound = f"not below clinical_rf - {FUSION_FOREST_GAP}", forest - FUSION_FOREST_GAP
         rows.append({
             "model": model, "inputs": inputs, "auc": auc,
