@@ -504,6 +504,76 @@ def plot_learning_checks(frame: pd.DataFrame, title: str = "", ax=None):
     return ax
 
 
+#: The row of :func:`image_readings` for the generator's own image score (``oracle_image`` of ``ground_truth.csv``).
+GENERATOR_READER = "generator (what ER depends on)"
+
+
+def image_readings(predictions: dict[str, pd.DataFrame], cohort_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """What each network's output follows among what the generator put in the images (synthetic cohort).
+
+    One row per reader: first the generator's own image score (:data:`GENERATOR_READER`: ``oracle_image`` of
+    ``ground_truth.csv``, the population-fitted regression of early recurrence on the image inputs, so what the
+    label depends on through the images), then each network of ``predictions`` (model -> out-of-fold
+    predictions; its patient logit from the seed ensemble's probability, ``evaluation.patient_level``). Each
+    reader's logit is standardised over the cohort's patients and regressed on the generator's image inputs,
+    each standardised (``synth.image_input_regression``; a description fitted and read on the same patients).
+    Columns: ``reader``, ``patients``, ``r2`` (the share of the logit's variance that the inputs explain), then
+    one per input of ``synth.IMAGE_INPUT_NAMES``: the SD of the reader's logit per SD of the input, the others
+    held fixed. A network that learned what the label depends on has the generator's pattern, scaled by its
+    ``r2``. A fusion model's logit also follows the clinical vector, which these inputs do not hold (bar the
+    tumour's size and count of nodules), so its ``r2`` is lower by construction. ``None`` for a real cohort.
+
+    Raises:
+        ValueError: a patient of a network's predictions is not in the cohort, named with the model.
+    """
+    from hccer_lib import evaluation, synth
+
+    table = synth.truth_table(cohort_dir)
+    if table is None:
+        return None
+    table = table.set_index(table["patient_id"].astype(str), drop=False)
+    scores = {GENERATOR_READER: (table, evaluation.clipped_logit(table["oracle_image"]))}
+    for model, frame in predictions.items():
+        patients = evaluation.patient_level(frame).set_index("patient_id")
+        unknown = sorted(set(patients.index.astype(str)) - set(table.index))
+        if unknown:
+            raise ValueError(f"{model}: {len(unknown)} patients not in {Path(cohort_dir) / 'ground_truth.csv'}, "
+                             f"e.g. {unknown[:3]}")
+        rows = table.loc[patients.index.astype(str)]
+        scores[model] = (rows, evaluation.clipped_logit(patients["y_prob"]))
+    records = []
+    for reader, (rows, logit) in scores.items():
+        spread = float(np.std(logit))
+        weights, r2 = synth.image_input_regression(logit / spread if spread > 0 else logit, rows.reset_index(drop=True))
+        records.append({"reader": reader, "patients": len(rows), "r2": r2, **weights})
+    return pd.DataFrame(records, columns=["reader", "patients", "r2", *synth.IMAGE_INPUT_NAMES])
+
+
+def plot_image_readings(frame: pd.DataFrame, title: str = "", ax=None):
+    """:func:`image_readings` as a heat map: readers by rows, the generator's image inputs by columns.
+
+    Returns:
+        The matplotlib axes.
+    """
+    import matplotlib.pyplot as plt
+
+    inputs = [c for c in frame.columns if c not in ("reader", "patients", "r2")]
+    values = frame[inputs].to_numpy(float)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.0 * len(inputs) + 3.5, 0.55 * len(frame) + 1.8))
+    limit = max(float(np.nanmax(np.abs(values))), 0.1)
+    image = ax.imshow(values, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    for (i, j), value in np.ndenumerate(values):
+        ax.text(j, i, f"{value:+.2f}", ha="center", va="center", fontsize=7,
+                color="white" if abs(value) > 0.6 * limit else "black")
+    ax.set_xticks(np.arange(len(inputs)), inputs, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(np.arange(len(frame)), [f"{r} (R² {v:.2f})" for r, v in zip(frame["reader"], frame["r2"], strict=True)],
+                  fontsize=8)
+    ax.figure.colorbar(image, ax=ax, label="SD of the logit per SD of the input", shrink=0.8)
+    ax.set_title(title or "What each network's output follows among the generator's image inputs", fontsize=10)
+    return ax
+
+
 def pick_explained_patients(patients: pd.DataFrame, n_each: int = 2, threshold: float = 0.5) -> pd.DataFrame:
     """Correctly and wrongly predicted patients of one test fold, for a saliency figure.
 

@@ -515,6 +515,56 @@ def oracle_inputs(frame: pd.DataFrame) -> dict[str, np.ndarray]:
     return {"clinical": clinical, "image": image, "both": np.column_stack([clinical, image])}
 
 
+#: Names of the columns of ``oracle_inputs(...)["image"]``, in order.
+IMAGE_INPUT_NAMES = ("necrosis", "heterogeneity", "margin", "rim", "satellites", "size_mm", "size_50mm", "nodules",
+                     "cirrhosis")
+
+
+def truth_table(cohort_dir: str | os.PathLike) -> pd.DataFrame | None:
+    """``clinical.csv`` beside ``ground_truth.csv``'s columns (the generator's traits and oracle scores),
+    one row per patient in ``clinical.csv``'s order; ``None`` for a cohort without ``ground_truth.csv``.
+
+    Raises:
+        ValueError: ``ground_truth.csv`` does not hold every patient of ``clinical.csv``, naming some.
+    """
+    from hccer_lib.cohort import load_clinical
+
+    path = Path(cohort_dir) / "ground_truth.csv"
+    if not path.is_file():
+        return None
+    clinical = load_clinical(cohort_dir)
+    truth = pd.read_csv(path, dtype={"patient_id": str})
+    missing = sorted(set(clinical["patient_id"].astype(str)) - set(truth["patient_id"]))
+    if missing:
+        raise ValueError(f"{path}: no row for {len(missing)} patients of clinical.csv, e.g. {missing[:3]}")
+    return clinical.merge(truth.drop(columns=["label"], errors="ignore"), on="patient_id", how="left",
+                          validate="one_to_one")
+
+
+def image_input_regression(logit, table: pd.DataFrame, inputs=IMAGE_INPUT_NAMES) -> tuple[dict[str, float], float]:
+    """What a patient-level score follows among the generator's image inputs (:func:`oracle_inputs`).
+
+    A least-squares fit of ``logit`` (one value per row of ``table``, a :func:`truth_table`) on the
+    ``inputs`` (names of :data:`IMAGE_INPUT_NAMES`), each standardised over the rows: a description of
+    the score, fitted and read on the same patients, not a model. Returns ``(coefficients, r2)``:
+    input name -> change of ``logit`` per SD of the input with the others held fixed, and the share
+    of ``logit``'s variance that the inputs explain.
+    """
+    logit = np.asarray(logit, dtype=float)
+    if logit.shape != (len(table),):
+        raise ValueError(f"one score per patient needed: {logit.shape[0] if logit.ndim else 0} for {len(table)}")
+    columns = [IMAGE_INPUT_NAMES.index(name) for name in inputs]
+    x = oracle_inputs(table)["image"][:, columns].astype(float)
+    spread = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    design = np.column_stack([np.ones(len(x)), x])
+    solution, *_ = np.linalg.lstsq(design, logit, rcond=None)
+    residual = logit - design @ solution
+    total = float(((logit - logit.mean()) ** 2).sum())
+    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 0.0
+    return {name: float(b) for name, b in zip(inputs, solution[1:], strict=True)}, r2
+
+
 def _oracle_model():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline

@@ -61,26 +61,19 @@ def development_cohort(seed: int, data_root: Path) -> Path:
     return folder
 
 
-#: Names of ``synth.oracle_inputs(...)["image"]``'s columns, in order.
-IMAGE_INPUT_NAMES = ("necrosis", "heterogeneity", "margin", "rim", "satellites", "size_mm", "size_50mm", "nodules",
-                     "cirrhosis")
 #: Columns of ``synth.oracle_inputs(...)["image"]`` that a crop of the tumour's box, resized to a
 #: fixed side, can show: the four latent traits, satellites and cirrhosis (liver texture, with a
 #: margin); not the tumour's size (the resize removes it) nor the count of other nodules.
-CROP_VISIBLE_COLUMNS = tuple(IMAGE_INPUT_NAMES.index(name) for name in
+CROP_VISIBLE_COLUMNS = tuple(synth.IMAGE_INPUT_NAMES.index(name) for name in
                              ("necrosis", "heterogeneity", "margin", "rim", "satellites", "cirrhosis"))
 
 
 def _truth_table(cohort_dir: Path):
     """``clinical.csv`` and the same rows beside ``ground_truth.csv``'s generator inputs (a synthetic cohort)."""
-    import pandas as pd
-
-    clinical = load_clinical(cohort_dir)
-    truth = pd.read_csv(cohort_dir / "ground_truth.csv", dtype={"patient_id": str})
-    table = clinical.merge(truth.drop(columns=["label"]), on="patient_id", validate="one_to_one")
-    if table["patient_id"].astype(str).tolist() != clinical["patient_id"].astype(str).tolist():
-        raise ValueError(f"{cohort_dir}: ground_truth.csv does not hold every patient of clinical.csv")
-    return clinical, table
+    table = synth.truth_table(cohort_dir)
+    if table is None:
+        raise ValueError(f"{cohort_dir}: no ground_truth.csv (not a synthetic cohort)")
+    return load_clinical(cohort_dir), table
 
 
 def crop_visible_reference(cohort_dir: Path, seed: int, with_clinical_vector: bool = False) -> float:
@@ -149,21 +142,12 @@ def trait_regression(image_predictions, cohort_dir: Path) -> dict:
     ``r2_crop_visible`` (on :data:`CROP_VISIBLE_COLUMNS`), ``r2`` (those with the tumour's size in mm
     and its count of nodules) and ``coefficients`` (input name -> logit per SD, of the second fit).
     """
-    from sklearn.linear_model import LinearRegression
-
     clinical, table = _truth_table(cohort_dir)
     logit = evaluation.clipped_logit(_patient_predictions(image_predictions, clinical)["y_prob"])
-    x = synth.oracle_inputs(table)["image"].astype(float)
-    spread = x.std(axis=0)
-    x = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
-    visible = list(CROP_VISIBLE_COLUMNS)
-    with_size = visible + [IMAGE_INPUT_NAMES.index("size_mm"), IMAGE_INPUT_NAMES.index("nodules")]
-    fit = LinearRegression().fit(x[:, with_size], logit)
-    return {
-        "r2_crop_visible": float(LinearRegression().fit(x[:, visible], logit).score(x[:, visible], logit)),
-        "r2": float(fit.score(x[:, with_size], logit)),
-        "coefficients": {IMAGE_INPUT_NAMES[c]: float(b) for c, b in zip(with_size, fit.coef_, strict=True)},
-    }
+    visible = [synth.IMAGE_INPUT_NAMES[c] for c in CROP_VISIBLE_COLUMNS]
+    coefficients, r2 = synth.image_input_regression(logit, table, visible + ["size_mm", "nodules"])
+    return {"r2_crop_visible": synth.image_input_regression(logit, table, visible)[1], "r2": r2,
+            "coefficients": coefficients}
 
 
 #: The statistics :func:`crop_statistics` takes of each phase of a crop, in this order.

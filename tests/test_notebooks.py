@@ -40,6 +40,7 @@ EXPECTED_FIGURES = {
     "08_study_report": [
         "model_comparisons.csv", "study_results_vs_paper.csv", "study_results_vs_paper.md", "fig8_auc_vs_paper.png",
         "study_learning_checks.csv", "study_learning_checks.md", "fig8_learning_checks.png",
+        "study_image_readings.csv", "study_image_readings.md", "fig8_image_readings.png",
         "study_data_flow.csv", "study_comparisons.csv", "study_comparisons.md", "fig8_auc_differences.png",
         "study_calibration.csv", "fig8_calibration_decision.png", "study_seed_spread.csv",
         "study_paper_differences.csv", "fig8_seed_spread.png", "fig8_gradcam.png", "study_gradcam_patients.csv",

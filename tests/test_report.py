@@ -499,3 +499,80 @@ def test_the_tuning_statement_names_the_networks_actual_layer_sizes():
 
     assert (get_profile("paper").clinical_activation, get_profile("quick").clinical_activation) == ("relu", "linear")
     assert "(ReLU in the paper profile, none in the quick profile)" in " ".join(tuning.split()), tuning
+
+
+# --- what the networks read (synthetic cohort) ---------------------------------------------
+
+
+def _cohort_with_traits(folder):
+    """clinical.csv and ground_truth.csv of the generator's plan for seed 5 (no images); the generator's image
+    score (``oracle_image``) made to follow the rim enhancement alone. Returns the folder and the image inputs."""
+    from hccer_lib import synth
+
+    plan = synth.plan_cohort(synth.SynthConfig(seed=5))
+    outputs.write_csv(folder / "clinical.csv", plan.clinical)
+    inputs = synth.oracle_inputs(synth._cohort_frame(plan))["image"]
+    rim = inputs[:, synth.IMAGE_INPUT_NAMES.index("rim")]
+    truth = plan.truth.assign(oracle_image=1 / (1 + np.exp(-2.0 * (rim - rim.mean()) / rim.std())))
+    outputs.write_csv(folder / "ground_truth.csv", truth)
+    return folder, pd.DataFrame(inputs, columns=synth.IMAGE_INPUT_NAMES).assign(patient_id=plan.clinical["patient_id"].to_numpy())
+
+
+def _network_predictions(patient_ids, logit, labels):
+    """Two training seeds and two slices per patient, each with the patient's probability ``sigmoid(logit)``."""
+    rows = [pd.DataFrame({"patient_id": patient_ids, "slice": s, "fold": np.arange(len(patient_ids)) % 5, "y_true": labels,
+                          "y_prob": 1 / (1 + np.exp(-logit)), "train_seed": seed}) for seed in (1, 2) for s in (0, 1)]
+    return pd.concat(rows, ignore_index=True)
+
+
+def test_image_readings_find_what_the_generator_and_each_network_follow(tmp_path):
+    cohort, inputs = _cohort_with_traits(tmp_path / "cohort")
+    labels = pd.read_csv(cohort / "clinical.csv")["early_recurrence"].to_numpy()
+    ids = inputs["patient_id"].astype(str).to_numpy()
+    z = {name: ((inputs[name] - inputs[name].mean()) / inputs[name].std(ddof=0)).to_numpy() for name in ("necrosis", "size_mm")}
+    # a network whose logit is the necrosis plus the tumour's size (each standardised), every patient predicted
+    deep = _network_predictions(ids, 0.5 * (z["necrosis"] + z["size_mm"]), labels)
+    # a second one that reads the necrosis alone, for the first 100 patients only
+    necrosis_only = _network_predictions(ids[:100], 3.0 * z["necrosis"][:100], labels[:100])
+    readings = report.image_readings({"deep_resnet50": deep, "fusion_a": necrosis_only}, cohort).set_index("reader")
+    assert list(readings.index) == [report.GENERATOR_READER, "deep_resnet50", "fusion_a"]
+    assert readings["patients"].tolist() == [167, 167, 100]
+    assert readings["r2"].to_numpy() == pytest.approx([1.0, 1.0, 1.0], abs=1e-3)
+    weights = readings.drop(columns=["patients", "r2"])
+    # standardised logits: the weights of a reader that follows one input are 1 on it and 0 elsewhere
+    expected_generator = {name: (1.0 if name == "rim" else 0.0) for name in weights.columns}
+    assert weights.loc[report.GENERATOR_READER].to_dict() == pytest.approx(expected_generator, abs=2e-3)
+    spread = np.std(z["necrosis"] + z["size_mm"])  # the deep logit's SD before it is standardised
+    expected_deep = {name: (1.0 / spread if name in ("necrosis", "size_mm") else 0.0) for name in weights.columns}
+    assert weights.loc["deep_resnet50"].to_dict() == pytest.approx(expected_deep, abs=2e-3)
+    assert weights.loc["fusion_a", "necrosis"] == pytest.approx(1.0, abs=2e-3)
+    assert weights.loc["fusion_a"].drop("necrosis").abs().max() < 2e-3
+
+
+def test_image_readings_need_a_synthetic_cohort_and_name_an_unknown_patient(tmp_path):
+    cohort, inputs = _cohort_with_traits(tmp_path / "cohort")
+    ids = inputs["patient_id"].astype(str).to_numpy()
+    predictions = _network_predictions(np.append(ids[:20], "HCC999"), np.linspace(-1, 1, 21), np.arange(21) % 2)
+    with pytest.raises(ValueError, match=r"fusion_b: 1 patients not in .*ground_truth.csv, e\.g\. \['HCC999'\]"):
+        report.image_readings({"fusion_b": predictions}, cohort)
+    real = tmp_path / "real"
+    real.mkdir()
+    outputs.write_csv(real / "clinical.csv", pd.read_csv(cohort / "clinical.csv"))
+    assert report.image_readings({"fusion_b": predictions}, real) is None, "a real cohort has no generator inputs"
+
+
+def test_the_image_readings_figure_labels_each_reader_with_its_r2(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cohort, inputs = _cohort_with_traits(tmp_path / "cohort")
+    labels = pd.read_csv(cohort / "clinical.csv")["early_recurrence"].to_numpy()
+    deep = _network_predictions(inputs["patient_id"].astype(str).to_numpy(), np.zeros(len(inputs)), labels)
+    readings = report.image_readings({"deep_resnet50": deep}, cohort)
+    assert readings.loc[1, "r2"] == 0.0, "a constant output follows nothing"
+    ax = report.plot_image_readings(readings)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{report.GENERATOR_READER} (R² 1.00)", "deep_resnet50 (R² 0.00)"]
+    assert len(ax.texts) == 2 * 9 and {t.get_text() for t in ax.texts[9:]} == {"+0.00"}
+    plt.close("all")
