@@ -513,7 +513,7 @@ def image_readings(predictions: dict[str, pd.DataFrame], cohort_dir: str | os.Pa
 
     One row per reader: first the generator's own image score (:data:`GENERATOR_READER`: ``oracle_image`` of
     ``ground_truth.csv``, the population-fitted regression of early recurrence on the image inputs, so what the
-    label depends on through the images), then each network of ``predictions`` (model -> out-of-fold
+    label depends on through the images; left out where the file has no such column), then each network of ``predictions`` (model -> out-of-fold
     predictions; its patient logit from the seed ensemble's probability, ``evaluation.patient_level``). Each
     reader's logit is standardised over the cohort's patients and regressed on the generator's image inputs,
     each standardised (``synth.image_input_regression``; a description fitted and read on the same patients).
@@ -532,7 +532,9 @@ def image_readings(predictions: dict[str, pd.DataFrame], cohort_dir: str | os.Pa
     if table is None:
         return None
     table = table.set_index(table["patient_id"].astype(str), drop=False)
-    scores = {GENERATOR_READER: (table, evaluation.clipped_logit(table["oracle_image"]))}
+    scores = {}
+    if "oracle_image" in table:  # a cohort written before the generator kept its scores has no such row
+        scores[GENERATOR_READER] = (table, evaluation.clipped_logit(table["oracle_image"]))
     for model, frame in predictions.items():
         patients = evaluation.patient_level(frame).set_index("patient_id")
         unknown = sorted(set(patients.index.astype(str)) - set(table.index))

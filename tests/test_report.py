@@ -559,6 +559,10 @@ def test_image_readings_need_a_synthetic_cohort_and_name_an_unknown_patient(tmp_
     real.mkdir()
     outputs.write_csv(real / "clinical.csv", pd.read_csv(cohort / "clinical.csv"))
     assert report.image_readings({"fusion_b": predictions}, real) is None, "a real cohort has no generator inputs"
+    truth = pd.read_csv(cohort / "ground_truth.csv", dtype={"patient_id": str})
+    outputs.write_csv(cohort / "ground_truth.csv", truth.drop(columns="oracle_image"))
+    readings = report.image_readings({"fusion_b": predictions[predictions["patient_id"] != "HCC999"]}, cohort)
+    assert readings["reader"].tolist() == ["fusion_b"], "without the generator's score, the networks' rows alone"
 
 
 def test_the_image_readings_figure_labels_each_reader_with_its_r2(tmp_path):
