@@ -545,8 +545,8 @@ def image_readings(predictions: dict[str, pd.DataFrame], cohort_dir: str | os.Pa
         scores[model] = (rows, evaluation.clipped_logit(patients["y_prob"]))
     records = []
     for reader, (rows, logit) in scores.items():
-        spread = float(np.std(logit))
-        weights, r2 = synth.image_input_regression(logit / spread if spread > 0 else logit, rows.reset_index(drop=True))
+        weights, r2 = synth.image_input_regression(synth.standardise(np.asarray(logit, dtype=float)),
+                                                   rows.reset_index(drop=True))
         records.append({"reader": reader, "patients": len(rows), "r2": r2, **weights})
     return pd.DataFrame(records, columns=["reader", "patients", "r2", *synth.IMAGE_INPUT_NAMES])
 

@@ -553,16 +553,23 @@ def image_input_regression(logit, table: pd.DataFrame, inputs=IMAGE_INPUT_NAMES)
     logit = np.asarray(logit, dtype=float)
     if logit.shape != (len(table),):
         raise ValueError(f"one score per patient needed: {logit.shape[0] if logit.ndim else 0} for {len(table)}")
+    if not standardise(logit).any():  # a constant score follows nothing
+        return dict.fromkeys(inputs, 0.0), 0.0
     columns = [IMAGE_INPUT_NAMES.index(name) for name in inputs]
-    x = oracle_inputs(table)["image"][:, columns].astype(float)
-    spread = x.std(axis=0)
-    x = (x - x.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+    x = standardise(oracle_inputs(table)["image"][:, columns].astype(float))
     design = np.column_stack([np.ones(len(x)), x])
     solution, *_ = np.linalg.lstsq(design, logit, rcond=None)
     residual = logit - design @ solution
-    total = float(((logit - logit.mean()) ** 2).sum())
-    r2 = 1.0 - float((residual**2).sum()) / total if total > 0 else 0.0
+    r2 = 1.0 - float((residual**2).sum()) / float(((logit - logit.mean()) ** 2).sum())
     return {name: float(b) for name, b in zip(inputs, solution[1:], strict=True)}, r2
+
+
+def standardise(values: np.ndarray) -> np.ndarray:
+    """``values`` (or each column) minus its mean, over its SD; 0 where it is constant up to round-off (an SD
+    below 1e-12 of its magnitude), where dividing would turn round-off into a signal."""
+    mean, spread = values.mean(axis=0), values.std(axis=0)
+    flat = spread <= 1e-12 * np.maximum(1.0, np.abs(mean))
+    return np.where(flat, 0.0, (values - mean) / np.where(flat, 1.0, spread))
 
 
 def _oracle_model():

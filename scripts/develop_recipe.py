@@ -150,6 +150,17 @@ def trait_regression(image_predictions, cohort_dir: Path) -> dict:
             "coefficients": coefficients}
 
 
+def readings_line(predictions, cohort_dir: Path, model: str) -> str:
+    """:func:`hccer_lib.report.image_readings` of one network as one line: the SD of its out-of-fold logit
+    (seed ensemble) per SD of each of the generator's image inputs, the generator's own in brackets."""
+    from hccer_lib.report import image_readings
+
+    readings = image_readings({model: predictions}, cohort_dir).set_index("reader")
+    network, generator = readings.loc[model], readings.iloc[0]
+    weights = ", ".join(f"{name} {network[name]:+.2f} ({generator[name]:+.2f})" for name in synth.IMAGE_INPUT_NAMES)
+    return f"what it reads (report.image_readings; R² {network['r2']:.2f}; the generator's weight in brackets): {weights}"
+
+
 #: The statistics :func:`crop_statistics` takes of each phase of a crop, in this order.
 CROP_STATISTICS = ("mean", "sd", "p10", "p50", "p90", "centre_mean", "centre_sd", "border_mean", "border_sd",
                    "gradient", "centre_local_sd")
@@ -270,6 +281,7 @@ def main() -> None:
             line.append(f"  {model}: AUC {_seed_summary(predictions)}, {time.perf_counter() - start:.0f} s")
             line.append(f"    with every slice counted alike (not weighted by the tumour's area): "
                         f"{_seed_summary(predictions.drop(columns=evaluation.AREA_COLUMN))}")
+            line.append(f"    {readings_line(predictions, cohort_dir, model)}")
             if model == "deep_resnet50":
                 line.append(f"    a logistic regression on simple statistics of the same crops (develop_recipe.crop_statistics): "
                             f"{crop_statistics_reference(dataset, folds, chosen.margin):.3f}, on their texture alone "

@@ -164,3 +164,19 @@ def test_the_crop_statistics_reference_finds_a_label_in_the_crops_statistics_and
     assert develop_recipe.crop_statistics_reference(noisy, folds, margin=0.25, texture_only=True) > 0.95
     shuffled = bright.__class__(**{**vars(bright), "y_true": np.repeat(np.random.default_rng(1).permutation(np.arange(40) % 2), 3)})
     assert 0.2 < develop_recipe.crop_statistics_reference(shuffled, folds, margin=0.25) < 0.8, "a label the crops do not carry"
+
+
+def test_the_readings_line_gives_each_input_beside_the_generators_weight(tmp_path):
+    """A network whose logit is the tumour's standardised size: weight 1 on size_mm, 0 elsewhere, R² 1."""
+    import pandas as pd
+
+    folder = _cohort(tmp_path / "cohort", 5, traits_from_label=False)
+    truth = pd.read_csv(folder / "ground_truth.csv", dtype={"patient_id": str})
+    outputs.write_csv(folder / "ground_truth.csv", truth.assign(oracle_image=0.2 + 0.6 * (truth["n_satellites"] >= 0)))
+    clinical = pd.read_csv(folder / "clinical.csv", dtype={"patient_id": str})
+    size = clinical["tumor_size_mm"].to_numpy(dtype=float)
+    logit = (size - size.mean()) / size.std()
+    predictions = pd.DataFrame({"patient_id": clinical["patient_id"], "slice": 0, "fold": np.arange(len(clinical)) % 5,
+                                "y_true": clinical["early_recurrence"], "y_prob": 1 / (1 + np.exp(-logit)), "train_seed": 1})
+    line = develop_recipe.readings_line(predictions, folder, "deep_resnet50")
+    assert "R² 1.00" in line and "size_mm +1.00 (+0.00)" in line and "necrosis +0.00 (+0.00)" in line, line
