@@ -227,6 +227,42 @@ def crop_statistics_reference(dataset, folds, margin: float, texture_only: bool 
     return evaluation.auc(y, probability)
 
 
+#: The generator's image inputs whose visibility in the processed crops :func:`crop_visibility` measures.
+VISIBILITY_INPUTS = ("necrosis", "heterogeneity", "margin", "rim", "size_mm")
+
+
+def crop_visibility(dataset, folds, cohort_dir: Path, margin: float) -> dict[str, float]:
+    """How much of each of the generator's image inputs (:data:`VISIBILITY_INPUTS`, on the latent scale of
+    ``synth.oracle_inputs``) the networks' own input holds in a linear, learnable form: the cross-validated R² of
+    a ridge regression (standardised, penalty chosen by ``RidgeCV``) of the input on :func:`crop_statistics` of
+    ``dataset.images``, each patient's statistics averaged over its slices by the tumour's area, each fold's
+    regression fitted on the other folds' patients (the study's ``folds``). Near 1: the crops show it plainly;
+    near 0 or below: not in these statistics (a network may still find it elsewhere).
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    patients = training.area_weighted_patient_means(crop_statistics(dataset.images, margin), dataset.patient_id,
+                                                    dataset.roi_area_mm2)
+    ids = patients.index.astype(str)
+    _, table = _truth_table(cohort_dir)
+    table = table.set_index(table["patient_id"].astype(str)).loc[ids].reset_index(drop=True)
+    inputs = synth.oracle_inputs(table)["image"]
+    fold = folds.assign(patient_id=folds["patient_id"].astype(str)).set_index("patient_id").loc[ids, "fold"].to_numpy()
+    x = patients.to_numpy()
+    visibility = {}
+    for name in VISIBILITY_INPUTS:
+        y = inputs[:, synth.IMAGE_INPUT_NAMES.index(name)].astype(float)
+        predicted = np.zeros(len(y))
+        for held_out in np.unique(fold):
+            test = fold == held_out
+            model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12)))
+            predicted[test] = model.fit(x[~test], y[~test]).predict(x[test])
+        visibility[name] = float(1.0 - ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    return visibility
+
+
 def _seed_summary(predictions) -> str:
     """``"<mean> ± <SD> over <n> seeds, ensemble <AUC>"``: pooled patient AUCs of ``predictions``."""
     per_seed = np.array(list(evaluation.seed_aucs(predictions).values()))
@@ -286,6 +322,10 @@ def main() -> None:
                 line.append(f"    a logistic regression on simple statistics of the same crops (develop_recipe.crop_statistics): "
                             f"{crop_statistics_reference(dataset, folds, chosen.margin):.3f}, on their texture alone "
                             f"{crop_statistics_reference(dataset, folds, chosen.margin, texture_only=True):.3f}")
+                shown = ", ".join(f"{name} {r2:.2f}" for name, r2 in crop_visibility(dataset, folds, cohort_dir,
+                                                                                         chosen.margin).items())
+                line.append(f"    what its crops show (develop_recipe.crop_visibility: cross-validated R² of each "
+                            f"input from the crops' statistics): {shown}")
                 line.append(f"    its out-of-fold logit beside the binary clinical vector (logistic regression, "
                             f"a late fusion of the two): {stacked_reference(predictions, clinical):.3f}")
                 traits = trait_regression(predictions, cohort_dir)

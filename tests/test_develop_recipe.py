@@ -180,3 +180,35 @@ def test_the_readings_line_gives_each_input_beside_the_generators_weight(tmp_pat
                                 "y_true": clinical["early_recurrence"], "y_prob": 1 / (1 + np.exp(-logit)), "train_seed": 1})
     line = develop_recipe.readings_line(predictions, folder, "deep_resnet50")
     assert "R² 1.00" in line and "size_mm +1.00 (+0.00)" in line and "necrosis +0.00 (+0.00)" in line, line
+
+
+def test_crop_visibility_finds_the_input_that_the_crops_show_and_not_the_others(tmp_path):
+    """Crops whose centre is brighter with the tumour's heterogeneity and nothing else: R² near 1 for the
+    heterogeneity, near 0 or below for the other inputs, drawn independently of it."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    folder = _cohort(tmp_path / "cohort", 5, traits_from_label=False)
+    truth = pd.read_csv(folder / "ground_truth.csv", dtype={"patient_id": str})
+    rng = np.random.default_rng(0)
+    for trait, (low, high) in {"necrosis_fraction": (0.0, 0.30), "heterogeneity_hu": (4.0, 16.0),
+                               "margin_irregularity": (0.02, 0.25), "rim_enhancement_hu": (0.0, 45.0)}.items():
+        truth[trait] = low + (high - low) * rng.uniform(0.05, 0.95, len(truth))  # independent draws
+    outputs.write_csv(folder / "ground_truth.csv", truth)
+    table = develop_recipe._truth_table(folder)[1]
+    heterogeneity = synth.oracle_inputs(table)["image"][:, synth.IMAGE_INPUT_NAMES.index("heterogeneity")]
+    images, ids, areas = [], [], []
+    for patient, value in zip(table["patient_id"].astype(str), heterogeneity, strict=True):
+        for area in (100.0, 300.0):  # two slices per patient
+            image = np.full((12, 12, 3), 0.4) + rng.normal(0, 0.01, (12, 12, 3))
+            image[3:9, 3:9, 1] += 0.05 * value
+            images.append(image)
+            ids.append(patient)
+            areas.append(area)
+    dataset = SimpleNamespace(images=np.stack(images), patient_id=np.array(ids), roi_area_mm2=np.array(areas))
+    folds = pd.DataFrame({"patient_id": table["patient_id"].astype(str), "fold": np.arange(len(table)) % 5})
+    visibility = develop_recipe.crop_visibility(dataset, folds, folder, margin=0.25)
+    assert list(visibility) == list(develop_recipe.VISIBILITY_INPUTS)
+    assert visibility["heterogeneity"] > 0.95, visibility
+    assert max(v for k, v in visibility.items() if k != "heterogeneity") < 0.1, visibility
