@@ -520,9 +520,10 @@ IMAGE_INPUT_NAMES = ("necrosis", "heterogeneity", "margin", "rim", "satellites",
                      "cirrhosis")
 
 
-def truth_table(cohort_dir: str | os.PathLike) -> pd.DataFrame | None:
+def truth_table(cohort_dir: str | os.PathLike, clinical: pd.DataFrame | None = None) -> pd.DataFrame | None:
     """``clinical.csv`` beside ``ground_truth.csv``'s columns (the generator's traits and oracle scores),
     one row per patient in ``clinical.csv``'s order; ``None`` for a cohort without ``ground_truth.csv``.
+    ``clinical``: the cohort's ``load_clinical`` frame where the caller has it already (read here otherwise).
 
     Raises:
         ValueError: ``ground_truth.csv`` does not hold every patient of ``clinical.csv``, naming some.
@@ -532,7 +533,7 @@ def truth_table(cohort_dir: str | os.PathLike) -> pd.DataFrame | None:
     path = Path(cohort_dir) / "ground_truth.csv"
     if not path.is_file():
         return None
-    clinical = load_clinical(cohort_dir)
+    clinical = load_clinical(cohort_dir) if clinical is None else clinical
     truth = pd.read_csv(path, dtype={"patient_id": str})
     missing = sorted(set(clinical["patient_id"].astype(str)) - set(truth["patient_id"]))
     if missing:

@@ -70,10 +70,11 @@ CROP_VISIBLE_COLUMNS = tuple(synth.IMAGE_INPUT_NAMES.index(name) for name in
 
 def _truth_table(cohort_dir: Path):
     """``clinical.csv`` and the same rows beside ``ground_truth.csv``'s generator inputs (a synthetic cohort)."""
-    table = synth.truth_table(cohort_dir)
+    clinical = load_clinical(cohort_dir)
+    table = synth.truth_table(cohort_dir, clinical)
     if table is None:
         raise ValueError(f"{cohort_dir}: no ground_truth.csv (not a synthetic cohort)")
-    return load_clinical(cohort_dir), table
+    return clinical, table
 
 
 def crop_visible_reference(cohort_dir: Path, seed: int, with_clinical_vector: bool = False) -> float:
@@ -197,6 +198,15 @@ def crop_statistics(images: np.ndarray, margin: float) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
+def _patient_crop_statistics(dataset, folds, margin: float):
+    """:func:`crop_statistics` of ``dataset.images``, each patient's averaged over its slices by the tumour's area
+    (``[patients, statistics]``, indexed by patient id), and each patient's fold in the study's ``folds``."""
+    patients = training.area_weighted_patient_means(crop_statistics(dataset.images, margin), dataset.patient_id,
+                                                    dataset.roi_area_mm2)
+    fold_of = folds.assign(patient_id=folds["patient_id"].astype(str)).set_index("patient_id")
+    return patients, fold_of.loc[patients.index.astype(str), "fold"].to_numpy()
+
+
 def crop_statistics_reference(dataset, folds, margin: float, texture_only: bool = False) -> float:
     """What simple statistics of the networks' own input give: the pooled patient AUC of a logistic
     regression (standardised, C = 0.01) on :func:`crop_statistics` of ``dataset.images``, each patient's
@@ -210,13 +220,10 @@ def crop_statistics_reference(dataset, folds, margin: float, texture_only: bool 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    statistics = crop_statistics(dataset.images, margin)
+    patients, fold = _patient_crop_statistics(dataset, folds, margin)
     if texture_only:
-        names = np.tile(CROP_STATISTICS, statistics.shape[1] // len(CROP_STATISTICS))  # phase by phase
-        statistics = statistics[:, np.isin(names, TEXTURE_STATISTICS)]
-    patients = training.area_weighted_patient_means(statistics, dataset.patient_id, dataset.roi_area_mm2)
-    fold_of = folds.assign(patient_id=folds["patient_id"].astype(str)).set_index("patient_id")
-    fold = fold_of.loc[patients.index.astype(str), "fold"].to_numpy()
+        names = np.tile(CROP_STATISTICS, patients.shape[1] // len(CROP_STATISTICS))  # phase by phase
+        patients = patients.loc[:, np.isin(names, TEXTURE_STATISTICS)]
     y = pd.Series(np.asarray(dataset.y_true), index=np.asarray(dataset.patient_id)).groupby(level=0).first()
     y = y.loc[patients.index].to_numpy(dtype=int)
     probability = np.zeros(len(patients))
@@ -240,25 +247,19 @@ def crop_visibility(dataset, folds, cohort_dir: Path, margin: float) -> dict[str
     near 0 or below: not in these statistics (a network may still find it elsewhere).
     """
     from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    patients = training.area_weighted_patient_means(crop_statistics(dataset.images, margin), dataset.patient_id,
-                                                    dataset.roi_area_mm2)
-    ids = patients.index.astype(str)
+    patients, fold = _patient_crop_statistics(dataset, folds, margin)
     _, table = _truth_table(cohort_dir)
-    table = table.set_index(table["patient_id"].astype(str)).loc[ids].reset_index(drop=True)
+    table = table.set_index(table["patient_id"].astype(str)).loc[patients.index.astype(str)].reset_index(drop=True)
     inputs = synth.oracle_inputs(table)["image"]
-    fold = folds.assign(patient_id=folds["patient_id"].astype(str)).set_index("patient_id").loc[ids, "fold"].to_numpy()
-    x = patients.to_numpy()
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12)))
     visibility = {}
     for name in VISIBILITY_INPUTS:
         y = inputs[:, synth.IMAGE_INPUT_NAMES.index(name)].astype(float)
-        predicted = np.zeros(len(y))
-        for held_out in np.unique(fold):
-            test = fold == held_out
-            model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12)))
-            predicted[test] = model.fit(x[~test], y[~test]).predict(x[test])
+        predicted = cross_val_predict(model, patients.to_numpy(), y, groups=fold, cv=LeaveOneGroupOut())
         visibility[name] = float(1.0 - ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum())
     return visibility
 
