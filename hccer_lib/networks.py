@@ -552,17 +552,20 @@ def pooled_image_features(model: keras.Model):
     return pathways[0]._inbound_nodes[0].output_tensors[0]
 
 
-def with_area_head(model: keras.Model) -> keras.Model:
+def with_area_head(model: keras.Model, units: int = 1) -> keras.Model:
     """A training model on ``model``'s layers: its outputs and a linear regression of the slice's tumour area.
 
-    The regression (``AREA_HEAD``, one linear neuron) reads the pooled image features, so that the image
+    The regression (``AREA_HEAD``, ``units`` linear neurons: the area, and with ``Profile.texture_target`` the crop's
+    texture statistics beside it) reads the pooled image features, so that the image
     pathway is also trained to tell the tumour's size from the crop (``Profile.area_target``); ``model`` itself,
     which shares every layer, predicts as before and never uses it; compiled by :func:`compile_model` with its
     ``area_weight``. Outputs: a dict, ``"fused"`` (and a
     joint-loss model's other heads) beside ``AREA_HEAD``.
     """
+    if units < 1:
+        raise ValueError(f"the area head needs at least one unit, got {units}")
     outputs = dict(model.output) if has_joint_loss(model) else {"fused": model.output}
-    outputs[AREA_HEAD] = layers.Dense(1, name="area_head")(pooled_image_features(model))
+    outputs[AREA_HEAD] = layers.Dense(int(units), name="area_head")(pooled_image_features(model))
     return keras.Model(model.inputs, outputs, name=f"{model.name}_with_area")
 
 

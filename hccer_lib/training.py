@@ -101,6 +101,8 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
         settings["head_refit"] = profile.head_refit
     if profile.area_target:
         settings["area_target"] = profile.area_target
+    if profile.texture_target:
+        settings["texture_target"] = True
     if (profile.clinical_activation != networks.KEYED_AT_DEFAULT_SINCE["clinical_activation"]
             and (model_name is None or networks.FUSION_KINDS.get(model_name) in networks.CLINICAL_LAYER_KINDS)):
         settings["clinical_activation"] = profile.clinical_activation
@@ -519,7 +521,7 @@ class FoldModel:
         self.config: networks.NetworkConfig | None = None
         self.model: keras.Model | None = None
         self.initial_weights: dict[int, tuple[list, list]] = {}  # seed -> (weights, random states)
-        self.trainers: dict[float, keras.Model] = {}  # area weight -> compiled networks.with_area_head model
+        self.trainers: dict[tuple[float, int], keras.Model] = {}  # (area weight, units) -> compiled with_area_head model
 
     def fresh(self, config: networks.NetworkConfig, seed: int) -> keras.Model:
         """The compiled network of ``config`` with the initial weights of ``seed``."""
@@ -540,20 +542,22 @@ class FoldModel:
         keras.utils.set_random_seed(seed)
         return self.model
 
-    def trainer(self, area_weight: float, seed: int) -> keras.Model:
-        """The network of the last :meth:`fresh` with the area regression (:func:`networks.with_area_head`), compiled
-        once per weight; its area head started from ``seed`` (Glorot uniform, bias 0) and its optimizer reset."""
+    def trainer(self, area_weight: float, seed: int, units: int = 1) -> keras.Model:
+        """The network of the last :meth:`fresh` with the area regression of ``units`` targets
+        (:func:`networks.with_area_head`), compiled once per weight and number of targets; its area head started from
+        ``seed`` (Glorot uniform, bias 0) and its optimizer reset."""
         if self.model is None:
             raise RuntimeError("call fresh() before trainer()")
-        if area_weight not in self.trainers:
-            self.trainers[area_weight] = networks.compile_model(networks.with_area_head(self.model), self.learning_rate,
-                                                               self.weight_decay, self.xla, area_weight=area_weight)
-        trainer = self.trainers[area_weight]
+        if (area_weight, units) not in self.trainers:
+            self.trainers[area_weight, units] = networks.compile_model(
+                networks.with_area_head(self.model, units), self.learning_rate, self.weight_decay, self.xla,
+                area_weight=area_weight)
+        trainer = self.trainers[area_weight, units]
         head = trainer.get_layer("area_head")
         n_in = int(head.kernel.shape[0])
-        limit = np.sqrt(6.0 / (n_in + 1))
-        kernel = np.random.default_rng(seed).uniform(-limit, limit, (n_in, 1)).astype(np.float32)
-        head.set_weights([kernel, np.zeros(1, dtype=np.float32)])
+        limit = np.sqrt(6.0 / (n_in + units))
+        kernel = np.random.default_rng(seed).uniform(-limit, limit, (n_in, units)).astype(np.float32)
+        head.set_weights([kernel, np.zeros(units, dtype=np.float32)])
         reset_optimizer(trainer, self.learning_rate)
         return trainer
 
@@ -841,15 +845,68 @@ def fold_data(
     return FoldData(inputs, y_slices, slice_pids, slice_index, areas, train, test, list(names), config)
 
 
-def area_targets(roi_area_mm2) -> np.ndarray:
+def _standardised(columns: np.ndarray) -> np.ndarray:
+    """Each column minus its mean, over its SD (a constant column: over 1, so 0)."""
+    spread = columns.std(axis=0)
+    return (columns - columns.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
+
+
+def area_targets(roi_area_mm2, images=None, margin: float = 0.0) -> np.ndarray:
     """The area regression's targets (``Profile.area_target``): each training slice's log tumour area (mm²),
-    standardised over those slices. The log, because the crop's resize shrinks a tumour by its side, not its area."""
+    standardised over those slices (``[n]``). The log, because the crop's resize shrinks a tumour by its side, not its
+    area. With ``images`` (``[n, H, W, phases]``, the slices' crops; ``Profile.texture_target``): ``[n, 2·phases + 1]``,
+    the crops' :func:`texture_statistics` (the tumour's box inside the crop's fractional ``margin``) and then the log
+    area, each column standardised over the slices."""
     areas = np.asarray(roi_area_mm2, dtype=np.float64)
     if not np.all(np.isfinite(areas) & (areas > 0)):
         raise ValueError("every training slice needs a tumour area above 0 mm² for the area target")
-    logs = np.log(areas)
-    spread = logs.std()
-    return (logs - logs.mean()) / (spread if spread > 0 else 1.0)
+    logs = _standardised(np.log(areas))
+    if images is None:
+        return logs
+    if len(images) != len(areas):
+        raise ValueError(f"the texture target needs one crop per slice: {len(images)} crops, {len(areas)} areas")
+    return _standardised(np.column_stack([texture_statistics(images, margin), logs]))
+
+
+#: The statistics of :func:`texture_statistics`, in their order within each phase.
+TEXTURE_STATISTICS = ("gradient", "centre_local_sd")
+
+
+def texture_statistics(images, margin: float) -> np.ndarray:
+    """Two texture statistics of each phase of each crop, ``[n, H, W, phases]`` → ``[n, 2·phases]`` (phase by phase,
+    :data:`TEXTURE_STATISTICS` within each): the mean absolute difference of neighbouring pixels over the crop (the two
+    axes' means added), and the mean SD of the 3 × 3 neighbourhoods (edges mirrored) over the tumour's box, which the
+    crop's fractional ``margin`` surrounds (``margin / (1 + 2·margin)`` of the side on each side; the whole crop
+    without a margin). How much a crop's grey levels change from pixel to pixel: the tumour's heterogeneity, and how
+    much the resize has squeezed it (a large tumour's texture into fewer pixels)."""
+    from scipy import ndimage
+
+    images = np.asarray(images, dtype=np.float64)
+    if images.ndim != 4:
+        raise ValueError(f"texture statistics need crops [n, H, W, phases], got shape {images.shape}")
+    if margin < 0:
+        raise ValueError(f"margin is a fraction of the tumour's box, >= 0; got {margin}")
+    n, height, width, phases = images.shape
+    edge = int(round(height * margin / (1 + 2 * margin)))
+    centre = np.zeros((height, width), dtype=bool)
+    centre[edge:height - edge, edge:width - edge] = True
+    columns = []
+    for phase in range(phases):
+        x = images[..., phase]
+        local_mean = ndimage.uniform_filter(x, size=(1, 3, 3))
+        local_sd = np.sqrt(np.clip(ndimage.uniform_filter(x * x, size=(1, 3, 3)) - local_mean**2, 0, None))
+        gradient = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(x, axis=2)).mean(axis=(1, 2))
+        columns += [gradient, local_sd[:, centre].mean(1)]
+    return np.stack(columns, axis=1)
+
+
+def _crop_margin(dataset) -> float:
+    """The fractional margin around the tumour's box with which ``dataset``'s crops were made (its settings)."""
+    settings = getattr(dataset, "settings", None)
+    if not isinstance(settings, dict) or "margin" not in settings:
+        raise ValueError("the texture target needs the processed dataset's settings (its crops' margin); this dataset "
+                         "has none: preprocess the cohort with preprocessing.dataset_with")
+    return float(settings["margin"])
 
 
 @fast_cpu_graphs()
@@ -908,11 +965,16 @@ def train_fold(
     if data.validation.any():
         validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation],
                       data.roi_area_mm2[data.validation])
-    trainer = fold_model.trainer(profile.area_target, fold_seed) if profile.area_target else None
+    trainer, extra_targets = None, None
+    if profile.area_target:
+        crops = data.inputs["image"][fit_rows] if profile.texture_target else None
+        targets = area_targets(data.roi_area_mm2[fit_rows], crops, _crop_margin(dataset) if profile.texture_target else 0.0)
+        trainer = fold_model.trainer(profile.area_target, fold_seed, units=1 if targets.ndim == 1 else targets.shape[1])
+        extra_targets = {networks.AREA_HEAD: targets}
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
               test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift,
-              trainer=trainer, extra_targets=None if trainer is None else {networks.AREA_HEAD: area_targets(data.roi_area_mm2[fit_rows])})
+              trainer=trainer, extra_targets=extra_targets)
     head_C, image_scale = ((profile.head_refit, 1.0) if model_name == "deep_resnet50"
                            else (profile.fusion_head_refit, profile.fusion_refit_image_scale))
     if head_C:

@@ -164,9 +164,9 @@ def readings_line(predictions, cohort_dir: Path, model: str) -> str:
 
 #: The statistics :func:`crop_statistics` takes of each phase of a crop, in this order.
 CROP_STATISTICS = ("mean", "sd", "p10", "p50", "p90", "centre_mean", "centre_sd", "border_mean", "border_sd",
-                   "gradient", "centre_local_sd")
+                   *training.TEXTURE_STATISTICS)
 #: The ones that describe texture (pixel-to-pixel change) rather than intensity.
-TEXTURE_STATISTICS = ("gradient", "centre_local_sd")
+TEXTURE_STATISTICS = training.TEXTURE_STATISTICS
 
 
 def crop_statistics(images: np.ndarray, margin: float) -> np.ndarray:
@@ -175,26 +175,23 @@ def crop_statistics(images: np.ndarray, margin: float) -> np.ndarray:
 
     Intensity: mean, SD and the 10th, 50th and 90th percentiles of the crop; mean and SD of its centre
     (the tumour's box, which the crop's ``margin`` surrounds: ``margin / (1 + 2 margin)`` of the side on
-    each side) and of the border around it (the whole crop when there is no margin). Texture: the mean absolute difference of neighbouring pixels
+    each side) and of the border around it (the whole crop when there is no margin). Texture
+    (:func:`training.texture_statistics`, the texture target's): the mean absolute difference of neighbouring pixels
     (both axes) and the mean SD of the 3 × 3 neighbourhoods of the centre.
     """
-    from scipy import ndimage
-
     images = np.asarray(images, dtype=np.float64)
     n, height, width, phases = images.shape
     edge = int(round(height * margin / (1 + 2 * margin)))
     centre = np.zeros((height, width), dtype=bool)
     centre[edge:height - edge, edge:width - edge] = True
+    texture = training.texture_statistics(images, margin).reshape(n, phases, len(training.TEXTURE_STATISTICS))
     columns = []
     for phase in range(phases):
         x = images[..., phase]
         flat = x.reshape(n, -1)
-        local_mean = ndimage.uniform_filter(x, size=(1, 3, 3))
-        local_sd = np.sqrt(np.clip(ndimage.uniform_filter(x * x, size=(1, 3, 3)) - local_mean**2, 0, None))
-        gradient = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(x, axis=2)).mean(axis=(1, 2))
         border = x[:, ~centre] if (~centre).any() else flat
         columns += [flat.mean(1), flat.std(1), *np.percentile(flat, [10, 50, 90], axis=1), x[:, centre].mean(1),
-                    x[:, centre].std(1), border.mean(1), border.std(1), gradient, local_sd[:, centre].mean(1)]
+                    x[:, centre].std(1), border.mean(1), border.std(1), *texture[:, phase].T]
     return np.stack(columns, axis=1)
 
 

@@ -80,7 +80,7 @@ def cohort(informative: str, seed: int = 0) -> SimpleNamespace:
         patient_shift = np.repeat(0.1 * (y - 0.5) + rng.normal(0, 0.03, N_PATIENTS), SLICES)
         images[..., 1] += patient_shift[:, None, None].astype(np.float32)
     dataset = SimpleNamespace(images=np.clip(images, 0, 1), patient_id=pids, slice=np.tile(np.arange(SLICES), N_PATIENTS),
-                              y_true=y_slices, roi_area_mm2=np.full(len(pids), 100.0))
+                              y_true=y_slices, roi_area_mm2=np.full(len(pids), 100.0), settings={"margin": 0.0})
     folds = pd.DataFrame({"patient_id": clinical["patient_id"], "y_true": y, "fold": np.arange(N_PATIENTS) // 2 % N_FOLDS})
     return SimpleNamespace(clinical=clinical, dataset=dataset, folds=folds)
 

@@ -53,7 +53,8 @@ def tiny_dataset(clinical: pd.DataFrame) -> SimpleNamespace:
     y = np.repeat(clinical["early_recurrence"].to_numpy(), SLICES_PER_PATIENT)
     images = rng.random((len(pids), SIZE, SIZE, 3), dtype=np.float32) * 0.5 + 0.5 * y[:, None, None, None]
     return SimpleNamespace(images=images, patient_id=pids, slice=np.tile(np.arange(SLICES_PER_PATIENT), N_PATIENTS), y_true=y,
-                           roi_area_mm2=100.0 + 10.0 * np.tile(np.arange(SLICES_PER_PATIENT), N_PATIENTS))
+                           roi_area_mm2=100.0 + 10.0 * np.tile(np.arange(SLICES_PER_PATIENT), N_PATIENTS),
+                           settings={"margin": 0.0})  # a processed dataset's settings: its crops' margin (texture target)
 
 
 def tiny_folds(clinical: pd.DataFrame, n_folds: int = 2) -> pd.DataFrame:
@@ -785,7 +786,8 @@ def test_area_target_reaches_every_network_is_seeded_and_keyed_only_when_set(stu
         return real(model, inputs, y, *args, trainer=trainer, extra_targets=extra_targets, **kwargs)
 
     monkeypatch.setattr(training, "fit_model", recording)
-    with_area = replace(TINY_PROFILE, area_target=0.5)
+    no_area = replace(TINY_PROFILE, area_target=0.0, texture_target=False)
+    with_area = replace(no_area, area_target=0.5)
     predictions = []
     for model_name in ("deep_resnet50", "deep_resnet50", "fusion_d_joint"):
         model, data = training.train_fold(model_name, study.dataset, study.clinical, study.folds, with_area, 0, seed=1,
@@ -796,7 +798,7 @@ def test_area_target_reaches_every_network_is_seeded_and_keyed_only_when_set(stu
         assert n_rows == data.fit.sum() and not (data.fit & data.test).any()
         predictions.append(training.predict_probability(model, data.subset(data.test)))
     np.testing.assert_array_equal(predictions[0], predictions[1])
-    training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, TINY_PROFILE, 0, seed=1,
+    training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, no_area, 0, seed=1,
                         imagenet="none")
     assert calls[-1][0] is None and calls[-1][1] is None, "0: no area head"
 
@@ -804,9 +806,94 @@ def test_area_target_reaches_every_network_is_seeded_and_keyed_only_when_set(stu
         return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
                                    seed=1, imagenet="none")[1]
 
-    assert "area_target" not in key("deep_resnet50", TINY_PROFILE)["profile_deep"], "0 keeps the keys of before"
+    assert "area_target" not in key("deep_resnet50", no_area)["profile_deep"], "0 keeps the keys of before"
     for model_name in ("deep_resnet50", "fusion_d_joint"):
-        assert key(model_name, with_area)["key"] != key(model_name, TINY_PROFILE)["key"], model_name
+        assert key(model_name, with_area)["key"] != key(model_name, no_area)["key"], model_name
+
+
+def test_texture_statistics_by_hand():
+    """``training.texture_statistics``, phase by phase. Columns alternating 0 and 1 in the second phase: each pixel
+    differs from its row neighbours by 1 and from its column neighbours by 0 (gradient 1), and every 3 × 3
+    neighbourhood (edges mirrored) holds three columns 0, 1, 0 or 1, 0, 1 (SD √2 / 3); the constant phases give 0.
+    One bright corner pixel in a constant crop: the gradient counts it over the whole crop, the local SD only inside
+    the tumour's box, which a margin of 0.25 starts 2 pixels in (12 / 6), out of the corner's reach; without a margin
+    the box is the whole crop."""
+    stripes = np.zeros((1, 12, 12, 3))
+    stripes[..., 1] = np.arange(12) % 2
+    np.testing.assert_allclose(training.texture_statistics(stripes, 0.25), [[0, 0, 1, np.sqrt(2) / 3, 0, 0]], atol=1e-12)
+    corner = np.full((1, 12, 12, 1), 0.5)
+    corner[0, 0, 0, 0] = 1.0
+    gradient = 0.5 / (11 * 12) * 2  # one difference of 0.5 on each axis, over 11 × 12 pairs each
+    with_margin, without = training.texture_statistics(corner, 0.25)[0], training.texture_statistics(corner, 0.0)[0]
+    assert with_margin[0] == pytest.approx(gradient) and with_margin[1] == pytest.approx(0.0, abs=1e-12), with_margin
+    # Without a margin: the corner (0.5 above the rest) is k of the 9 pixels of 4 neighbourhoods, k = 4 at the corner
+    # (mirrored twice), 2 beside it on each axis, 1 diagonally; SD 0.5 √(p (1 - p)) with p = k / 9; over 144 pixels.
+    by_hand = sum(0.5 * np.sqrt(k / 9 * (1 - k / 9)) for k in (4, 2, 2, 1)) / 144
+    assert without[0] == pytest.approx(gradient) and without[1] == pytest.approx(by_hand), without
+    assert training.TEXTURE_STATISTICS == ("gradient", "centre_local_sd")
+    with pytest.raises(ValueError, match=r"\[n, H, W, phases\]"):
+        training.texture_statistics(np.zeros((12, 12, 3)), 0.25)
+    with pytest.raises(ValueError, match="margin"):
+        training.texture_statistics(stripes, -0.1)
+
+
+def test_area_targets_with_crops_are_the_standardised_texture_statistics_then_the_log_area():
+    """With the slices' crops (``Profile.texture_target``), the targets are ``[n, 2·phases + 1]``: the crops' texture
+    statistics, then the log area as without them, each column standardised (mean 0, SD 1)."""
+    rng = np.random.default_rng(3)
+    crops = rng.random((6, 12, 12, 3)) * np.linspace(0.2, 1.0, 6)[:, None, None, None]
+    areas = [100.0, 150.0, 400.0, 90.0, 1600.0, 700.0]
+    targets = training.area_targets(areas, crops, 0.25)
+    assert targets.shape == (6, 7), targets.shape
+    np.testing.assert_allclose(targets[:, -1], training.area_targets(areas))
+    texture = training.texture_statistics(crops, 0.25)
+    np.testing.assert_allclose(targets[:, :-1], (texture - texture.mean(0)) / texture.std(0))
+    np.testing.assert_allclose(targets.mean(0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(targets.std(0), 1.0)
+    with pytest.raises(ValueError, match="one crop per slice"):
+        training.area_targets(areas, crops[:5], 0.25)
+
+
+def test_texture_target_trains_on_the_fit_crops_is_keyed_and_needs_the_area_target(study, monkeypatch):
+    """``Profile.texture_target``: ``train_fold`` trains the network with an area head of 7 units (3 phases × 2
+    texture statistics and the area) on :func:`training.area_targets` of the fit slices' crops, at the margin of the
+    dataset's settings; the setting changes the run key and needs ``area_target``; a dataset without settings is a
+    clear error."""
+    calls = []
+    real = training.fit_model
+
+    def recording(model, inputs, y, *args, trainer=None, extra_targets=None, **kwargs):
+        calls.append((trainer, None if extra_targets is None else extra_targets[networks.AREA_HEAD]))
+        return real(model, inputs, y, *args, trainer=trainer, extra_targets=extra_targets, **kwargs)
+
+    monkeypatch.setattr(training, "fit_model", recording)
+    area_only = replace(TINY_PROFILE, area_target=0.5, texture_target=False)
+    with_texture = replace(area_only, texture_target=True)
+    del study.dataset.settings
+    with pytest.raises(ValueError, match="texture target needs the processed dataset's settings"):
+        training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, with_texture, 0, seed=1,
+                            imagenet="none")
+    study.dataset.settings = {"margin": 0.25}
+    for model_name in ("deep_resnet50", "fusion_d_joint"):
+        _, data = training.train_fold(model_name, study.dataset, study.clinical, study.folds, with_texture, 0, seed=1,
+                                      imagenet="none")
+        trainer, targets = calls[-1]
+        assert tuple(trainer.output[networks.AREA_HEAD].shape) == (None, 7), model_name
+        expected = training.area_targets(data.roi_area_mm2[data.fit], data.inputs["image"][data.fit], 0.25)
+        np.testing.assert_allclose(targets, expected)
+        assert not np.allclose(expected, training.area_targets(data.roi_area_mm2[data.fit], data.inputs["image"][data.fit],
+                                                               0.0)), "the margin is the dataset's"
+    with pytest.raises(ValueError, match="needs area_target > 0"):
+        replace(TINY_PROFILE, area_target=0.0, texture_target=True)
+    with pytest.raises(ValueError, match="at least one unit"):
+        networks.with_area_head(networks.build_model("deep_resnet50", training.network_config(TINY_PROFILE, 9, imagenet="none")), 0)
+
+    def key(profile):
+        return training.run_folder("deep_resnet50", study.dataset, study.clinical, study.folds, profile, study.work_dir,
+                                   seed=1, imagenet="none")[1]
+
+    assert "texture_target" not in key(area_only)["profile_deep"], "off keeps the keys of before"
+    assert key(with_texture)["key"] != key(area_only)["key"]
 
 
 def test_clinical_activation_reaches_c_and_d_and_keys_only_their_runs(study):
