@@ -271,9 +271,10 @@ PROFILES["quick"] = replace(
     # the mean SD of 3 x 3 neighbourhoods in the tumour's box), each standardised, its mean squared error weighted 1 in
     # the loss (``area_target``, ``texture_target``; training only: the networks predict as without it). Development
     # cohorts, 3 seeds, the recipe -> with it: deep model 0.653 -> 0.681, 0.621 -> 0.635, 0.685 -> 0.695, 0.694 ->
-    # 0.712 on dev seeds 5, 8, 12, 13; fusion_d_joint 0.711 -> 0.723, 0.683 -> 0.696 on dev seeds 5, 8 (docs/cpu_recipe.md,
-    # "Adopted: an area and texture target"). The area alone gained nothing on average with 4 epochs (seven cohorts);
-    # a regression of all 33 statistics of the crop (intensity too) gained nothing on dev seeds 5 and 8.
+    # 0.712 on dev seeds 5, 8, 12, 13; fusion_d_joint 0.711 -> 0.723, 0.683 -> 0.696, 0.723 -> 0.713, 0.724 -> 0.719 on
+    # the same four; fusion A-D +0.004 to +0.032 on dev seeds 5 and 8 (docs/cpu_recipe.md, "Adopted: an area and texture
+    # target"). The area alone gained nothing on average with 4 epochs (seven cohorts); a regression of all 33
+    # statistics of the crop (intensity too) gained nothing on dev seeds 5 and 8.
     area_target=1.0,
     texture_target=True,
     batch_size=32,
