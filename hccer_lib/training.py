@@ -887,9 +887,7 @@ def texture_statistics(images, margin: float) -> np.ndarray:
     if margin < 0:
         raise ValueError(f"margin is a fraction of the tumour's box, >= 0; got {margin}")
     n, height, width, phases = images.shape
-    edge = int(round(height * margin / (1 + 2 * margin)))
-    centre = np.zeros((height, width), dtype=bool)
-    centre[edge:height - edge, edge:width - edge] = True
+    centre = tumour_box_mask(height, width, margin)
     columns = []
     for phase in range(phases):
         x = images[..., phase]
@@ -898,6 +896,15 @@ def texture_statistics(images, margin: float) -> np.ndarray:
         gradient = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(x, axis=2)).mean(axis=(1, 2))
         columns += [gradient, local_sd[:, centre].mean(1)]
     return np.stack(columns, axis=1)
+
+
+def tumour_box_mask(height: int, width: int, margin: float) -> np.ndarray:
+    """``[height, width]`` boolean mask of the tumour's box inside a crop made with the fractional ``margin`` around
+    it (``margin / (1 + 2·margin)`` of the side on each side; the whole crop without a margin)."""
+    edge = int(round(height * margin / (1 + 2 * margin)))
+    mask = np.zeros((height, width), dtype=bool)
+    mask[edge:height - edge, edge:width - edge] = True
+    return mask
 
 
 def _crop_margin(dataset) -> float:

@@ -181,9 +181,7 @@ def crop_statistics(images: np.ndarray, margin: float) -> np.ndarray:
     """
     images = np.asarray(images, dtype=np.float64)
     n, height, width, phases = images.shape
-    edge = int(round(height * margin / (1 + 2 * margin)))
-    centre = np.zeros((height, width), dtype=bool)
-    centre[edge:height - edge, edge:width - edge] = True
+    centre = training.tumour_box_mask(height, width, margin)
     texture = training.texture_statistics(images, margin).reshape(n, phases, len(training.TEXTURE_STATISTICS))
     columns = []
     for phase in range(phases):
