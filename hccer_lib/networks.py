@@ -16,8 +16,8 @@ recurrence is the second neuron.
 | ``fusion_d_joint`` | as D, plus a softmax head on each pathway | | loss = 1/4 image + 1/4 clinical + 1/2 fused |
 
 The paper leaves open whether C and D keep B's image FC layer, the sizes of the
-added layers and the activation of C and D's clinical layer (``clinical_activation``: ReLU or
-none). Here C and D are B plus their clinical layer (the paper presents A to D as
+added layers and the activations of C and D's clinical layer (``clinical_activation``: ReLU or
+none) and of B, C and D's image FC layer (``image_activation``). Here C and D are B plus their clinical layer (the paper presents A to D as
 successive changes and argues for B's balancing of 2048 image against 9 clinical
 features); every size is a :class:`NetworkConfig` field.
 
@@ -65,7 +65,7 @@ from keras import layers, ops
 
 from hccer_lib import models
 from hccer_lib.imagenet import IMAGENET_WEIGHTS_FILE, imagenet_weights_path, keras_home
-from hccer_lib.profiles import CLINICAL_ACTIVATIONS, DEFAULT_CLINICAL_ACTIVATION, HEAD_INITS
+from hccer_lib.profiles import DEFAULT_LAYER_ACTIVATION, HEAD_INITS, LAYER_ACTIVATIONS
 
 logger = logging.getLogger("hccer")
 
@@ -75,6 +75,9 @@ FUSION_KINDS = models.FUSION_KINDS
 #: The fusion architectures with a layer of their own over the clinical vector (C's Conv1D, D's FC), the layer whose
 #: activation is :attr:`NetworkConfig.clinical_activation`.
 CLINICAL_LAYER_KINDS = ("c", "d")
+#: The fusion architectures with an FC layer over the pooled image features (B, C, D), the layer whose activation is
+#: :attr:`NetworkConfig.image_activation`.
+IMAGE_LAYER_KINDS = ("b", "c", "d")
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 RESNET50_WIDTH = 64
@@ -101,6 +104,9 @@ class NetworkConfig:
             ``"relu"`` or ``"linear"`` (none: the layer is a learned linear map of the standardised bits, Keras's
             default for a layer). The paper names neither; the ``paper`` profile keeps ``"relu"``, the ``quick``
             profile's choice is in ``hccer_lib/profiles.py``.
+        image_activation: the activation of fusion B, C and D's image FC layer over the pooled image features:
+            ``"relu"`` (the networks before it existed) or ``"linear"`` (a learned linear map of the features). The
+            paper names none.
         imagenet: ``"auto"`` loads ImageNet weights when the architecture is ResNet50 and
             the weights file exists locally (random initialisation otherwise, logged);
             ``"none"`` always initialises randomly; or the path of a weights file.
@@ -149,11 +155,13 @@ class NetworkConfig:
     stem_pool: bool = True
     clinical_gain: float | None = None
     head_dropout: float = 0.0
-    clinical_activation: str = DEFAULT_CLINICAL_ACTIVATION
+    clinical_activation: str = DEFAULT_LAYER_ACTIVATION
+    image_activation: str = DEFAULT_LAYER_ACTIVATION
 
     def __post_init__(self):
-        if self.clinical_activation not in CLINICAL_ACTIVATIONS:
-            raise ValueError(f"clinical_activation must be one of {CLINICAL_ACTIVATIONS}, got {self.clinical_activation!r}")
+        for field in ("clinical_activation", "image_activation"):
+            if getattr(self, field) not in LAYER_ACTIVATIONS:
+                raise ValueError(f"{field} must be one of {LAYER_ACTIVATIONS}, got {getattr(self, field)!r}")
         if not 0.0 <= self.bn_momentum < 1.0:
             raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum}")
         if not 0.0 <= self.image_dropout < 1.0:
@@ -192,7 +200,8 @@ class NetworkConfig:
 #: value that every network trained before it had. At that value a setting is left out of the run key
 #: (:meth:`NetworkConfig.key_dict`), so the trainings saved before it was added are read, not redone.
 KEYED_AT_DEFAULT_SINCE: dict[str, object] = {"stem_pool": True, "clinical_gain": None, "head_dropout": 0.0,
-                                             "clinical_activation": DEFAULT_CLINICAL_ACTIVATION}
+                                             "clinical_activation": DEFAULT_LAYER_ACTIVATION,
+                                             "image_activation": DEFAULT_LAYER_ACTIVATION}
 
 
 # %% Input scaling
@@ -425,8 +434,8 @@ def build_model(model_name: str, config: NetworkConfig | None = None, joint_loss
     kind = FUSION_KINDS[model_name]
     clinical = keras.Input((config.n_clinical,), name="clinical")
     image_branch = features
-    if kind in ("b", "c", "d"):
-        image_branch = layers.Dense(config.image_units, activation="relu", name="image_fc")(features)
+    if kind in IMAGE_LAYER_KINDS:
+        image_branch = layers.Dense(config.image_units, activation=config.image_activation, name="image_fc")(features)
     if config.image_dropout:
         image_branch = layers.Dropout(config.image_dropout, name="image_dropout")(image_branch)
     # The balancing gain where the vector itself meets the image features (A, B); C and D's own clinical layer comes

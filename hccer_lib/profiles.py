@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, replace
 TRAIN_SAMPLINGS = ("slice", "patient")
 #: The initial weights the fusion models' softmax heads may start from (``Profile.fusion_head_init``).
 HEAD_INITS = ("glorot_uniform", "zeros")
-#: The activations of fusion C and D's clinical layer (``Profile.clinical_activation``).
-CLINICAL_ACTIVATIONS = ("relu", "linear")
-#: The default of that layer: ReLU, as every network had before the setting existed (and the ``paper`` profile has).
-DEFAULT_CLINICAL_ACTIVATION = "relu"
+#: The activations of the fusion models' own FC layers: C and D's clinical layer (``Profile.clinical_activation``) and
+#: B, C and D's image layer (``Profile.image_activation``).
+LAYER_ACTIVATIONS = ("relu", "linear")
+#: The default of those layers: ReLU, as every network had before the settings existed (and the ``paper`` profile has).
+DEFAULT_LAYER_ACTIVATION = "relu"
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ class Profile:
         clinical_activation: activation of fusion C's convolution and fusion D's FC layer over the clinical vector
             (``networks.NetworkConfig.clinical_activation``): ``"relu"`` or ``"linear"`` (no activation, Keras's
             default for a layer). The paper does not say which.
+        image_activation: activation of fusion B, C and D's FC layer over the pooled image features
+            (``networks.NetworkConfig.image_activation``): ``"relu"`` or ``"linear"``. The paper does not say which.
         clinical_warm_start: before each fusion model's training, its clinical pathway is fitted alone to
             the training patients' clinical vectors (``networks.warm_start_clinical``), with the L2 penalty of
             scikit-learn's ``LogisticRegression(C=clinical_warm_start)`` on them (for fusion A and B the start *is*
@@ -143,11 +146,13 @@ class Profile:
     fusion_refit_image_scale: float = 1.0
     area_target: float = 0.0
     texture_target: bool = False
-    clinical_activation: str = DEFAULT_CLINICAL_ACTIVATION
+    clinical_activation: str = DEFAULT_LAYER_ACTIVATION
+    image_activation: str = DEFAULT_LAYER_ACTIVATION
 
     def __post_init__(self) -> None:
-        if self.clinical_activation not in CLINICAL_ACTIVATIONS:
-            raise ValueError(f"clinical_activation must be one of {CLINICAL_ACTIVATIONS}, got {self.clinical_activation!r}")
+        for field in ("clinical_activation", "image_activation"):
+            if getattr(self, field) not in LAYER_ACTIVATIONS:
+                raise ValueError(f"{field} must be one of {LAYER_ACTIVATIONS}, got {getattr(self, field)!r}")
         if self.train_sampling not in TRAIN_SAMPLINGS:
             raise ValueError(f"train_sampling must be one of {TRAIN_SAMPLINGS}, got {self.train_sampling!r}")
         if self.fusion_head_init not in HEAD_INITS:
@@ -245,6 +250,12 @@ PROFILES["quick"] = replace(
     # loss beyond 0.001), fusion_d +0.016, +0.007, -0.001 (dev seeds 5, 8, 9), fusion_c +0.005, +0.014 (dev seeds 5,
     # 8); docs/cpu_recipe.md, "Adopted: a linear clinical layer".
     clinical_activation="linear",
+    # Fusion B, C and D's FC layer over the pooled image features is linear too (no ReLU; the paper names no
+    # activation): its 64 random ReLU units pass part of what the features say, where the deep model's head reads them
+    # all linearly. Development cohorts, 3 seeds, ReLU -> linear: fusion_d_joint 0.723 -> 0.725, 0.696 -> 0.699, 0.713
+    # -> 0.716, 0.719 -> 0.729, 0.728 -> 0.731, 0.699 -> 0.697 on dev seeds 5, 8, 12, 13, 14, 15; fusion_b, c and d
+    # +0.000 to +0.005 on dev seeds 5 and 8 (docs/cpu_recipe.md, "Adopted: a linear image layer").
+    image_activation="linear",
     # After its training, the deep model's softmax head is fitted anew as a logistic regression (C = 0.001,
     # standardised) on its pooled features of the fold's training patients, one area-weighted row per
     # patient (``training.refit_head``): the head trained on the slices weighs features that the network

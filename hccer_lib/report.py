@@ -42,7 +42,7 @@ from hccer_lib.models import (
     paper_values,
 )
 from hccer_lib.models import get as model_record
-from hccer_lib.profiles import DEFAULT_CLINICAL_ACTIVATION
+from hccer_lib.profiles import DEFAULT_LAYER_ACTIVATION
 from hccer_lib.study_run import DEFAULT_SETTINGS
 
 CHECKLIST_COLUMNS = ["framework", "item", "topic", "status", "value"]
@@ -900,7 +900,8 @@ def checklist_facts(
         facts.update({key: fusion["network"][key]
                       for key in ("image_units", "clinical_filters", "clinical_kernel", "clinical_units")})
         # a run records it only where it is not the default (networks.KEYED_AT_DEFAULT_SINCE)
-        facts["clinical_activation"] = fusion["network"].get("clinical_activation", DEFAULT_CLINICAL_ACTIVATION)
+        facts["clinical_activation"] = fusion["network"].get("clinical_activation", DEFAULT_LAYER_ACTIVATION)
+        facts["image_activation"] = fusion["network"].get("image_activation", DEFAULT_LAYER_ACTIVATION)
 
     # pooled AUCs of the models that have predictions
     predicted = [m for m in MODELS if evaluation.predictions_path(results_dir, m).is_file()]

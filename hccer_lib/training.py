@@ -106,6 +106,9 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
     if (profile.clinical_activation != networks.KEYED_AT_DEFAULT_SINCE["clinical_activation"]
             and (model_name is None or networks.FUSION_KINDS.get(model_name) in networks.CLINICAL_LAYER_KINDS)):
         settings["clinical_activation"] = profile.clinical_activation
+    if (profile.image_activation != networks.KEYED_AT_DEFAULT_SINCE["image_activation"]
+            and (model_name is None or networks.FUSION_KINDS.get(model_name) in networks.IMAGE_LAYER_KINDS)):
+        settings["image_activation"] = profile.image_activation
     if profile.fusion_head_refit and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["fusion_head_refit"] = profile.fusion_head_refit
         settings["fusion_refit_image_scale"] = profile.fusion_refit_image_scale
@@ -180,6 +183,7 @@ def network_config(profile: Profile, n_clinical: int = 9, imagenet: str = "auto"
         "image_dropout": profile.image_dropout,
         "fusion_head_init": profile.fusion_head_init,
         "clinical_activation": profile.clinical_activation,
+        "image_activation": profile.image_activation,
     }
     return networks.NetworkConfig(**{**fields, **overrides})
 
@@ -996,7 +1000,8 @@ def _network_record(model_name: str, clinical: pd.DataFrame, folds: pd.DataFrame
     keys the vector): a fusion model's as built for the clinical vector that the whole cohort selects under
     ``selection_protocol`` (fusion C's kernel is shortened to a shorter vector, :func:`network_config`); the deep
     model, which has no clinical input, at the default vector's length. A network without fusion C or D's clinical
-    layer is recorded with that layer's default activation, whatever the profile's ``clinical_activation``."""
+    layer is recorded with that layer's default activation, whatever the profile's ``clinical_activation``, and one
+    without fusion B, C or D's image FC layer likewise, whatever its ``image_activation``."""
     n_clinical = networks.NetworkConfig.__dataclass_fields__["n_clinical"].default
     if model_name != "deep_resnet50":
         _, names = _clinical_matrix(clinical, selection_protocol, tuple(folds["patient_id"].astype(str)))
@@ -1004,6 +1009,8 @@ def _network_record(model_name: str, clinical: pd.DataFrame, folds: pd.DataFrame
     config = network_config(profile, n_clinical, imagenet, **(network_overrides or {}))
     if networks.FUSION_KINDS.get(model_name) not in networks.CLINICAL_LAYER_KINDS:  # no such layer to activate
         config = replace(config, clinical_activation=networks.KEYED_AT_DEFAULT_SINCE["clinical_activation"])
+    if networks.FUSION_KINDS.get(model_name) not in networks.IMAGE_LAYER_KINDS:
+        config = replace(config, image_activation=networks.KEYED_AT_DEFAULT_SINCE["image_activation"])
     return {k: v for k, v in config.key_dict().items() if k != "n_clinical"}
 
 

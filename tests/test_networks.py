@@ -415,3 +415,31 @@ def test_clinical_activation_makes_c_and_ds_clinical_layer_a_linear_map():
     assert replace(TINY, clinical_activation="linear").key_dict()["clinical_activation"] == "linear"
     with pytest.raises(ValueError, match="clinical_activation"):
         NetworkConfig(clinical_activation="tanh")
+
+
+def test_image_activation_makes_b_c_and_ds_image_fc_layer_a_linear_map():
+    """``image_activation="linear"``: fusion B, C and D's FC layer over the pooled image features maps them linearly (a
+    mix of two feature vectors goes to the same mix of their outputs), where ReLU does not (some outputs cut at 0);
+    fusion A, which has no such layer, is built alike either way; the run key holds the setting only when it is not
+    ReLU."""
+    rng = np.random.default_rng(4)
+    first, second = rng.normal(size=(32, TINY_FEATURES)), rng.normal(size=(32, TINY_FEATURES))
+    mix = 0.3 * first + 0.7 * second
+    for model_name in ("fusion_b", "fusion_c", "fusion_d", "fusion_d_joint"):
+        for activation in ("linear", "relu"):
+            keras.utils.set_random_seed(0)
+            layer = networks.build_model(model_name, replace(TINY, image_activation=activation)).get_layer("image_fc")
+            mixed = np.asarray(layer(mix.astype(np.float32)))
+            between = 0.3 * np.asarray(layer(first.astype(np.float32))) + 0.7 * np.asarray(layer(second.astype(np.float32)))
+            if activation == "linear":
+                np.testing.assert_allclose(mixed, between, atol=1e-5, err_msg=model_name)
+            else:
+                assert (mixed == 0).any() and not np.allclose(mixed, between, atol=1e-3), model_name
+    plain = networks.build_model("fusion_a", TINY)
+    linear = networks.build_model("fusion_a", replace(TINY, image_activation="linear"))
+    assert [layer.name for layer in plain.layers] == [layer.name for layer in linear.layers]
+    assert "image_fc" not in [layer.name for layer in plain.layers]
+    assert "image_activation" not in TINY.key_dict()
+    assert replace(TINY, image_activation="linear").key_dict()["image_activation"] == "linear"
+    with pytest.raises(ValueError, match="image_activation"):
+        NetworkConfig(image_activation="tanh")

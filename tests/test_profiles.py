@@ -24,9 +24,10 @@ def test_the_paper_profile_adds_nothing_to_the_papers_training_and_quick_measure
     paper, quick = get_profile("paper"), get_profile("quick")
     recipe = (paper.validation_fraction, paper.weight_decay, paper.lr_schedule, paper.augment, paper.roi_margin,
               paper.test_symmetries, paper.image_dropout, paper.fusion_head_init, paper.head_refit,
-              paper.fusion_head_refit, paper.clinical_activation)
-    assert recipe == (0.0, 0.0, "constant", False, 0.0, False, 0.0, "glorot_uniform", 0.0, 0.0, "relu"), recipe
+              paper.fusion_head_refit, paper.clinical_activation, paper.image_activation)
+    assert recipe == (0.0, 0.0, "constant", False, 0.0, False, 0.0, "glorot_uniform", 0.0, 0.0, "relu", "relu"), recipe
     assert get_profile("quick").clinical_activation == "linear", "chosen on development cohorts (profiles.py)"
+    assert get_profile("quick").image_activation == "linear", "chosen on development cohorts (profiles.py)"
     assert paper.imagenet_required and not quick.imagenet_required
     assert quick.train_seeds >= 3 and paper.train_seeds >= 3, "several training seeds: the training noise"
 

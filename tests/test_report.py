@@ -210,6 +210,7 @@ def test_checklist_fills_what_the_run_knows_and_leaves_the_rest_open(run_folder,
     assert "random initialisation" in claim.loc["24", "value"] and "clinical FC 16 units" in claim.loc["22", "value"]
     # the run records no clinical_activation: a network keyed before the setting, or at its default, ReLU
     assert "activation of C and D's clinical layer (assumed): relu" in claim.loc["22", "value"], claim.loc["22", "value"]
+    assert "of B, C and D's image FC layer (assumed): relu" in claim.loc["22", "value"], claim.loc["22", "value"]
     # what was tuned and on which cohorts; the paper's silences marked as assumptions; what the tests answer
     assert "development synthetic cohorts only (generator seeds 3, 4, 5, 8-14;" in tripod.loc["12c", "value"]
     assert "never on the study's default cohort (seed 2020)" in tripod.loc["12c", "value"]
@@ -498,7 +499,9 @@ def test_the_tuning_statement_names_the_networks_actual_layer_sizes():
     from hccer_lib.profiles import get_profile
 
     assert (get_profile("paper").clinical_activation, get_profile("quick").clinical_activation) == ("relu", "linear")
-    assert "(ReLU in the paper profile, none in the quick profile)" in " ".join(tuning.split()), tuning
+    assert (get_profile("paper").image_activation, get_profile("quick").image_activation) == ("relu", "linear")
+    assert ("activations of C and D's clinical layer and of B, C and D's image FC layer (ReLU in the paper profile, "
+            "none in the quick profile)") in " ".join(tuning.split()), tuning
 
 
 # --- what the networks read (synthetic cohort) ---------------------------------------------

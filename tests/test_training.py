@@ -917,3 +917,27 @@ def test_clinical_activation_reaches_c_and_d_and_keys_only_their_runs(study):
         assert key(model_name, linear)["key"] == key(model_name, relu)["key"], model_name
     with pytest.raises(ValueError, match="clinical_activation"):
         replace(TINY_PROFILE, clinical_activation="tanh")
+
+
+def test_image_activation_reaches_b_c_and_d_and_keys_only_their_runs(study):
+    """``Profile.image_activation`` builds fusion B, C and D's image FC layer with it and changes their run keys; the
+    deep model and fusion A, which have no such layer, keep their keys, and ReLU (the default) keeps the keys of before
+    the setting existed."""
+    relu = replace(TINY_PROFILE, image_activation="relu")  # the smoke profile inherits the quick profile's linear
+    linear = replace(TINY_PROFILE, image_activation="linear")
+    model = training.fold_data("fusion_b", study.dataset, study.clinical, study.folds, linear, None, imagenet="none")
+    assert model.config.image_activation == "linear"
+
+    def key(model_name, profile):
+        return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
+                                   seed=1, imagenet="none")[1]
+
+    assert "image_activation" not in key("fusion_d", relu)["profile_deep"], "ReLU keeps the keys of before"
+    assert "image_activation" not in key("fusion_d", relu)["network"], "ReLU keeps the keys of before"
+    for model_name in ("fusion_b", "fusion_c", "fusion_d", "fusion_d_joint"):
+        assert key(model_name, linear)["key"] != key(model_name, relu)["key"], model_name
+        assert key(model_name, linear)["network"]["image_activation"] == "linear", model_name
+    for model_name in ("deep_resnet50", "fusion_a"):
+        assert key(model_name, linear)["key"] == key(model_name, relu)["key"], model_name
+    with pytest.raises(ValueError, match="image_activation"):
+        replace(TINY_PROFILE, image_activation="tanh")
