@@ -17,9 +17,9 @@ recurrence is the second neuron.
 
 The paper leaves open whether C and D keep B's image FC layer, the sizes of the
 added layers and the activations of C and D's clinical layer (``clinical_activation``: ReLU or
-none) and of B, C and D's image FC layer (``image_activation``). Here C and D are B plus their clinical layer (the paper presents A to D as
-successive changes and argues for B's balancing of 2048 image against 9 clinical
-features); every size is a :class:`NetworkConfig` field.
+none) and of B, C and D's image FC layer (``image_activation``). Here C and D are B plus their
+clinical layer (the paper presents A to D as successive changes and argues for B's balancing of
+2048 image against 9 clinical features); every size is a :class:`NetworkConfig` field.
 
 **Image pathway.** With ``resnet_blocks=(3, 4, 6, 3)`` and ``resnet_width=64`` (the paper
 profile) the image pathway is exactly ``keras.applications.ResNet50(include_top=False,
