@@ -78,6 +78,8 @@ CLINICAL_LAYER_KINDS = ("c", "d")
 #: The fusion architectures with an FC layer over the pooled image features (B, C, D), the layer whose activation is
 #: :attr:`NetworkConfig.image_activation`.
 IMAGE_LAYER_KINDS = ("b", "c", "d")
+#: Each activation setting of :class:`NetworkConfig`, with the fusion architectures that have the layer it activates.
+ACTIVATION_LAYER_KINDS = {"clinical_activation": CLINICAL_LAYER_KINDS, "image_activation": IMAGE_LAYER_KINDS}
 
 RESNET50_BLOCKS = (3, 4, 6, 3)
 RESNET50_WIDTH = 64
@@ -159,7 +161,7 @@ class NetworkConfig:
     image_activation: str = DEFAULT_LAYER_ACTIVATION
 
     def __post_init__(self):
-        for field in ("clinical_activation", "image_activation"):
+        for field in ACTIVATION_LAYER_KINDS:
             if getattr(self, field) not in LAYER_ACTIVATIONS:
                 raise ValueError(f"{field} must be one of {LAYER_ACTIVATIONS}, got {getattr(self, field)!r}")
         if not 0.0 <= self.bn_momentum < 1.0:

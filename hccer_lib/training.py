@@ -103,12 +103,10 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
         settings["area_target"] = profile.area_target
     if profile.texture_target:
         settings["texture_target"] = True
-    if (profile.clinical_activation != networks.KEYED_AT_DEFAULT_SINCE["clinical_activation"]
-            and (model_name is None or networks.FUSION_KINDS.get(model_name) in networks.CLINICAL_LAYER_KINDS)):
-        settings["clinical_activation"] = profile.clinical_activation
-    if (profile.image_activation != networks.KEYED_AT_DEFAULT_SINCE["image_activation"]
-            and (model_name is None or networks.FUSION_KINDS.get(model_name) in networks.IMAGE_LAYER_KINDS)):
-        settings["image_activation"] = profile.image_activation
+    for field, kinds in networks.ACTIVATION_LAYER_KINDS.items():  # keyed for the models that have the layer
+        if (getattr(profile, field) != networks.KEYED_AT_DEFAULT_SINCE[field]
+                and (model_name is None or networks.FUSION_KINDS.get(model_name) in kinds)):
+            settings[field] = getattr(profile, field)
     if profile.fusion_head_refit and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["fusion_head_refit"] = profile.fusion_head_refit
         settings["fusion_refit_image_scale"] = profile.fusion_refit_image_scale
@@ -1007,10 +1005,9 @@ def _network_record(model_name: str, clinical: pd.DataFrame, folds: pd.DataFrame
         _, names = _clinical_matrix(clinical, selection_protocol, tuple(folds["patient_id"].astype(str)))
         n_clinical = len(names)
     config = network_config(profile, n_clinical, imagenet, **(network_overrides or {}))
-    if networks.FUSION_KINDS.get(model_name) not in networks.CLINICAL_LAYER_KINDS:  # no such layer to activate
-        config = replace(config, clinical_activation=networks.KEYED_AT_DEFAULT_SINCE["clinical_activation"])
-    if networks.FUSION_KINDS.get(model_name) not in networks.IMAGE_LAYER_KINDS:
-        config = replace(config, image_activation=networks.KEYED_AT_DEFAULT_SINCE["image_activation"])
+    kind = networks.FUSION_KINDS.get(model_name)
+    config = replace(config, **{field: networks.KEYED_AT_DEFAULT_SINCE[field]  # no such layer to activate
+                                for field, kinds in networks.ACTIVATION_LAYER_KINDS.items() if kind not in kinds})
     return {k: v for k, v in config.key_dict().items() if k != "n_clinical"}
 
 
