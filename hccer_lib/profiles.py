@@ -108,6 +108,10 @@ class Profile:
             mean difference of neighbouring pixels and the mean SD of 3 × 3 neighbourhoods in the tumour's box): the
             image pathway is trained to read how its grey levels change from pixel to pixel, which holds the tumour's
             heterogeneity and how much the resize squeezed it. Training only, like the area. False: the area alone.
+        texture_size_free: with ``texture_target``, each texture statistic is a target as its log less what the
+            slice's log area tells of it (the residual of a least-squares line over the training slices), so that
+            the targets hold the tumour's texture and not, a second time, its size, which the resize's squeeze writes
+            into the statistics (``training.area_targets``). False: the statistics as they are.
         imagenet_required: the profile is the paper's fine-tuning of ImageNet weights: a
             run refuses to start without the weights file unless random initialisation is
             asked for explicitly (``imagenet.check_imagenet``).
@@ -146,6 +150,7 @@ class Profile:
     fusion_refit_image_scale: float = 1.0
     area_target: float = 0.0
     texture_target: bool = False
+    texture_size_free: bool = False
     clinical_activation: str = DEFAULT_LAYER_ACTIVATION
     image_activation: str = DEFAULT_LAYER_ACTIVATION
 
@@ -169,6 +174,8 @@ class Profile:
             raise ValueError(f"area_target is a loss weight, >= 0 (0: no area regression); got {self.area_target}")
         if self.texture_target and not self.area_target:
             raise ValueError("texture_target adds targets to the area regression: it needs area_target > 0")
+        if self.texture_size_free and not self.texture_target:
+            raise ValueError("texture_size_free changes the texture targets: it needs texture_target")
         if self.fusion_refit_image_scale <= 0:
             raise ValueError(f"fusion_refit_image_scale multiplies standardised features, > 0; got {self.fusion_refit_image_scale}")
         if not 0.0 <= self.train_min_area <= 1.0:
@@ -285,7 +292,10 @@ PROFILES["quick"] = replace(
     # 0.712 on dev seeds 5, 8, 12, 13; fusion_d_joint 0.711 -> 0.723, 0.683 -> 0.696, 0.723 -> 0.713, 0.724 -> 0.719 on
     # the same four; fusion A-D +0.004 to +0.032 on dev seeds 5 and 8 (docs/cpu_recipe.md, "Adopted: an area and texture
     # target"). The area alone gained nothing on average with 4 epochs (seven cohorts); a regression of all 33
-    # statistics of the crop (intensity too) gained nothing on dev seeds 5 and 8.
+    # statistics of the crop (intensity too) gained nothing on dev seeds 5 and 8. Neither did, on dev seeds 5, 8 and
+    # 12-15, the texture statistics with the size taken out (``texture_size_free``: fusion_d_joint +0.005, the deep
+    # model -0.005 on average) or the weight 3 (the deep model +0.003) (docs/cpu_recipe.md, "Tried, not adopted:
+    # size-free texture targets and a heavier target").
     area_target=1.0,
     texture_target=True,
     batch_size=32,

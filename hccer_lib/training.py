@@ -103,6 +103,8 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
         settings["area_target"] = profile.area_target
     if profile.texture_target:
         settings["texture_target"] = True
+    if profile.texture_size_free:
+        settings["texture_size_free"] = True
     for field, kinds in networks.ACTIVATION_LAYER_KINDS.items():  # keyed for the models that have the layer
         if (getattr(profile, field) != networks.KEYED_AT_DEFAULT_SINCE[field]
                 and (model_name is None or networks.FUSION_KINDS.get(model_name) in kinds)):
@@ -853,12 +855,13 @@ def _standardised(columns: np.ndarray) -> np.ndarray:
     return (columns - columns.mean(axis=0)) / np.where(spread > 0, spread, 1.0)
 
 
-def area_targets(roi_area_mm2, images=None, margin: float = 0.0) -> np.ndarray:
+def area_targets(roi_area_mm2, images=None, margin: float = 0.0, size_free: bool = False) -> np.ndarray:
     """The area regression's targets (``Profile.area_target``): each training slice's log tumour area (mm²),
     standardised over those slices (``[n]``). The log, because the crop's resize shrinks a tumour by its side, not its
     area. With ``images`` (``[n, H, W, phases]``, the slices' crops; ``Profile.texture_target``): ``[n, 2·phases + 1]``,
     the crops' :func:`texture_statistics` (the tumour's box inside the crop's fractional ``margin``) and then the log
-    area, each column standardised over the slices."""
+    area, each column standardised over the slices. ``size_free`` (``Profile.texture_size_free``): each statistic as
+    its log's residual from a least-squares line on the log area over the slices, before it is standardised."""
     areas = np.asarray(roi_area_mm2, dtype=np.float64)
     if not np.all(np.isfinite(areas) & (areas > 0)):
         raise ValueError("every training slice needs a tumour area above 0 mm² for the area target")
@@ -867,7 +870,17 @@ def area_targets(roi_area_mm2, images=None, margin: float = 0.0) -> np.ndarray:
         return logs
     if len(images) != len(areas):
         raise ValueError(f"the texture target needs one crop per slice: {len(images)} crops, {len(areas)} areas")
-    return _standardised(np.column_stack([texture_statistics(images, margin), logs]))
+    statistics = texture_statistics(images, margin)
+    if size_free:
+        statistics = _residuals_on(np.log(np.maximum(statistics, np.finfo(float).tiny)), np.log(areas))
+    return _standardised(np.column_stack([statistics, logs]))
+
+
+def _residuals_on(columns: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Each column of ``columns`` ``[n, k]`` less its least-squares line on ``x`` ``[n]`` (slope and intercept)."""
+    design = np.column_stack([np.ones_like(x), x])
+    coefficients, *_ = np.linalg.lstsq(design, columns, rcond=None)
+    return columns - design @ coefficients
 
 
 #: The statistics of :func:`texture_statistics`, in their order within each phase.
@@ -977,7 +990,8 @@ def train_fold(
     trainer, extra_targets = None, None
     if profile.area_target:
         crops = data.inputs["image"][fit_rows] if profile.texture_target else None
-        targets = area_targets(data.roi_area_mm2[fit_rows], crops, _crop_margin(dataset) if profile.texture_target else 0.0)
+        targets = area_targets(data.roi_area_mm2[fit_rows], crops, _crop_margin(dataset) if profile.texture_target else 0.0,
+                               size_free=profile.texture_size_free)
         trainer = fold_model.trainer(profile.area_target, fold_seed, units=1 if targets.ndim == 1 else targets.shape[1])
         extra_targets = {networks.AREA_HEAD: targets}
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,

@@ -854,6 +854,62 @@ def test_area_targets_with_crops_are_the_standardised_texture_statistics_then_th
         training.area_targets(areas, crops[:5], 0.25)
 
 
+def test_size_free_texture_targets_keep_what_the_area_does_not_tell():
+    """``size_free`` (``Profile.texture_size_free``): crops of vertical stripes 0 / a have the gradient a and the local
+    SD a √2 / 3 in every phase. With a = √area · h, the resize's squeeze of a textured tumour, each statistic's log is
+    ½ log area + log h (+ a constant): its residual on the log area is log h's, so with h uncorrelated with the log
+    area every texture column is log h standardised, where without ``size_free`` the first follows the log area. The
+    last column is the log area as without it."""
+    rng = np.random.default_rng(5)
+    areas = np.array([100.0, 150.0, 400.0, 90.0, 1600.0, 700.0, 250.0])
+    log_h = rng.standard_normal(len(areas))
+    design = np.column_stack([np.ones(len(areas)), np.log(areas)])
+    log_h -= design @ np.linalg.lstsq(design, log_h, rcond=None)[0]  # uncorrelated with the log area
+
+    def striped(amplitude):
+        crops = np.zeros((len(areas), 12, 12, 3))
+        crops[:, :, 1::2, :] = np.asarray(amplitude)[:, None, None, None]
+        return crops
+
+    targets = training.area_targets(areas, striped(np.sqrt(areas) * np.exp(log_h)), 0.25, size_free=True)
+    assert targets.shape == (len(areas), 7), targets.shape
+    expected = (log_h - log_h.mean()) / log_h.std()
+    for column in range(6):
+        np.testing.assert_allclose(targets[:, column], expected, atol=1e-9)
+    np.testing.assert_allclose(targets[:, -1], training.area_targets(areas))
+    as_they_are = training.area_targets(areas, striped(np.sqrt(areas) * np.exp(log_h)), 0.25)
+    assert abs(np.corrcoef(as_they_are[:, 0], np.log(areas))[0, 1]) > 0.5, "without it the size is in the texture"
+
+
+def test_size_free_texture_target_is_keyed_and_needs_the_texture_target(study, monkeypatch):
+    """``Profile.texture_size_free`` reaches the targets ``train_fold`` trains on, changes the run key (off: the keys
+    of before) and needs ``texture_target``."""
+    calls = []
+    real = training.fit_model
+
+    def recording(model, inputs, y, *args, trainer=None, extra_targets=None, **kwargs):
+        calls.append(None if extra_targets is None else extra_targets[networks.AREA_HEAD])
+        return real(model, inputs, y, *args, trainer=trainer, extra_targets=extra_targets, **kwargs)
+
+    monkeypatch.setattr(training, "fit_model", recording)
+    study.dataset.settings = {"margin": 0.25}
+    texture = replace(TINY_PROFILE, area_target=0.5, texture_target=True, texture_size_free=False)
+    size_free = replace(texture, texture_size_free=True)
+    _, data = training.train_fold("fusion_d_joint", study.dataset, study.clinical, study.folds, size_free, 0, seed=1,
+                                  imagenet="none")
+    np.testing.assert_allclose(calls[-1], training.area_targets(data.roi_area_mm2[data.fit], data.inputs["image"][data.fit],
+                                                                0.25, size_free=True))
+    with pytest.raises(ValueError, match="needs texture_target"):
+        replace(texture, texture_target=False, texture_size_free=True)
+
+    def key(profile):
+        return training.run_folder("deep_resnet50", study.dataset, study.clinical, study.folds, profile, study.work_dir,
+                                   seed=1, imagenet="none")[1]
+
+    assert "texture_size_free" not in key(texture)["profile_deep"], "off keeps the keys of before"
+    assert key(size_free)["key"] != key(texture)["key"]
+
+
 def test_texture_target_trains_on_the_fit_crops_is_keyed_and_needs_the_area_target(study, monkeypatch):
     """``Profile.texture_target``: ``train_fold`` trains the network with an area head of 7 units (3 phases × 2
     texture statistics and the area) on :func:`training.area_targets` of the fit slices' crops, at the margin of the
