@@ -861,7 +861,8 @@ def area_targets(roi_area_mm2, images=None, margin: float = 0.0, size_free: bool
     area. With ``images`` (``[n, H, W, phases]``, the slices' crops; ``Profile.texture_target``): ``[n, 2·phases + 1]``,
     the crops' :func:`texture_statistics` (the tumour's box inside the crop's fractional ``margin``) and then the log
     area, each column standardised over the slices. ``size_free`` (``Profile.texture_size_free``): each statistic as
-    its log's residual from a least-squares line on the log area over the slices, before it is standardised."""
+    its log's residual from a least-squares line on the log area over the slices, before it is standardised (a flat
+    phase, statistic 0, is a ``ValueError``)."""
     areas = np.asarray(roi_area_mm2, dtype=np.float64)
     if not np.all(np.isfinite(areas) & (areas > 0)):
         raise ValueError("every training slice needs a tumour area above 0 mm² for the area target")
@@ -872,7 +873,12 @@ def area_targets(roi_area_mm2, images=None, margin: float = 0.0, size_free: bool
         raise ValueError(f"the texture target needs one crop per slice: {len(images)} crops, {len(areas)} areas")
     statistics = texture_statistics(images, margin)
     if size_free:
-        statistics = _residuals_on(np.log(np.maximum(statistics, np.finfo(float).tiny)), np.log(areas))
+        flat = np.flatnonzero((statistics <= 0).any(axis=1))
+        if flat.size:
+            raise ValueError(f"the size-free texture target takes the log of each texture statistic, but {flat.size} "
+                             f"training slice(s) have a flat phase (statistic 0; rows {flat[:5].tolist()} of the "
+                             f"fit slices): leave texture_size_free off for this cohort")
+        statistics = _residuals_on(np.log(statistics), np.log(areas))
     return _standardised(np.column_stack([statistics, logs]))
 
 

@@ -859,7 +859,7 @@ def test_size_free_texture_targets_keep_what_the_area_does_not_tell():
     SD a √2 / 3 in every phase. With a = √area · h, the resize's squeeze of a textured tumour, each statistic's log is
     ½ log area + log h (+ a constant): its residual on the log area is log h's, so with h uncorrelated with the log
     area every texture column is log h standardised, where without ``size_free`` the first follows the log area. The
-    last column is the log area as without it."""
+    last column is the log area as without it. A flat crop (statistics 0, no log) is an error that names its row."""
     rng = np.random.default_rng(5)
     areas = np.array([100.0, 150.0, 400.0, 90.0, 1600.0, 700.0, 250.0])
     log_h = rng.standard_normal(len(areas))
@@ -879,6 +879,11 @@ def test_size_free_texture_targets_keep_what_the_area_does_not_tell():
     np.testing.assert_allclose(targets[:, -1], training.area_targets(areas))
     as_they_are = training.area_targets(areas, striped(np.sqrt(areas) * np.exp(log_h)), 0.25)
     assert abs(np.corrcoef(as_they_are[:, 0], np.log(areas))[0, 1]) > 0.5, "without it the size is in the texture"
+    flat = striped(np.sqrt(areas) * np.exp(log_h))
+    flat[2] = 0.0  # a flat crop: its statistics are 0, whose log is no target
+    with pytest.raises(ValueError, match=r"1 training slice\(s\) have a flat phase \(statistic 0; rows \[2\]"):
+        training.area_targets(areas, flat, 0.25, size_free=True)
+    assert np.all(np.isfinite(training.area_targets(areas, flat, 0.25))), "as they are, a flat crop is a target"
 
 
 def test_size_free_texture_target_is_keyed_and_needs_the_texture_target(study, monkeypatch):
