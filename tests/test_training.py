@@ -75,6 +75,13 @@ def run(study, model_name="fusion_d", seed=1, profile=TINY_PROFILE, **kwargs):
     )
 
 
+def _run_record(study, model_name: str, profile) -> dict:
+    """The run record (``key``, ``profile_deep``, ...) that ``training.run_folder`` gives ``model_name`` under
+    ``profile`` on the study (seed 1, no ImageNet)."""
+    return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
+                               seed=1, imagenet="none")[1]
+
+
 def test_tiny_clinical_gives_a_clinical_vector():
     matrix, names = clinical_matrix(tiny_clinical(), protocol="paper")
     assert matrix.shape[0] == N_PATIENTS and matrix.shape[1] >= 2, (matrix.shape, names)
@@ -573,8 +580,7 @@ def test_clinical_warm_start_sees_the_training_patients_only_and_keys_fusion_run
     assert penalty == pytest.approx(1 / (0.1 * len(training_patients))), "scikit-learn's C = 0.1 on these patients"
 
     def key(model_name, profile):
-        return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
-                                   seed=1, imagenet="none")[1]
+        return _run_record(study, model_name, profile)
 
     assert "clinical_warm_start" not in key("fusion_b", TINY_PROFILE)["profile_deep"], "the default keeps the earlier keys"
     assert training.training_settings(warm, "fusion_b")["clinical_warm_start"] == 0.1
@@ -715,8 +721,7 @@ def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, mo
     assert len(calls) == 2, "fusion_head_refit leaves the deep model's head as trained"
 
     def key(model_name, profile):
-        return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
-                                   seed=1, imagenet="none")[1]
+        return _run_record(study, model_name, profile)
 
     assert "head_refit" not in key("deep_resnet50", as_trained)["profile_deep"], "0 keeps the keys of before the setting"
     assert key("deep_resnet50", refit)["key"] != key("deep_resnet50", as_trained)["key"]
@@ -726,6 +731,20 @@ def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, mo
     other_scale = replace(fusion_refit, fusion_refit_image_scale=0.5)
     assert key("fusion_d", other_scale)["key"] != key("fusion_d", fusion_refit)["key"], "the scale is keyed"
     assert key("deep_resnet50", fusion_refit)["key"] == key("deep_resnet50", as_trained)["key"], "the fusion heads only"
+
+
+def _recorded_fits(monkeypatch) -> list:
+    """Record each ``training.fit_model`` call (it still trains): ``(trainer, the area head's targets, rows)``, the
+    targets ``None`` without the area head."""
+    calls = []
+    real = training.fit_model
+
+    def recording(model, inputs, y, *args, trainer=None, extra_targets=None, **kwargs):
+        calls.append((trainer, None if extra_targets is None else extra_targets[networks.AREA_HEAD], len(y)))
+        return real(model, inputs, y, *args, trainer=trainer, extra_targets=extra_targets, **kwargs)
+
+    monkeypatch.setattr(training, "fit_model", recording)
+    return calls
 
 
 def test_area_targets_are_the_standardised_log_areas_by_hand():
@@ -778,14 +797,7 @@ def test_area_target_reaches_every_network_is_seeded_and_keyed_only_when_set(stu
     """``Profile.area_target``: ``train_fold`` trains the network with the area head, on the standardised log areas of
     the fit slices (never the test fold's), for the deep model and a joint-loss fusion model alike; the same seed gives
     the same predictions; the setting changes the run key, and at 0 (the default) the keys are those of before it."""
-    calls = []
-    real = training.fit_model
-
-    def recording(model, inputs, y, *args, trainer=None, extra_targets=None, **kwargs):
-        calls.append((trainer, None if extra_targets is None else extra_targets[networks.AREA_HEAD], len(y)))
-        return real(model, inputs, y, *args, trainer=trainer, extra_targets=extra_targets, **kwargs)
-
-    monkeypatch.setattr(training, "fit_model", recording)
+    calls = _recorded_fits(monkeypatch)
     no_area = replace(TINY_PROFILE, area_target=0.0, texture_target=False)
     with_area = replace(no_area, area_target=0.5)
     predictions = []
@@ -803,8 +815,7 @@ def test_area_target_reaches_every_network_is_seeded_and_keyed_only_when_set(stu
     assert calls[-1][0] is None and calls[-1][1] is None, "0: no area head"
 
     def key(model_name, profile):
-        return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
-                                   seed=1, imagenet="none")[1]
+        return _run_record(study, model_name, profile)
 
     assert "area_target" not in key("deep_resnet50", no_area)["profile_deep"], "0 keeps the keys of before"
     for model_name in ("deep_resnet50", "fusion_d_joint"):
@@ -889,27 +900,19 @@ def test_size_free_texture_targets_keep_what_the_area_does_not_tell():
 def test_size_free_texture_target_is_keyed_and_needs_the_texture_target(study, monkeypatch):
     """``Profile.texture_size_free`` reaches the targets ``train_fold`` trains on, changes the run key (off: the keys
     of before) and needs ``texture_target``."""
-    calls = []
-    real = training.fit_model
-
-    def recording(model, inputs, y, *args, trainer=None, extra_targets=None, **kwargs):
-        calls.append(None if extra_targets is None else extra_targets[networks.AREA_HEAD])
-        return real(model, inputs, y, *args, trainer=trainer, extra_targets=extra_targets, **kwargs)
-
-    monkeypatch.setattr(training, "fit_model", recording)
+    calls = _recorded_fits(monkeypatch)
     study.dataset.settings = {"margin": 0.25}
     texture = replace(TINY_PROFILE, area_target=0.5, texture_target=True, texture_size_free=False)
     size_free = replace(texture, texture_size_free=True)
     _, data = training.train_fold("fusion_d_joint", study.dataset, study.clinical, study.folds, size_free, 0, seed=1,
                                   imagenet="none")
-    np.testing.assert_allclose(calls[-1], training.area_targets(data.roi_area_mm2[data.fit], data.inputs["image"][data.fit],
-                                                                0.25, size_free=True))
+    np.testing.assert_allclose(calls[-1][1], training.area_targets(data.roi_area_mm2[data.fit],
+                                                                   data.inputs["image"][data.fit], 0.25, size_free=True))
     with pytest.raises(ValueError, match="needs texture_target"):
         replace(texture, texture_target=False, texture_size_free=True)
 
     def key(profile):
-        return training.run_folder("deep_resnet50", study.dataset, study.clinical, study.folds, profile, study.work_dir,
-                                   seed=1, imagenet="none")[1]
+        return _run_record(study, "deep_resnet50", profile)
 
     assert "texture_size_free" not in key(texture)["profile_deep"], "off keeps the keys of before"
     assert key(size_free)["key"] != key(texture)["key"]
@@ -920,14 +923,7 @@ def test_texture_target_trains_on_the_fit_crops_is_keyed_and_needs_the_area_targ
     texture statistics and the area) on :func:`training.area_targets` of the fit slices' crops, at the margin of the
     dataset's settings; the setting changes the run key and needs ``area_target``; a dataset without settings is a
     clear error."""
-    calls = []
-    real = training.fit_model
-
-    def recording(model, inputs, y, *args, trainer=None, extra_targets=None, **kwargs):
-        calls.append((trainer, None if extra_targets is None else extra_targets[networks.AREA_HEAD]))
-        return real(model, inputs, y, *args, trainer=trainer, extra_targets=extra_targets, **kwargs)
-
-    monkeypatch.setattr(training, "fit_model", recording)
+    calls = _recorded_fits(monkeypatch)
     area_only = replace(TINY_PROFILE, area_target=0.5, texture_target=False)
     with_texture = replace(area_only, texture_target=True)
     del study.dataset.settings
@@ -938,7 +934,7 @@ def test_texture_target_trains_on_the_fit_crops_is_keyed_and_needs_the_area_targ
     for model_name in ("deep_resnet50", "fusion_d_joint"):
         _, data = training.train_fold(model_name, study.dataset, study.clinical, study.folds, with_texture, 0, seed=1,
                                       imagenet="none")
-        trainer, targets = calls[-1]
+        trainer, targets, _ = calls[-1]
         assert tuple(trainer.output[networks.AREA_HEAD].shape) == (None, 7), model_name
         expected = training.area_targets(data.roi_area_mm2[data.fit], data.inputs["image"][data.fit], 0.25)
         np.testing.assert_allclose(targets, expected)
@@ -950,8 +946,7 @@ def test_texture_target_trains_on_the_fit_crops_is_keyed_and_needs_the_area_targ
         networks.with_area_head(networks.build_model("deep_resnet50", training.network_config(TINY_PROFILE, 9, imagenet="none")), 0)
 
     def key(profile):
-        return training.run_folder("deep_resnet50", study.dataset, study.clinical, study.folds, profile, study.work_dir,
-                                   seed=1, imagenet="none")[1]
+        return _run_record(study, "deep_resnet50", profile)
 
     assert "texture_target" not in key(area_only)["profile_deep"], "off keeps the keys of before"
     assert key(with_texture)["key"] != key(area_only)["key"]
@@ -968,8 +963,7 @@ def test_clinical_activation_reaches_c_and_d_and_keys_only_their_runs(study):
     assert built.clinical_activation == "linear"
 
     def key(model_name, profile):
-        return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
-                                   seed=1, imagenet="none")[1]
+        return _run_record(study, model_name, profile)
 
     assert "clinical_activation" not in key("fusion_d", relu)["profile_deep"], "ReLU keeps the keys of before"
     for model_name in ("fusion_c", "fusion_d", "fusion_d_joint"):
@@ -990,8 +984,7 @@ def test_image_activation_reaches_b_c_and_d_and_keys_only_their_runs(study):
     assert model.config.image_activation == "linear"
 
     def key(model_name, profile):
-        return training.run_folder(model_name, study.dataset, study.clinical, study.folds, profile, study.work_dir,
-                                   seed=1, imagenet="none")[1]
+        return _run_record(study, model_name, profile)
 
     assert "image_activation" not in key("fusion_d", relu)["profile_deep"], "ReLU keeps the keys of before"
     assert "image_activation" not in key("fusion_d", relu)["network"], "ReLU keeps the keys of before"
