@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 
 #: The ways of drawing an epoch's training rows (``Profile.train_sampling``).
-TRAIN_SAMPLINGS = ("slice", "patient")
+TRAIN_SAMPLINGS = ("slice", "patient", "class")
 #: The initial weights the fusion models' softmax heads may start from (``Profile.fusion_head_init``).
 HEAD_INITS = ("glorot_uniform", "zeros")
 #: The activations of the fusion models' own FC layers: C and D's clinical layer (``Profile.clinical_activation``) and
@@ -71,7 +71,9 @@ class Profile:
         train_sampling: how each epoch's training rows are drawn. ``"slice"``: every slice once, in
             a new order. ``"patient"``: as many rows, drawn with replacement so that every patient
             weighs alike and its slices by the tumour's area in them (``training.sampling_weights``),
-            as a patient's probability counts them. ``"slice"`` is the paper's training.
+            as a patient's probability counts them. ``"class"``: as many rows, drawn with replacement so
+            that each class (early recurrence or not) weighs alike and, within it, every slice alike
+            (``training.class_balanced_weights``). ``"slice"`` is the paper's training.
         image_dropout: share of the image pathway's features dropped at random in each
             training step where they meet the clinical pathway in the fusion models
             (``networks.NetworkConfig.image_dropout``); 0 is the paper's networks.

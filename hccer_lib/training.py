@@ -333,7 +333,7 @@ def fit_model(
     held-out *training* patients), the model ends with the weights of the epoch whose
     patient-level AUC on them was best (:class:`BestEpoch`, predicting as the test fold will be:
     ``test_symmetries``, see :func:`predict_probability`). ``row_weights``: each row's probability of
-    being drawn (``Profile.train_sampling``, :func:`sampling_weights`). ``shift``: with ``augment``, each
+    being drawn (``Profile.train_sampling``, :func:`sampling_weights`, :func:`class_balanced_weights`). ``shift``: with ``augment``, each
     training image is also moved by up to this many pixels (``Profile.augment_shift``). ``trainer``: a compiled model
     on ``model``'s layers with more outputs (:func:`networks.with_area_head`) that is trained instead, on the labels
     and ``extra_targets`` (``{output: [n]}``); ``model`` shares its weights. Returns the Keras History;
@@ -764,6 +764,16 @@ def sampling_weights(patient_id, roi_area_mm2) -> np.ndarray:
     return (shares / shares.sum()).to_numpy()
 
 
+def class_balanced_weights(y) -> np.ndarray:
+    """Probability of drawing each training row ``[n]`` under ``Profile.train_sampling = "class"``: each class
+    (0/1 label) weighs one half, shared alike by its rows, so an epoch holds about as many rows of either class."""
+    y = np.asarray(y).astype(int)
+    counts = np.bincount(y, minlength=2)
+    if (counts == 0).any():
+        raise ValueError(f"class-balanced sampling needs rows of both classes; the training rows have {counts.tolist()} of 0 / 1")
+    return 1.0 / (len(counts) * counts[y])
+
+
 def area_weighted_patient_means(values: np.ndarray, patient_id, roi_area_mm2) -> pd.DataFrame:
     """``[patients, k]``: each patient's rows of ``values`` ``[n, k]`` averaged with weights proportional to the
     tumour's area in each slice (mm², ``[n]``), as a patient's probability weighs its slices
@@ -989,6 +999,8 @@ def train_fold(
     sampling = None
     if profile.train_sampling == "patient":
         sampling = sampling_weights(data.patient_id[fit_rows], data.roi_area_mm2[fit_rows])
+    elif profile.train_sampling == "class":
+        sampling = class_balanced_weights(data.y[fit_rows])
     validation = None
     if data.validation.any():
         validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation],

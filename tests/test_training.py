@@ -420,6 +420,23 @@ def test_patient_sampling_reaches_the_training(study):
     assert not np.allclose(drawn["y_prob"], plain["y_prob"]), "other batches must give another network"
 
 
+def test_class_sampling_weighs_each_class_one_half_by_hand():
+    # three rows without early recurrence, one with: each class 1/2, shared alike by its rows
+    weights = training.class_balanced_weights([0, 1, 0, 0])
+    np.testing.assert_allclose(weights, [1 / 6, 1 / 2, 1 / 6, 1 / 6], err_msg=str(weights))
+    with pytest.raises(ValueError, match=r"both classes.*\[3, 0\]"):
+        training.class_balanced_weights([0, 0, 0])
+
+
+def test_class_sampling_reaches_the_training_and_the_run_key(study):
+    balanced = replace(TINY_PROFILE, train_sampling="class")
+    plain = run(study, model_name="deep_resnet50", seed=3, profile=TINY_PROFILE)
+    drawn = run(study, model_name="deep_resnet50", seed=3, profile=balanced)
+    assert len(drawn) == len(plain) == N_PATIENTS * SLICES_PER_PATIENT, "every slice is predicted"
+    assert not np.allclose(drawn["y_prob"], plain["y_prob"]), "other batches must give another network"
+    assert training.training_settings(balanced)["train_sampling"] == "class", "the sampling keys the run"
+
+
 def test_area_shares_are_each_slices_area_over_its_patients_largest_by_hand():
     dataset = SimpleNamespace(patient_id=np.array(["A", "A", "B", "B", "B"]), roi_area_mm2=np.array([50.0, 100.0, 30.0, 60.0, 60.0]))
     assert training.area_shares(dataset).tolist() == [0.5, 1.0, 0.5, 1.0, 1.0]
