@@ -413,11 +413,15 @@ def test_patient_sampling_weighs_every_patient_alike_and_its_slices_by_area_by_h
         replace(TINY_PROFILE, train_sampling="patients")
 
 
-def test_patient_sampling_reaches_the_training(study):
+@pytest.mark.parametrize("sampling", ["patient", "class"])
+def test_weighted_sampling_reaches_the_training_and_the_run_key(study, sampling):
+    weighted = replace(TINY_PROFILE, train_sampling=sampling)
     plain = run(study, model_name="deep_resnet50", seed=3, profile=TINY_PROFILE)
-    drawn = run(study, model_name="deep_resnet50", seed=3, profile=replace(TINY_PROFILE, train_sampling="patient"))
+    drawn = run(study, model_name="deep_resnet50", seed=3, profile=weighted)
     assert len(drawn) == len(plain) == N_PATIENTS * SLICES_PER_PATIENT, "every slice is predicted"
     assert not np.allclose(drawn["y_prob"], plain["y_prob"]), "other batches must give another network"
+    assert training.training_settings(weighted)["train_sampling"] == sampling, "the sampling keys the run"
+    assert _run_record(study, "deep_resnet50", weighted)["key"] != _run_record(study, "deep_resnet50", TINY_PROFILE)["key"]
 
 
 def test_class_sampling_weighs_each_class_one_half_by_hand():
@@ -426,15 +430,6 @@ def test_class_sampling_weighs_each_class_one_half_by_hand():
     np.testing.assert_allclose(weights, [1 / 6, 1 / 2, 1 / 6, 1 / 6], err_msg=str(weights))
     with pytest.raises(ValueError, match=r"both classes.*\[3, 0\]"):
         training.class_balanced_weights([0, 0, 0])
-
-
-def test_class_sampling_reaches_the_training_and_the_run_key(study):
-    balanced = replace(TINY_PROFILE, train_sampling="class")
-    plain = run(study, model_name="deep_resnet50", seed=3, profile=TINY_PROFILE)
-    drawn = run(study, model_name="deep_resnet50", seed=3, profile=balanced)
-    assert len(drawn) == len(plain) == N_PATIENTS * SLICES_PER_PATIENT, "every slice is predicted"
-    assert not np.allclose(drawn["y_prob"], plain["y_prob"]), "other batches must give another network"
-    assert training.training_settings(balanced)["train_sampling"] == "class", "the sampling keys the run"
 
 
 def test_area_shares_are_each_slices_area_over_its_patients_largest_by_hand():
