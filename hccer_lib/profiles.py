@@ -114,6 +114,11 @@ class Profile:
             slice's log area tells of it (the residual of a least-squares line over the training slices), so that
             the targets hold the tumour's texture and not, a second time, its size, which the resize's squeeze writes
             into the statistics (``training.area_targets``). False: the statistics as they are.
+        image_warm_start: above 0, a joint-loss model's image pathway (with its own head, and the area regression of
+            ``area_target``) is first trained alone for this many epochs on the image loss of equation (4)
+            (``training.FoldModel.image_stage``), then the whole network for ``epochs`` on the joint loss, its
+            optimizer and learning-rate schedule started anew; 0: the joint loss from the start, the paper's training.
+            Other networks are not changed by it.
         imagenet_required: the profile is the paper's fine-tuning of ImageNet weights: a
             run refuses to start without the weights file unless random initialisation is
             asked for explicitly (``imagenet.check_imagenet``).
@@ -153,6 +158,7 @@ class Profile:
     area_target: float = 0.0
     texture_target: bool = False
     texture_size_free: bool = False
+    image_warm_start: int = 0
     clinical_activation: str = DEFAULT_LAYER_ACTIVATION
     image_activation: str = DEFAULT_LAYER_ACTIVATION
 
@@ -178,6 +184,8 @@ class Profile:
             raise ValueError("texture_target adds targets to the area regression: it needs area_target > 0")
         if self.texture_size_free and not self.texture_target:
             raise ValueError("texture_size_free changes the texture targets: it needs texture_target")
+        if self.image_warm_start < 0:
+            raise ValueError(f"image_warm_start is a number of epochs, >= 0 (0: no warm start); got {self.image_warm_start}")
         if self.fusion_refit_image_scale <= 0:
             raise ValueError(f"fusion_refit_image_scale multiplies standardised features, > 0; got {self.fusion_refit_image_scale}")
         if not 0.0 <= self.train_min_area <= 1.0:

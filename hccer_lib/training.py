@@ -109,6 +109,8 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
         if (getattr(profile, field) != networks.KEYED_AT_DEFAULT_SINCE[field]
                 and (model_name is None or networks.FUSION_KINDS.get(model_name) in kinds)):
             settings[field] = getattr(profile, field)
+    if profile.image_warm_start and (model_name is None or model_name.endswith("_joint")):
+        settings["image_warm_start"] = profile.image_warm_start
     if profile.fusion_head_refit and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["fusion_head_refit"] = profile.fusion_head_refit
         settings["fusion_refit_image_scale"] = profile.fusion_refit_image_scale
@@ -119,6 +121,8 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
 TRAINING_VERSION = 9
 #: Distance between two training seeds of a run (more than any number of folds).
 TRAIN_SEED_STEP = 1000
+#: Added to a fold's seed for the batches of ``Profile.image_warm_start``'s stage (between two training seeds).
+IMAGE_STAGE_SEED_OFFSET = TRAIN_SEED_STEP // 2
 
 
 def _cpu_without_gpu_on_tensorflow() -> bool:
@@ -526,6 +530,7 @@ class FoldModel:
         self.model: keras.Model | None = None
         self.initial_weights: dict[int, tuple[list, list]] = {}  # seed -> (weights, random states)
         self.trainers: dict[tuple[float, int], keras.Model] = {}  # (area weight, units) -> compiled with_area_head model
+        self.image_stages: dict[tuple[float, int], tuple] = {}  # (area weight, units) -> image_stage's two models
 
     def fresh(self, config: networks.NetworkConfig, seed: int) -> keras.Model:
         """The compiled network of ``config`` with the initial weights of ``seed``."""
@@ -533,7 +538,7 @@ class FoldModel:
             keras.backend.clear_session()
             self.model = networks.compile_model(networks.build_model(self.model_name, config), self.learning_rate,
                                                 self.weight_decay, self.xla)
-            self.config, self.initial_weights, self.trainers = config, {}, {}
+            self.config, self.initial_weights, self.trainers, self.image_stages = config, {}, {}, {}
         if seed not in self.initial_weights:
             keras.utils.set_random_seed(seed)
             built = networks.build_model(self.model_name, config)
@@ -557,13 +562,44 @@ class FoldModel:
                 networks.with_area_head(self.model, units), self.learning_rate, self.weight_decay, self.xla,
                 area_weight=area_weight)
         trainer = self.trainers[area_weight, units]
-        head = trainer.get_layer("area_head")
-        n_in = int(head.kernel.shape[0])
-        limit = np.sqrt(6.0 / (n_in + units))
-        kernel = np.random.default_rng(seed).uniform(-limit, limit, (n_in, units)).astype(np.float32)
-        head.set_weights([kernel, np.zeros(units, dtype=np.float32)])
+        start_area_head(trainer, seed)
         reset_optimizer(trainer, self.learning_rate)
         return trainer
+
+    def image_stage(self, area_weight: float, seed: int, units: int = 1) -> tuple[keras.Model, keras.Model | None]:
+        """The image pathway of the last :meth:`fresh` joint-loss network with its own head (``image_head``), as a
+        model of the image alone, and the training model that adds the area regression of ``units`` targets to it
+        (``None`` where ``area_weight`` is 0); both share the network's layers, are compiled once per weight and
+        number of targets, and come with their optimizers reset and the area head started from ``seed``
+        (``Profile.image_warm_start``)."""
+        if self.model is None:
+            raise RuntimeError("call fresh() before image_stage()")
+        if not networks.has_joint_loss(self.model):
+            raise ValueError(f"{self.model_name} has no image head of its own: image_warm_start needs the joint loss")
+        if (area_weight, units) not in self.image_stages:
+            stage = networks.compile_model(
+                keras.Model({"image": self.model.input["image"]}, self.model.output["image"],
+                            name=f"{self.model.name}_image_stage"), self.learning_rate, self.weight_decay, self.xla)
+            trainer = None
+            if area_weight:
+                trainer = networks.compile_model(networks.with_area_head(stage, units), self.learning_rate,
+                                                 self.weight_decay, self.xla, area_weight=area_weight)
+            self.image_stages[area_weight, units] = (stage, trainer)
+        stage, trainer = self.image_stages[area_weight, units]
+        reset_optimizer(stage, self.learning_rate)
+        if trainer is not None:
+            start_area_head(trainer, seed)
+            reset_optimizer(trainer, self.learning_rate)
+        return stage, trainer
+
+
+def start_area_head(trainer: keras.Model, seed: int) -> None:
+    """Draw the initial weights of ``trainer``'s area head from ``seed``: Glorot uniform, bias 0."""
+    head = trainer.get_layer("area_head")
+    n_in, units = (int(n) for n in head.kernel.shape)
+    limit = np.sqrt(6.0 / (n_in + units))
+    kernel = np.random.default_rng(seed).uniform(-limit, limit, (n_in, units)).astype(np.float32)
+    head.set_weights([kernel, np.zeros(units, dtype=np.float32)])
 
 
 @fast_cpu_graphs()
@@ -1012,6 +1048,13 @@ def train_fold(
                                size_free=profile.texture_size_free)
         trainer = fold_model.trainer(profile.area_target, fold_seed, units=1 if targets.ndim == 1 else targets.shape[1])
         extra_targets = {networks.AREA_HEAD: targets}
+    if profile.image_warm_start and networks.has_joint_loss(model):  # the image pathway alone first, on the image head's loss (and the area's)
+        stage, stage_trainer = fold_model.image_stage(profile.area_target, fold_seed, units=(
+            1 if extra_targets is None or extra_targets[networks.AREA_HEAD].ndim == 1 else extra_targets[networks.AREA_HEAD].shape[1]))
+        fit_model(stage, {"image": data.inputs["image"][fit_rows]}, data.y[fit_rows], profile.image_warm_start,
+                  profile.batch_size, verbose, fold_seed + IMAGE_STAGE_SEED_OFFSET, augment=profile.augment,
+                  lr_schedule=profile.lr_schedule, row_weights=sampling, shift=profile.augment_shift,
+                  trainer=stage_trainer, extra_targets=extra_targets)
     fit_model(model, data.subset(fit_rows), data.y[fit_rows], profile.epochs, profile.batch_size, verbose, fold_seed,
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
               test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift,

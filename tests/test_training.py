@@ -1007,3 +1007,65 @@ def test_image_activation_reaches_b_c_and_d_and_keys_only_their_runs(study):
         assert key(model_name, linear)["key"] == key(model_name, relu)["key"], model_name
     with pytest.raises(ValueError, match="image_activation"):
         replace(TINY_PROFILE, image_activation="tanh")
+
+
+def test_image_warm_start_trains_the_image_pathway_alone_first_and_keys_joint_runs_only(study, monkeypatch):
+    """``Profile.image_warm_start``: a joint-loss model's fold is trained in two stages. The first fits the image
+    pathway with its own head (and the area regression) on the image alone, for the profile's number of epochs, on
+    the same training rows; it moves the image pathway's and the image head's weights and not one weight of the
+    clinical pathway or the fused head. Then the whole network is trained as before. Networks without the joint loss
+    train as without the setting, and only the joint-loss models' run keys change."""
+    calls, at_stage = [], []
+    real_fit, real_stage = training.fit_model, training.FoldModel.image_stage
+
+    def weights_of(model, names):
+        return {name: [w.copy() for w in model.get_layer(name).get_weights()] for name in names}
+
+    def recording_fit(model, inputs, y, epochs, *args, **kwargs):
+        names = [layer.name for layer in model.layers if layer.get_weights()]
+        before = weights_of(model, names)
+        history = real_fit(model, inputs, y, epochs, *args, **kwargs)
+        calls.append(SimpleNamespace(model=model, inputs=sorted(inputs), rows=len(y), epochs=epochs,
+                                     trainer=kwargs.get("trainer"), before=before, after=weights_of(model, names)))
+        return history
+
+    def recording_stage(self, *args, **kwargs):
+        at_stage.append(weights_of(self.model, ["clinical_fc", "clinical_head", "fused"]))
+        return real_stage(self, *args, **kwargs)
+
+    monkeypatch.setattr(training, "fit_model", recording_fit)
+    monkeypatch.setattr(training.FoldModel, "image_stage", recording_stage)
+    plain = replace(TINY_PROFILE, epochs=2, area_target=0.5, texture_target=False)
+    warm = replace(plain, image_warm_start=3)
+    model, data = training.train_fold("fusion_d_joint", study.dataset, study.clinical, study.folds, warm, 0, seed=1,
+                                      imagenet="none")
+    assert len(calls) == 2 and len(at_stage) == 1, [c.model.name for c in calls]
+    stage, joint = calls
+    assert stage.model.name == "fusion_d_joint_image_stage" and stage.inputs == ["image"] and stage.epochs == 3
+    assert stage.rows == joint.rows == data.fit.sum() and joint.epochs == 2 and joint.model is model
+    assert networks.AREA_HEAD in stage.trainer.output, "the area regression trains the pathway in the first stage too"
+    pathway = next(layer.name for layer in model.layers if isinstance(layer, keras.Model))
+    for name in (pathway, "image_fc", "image_head"):
+        assert any(not np.array_equal(a, b) for a, b in zip(stage.before[name], stage.after[name], strict=True)), name
+    for name in ("clinical_fc", "clinical_head", "fused"):
+        for start, after_stage in zip(at_stage[0][name], joint.before[name], strict=True):
+            np.testing.assert_array_equal(start, after_stage, err_msg=f"{name} moved in the image stage")
+    assert any(not np.array_equal(a, b) for a, b in zip(joint.before["fused"], joint.after["fused"], strict=True))
+    calls.clear()
+    predictions = {}
+    for profile in (plain, warm):
+        model, data = training.train_fold("fusion_d", study.dataset, study.clinical, study.folds, profile, 0, seed=1,
+                                          imagenet="none")
+        predictions[profile.image_warm_start] = training.predict_probability(model, data.subset(data.test))
+    assert len(calls) == 2 and len(at_stage) == 1, "one stage each: fusion D has no image head of its own"
+    np.testing.assert_array_equal(predictions[0], predictions[3])
+    assert "image_warm_start" not in _run_record(study, "fusion_d_joint", plain)["profile_deep"], "0 keeps the keys"
+    assert _run_record(study, "fusion_d_joint", warm)["key"] != _run_record(study, "fusion_d_joint", plain)["key"]
+    for model_name in ("deep_resnet50", "fusion_d"):
+        assert _run_record(study, model_name, warm)["key"] == _run_record(study, model_name, plain)["key"], model_name
+    with pytest.raises(ValueError, match="image_warm_start"):
+        replace(TINY_PROFILE, image_warm_start=-1)
+    fold_model = training.FoldModel("fusion_d", 1e-3)
+    fold_model.fresh(data.config, 1)
+    with pytest.raises(ValueError, match="joint loss"):
+        real_stage(fold_model, 0.0, 1)
