@@ -1009,7 +1009,9 @@ def train_fold(
     ``profile.head_refit`` (the deep model) or ``profile.fusion_head_refit`` (a fusion model), the network's fused
     head is then fitted anew on the training patients (:func:`refit_head`; never the test fold, nor held-out
     validation patients). The
-    whole-cohort fit (``fold=None``) is seeded with ``seed + n_folds``, after the folds'.
+    whole-cohort fit (``fold=None``) is seeded with ``seed + n_folds``, after the folds'. With
+    ``profile.image_warm_start``, a joint-loss network's image pathway is first trained alone with its own head
+    (:meth:`FoldModel.image_stage`, its batches seeded with ``seed + fold +`` :data:`IMAGE_STAGE_SEED_OFFSET`).
     With ``profile.validation_fraction > 0`` a share of the training patients is held out
     for the choice of the epoch (``data.validation``; the network's history says which,
     ``model.history.best_epoch``). ``fold_model``: a :class:`FoldModel` to reuse (its
@@ -1041,16 +1043,16 @@ def train_fold(
     if data.validation.any():
         validation = (data.subset(data.validation), data.y[data.validation], data.patient_id[data.validation],
                       data.roi_area_mm2[data.validation])
-    trainer, extra_targets = None, None
+    trainer, extra_targets, units = None, None, 1
     if profile.area_target:
         crops = data.inputs["image"][fit_rows] if profile.texture_target else None
         targets = area_targets(data.roi_area_mm2[fit_rows], crops, _crop_margin(dataset) if profile.texture_target else 0.0,
                                size_free=profile.texture_size_free)
-        trainer = fold_model.trainer(profile.area_target, fold_seed, units=1 if targets.ndim == 1 else targets.shape[1])
+        units = 1 if targets.ndim == 1 else targets.shape[1]
+        trainer = fold_model.trainer(profile.area_target, fold_seed, units=units)
         extra_targets = {networks.AREA_HEAD: targets}
-    if profile.image_warm_start and networks.has_joint_loss(model):  # the image pathway alone first, on the image head's loss (and the area's)
-        stage, stage_trainer = fold_model.image_stage(profile.area_target, fold_seed, units=(
-            1 if extra_targets is None or extra_targets[networks.AREA_HEAD].ndim == 1 else extra_targets[networks.AREA_HEAD].shape[1]))
+    if profile.image_warm_start and networks.has_joint_loss(model):  # the image pathway alone first (its head's loss)
+        stage, stage_trainer = fold_model.image_stage(profile.area_target, fold_seed, units=units)
         fit_model(stage, {"image": data.inputs["image"][fit_rows]}, data.y[fit_rows], profile.image_warm_start,
                   profile.batch_size, verbose, fold_seed + IMAGE_STAGE_SEED_OFFSET, augment=profile.augment,
                   lr_schedule=profile.lr_schedule, row_weights=sampling, shift=profile.augment_shift,
