@@ -530,7 +530,8 @@ class FoldModel:
         self.model: keras.Model | None = None
         self.initial_weights: dict[int, tuple[list, list]] = {}  # seed -> (weights, random states)
         self.trainers: dict[tuple[float, int], keras.Model] = {}  # (area weight, units) -> compiled with_area_head model
-        self.image_stages: dict[tuple[float, int], tuple] = {}  # (area weight, units) -> image_stage's two models
+        self.image_model: keras.Model | None = None  # image_stage's model of the image alone
+        self.image_trainers: dict[tuple[float, int], keras.Model] = {}  # the same as trainers, on image_model
 
     def fresh(self, config: networks.NetworkConfig, seed: int) -> keras.Model:
         """The compiled network of ``config`` with the initial weights of ``seed``."""
@@ -538,7 +539,8 @@ class FoldModel:
             keras.backend.clear_session()
             self.model = networks.compile_model(networks.build_model(self.model_name, config), self.learning_rate,
                                                 self.weight_decay, self.xla)
-            self.config, self.initial_weights, self.trainers, self.image_stages = config, {}, {}, {}
+            self.config, self.initial_weights, self.trainers = config, {}, {}
+            self.image_model, self.image_trainers = None, {}
         if seed not in self.initial_weights:
             keras.utils.set_random_seed(seed)
             built = networks.build_model(self.model_name, config)
@@ -557,49 +559,41 @@ class FoldModel:
         ``seed`` (Glorot uniform, bias 0) and its optimizer reset."""
         if self.model is None:
             raise RuntimeError("call fresh() before trainer()")
-        if (area_weight, units) not in self.trainers:
-            self.trainers[area_weight, units] = networks.compile_model(
-                networks.with_area_head(self.model, units), self.learning_rate, self.weight_decay, self.xla,
-                area_weight=area_weight)
-        trainer = self.trainers[area_weight, units]
-        start_area_head(trainer, seed)
-        reset_optimizer(trainer, self.learning_rate)
-        return trainer
+        return self._area_trainer(self.trainers, self.model, area_weight, seed, units)
 
     def image_stage(self, area_weight: float, seed: int, units: int = 1) -> tuple[keras.Model, keras.Model | None]:
         """The image pathway of the last :meth:`fresh` joint-loss network with its own head (``image_head``), as a
-        model of the image alone, and the training model that adds the area regression of ``units`` targets to it
-        (``None`` where ``area_weight`` is 0); both share the network's layers, are compiled once per weight and
-        number of targets, and come with their optimizers reset and the area head started from ``seed``
-        (``Profile.image_warm_start``)."""
+        model of the image alone (compiled once), and the training model that adds the area regression of ``units``
+        targets to it as :meth:`trainer` does (``None`` where ``area_weight`` is 0); both share the network's layers
+        and come with their optimizers reset and the area head started from ``seed`` (``Profile.image_warm_start``)."""
         if self.model is None:
             raise RuntimeError("call fresh() before image_stage()")
         if not networks.has_joint_loss(self.model):
             raise ValueError(f"{self.model_name} has no image head of its own: image_warm_start needs the joint loss")
-        if (area_weight, units) not in self.image_stages:
-            stage = networks.compile_model(
+        if self.image_model is None:
+            self.image_model = networks.compile_model(
                 keras.Model({"image": self.model.input["image"]}, self.model.output["image"],
                             name=f"{self.model.name}_image_stage"), self.learning_rate, self.weight_decay, self.xla)
-            trainer = None
-            if area_weight:
-                trainer = networks.compile_model(networks.with_area_head(stage, units), self.learning_rate,
-                                                 self.weight_decay, self.xla, area_weight=area_weight)
-            self.image_stages[area_weight, units] = (stage, trainer)
-        stage, trainer = self.image_stages[area_weight, units]
-        reset_optimizer(stage, self.learning_rate)
-        if trainer is not None:
-            start_area_head(trainer, seed)
-            reset_optimizer(trainer, self.learning_rate)
-        return stage, trainer
+        reset_optimizer(self.image_model, self.learning_rate)
+        trainer = (self._area_trainer(self.image_trainers, self.image_model, area_weight, seed, units)
+                   if area_weight else None)
+        return self.image_model, trainer
 
-
-def start_area_head(trainer: keras.Model, seed: int) -> None:
-    """Draw the initial weights of ``trainer``'s area head from ``seed``: Glorot uniform, bias 0."""
-    head = trainer.get_layer("area_head")
-    n_in, units = (int(n) for n in head.kernel.shape)
-    limit = np.sqrt(6.0 / (n_in + units))
-    kernel = np.random.default_rng(seed).uniform(-limit, limit, (n_in, units)).astype(np.float32)
-    head.set_weights([kernel, np.zeros(units, dtype=np.float32)])
+    def _area_trainer(self, compiled: dict, base: keras.Model, area_weight: float, seed: int, units: int) -> keras.Model:
+        """``base`` with the area regression (:func:`networks.with_area_head`), compiled once per weight and number of
+        targets into ``compiled``; its area head started from ``seed`` and its optimizer reset."""
+        if (area_weight, units) not in compiled:
+            compiled[area_weight, units] = networks.compile_model(
+                networks.with_area_head(base, units), self.learning_rate, self.weight_decay, self.xla,
+                area_weight=area_weight)
+        trainer = compiled[area_weight, units]
+        head = trainer.get_layer("area_head")  # Glorot uniform from the seed, bias 0
+        n_in = int(head.kernel.shape[0])
+        limit = np.sqrt(6.0 / (n_in + units))
+        kernel = np.random.default_rng(seed).uniform(-limit, limit, (n_in, units)).astype(np.float32)
+        head.set_weights([kernel, np.zeros(units, dtype=np.float32)])
+        reset_optimizer(trainer, self.learning_rate)
+        return trainer
 
 
 @fast_cpu_graphs()
