@@ -25,7 +25,7 @@ the learning rate falls per epoch from ``learning_rate`` towards 0) and ``augmen
 symmetries that ``augment`` trains on and averages them (:func:`predict_probability`);
 ``head_refit`` fits the deep model's softmax head anew, after its training, as a penalised logistic
 regression on its own pooled features of the fold's training patients (:func:`refit_head`;
-``fusion_head_refit`` does the same for the fusion models' fused head, tried and not adopted). The
+``fusion_head_refit`` does the same for the fusion models' fused head). The
 ``paper`` profile uses none of them.
 
 Resuming: each finished fold is saved as ``<work_dir>/runs/<model>/<settings key>/
