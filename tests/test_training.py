@@ -710,7 +710,8 @@ def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, mo
         return real(model, inputs, y, patient_id, roi_area_mm2, C, symmetries=symmetries, image_scale=image_scale)
 
     monkeypatch.setattr(training, "refit_head", recording)
-    as_trained, refit = replace(TINY_PROFILE, head_refit=0.0), replace(TINY_PROFILE, head_refit=0.01)
+    as_trained = replace(TINY_PROFILE, head_refit=0.0, fusion_head_refit=0.0, fusion_refit_image_scale=1.0)
+    refit = replace(as_trained, head_refit=0.01)
     model, data = training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, refit, 0, seed=1,
                                       imagenet="none")
     assert len(calls) == 1, len(calls)
