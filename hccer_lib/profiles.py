@@ -289,8 +289,8 @@ PROFILES["quick"] = replace(
     # 0.730, 0.699 -> 0.698, 0.716 -> 0.722, 0.729 -> 0.737, 0.731 -> 0.757, 0.697 -> 0.702 on dev seeds 5, 8, 12, 13,
     # 14, 15 (+0.008 on average), and 0.740 -> 0.740, 0.735 -> 0.745 on dev seeds 16 and 17, measured after the choice;
     # fusion A-D on dev seeds 5, 8 and 14: -0.003 / -0.004 / +0.053, +0.002 / -0.010 / +0.034, +0.006 / -0.001 / +0.023,
-    # +0.003 / -0.001 / +0.024. The head as trained underweights the
-    # image where the image pathway learns well (dev seed 14: every fusion model below the deep model alone, 0.750).
+    # +0.003 / -0.001 / +0.024. The head as trained underweights the image where the image pathway learns well (dev
+    # seed 14: every fusion model below the deep model alone, 0.750).
     # With one penalty for both branches, or the image branch's penalised 100 times as much, the refit lost (an earlier
     # recipe; docs/cpu_recipe.md, "Tried since, not adopted: the fusion models' fused head refitted likewise" and
     # "Adopted: the fused head refitted, each branch at its own penalty").
