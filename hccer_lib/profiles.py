@@ -100,6 +100,11 @@ class Profile:
         fusion_refit_image_scale: with ``fusion_head_refit``, the standardised image-branch features are multiplied
             by this before the regression: their coefficients are penalised ``1 / scale²`` times as much as the
             clinical branch's (1: alike).
+        fusion_refit_clinical_bits: with ``fusion_head_refit``, the regression reads the clinical vector's bits in
+            place of the clinical branch's features and carries its coefficients into the head through the branch, an
+            affine map (``training.refit_head``'s ``clinical_bits``; needs ``clinical_activation="linear"``): the bits
+            penalised as ``clinical_lr`` penalises them, in every fusion model, where fusion C and D's layer over
+            them otherwise sets the penalty's metric. False: the branch's features.
         area_target: above 0, the image pathway is also trained to tell each training slice's tumour area from its
             crop: a linear neuron on the pooled image features regresses the slice's log area (mm², standardised),
             its mean squared error weighted by this in the loss (training only; the network predicts as without
@@ -155,6 +160,7 @@ class Profile:
     head_refit: float = 0.0
     fusion_head_refit: float = 0.0
     fusion_refit_image_scale: float = 1.0
+    fusion_refit_clinical_bits: bool = False
     area_target: float = 0.0
     texture_target: bool = False
     texture_size_free: bool = False
@@ -186,6 +192,10 @@ class Profile:
             raise ValueError("texture_size_free changes the texture targets: it needs texture_target")
         if self.image_warm_start < 0:
             raise ValueError(f"image_warm_start is a number of epochs, >= 0 (0: no warm start); got {self.image_warm_start}")
+        if self.fusion_refit_clinical_bits and not (self.fusion_head_refit and self.clinical_activation == "linear"):
+            raise ValueError("fusion_refit_clinical_bits refits the fused head on the clinical bits through a linear "
+                             f"clinical branch: it needs fusion_head_refit > 0 and clinical_activation='linear'; got "
+                             f"{self.fusion_head_refit} and {self.clinical_activation!r}")
         if self.fusion_refit_image_scale <= 0:
             raise ValueError(f"fusion_refit_image_scale multiplies standardised features, > 0; got {self.fusion_refit_image_scale}")
         if not 0.0 <= self.train_min_area <= 1.0:
@@ -296,6 +306,14 @@ PROFILES["quick"] = replace(
     # "Adopted: the fused head refitted, each branch at its own penalty").
     fusion_head_refit=0.01,
     fusion_refit_image_scale=0.316,
+    # The refit reads the clinical vector's bits themselves, standardised and penalised as ``clinical_lr`` reads them,
+    # and carries their coefficients into the head through the clinical branch (linear, above):
+    # fusion C's Conv1D (56 features) and D's FC layer (16) otherwise set the metric in which the penalty falls on the
+    # bits (A and B's branch is the vector itself). Development cohorts, 3 seeds, the branch's features -> the bits:
+    # fusion_d_joint -0.003, +0.005, -0.002, +0.008, +0.009, +0.002, -0.001, +0.003 on dev seeds 8, 15, 5, 14, 13, 12,
+    # 16, 17 (+0.003 on average); fusion_c +0.010, +0.005, +0.021 and fusion_d -0.005, -0.004, +0.008 on dev seeds 5, 8,
+    # 14 (docs/cpu_recipe.md, "Adopted: the fused head refitted on the clinical bits").
+    fusion_refit_clinical_bits=True,
     image_size=48,
     # 4 epochs, not 6: with its head refitted, the deep model lost with every epoch added (dev seeds 5 / 8: 12
     # epochs 0.631 / 0.588, 9 epochs 0.639 / 0.600, 6 epochs 0.647 / 0.611). 6 -> 4 epochs, over 3 seeds: deep model

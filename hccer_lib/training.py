@@ -114,6 +114,8 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
     if profile.fusion_head_refit and (model_name is None or model_name in networks.FUSION_KINDS):
         settings["fusion_head_refit"] = profile.fusion_head_refit
         settings["fusion_refit_image_scale"] = profile.fusion_refit_image_scale
+        if profile.fusion_refit_clinical_bits:
+            settings["fusion_refit_clinical_bits"] = True
     return settings
 
 
@@ -654,8 +656,37 @@ def _scaled_columns(features: np.ndarray, scales: np.ndarray) -> np.ndarray:
     return features * scales
 
 
+def clinical_branch_map(model: keras.Model, vectors) -> tuple[np.ndarray, np.ndarray]:
+    """The affine map ``h = x @ K + h0`` by which a fusion model's clinical branch (what it puts beside the image
+    branch in its ``concat`` layer: the fitted :class:`~hccer_lib.networks.ClinicalScaling`, then fusion C's Conv1D or
+    D's FC layer) turns a clinical vector ``x`` ``[k]`` into its ``m`` features: ``(K [k, m], h0 [m])``, read from the
+    branch's outputs for the zero vector and the ``k`` unit vectors. ``vectors`` ``[n, k]`` (the training slices' own
+    clinical vectors) check it: a ``ValueError`` when the branch does not give them what the map gives (a ReLU
+    layer, ``Profile.clinical_activation="relu"``, is not affine)."""
+    names = {layer.name for layer in model.layers}
+    if "clinical_scaling" not in names or "concat" not in names:
+        raise ValueError(f"{model.name} has no clinical branch")
+    clinical_input = next(tensor for tensor in model.inputs if "clinical" in tensor.name)
+    branch = keras.Model(clinical_input, model.get_layer("concat").input[1])
+    vectors = np.asarray(vectors, dtype=np.float32)
+    k = int(clinical_input.shape[-1])
+    if vectors.ndim != 2 or vectors.shape[1] != k:
+        raise ValueError(f"{model.name} takes clinical vectors of {k} bits, got shape {vectors.shape}")
+    basis = np.vstack([np.zeros((1, k), np.float32), np.eye(k, dtype=np.float32)])
+    outputs = np.asarray(branch.predict(basis, verbose=0), dtype=np.float64).reshape(k + 1, -1)
+    offset, kernel = outputs[0], outputs[1:] - outputs[0]
+    rows = np.unique(vectors, axis=0)
+    actual = np.asarray(branch.predict(rows, verbose=0), dtype=np.float64).reshape(len(rows), -1)
+    error = np.abs(rows.astype(np.float64) @ kernel + offset - actual).max()
+    if error > 1e-4 * (1.0 + np.abs(actual).max()):
+        raise ValueError(f"{model.name}'s clinical branch is not affine in the clinical vector (largest departure "
+                         f"{error:.3g}; a ReLU layer, clinical_activation='relu'?): its head cannot be refitted on the "
+                         f"clinical bits")
+    return kernel, offset
+
+
 def refit_head(model: keras.Model, inputs: dict, y, patient_id, roi_area_mm2, C: float,
-               symmetries: bool = False, image_scale: float = 1.0) -> Pipeline:
+               symmetries: bool = False, image_scale: float = 1.0, clinical_bits: bool = False) -> Pipeline:
     """Fit a network's ``fused`` softmax head anew as a penalised logistic regression on its training patients.
 
     ``inputs`` the network's input dict (``{"image": [n, H, W, 3]}``, plus ``"clinical": [n, k]`` for a fusion
@@ -673,6 +704,14 @@ def refit_head(model: keras.Model, inputs: dict, y, patient_id, roi_area_mm2, C:
     branch's. On its training patients a fusion model's image branch looks far stronger than it is on new ones
     (it has just been fitted to them; docs/cpu_recipe.md, "Tried since"), and an equal penalty lets it crowd out the clinical
     branch.
+
+    ``clinical_bits`` (fusion models whose clinical branch is affine, :func:`clinical_branch_map`): the regression
+    reads the clinical vector's bits themselves in place of the clinical branch's features, each standardised and
+    penalised as ``clinical_lr`` penalises them, and its coefficients are carried into the head through the branch's
+    map (the least-norm ``γ`` with ``K γ = β``; the map's offset into the intercept): the network's probability is
+    still the regression's. Fusion A and B's branch is the vector itself, scaled; fusion C's Conv1D (56 features) and
+    D's FC layer (16) mix the bits, and their features' L2 penalty is not the bits' (without it the refit of C and D
+    penalises whatever directions 4 epochs have stretched).
 
     Why: trained by the recipe's last Adam steps on the slices of patients whose features it has just fitted, the
     head weighs those features too much. A strongly penalised regression on the same features ranks the test
@@ -695,17 +734,35 @@ def refit_head(model: keras.Model, inputs: dict, y, patient_id, roi_area_mm2, C:
     labels = pd.Series(y).groupby(patient_id).agg(["min", "max"])
     if (labels["min"] != labels["max"]).any():
         raise ValueError("each patient's slices must carry one label")
+    if clinical_bits and not fusion:
+        raise ValueError(f"clinical_bits refits a fusion model's head on its clinical vector; {model.name} has none")
     features = head_features(model, inputs, symmetries=symmetries)
+    n_image = int(model.get_layer("concat").input[0].shape[-1]) if fusion else features.shape[1]
+    branch_map = None
+    if clinical_bits:
+        vectors = np.asarray(inputs["clinical"], dtype=np.float64)
+        branch_map = clinical_branch_map(model, vectors)
+        features = np.column_stack([features[:, :n_image], vectors])
     patient_features = area_weighted_patient_means(features, patient_id, areas)
     column_scales = np.ones(features.shape[1])
     if fusion:  # the concat layer's first input is the image branch
-        column_scales[: int(model.get_layer("concat").input[0].shape[-1])] = image_scale
+        column_scales[:n_image] = image_scale
     regression = make_pipeline(StandardScaler(), FunctionTransformer(_scaled_columns, kw_args={"scales": column_scales}),
                                LogisticRegression(C=C, max_iter=10_000))
     regression.fit(patient_features.to_numpy(), labels["min"].to_numpy())
     scaler, logistic = regression[0], regression[-1]
     weights = logistic.coef_[0] * column_scales / scaler.scale_
     intercept = logistic.intercept_[0] - float(np.sum(weights * scaler.mean_))
+    if branch_map is not None:  # the bits' coefficients β through the branch: K γ = β, h0·γ into the intercept
+        kernel_map, offset = branch_map
+        bits = weights[n_image:]
+        gamma, *_ = np.linalg.lstsq(kernel_map, bits, rcond=None)
+        if np.abs(kernel_map @ gamma - bits).max() > 1e-6 * (1.0 + np.abs(bits).max()):
+            raise ValueError(f"{model.name}'s clinical branch loses bits of the clinical vector (its map has rank "
+                             f"{np.linalg.matrix_rank(kernel_map)} of {len(bits)}): the head cannot read the regression's "
+                             f"coefficients through it")
+        intercept -= float(gamma @ offset)
+        weights = np.concatenate([weights[:n_image], gamma])
     kernel = np.stack([-weights / 2, weights / 2], axis=1).astype(np.float32)
     bias = np.array([-intercept / 2, intercept / 2], dtype=np.float32)
     model.get_layer("fused").set_weights([kernel, bias])
@@ -1055,11 +1112,13 @@ def train_fold(
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
               test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift,
               trainer=trainer, extra_targets=extra_targets)
-    head_C, image_scale = ((profile.head_refit, 1.0) if model_name == "deep_resnet50"
+    deep = model_name == "deep_resnet50"
+    head_C, image_scale = ((profile.head_refit, 1.0) if deep
                            else (profile.fusion_head_refit, profile.fusion_refit_image_scale))
     if head_C:
         refit_head(model, data.subset(fit_rows), data.y[fit_rows], data.patient_id[fit_rows],
-                   data.roi_area_mm2[fit_rows], head_C, symmetries=profile.test_symmetries, image_scale=image_scale)
+                   data.roi_area_mm2[fit_rows], head_C, symmetries=profile.test_symmetries, image_scale=image_scale,
+                   clinical_bits=profile.fusion_refit_clinical_bits and not deep)
     return model, data
 
 

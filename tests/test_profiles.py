@@ -30,6 +30,7 @@ def test_the_paper_profile_adds_nothing_to_the_papers_training_and_quick_measure
     assert get_profile("quick").image_activation == "linear", "chosen on development cohorts (profiles.py)"
     assert (quick.head_refit, quick.fusion_head_refit, quick.fusion_refit_image_scale) == (0.001, 0.01, 0.316), \
         "chosen on development cohorts (profiles.py)"
+    assert quick.fusion_refit_clinical_bits and not paper.fusion_refit_clinical_bits, "chosen on development cohorts"
     assert paper.imagenet_required and not quick.imagenet_required
     assert quick.train_seeds >= 3 and paper.train_seeds >= 3, "several training seeds: the training noise"
 

@@ -1,5 +1,6 @@
 """Cross-validated training: seeded, resumable, keyed by its settings (tiny networks, tiny data)."""
 
+import itertools
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -674,6 +675,59 @@ def test_refit_head_makes_a_fusion_model_the_regression_on_both_branches(study):
             np.testing.assert_array_equal(before, after, err_msg=f"{name} is the joint loss's, left as trained")
 
 
+@pytest.mark.parametrize("model_name", ["fusion_c", "fusion_d_joint"])
+def test_refit_head_on_the_clinical_bits_reads_them_through_the_linear_branch(study, model_name):
+    """``clinical_bits``: the regression reads the image branch beside the clinical vector's own bits (standardised, as
+    ``clinical_lr`` reads them), and after the refit the network's probability is that regression's: the bits'
+    coefficients pass exactly through fusion C's Conv1D and D's FC layer, which are affine. A ReLU branch, or a network
+    without a clinical branch, is refused; the setting is keyed for the fusion models alone."""
+    data = training.fold_data(model_name, study.dataset, study.clinical, study.folds, TINY_PROFILE, None, imagenet="none")
+    assert data.config.clinical_activation == "linear", data.config.clinical_activation
+    model = networks.build_model(model_name, data.config)
+    networks.set_clinical_scaling(model, data.inputs["clinical"])
+    fitted = training.refit_head(model, data.inputs, data.y, data.patient_id, data.roi_area_mm2, C=0.5, image_scale=0.3,
+                                 clinical_bits=True)
+
+    features = training.head_features(model, data.inputs)
+    n_image = model.get_layer("image_fc").output.shape[-1]
+    bits = np.asarray(data.inputs["clinical"], dtype=np.float64)
+    rows = np.column_stack([features[:, :n_image], bits])
+    patient_rows = training.area_weighted_patient_means(rows, data.patient_id, data.roi_area_mm2).to_numpy()
+    patient_y = pd.Series(data.y).groupby(data.patient_id).first().to_numpy()
+    spread = np.where(patient_rows.std(0) > 0, patient_rows.std(0), 1.0) / np.r_[np.full(n_image, 0.3),
+                                                                               np.ones(bits.shape[1])]
+    by_hand = LogisticRegression(C=0.5, max_iter=10_000).fit((patient_rows - patient_rows.mean(0)) / spread, patient_y)
+    np.testing.assert_allclose(fitted[-1].coef_, by_hand.coef_, rtol=1e-4, atol=1e-6)
+    assert np.abs(by_hand.coef_[0, n_image:]).max() > 0.01, "the bits have weight"
+    regression = 1 / (1 + np.exp(-by_hand.intercept_[0] - ((rows - patient_rows.mean(0)) / spread) @ by_hand.coef_[0]))
+    network = training.predict_probability(model, data.inputs)
+    np.testing.assert_allclose(network, regression, atol=5e-5, err_msg="the network is the regression on the bits")
+
+    every_vector = np.array(list(itertools.product([0.0, 1.0], repeat=bits.shape[1])))  # the tiny cohort's are 2
+    kernel, offset = training.clinical_branch_map(model, every_vector)
+    branch = keras.Model(model.inputs, model.get_layer("concat").input[1])
+    some_images = np.repeat(data.inputs["image"][:1], len(every_vector), axis=0)
+    np.testing.assert_allclose(branch.predict({"image": some_images, "clinical": every_vector}, verbose=0),
+                               every_vector @ kernel + offset, atol=1e-5, err_msg="the map is the branch")
+    relu = networks.build_model(model_name, replace(data.config, clinical_activation="relu"))
+    networks.set_clinical_scaling(relu, data.inputs["clinical"])
+    with pytest.raises(ValueError, match="not affine"):
+        training.clinical_branch_map(relu, every_vector)
+    deep = networks.build_model("deep_resnet50", training.network_config(TINY_PROFILE, imagenet="none"))
+    with pytest.raises(ValueError, match="clinical_bits"):
+        training.refit_head(deep, {"image": data.inputs["image"]}, data.y, data.patient_id, data.roi_area_mm2, C=0.5,
+                            clinical_bits=True)
+
+    on, off = (replace(TINY_PROFILE, fusion_refit_clinical_bits=value) for value in (True, False))
+    assert training.training_settings(on, model_name)["fusion_refit_clinical_bits"] is True
+    assert "fusion_refit_clinical_bits" not in training.training_settings(on, "deep_resnet50")
+    assert "fusion_refit_clinical_bits" not in training.training_settings(off, model_name), "off: the keys of before"
+    with pytest.raises(ValueError, match="fusion_refit_clinical_bits"):
+        replace(on, clinical_activation="relu")
+    with pytest.raises(ValueError, match="fusion_refit_clinical_bits"):
+        replace(on, fusion_head_refit=0.0)
+
+
 def test_refit_head_refuses_bad_input(study):
     model = networks.build_model("deep_resnet50", training.network_config(TINY_PROFILE, imagenet="none"))
     data = study.dataset
@@ -705,33 +759,39 @@ def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, mo
     calls = []
     real = training.refit_head
 
-    def recording(model, inputs, y, patient_id, roi_area_mm2, C, symmetries=False, image_scale=1.0):
-        calls.append((np.asarray(patient_id).copy(), C, symmetries, sorted(inputs), image_scale))
-        return real(model, inputs, y, patient_id, roi_area_mm2, C, symmetries=symmetries, image_scale=image_scale)
+    def recording(model, inputs, y, patient_id, roi_area_mm2, C, symmetries=False, image_scale=1.0, clinical_bits=False):
+        calls.append((np.asarray(patient_id).copy(), C, symmetries, sorted(inputs), image_scale, clinical_bits))
+        return real(model, inputs, y, patient_id, roi_area_mm2, C, symmetries=symmetries, image_scale=image_scale,
+                    clinical_bits=clinical_bits)
 
     monkeypatch.setattr(training, "refit_head", recording)
-    as_trained = replace(TINY_PROFILE, head_refit=0.0, fusion_head_refit=0.0, fusion_refit_image_scale=1.0)
+    as_trained = replace(TINY_PROFILE, head_refit=0.0, fusion_head_refit=0.0, fusion_refit_image_scale=1.0,
+                         fusion_refit_clinical_bits=False)
     refit = replace(as_trained, head_refit=0.01)
     model, data = training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, refit, 0, seed=1,
                                       imagenet="none")
     assert len(calls) == 1, len(calls)
-    patients, C, symmetries, inputs, image_scale = calls[0]
+    patients, C, symmetries, inputs, image_scale, clinical_bits = calls[0]
     assert sorted(set(patients)) == sorted(set(data.patient_id[data.train])), "the training patients, all of them"
     assert not set(patients) & set(data.patient_id[data.test]), "never the test fold"
     assert C == 0.01 and symmetries == TINY_PROFILE.test_symmetries and inputs == ["image"], (C, symmetries, inputs)
-    assert image_scale == 1.0, image_scale
+    assert image_scale == 1.0 and not clinical_bits, (image_scale, clinical_bits)
     training.train_fold("fusion_d", study.dataset, study.clinical, study.folds, refit, 0, seed=1, imagenet="none")
     assert len(calls) == 1, "a fusion model's head is not refitted by head_refit"
     fusion_refit = replace(as_trained, fusion_head_refit=0.1, fusion_refit_image_scale=0.2)
     _, fusion_data = training.train_fold("fusion_d", study.dataset, study.clinical, study.folds, fusion_refit, 1, seed=1,
                                          imagenet="none")
     assert len(calls) == 2, len(calls)
-    patients, C, _, inputs, image_scale = calls[1]
+    patients, C, _, inputs, image_scale, clinical_bits = calls[1]
     assert sorted(set(patients)) == sorted(set(fusion_data.patient_id[fusion_data.train])), "the training patients"
     assert C == 0.1 and inputs == ["clinical", "image"] and image_scale == 0.2, (C, inputs, image_scale)
     training.train_fold("deep_resnet50", study.dataset, study.clinical, study.folds, fusion_refit, 0, seed=1,
                         imagenet="none")
     assert len(calls) == 2, "fusion_head_refit leaves the deep model's head as trained"
+    assert not clinical_bits, "the clinical branch's features by default"
+    on_bits = replace(fusion_refit, fusion_refit_clinical_bits=True)
+    training.train_fold("fusion_d", study.dataset, study.clinical, study.folds, on_bits, 1, seed=1, imagenet="none")
+    assert len(calls) == 3 and calls[2][5] is True, "fusion_refit_clinical_bits reaches the fusion model's refit"
 
     def key(model_name, profile):
         return _run_record(study, model_name, profile)
@@ -744,6 +804,7 @@ def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, mo
     other_scale = replace(fusion_refit, fusion_refit_image_scale=0.5)
     assert key("fusion_d", other_scale)["key"] != key("fusion_d", fusion_refit)["key"], "the scale is keyed"
     assert key("deep_resnet50", fusion_refit)["key"] == key("deep_resnet50", as_trained)["key"], "the fusion heads only"
+    assert key("fusion_d", on_bits)["key"] != key("fusion_d", fusion_refit)["key"], "the clinical bits are keyed"
 
 
 def _recorded_fits(monkeypatch) -> list:
@@ -969,8 +1030,9 @@ def test_clinical_activation_reaches_c_and_d_and_keys_only_their_runs(study):
     """``Profile.clinical_activation`` builds fusion C and D's clinical layer with it and changes their run keys (the
     profile's and the network's records); the deep model and fusion A and B, which have no such layer, keep their keys,
     and ReLU (the default) keeps the keys of before the setting existed."""
-    relu = replace(TINY_PROFILE, clinical_activation="relu")  # the smoke profile inherits the quick profile's linear
-    linear = replace(TINY_PROFILE, clinical_activation="linear")
+    # the smoke profile inherits the quick profile's linear layer, and its refit through it on the clinical bits
+    relu = replace(TINY_PROFILE, clinical_activation="relu", fusion_refit_clinical_bits=False)
+    linear = replace(relu, clinical_activation="linear")
     built = training.fold_data("fusion_d_joint", study.dataset, study.clinical, study.folds, linear, None,
                                imagenet="none").config
     assert built.clinical_activation == "linear"
