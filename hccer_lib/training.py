@@ -666,7 +666,7 @@ def clinical_branch_map(model: keras.Model, vectors) -> tuple[np.ndarray, np.nda
     names = {layer.name for layer in model.layers}
     if "clinical_scaling" not in names or "concat" not in names:
         raise ValueError(f"{model.name} has no clinical branch")
-    clinical_input = next(tensor for tensor in model.inputs if "clinical" in tensor.name)
+    clinical_input = model.get_layer("clinical_scaling").input  # the network's clinical vector
     branch = keras.Model(clinical_input, model.get_layer("concat").input[1])
     vectors = np.asarray(vectors, dtype=np.float32)
     k = int(clinical_input.shape[-1])
