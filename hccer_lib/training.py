@@ -707,7 +707,7 @@ def refit_head(model: keras.Model, inputs: dict, y, patient_id, roi_area_mm2, C:
 
     ``clinical_bits`` (fusion models whose clinical branch is affine, :func:`clinical_branch_map`): the regression
     reads the clinical vector's bits themselves in place of the clinical branch's features, each standardised and
-    penalised as ``clinical_lr`` penalises them, and its coefficients are carried into the head through the branch's
+    penalised alike, as ``clinical_lr`` penalises them, and its coefficients are carried into the head through the branch's
     map (the least-norm ``γ`` with ``K γ = β``; the map's offset into the intercept): the network's probability is
     still the regression's. Fusion A and B's branch is the vector itself, scaled; fusion C's Conv1D (56 features) and
     D's FC layer (16) mix the bits, and their features' L2 penalty is not the bits' (without it the refit of C and D
