@@ -299,9 +299,9 @@ PROFILES["quick"] = replace(
     # each cell refitted on the same trained networks (the refit needs no new training), fusion_d_joint's pooled AUC
     # over 3 seeds averaged over the eight cohorts: 0.7315 at the earlier values (C = 0.01, clinical_lr's, and 0.316 =
     # sqrt(0.001 / 0.01), the deep model's head refit's penalty for the image; taken from those two choices, not from a
-    # grid), 0.7333 at C = 0.003 and 0.25 (the best, tied with 0.2; the surface is flat within 0.002 from C 0.003 to
-    # 0.02 and scale 0.2 to 0.316); fusion A-D on dev seeds 5 and 14, the earlier values -> these: -0.004 / -0.005,
-    # +0.001 / +0.002, +0.002 / +0.000, +0.003 / -0.002 (docs/cpu_recipe.md, "Adopted: the fused head refit's penalties from
+    # grid), 0.7333 at C = 0.003 and 0.25 (the best, tied with scale 0.2, whose seed ensembles were 0.0002 lower; the
+    # surface is flat within 0.003 from C 0.003 to 0.02 and scale 0.2 to 0.316); fusion A-D on dev seeds 5 and 14, the earlier values -> these: -0.004 / -0.005,
+    # +0.001 / +0.002, +0.002 / +0.000, +0.003 / +0.000 (docs/cpu_recipe.md, "Adopted: the fused head refit's penalties from
     # a grid"). Against the head as trained (stop 48; C = 0.01, scale 0.316): fusion_d_joint +0.008 on average over dev
     # seeds 5, 8, 12-15; the head as trained underweights the image where the image pathway learns well (dev seed 14:
     # every fusion model below the deep model alone). With one penalty for both branches, or the image branch's
