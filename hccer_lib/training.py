@@ -686,7 +686,8 @@ def clinical_branch_map(model: keras.Model, vectors) -> tuple[np.ndarray, np.nda
 
 
 def refit_head(model: keras.Model, inputs: dict, y, patient_id, roi_area_mm2, C: float,
-               symmetries: bool = False, image_scale: float = 1.0, clinical_bits: bool = False) -> Pipeline:
+               symmetries: bool = False, image_scale: float = 1.0, clinical_bits: bool = False,
+               features: np.ndarray | None = None) -> Pipeline:
     """Fit a network's ``fused`` softmax head anew as a penalised logistic regression on its training patients.
 
     ``inputs`` the network's input dict (``{"image": [n, H, W, 3]}``, plus ``"clinical": [n, k]`` for a fusion
@@ -713,6 +714,10 @@ def refit_head(model: keras.Model, inputs: dict, y, patient_id, roi_area_mm2, C:
     D's FC layer (16) mix the bits, and their features' L2 penalty is not the bits' (without it the refit of C and D
     penalises whatever directions 4 epochs have stretched).
 
+    ``features``: the training slices' :func:`head_features` (with the same ``symmetries``), where they are already at
+    hand: a refit changes only the head, not what it reads, so one network can be refitted many times on them
+    (``scripts/develop_recipe.py``'s ``--refit-grid``). ``None``: computed here.
+
     Why: trained by the recipe's last Adam steps on the slices of patients whose features it has just fitted, the
     head weighs those features too much. A strongly penalised regression on the same features ranks the test
     patients better (docs/cpu_recipe.md). Returns the fitted pipeline.
@@ -736,7 +741,11 @@ def refit_head(model: keras.Model, inputs: dict, y, patient_id, roi_area_mm2, C:
         raise ValueError("each patient's slices must carry one label")
     if clinical_bits and not fusion:
         raise ValueError(f"clinical_bits refits a fusion model's head on its clinical vector; {model.name} has none")
-    features = head_features(model, inputs, symmetries=symmetries)
+    if features is None:
+        features = head_features(model, inputs, symmetries=symmetries)
+    elif np.shape(features) != (len(y), int(model.get_layer("fused").input.shape[-1])):
+        raise ValueError(f"features must be the {len(y)} slices' head features, [n, "
+                         f"{int(model.get_layer('fused').input.shape[-1])}]; got shape {np.shape(features)}")
     n_image = int(model.get_layer("concat").input[0].shape[-1]) if fusion else features.shape[1]
     branch_map = None
     if clinical_bits:

@@ -12,6 +12,14 @@ how the ``quick`` profile's recipe was chosen (docs/cpu_recipe.md); seed
     python scripts/develop_recipe.py --seeds 3 4 --models deep_resnet50 fusion_d_joint \\
         --set epochs=12 validation_fraction=0.2 augment=true
     python scripts/develop_recipe.py --seeds 4 --models fusion_d_joint --network clinical_units=64
+
+``--refit-grid`` measures the head refit's settings, which act after the training, on one training: each network
+is trained once per fold and seed, its head refitted for every cell of the grid and its test patients predicted
+(:func:`refit_grid`); a table per cohort, then the mean over the cohorts (docs/cpu_recipe.md, "Adopted: the fused
+head refit's penalties from a grid"):
+
+    python scripts/develop_recipe.py --seeds 5 8 12 13 14 15 16 17 --models fusion_d_joint \
+        --refit-grid fusion_head_refit=0.003,0.005,0.01,0.02 fusion_refit_image_scale=0.1,0.15,0.2,0.25,0.316,0.4
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import itertools
 import json
 import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from hccer_lib import evaluation, models, networks, outputs, preprocessing, synth, training
 from hccer_lib.clinical import cross_validate_clinical
@@ -49,6 +59,82 @@ def parse_settings(items: list[str]) -> dict:
         except (ValueError, SyntaxError):
             settings[name] = text
     return settings
+
+
+#: The profile fields that ``--refit-grid`` varies: the head refit's, which act after the training.
+REFIT_FIELDS = ("head_refit", "fusion_head_refit", "fusion_refit_image_scale")
+
+
+def parse_grid(items: list[str]) -> dict[str, list]:
+    """``["fusion_head_refit=0.003,0.01"]`` → ``{"fusion_head_refit": [0.003, 0.01]}``; only :data:`REFIT_FIELDS`."""
+    grid = {}
+    for item in items:
+        name, _, text = item.partition("=")
+        if name not in REFIT_FIELDS:
+            raise ValueError(f"--refit-grid varies the head refit's settings {', '.join(REFIT_FIELDS)}; got {name!r}")
+        try:
+            values = [float(ast.literal_eval(value)) for value in text.split(",")]
+        except (ValueError, SyntaxError):
+            raise ValueError(f"--refit-grid {name}: comma-separated numbers, got {text!r}") from None
+        grid[name] = values
+    return grid
+
+
+def refit_grid(model_name: str, dataset, clinical, folds, profile, seed: int, grid: dict[str, list],
+               network_overrides: dict | None = None, imagenet: str = "auto",
+               predictions: dict | None = None) -> pd.DataFrame:
+    """The pooled patient AUCs of ``model_name`` with its head refitted by every cell of ``grid`` (profile fields of
+    :data:`REFIT_FIELDS` → values), all on the same trained networks: one row per cell, its values, then ``auc_mean``,
+    ``auc_sd`` (over the training seeds), ``auc_ensemble`` (the seed ensemble) and ``n_seeds``.
+
+    Each fold and training seed of ``seed``'s cross-validation is trained once (``training.train_folds_isolated``:
+    the networks of ``train_cross_validated``'s folds), then for each cell its head is refitted on the fold's training
+    patients (``training.refit_head``, the cell's C and image scale, read from the profile as ``train_fold`` reads them)
+    and its test slices predicted (``training.predict_probability``). A cell equal to the profile's own values gives
+    the cross-validation's own predictions. The deep model reads ``head_refit``, a fusion model the two others.
+    ``predictions``: a dict that receives each cell's out-of-fold predictions (``patient_id, slice, fold, y_true,
+    y_prob, train_seed, roi_area_mm2``), keyed by the cell's values in the grid's order.
+    """
+    deep = model_name == "deep_resnet50"
+    own = {"head_refit"} if deep else {"fusion_head_refit", "fusion_refit_image_scale"}
+    if not grid or set(grid) - own:
+        raise ValueError(f"{model_name}'s head refit reads {', '.join(sorted(own))}; the grid gives "
+                         f"{', '.join(sorted(grid)) or 'nothing'}")
+    cells = [dataclasses.replace(profile, **dict(zip(grid, values, strict=True)))
+             for values in itertools.product(*grid.values())]  # a Profile checks each cell's values
+    for cell in cells:
+        if (cell.head_refit if deep else cell.fusion_head_refit) <= 0:
+            raise ValueError(f"every cell needs a refit, C > 0; got {dataclasses.asdict(cell)}")
+    seeds = training.train_seeds(profile, seed)
+    requests = [(model_name, dataset, clinical, folds, profile, int(fold), train_seed,
+                 training.DEFAULT_SETTINGS.selection_protocol, imagenet, network_overrides)
+                for train_seed in seeds for fold in sorted(folds["fold"].unique())]
+    trained = training.train_folds_isolated(requests, profile)
+    fitted = []  # per network: its training slices' head features, computed once
+    for model, data in trained:
+        fitted.append(training.head_features(model, data.subset(data.fit), symmetries=profile.test_symmetries))
+    rows = []
+    for cell in cells:
+        frames = []
+        for request, (model, data), features in zip(requests, trained, fitted, strict=True):
+            fit, test = data.fit, data.test
+            training.refit_head(model, data.subset(fit), data.y[fit], data.patient_id[fit], data.roi_area_mm2[fit],
+                                cell.head_refit if deep else cell.fusion_head_refit, symmetries=cell.test_symmetries,
+                                image_scale=1.0 if deep else cell.fusion_refit_image_scale,
+                                clinical_bits=cell.fusion_refit_clinical_bits and not deep, features=features)
+            frames.append(pd.DataFrame({
+                "patient_id": data.patient_id[test], "slice": data.slice[test], "fold": request[5], "y_true": data.y[test],
+                "y_prob": training.predict_probability(model, data.subset(test), symmetries=cell.test_symmetries),
+                evaluation.SEED_COLUMN: request[6], evaluation.AREA_COLUMN: data.roi_area_mm2[test]}))
+        cell_predictions = pd.concat(frames, ignore_index=True)
+        if predictions is not None:
+            predictions[tuple(getattr(cell, name) for name in grid)] = cell_predictions
+        per_seed = np.array(list(evaluation.seed_aucs(cell_predictions).values()))
+        ensemble = evaluation.patient_level(cell_predictions)
+        rows.append({**{name: getattr(cell, name) for name in grid}, "auc_mean": per_seed.mean(),
+                     "auc_sd": per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0,
+                     "auc_ensemble": evaluation.auc(ensemble["y_true"], ensemble["y_prob"]), "n_seeds": len(per_seed)})
+    return pd.DataFrame(rows)
 
 
 def development_cohort(seed: int, data_root: Path) -> Path:
@@ -278,7 +364,14 @@ def main() -> None:
     parser.add_argument("--network", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="network settings to change (networks.NetworkConfig: image_units, clinical_units, ...)")
     parser.add_argument("--data-root", default="data")
+    parser.add_argument("--refit-grid", nargs="*", default=[], metavar="FIELD=V1,V2,...",
+                        help=f"refit each network's head by every combination of these values ({', '.join(REFIT_FIELDS)}), "
+                             f"on one training: prints each cell's AUC in place of the learned references' lines")
     args = parser.parse_args()
+    try:
+        grid = parse_grid(args.refit_grid)
+    except ValueError as error:
+        parser.error(str(error))
     network = parse_settings(args.network)
     unknown = sorted(set(network) - {f.name for f in dataclasses.fields(networks.NetworkConfig)})
     if unknown:
@@ -287,6 +380,7 @@ def main() -> None:
     profile = dataclasses.replace(get_profile(args.profile), **parse_settings(args.set))
     print(f"recipe: {json.dumps({**training.training_settings(profile), 'train_seeds': profile.train_seeds})}"
           f"; preprocessing changes: {parse_settings(args.preprocess) or 'none'}; network changes: {network or 'none'}")
+    grids = []
     for seed in args.seeds:
         cohort_dir = development_cohort(seed, Path(args.data_root))
         work_dir = outputs.work_dir_for(cohort_dir, args.data_root)
@@ -294,6 +388,13 @@ def main() -> None:
         folds = evaluation.load_or_make_folds(work_dir, clinical, profile.n_folds, seed)
         chosen = dataclasses.replace(preprocessing.study_settings(work_dir, profile), **parse_settings(args.preprocess))
         dataset = preprocessing.dataset_with(cohort_dir, work_dir, chosen, progress=False)
+        if grid:
+            for model in args.models:
+                table = refit_grid(model, dataset, clinical, folds, profile, seed, grid, network or None)
+                print(f"cohort seed {seed}, {model}, pooled patient AUC over {profile.train_seeds} training seeds with "
+                      f"its head refitted by each cell:\n{table.round(4).to_string(index=False)}", flush=True)
+                grids.append(table.assign(model=model, cohort=seed))
+            continue
         references = json.loads((cohort_dir / "ground_truth.json").read_text())["oracle_auc"]
         clinical_aucs = []
         for name, classifier in (("clinical_rf", "rf"), ("clinical_lr", "lr")):
@@ -330,6 +431,9 @@ def main() -> None:
                             f"patients): {traits['r2_crop_visible']:.2f} on what a crop can show, {traits['r2']:.2f} with "
                             f"the tumour's size and nodules; logit per SD: {weights}")
         print("\n".join(line), flush=True)
+    if grid and len(args.seeds) > 1:
+        means = pd.concat(grids).groupby(["model", *grid])[["auc_mean", "auc_ensemble"]].mean()
+        print(f"mean over cohorts {', '.join(map(str, args.seeds))}:\n{means.round(4).to_string()}", flush=True)
 
 
 if __name__ == "__main__":

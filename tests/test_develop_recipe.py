@@ -212,3 +212,60 @@ def test_crop_visibility_finds_the_input_that_the_crops_show_and_not_the_others(
     assert list(visibility) == list(develop_recipe.VISIBILITY_INPUTS)
     assert visibility["heterogeneity"] > 0.95, visibility
     assert max(v for k, v in visibility.items() if k != "heterogeneity") < 0.1, visibility
+
+
+
+@pytest.mark.slow
+def test_the_refit_grid_gives_each_cell_what_a_cross_validation_with_its_values_gives(tmp_path):
+    """One training, many refits: the cell of the profile's own values and another cell each give the out-of-fold
+    predictions of ``train_cross_validated`` run with their values (the same networks, their heads refitted)."""
+    from dataclasses import replace
+
+    from test_training import TINY_PROFILE, tiny_clinical, tiny_dataset, tiny_folds
+
+    from hccer_lib import evaluation, training
+
+    profile = replace(TINY_PROFILE, train_seeds=2, fusion_head_refit=0.01, fusion_refit_image_scale=0.5)
+    clinical = tiny_clinical()
+    dataset, folds = tiny_dataset(clinical), tiny_folds(clinical)
+    kept = {}
+    table = develop_recipe.refit_grid("fusion_d", dataset, clinical, folds, profile, 3,
+                                      {"fusion_head_refit": [0.01, 1.0], "fusion_refit_image_scale": [0.5]},
+                                      imagenet="none", predictions=kept)
+    assert list(table.columns) == ["fusion_head_refit", "fusion_refit_image_scale", "auc_mean", "auc_sd", "auc_ensemble",
+                                   "n_seeds"]
+    assert table[["fusion_head_refit", "fusion_refit_image_scale"]].values.tolist() == [[0.01, 0.5], [1.0, 0.5]]
+    assert (table["n_seeds"] == 2).all() and set(kept) == {(0.01, 0.5), (1.0, 0.5)}
+    order = [evaluation.SEED_COLUMN, "patient_id", "slice"]
+    for C in (0.01, 1.0):
+        stored = training.train_cross_validated("fusion_d", dataset, clinical, folds, replace(profile, fusion_head_refit=C),
+                                                tmp_path / f"C{C}", seed=3, imagenet="none").sort_values(order)
+        got = kept[(C, 0.5)].sort_values(order)
+        assert len(got) == len(stored) == 2 * len(dataset.patient_id)
+        assert (got[order].to_numpy() == stored[order].to_numpy()).all()
+        assert abs(got["y_prob"].to_numpy() - stored["y_prob"].to_numpy()).max() < 1e-5, C
+        aucs = list(evaluation.seed_aucs(stored).values())
+        assert abs(table.loc[table["fusion_head_refit"] == C, "auc_mean"].item() - sum(aucs) / 2) < 1e-9
+    differ = kept[(0.01, 0.5)].sort_values(order)["y_prob"].to_numpy() - kept[(1.0, 0.5)].sort_values(order)["y_prob"].to_numpy()
+    assert abs(differ).max() > 1e-3, "another C refits another head"
+
+
+def test_the_refit_grid_refuses_settings_a_model_does_not_read_and_cells_without_a_refit():
+    from dataclasses import replace
+
+    from test_training import TINY_PROFILE, tiny_clinical, tiny_dataset, tiny_folds
+
+    assert develop_recipe.parse_grid(["fusion_head_refit=0.003,0.01", "fusion_refit_image_scale=0.25"]) == {
+        "fusion_head_refit": [0.003, 0.01], "fusion_refit_image_scale": [0.25]}
+    with pytest.raises(ValueError, match="varies the head refit's settings"):
+        develop_recipe.parse_grid(["epochs=3,4"])
+    with pytest.raises(ValueError, match="comma-separated numbers"):
+        develop_recipe.parse_grid(["head_refit=0.1,a b"])
+    clinical = tiny_clinical()
+    dataset, folds = tiny_dataset(clinical), tiny_folds(clinical)
+    with pytest.raises(ValueError, match="deep_resnet50's head refit reads head_refit"):
+        develop_recipe.refit_grid("deep_resnet50", dataset, clinical, folds, TINY_PROFILE, 3,
+                                  {"fusion_head_refit": [0.01]}, imagenet="none")
+    with pytest.raises(ValueError, match="every cell needs a refit"):
+        develop_recipe.refit_grid("fusion_a", dataset, clinical, folds, replace(TINY_PROFILE, fusion_refit_clinical_bits=False),
+                                  3, {"fusion_head_refit": [0.0, 0.01]}, imagenet="none")
