@@ -104,7 +104,8 @@ def refit_grid(model_name: str, dataset, clinical, folds, profile, seed: int, gr
              for values in itertools.product(*grid.values())]  # a Profile checks each cell's values
     for cell in cells:
         if (cell.head_refit if deep else cell.fusion_head_refit) <= 0:
-            raise ValueError(f"every cell needs a refit, C > 0; got {dataclasses.asdict(cell)}")
+            raise ValueError(f"every cell needs a refit, C > 0; got the cell "
+                             f"{ {name: getattr(cell, name) for name in sorted(own)} }")
     seeds = training.train_seeds(profile, seed)
     requests = [(model_name, dataset, clinical, folds, profile, int(fold), train_seed,
                  training.DEFAULT_SETTINGS.selection_protocol, imagenet, network_overrides)
