@@ -28,7 +28,7 @@ def test_the_paper_profile_adds_nothing_to_the_papers_training_and_quick_measure
     assert recipe == (0.0, 0.0, "constant", False, 0.0, False, 0.0, "glorot_uniform", 0.0, 0.0, "relu", "relu"), recipe
     assert get_profile("quick").clinical_activation == "linear", "chosen on development cohorts (profiles.py)"
     assert get_profile("quick").image_activation == "linear", "chosen on development cohorts (profiles.py)"
-    assert (quick.head_refit, quick.fusion_head_refit, quick.fusion_refit_image_scale) == (0.001, 0.003, 0.25), \
+    assert (quick.head_refit, quick.fusion_head_refit, quick.fusion_refit_image_scale) == (0.001, 0.01, 0.316), \
         "chosen on development cohorts (profiles.py)"
     assert quick.fusion_refit_clinical_bits and not paper.fusion_refit_clinical_bits, "chosen on development cohorts"
     assert paper.imagenet_required and not quick.imagenet_required
