@@ -305,7 +305,7 @@ PROFILES["quick"] = replace(
     # recipe; docs/cpu_recipe.md, "Tried since, not adopted: the fusion models' fused head refitted likewise" and
     # "Adopted: the fused head refitted, each branch at its own penalty").
     # A grid of both values on dev seeds 5, 8, 12-17 (stop 50; develop_recipe.py --refit-grid) found C = 0.003 and scale
-    # 0.25 best by 0.002 on average, within the training noise; on dev seeds 18-20, which chose nothing, it did not
+    # 0.25 best by 0.002 on average, within the training noise; on dev seeds 18-20, which had chosen nothing, it did not
     # hold (fusion_d_joint 0.746 / 0.701 / 0.754 against 0.749 / 0.698 / 0.754 at these values, 0.7335 against 0.7337
     # on average): not adopted (docs/cpu_recipe.md, "Tried, not adopted: the fused head refit's penalties from a grid").
     fusion_head_refit=0.01,
