@@ -130,11 +130,7 @@ def refit_grid(model_name: str, dataset, clinical, folds, profile, seed: int, gr
         cell_predictions = pd.concat(frames, ignore_index=True)
         if predictions is not None:
             predictions[tuple(getattr(cell, name) for name in grid)] = cell_predictions
-        per_seed = np.array(list(evaluation.seed_aucs(cell_predictions).values()))
-        ensemble = evaluation.patient_level(cell_predictions)
-        rows.append({**{name: getattr(cell, name) for name in grid}, "auc_mean": per_seed.mean(),
-                     "auc_sd": per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0,
-                     "auc_ensemble": evaluation.auc(ensemble["y_true"], ensemble["y_prob"]), "n_seeds": len(per_seed)})
+        rows.append({**{name: getattr(cell, name) for name in grid}, **_seed_figures(cell_predictions)})
     return pd.DataFrame(rows)
 
 
@@ -346,12 +342,20 @@ def crop_visibility(dataset, folds, cohort_dir: Path, margin: float) -> dict[str
     return visibility
 
 
-def _seed_summary(predictions) -> str:
-    """``"<mean> ± <SD> over <n> seeds, ensemble <AUC>"``: pooled patient AUCs of ``predictions``."""
+def _seed_figures(predictions) -> dict:
+    """``auc_mean``, ``auc_sd`` (over training seeds; 0 with one), ``auc_ensemble`` and ``n_seeds``: the pooled patient
+    AUCs of ``predictions``."""
     per_seed = np.array(list(evaluation.seed_aucs(predictions).values()))
     ensemble = evaluation.patient_level(predictions)
-    return (f"{per_seed.mean():.3f} ± {per_seed.std(ddof=1) if len(per_seed) > 1 else 0:.3f} over {len(per_seed)} seeds, "
-            f"ensemble {evaluation.auc(ensemble['y_true'], ensemble['y_prob']):.3f}")
+    return {"auc_mean": per_seed.mean(), "auc_sd": per_seed.std(ddof=1) if len(per_seed) > 1 else 0.0,
+            "auc_ensemble": evaluation.auc(ensemble["y_true"], ensemble["y_prob"]), "n_seeds": len(per_seed)}
+
+
+def _seed_summary(predictions) -> str:
+    """``"<mean> ± <SD> over <n> seeds, ensemble <AUC>"``: pooled patient AUCs of ``predictions``."""
+    figures = _seed_figures(predictions)
+    return (f"{figures['auc_mean']:.3f} ± {figures['auc_sd']:.3f} over {figures['n_seeds']} seeds, "
+            f"ensemble {figures['auc_ensemble']:.3f}")
 
 
 def main() -> None:
