@@ -1121,14 +1121,25 @@ def train_fold(
               augment=profile.augment, validation=validation, lr_schedule=profile.lr_schedule,
               test_symmetries=profile.test_symmetries, row_weights=sampling, shift=profile.augment_shift,
               trainer=trainer, extra_targets=extra_targets)
-    deep = model_name == "deep_resnet50"
-    head_C, image_scale = ((profile.head_refit, 1.0) if deep
-                           else (profile.fusion_head_refit, profile.fusion_refit_image_scale))
-    if head_C:
+    refit = head_refit_settings(profile, model_name)
+    if refit is not None:
         refit_head(model, data.subset(fit_rows), data.y[fit_rows], data.patient_id[fit_rows],
-                   data.roi_area_mm2[fit_rows], head_C, symmetries=profile.test_symmetries, image_scale=image_scale,
-                   clinical_bits=profile.fusion_refit_clinical_bits and not deep)
+                   data.roi_area_mm2[fit_rows], **refit)
     return model, data
+
+
+def head_refit_settings(profile: Profile, model_name: str) -> dict | None:
+    """:func:`refit_head`'s settings for ``model_name`` under ``profile`` (``C``, ``symmetries``, ``image_scale``,
+    ``clinical_bits``), or ``None`` when the profile refits no head of that network. The deep model reads
+    ``head_refit`` (its image features at scale 1, no clinical bits); a fusion model ``fusion_head_refit``,
+    ``fusion_refit_image_scale`` and ``fusion_refit_clinical_bits``. :func:`train_fold` refits with them."""
+    deep = model_name == "deep_resnet50"
+    C = profile.head_refit if deep else profile.fusion_head_refit
+    if not C:
+        return None
+    return {"C": C, "symmetries": profile.test_symmetries,
+            "image_scale": 1.0 if deep else profile.fusion_refit_image_scale,
+            "clinical_bits": bool(profile.fusion_refit_clinical_bits and not deep)}
 
 
 def _network_record(model_name: str, clinical: pd.DataFrame, folds: pd.DataFrame, profile: Profile,

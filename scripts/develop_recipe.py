@@ -88,9 +88,9 @@ def refit_grid(model_name: str, dataset, clinical, folds, profile, seed: int, gr
     ``auc_sd`` (over the training seeds), ``auc_ensemble`` (the seed ensemble) and ``n_seeds``.
 
     Each fold and training seed of ``seed``'s cross-validation is trained once (``training.train_folds_isolated``:
-    the networks of ``train_cross_validated``'s folds), then for each cell its head is refitted on the fold's training
-    patients (``training.refit_head``, the cell's C and image scale, read from the profile as ``train_fold`` reads them)
-    and its test slices predicted (``training.predict_probability``). A cell equal to the profile's own values gives
+    the networks of ``train_cross_validated``'s folds, without the profile's own refit), then for each cell its head is
+    refitted on the fold's training patients (``training.refit_head`` with the cell's ``training.head_refit_settings``,
+    as ``train_fold`` refits) and its test slices predicted (``training.predict_probability``). A cell equal to the profile's own values gives
     the cross-validation's own predictions. The deep model reads ``head_refit``, a fusion model the two others.
     ``predictions``: a dict that receives each cell's out-of-fold predictions (``patient_id, slice, fold, y_true,
     y_prob, train_seed, roi_area_mm2``), keyed by the cell's values in the grid's order.
@@ -102,27 +102,28 @@ def refit_grid(model_name: str, dataset, clinical, folds, profile, seed: int, gr
                          f"{', '.join(sorted(grid)) or 'nothing'}")
     cells = [dataclasses.replace(profile, **dict(zip(grid, values, strict=True)))
              for values in itertools.product(*grid.values())]  # a Profile checks each cell's values
-    for cell in cells:
-        if (cell.head_refit if deep else cell.fusion_head_refit) <= 0:
+    refits = [training.head_refit_settings(cell, model_name) for cell in cells]
+    for cell, refit in zip(cells, refits, strict=True):
+        if refit is None:
             raise ValueError(f"every cell needs a refit, C > 0; got the cell "
                              f"{ {name: getattr(cell, name) for name in sorted(own)} }")
     seeds = training.train_seeds(profile, seed)
-    requests = [(model_name, dataset, clinical, folds, profile, int(fold), train_seed,
+    # trained without the profile's own refit: every cell refits the head, which is all a refit changes
+    unrefitted = dataclasses.replace(profile, head_refit=0.0, fusion_head_refit=0.0, fusion_refit_clinical_bits=False)
+    requests = [(model_name, dataset, clinical, folds, unrefitted, int(fold), train_seed,
                  training.DEFAULT_SETTINGS.selection_protocol, imagenet, network_overrides)
                 for train_seed in seeds for fold in sorted(folds["fold"].unique())]
-    trained = training.train_folds_isolated(requests, profile)
+    trained = training.train_folds_isolated(requests, unrefitted)
     fitted = []  # per network: its training slices' head features, computed once
     for model, data in trained:
         fitted.append(training.head_features(model, data.subset(data.fit), symmetries=profile.test_symmetries))
     rows = []
-    for cell in cells:
+    for cell, refit in zip(cells, refits, strict=True):
         frames = []
         for request, (model, data), features in zip(requests, trained, fitted, strict=True):
             fit, test = data.fit, data.test
             training.refit_head(model, data.subset(fit), data.y[fit], data.patient_id[fit], data.roi_area_mm2[fit],
-                                cell.head_refit if deep else cell.fusion_head_refit, symmetries=cell.test_symmetries,
-                                image_scale=1.0 if deep else cell.fusion_refit_image_scale,
-                                clinical_bits=cell.fusion_refit_clinical_bits and not deep, features=features)
+                                features=features, **refit)
             frames.append(pd.DataFrame({
                 "patient_id": data.patient_id[test], "slice": data.slice[test], "fold": request[5], "y_true": data.y[test],
                 "y_prob": training.predict_probability(model, data.subset(test), symmetries=cell.test_symmetries),

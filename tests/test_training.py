@@ -751,6 +751,23 @@ def test_refit_head_refuses_bad_input(study):
             replace(TINY_PROFILE, **{field: -0.1})
 
 
+def test_head_refit_settings_give_each_network_its_own_fields():
+    """``head_refit_settings``: the deep model reads ``head_refit`` at image scale 1 without clinical bits, a fusion
+    model the three fusion fields; a profile without the network's refit gives ``None``."""
+    quick = get_profile("quick")
+    assert training.head_refit_settings(quick, "deep_resnet50") == {
+        "C": quick.head_refit, "symmetries": quick.test_symmetries, "image_scale": 1.0, "clinical_bits": False}
+    other = replace(quick, fusion_head_refit=0.05, fusion_refit_image_scale=0.5)
+    for name in networks.FUSION_KINDS:
+        assert training.head_refit_settings(other, name) == {
+            "C": 0.05, "symmetries": quick.test_symmetries, "image_scale": 0.5,
+            "clinical_bits": quick.fusion_refit_clinical_bits}, name
+    assert training.head_refit_settings(replace(quick, head_refit=0.0), "deep_resnet50") is None
+    no_fusion_refit = replace(quick, fusion_head_refit=0.0, fusion_refit_clinical_bits=False)
+    assert training.head_refit_settings(no_fusion_refit, "fusion_d_joint") is None
+    assert training.head_refit_settings(no_fusion_refit, "deep_resnet50")["C"] == quick.head_refit
+
+
 def test_head_refit_fits_the_training_patients_only_and_keys_deep_runs(study, monkeypatch):
     """``Profile.head_refit``: in ``train_fold`` the deep model's head is refitted on the fold's training slices (never
     the test fold's) with the profile's C; the setting changes the deep model's run key, not a fusion model's, and at 0
