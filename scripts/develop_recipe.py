@@ -18,7 +18,7 @@ is trained once per fold and seed, its head refitted for every cell of the grid 
 (:func:`refit_grid`); a table per cohort, then the mean over the cohorts (docs/cpu_recipe.md, "Tried, not adopted: the
 fused head refit's penalties from a grid"):
 
-    python scripts/develop_recipe.py --seeds 5 8 12 13 14 15 16 17 --models fusion_d_joint \
+    python scripts/develop_recipe.py --seeds 5 8 12 13 14 15 16 17 --models fusion_d_joint \\
         --refit-grid fusion_head_refit=0.003,0.005,0.01,0.02 fusion_refit_image_scale=0.1,0.15,0.2,0.25,0.316,0.4
 """
 
