@@ -13,6 +13,12 @@ how the ``quick`` profile's recipe was chosen (docs/cpu_recipe.md); seed
         --set epochs=12 validation_fraction=0.2 augment=true
     python scripts/develop_recipe.py --seeds 4 --models fusion_d_joint --network clinical_units=64
 
+``--models`` with no network prints each cohort's references and what its processed crops show
+(:func:`crop_lines`), without training (docs/cpu_recipe.md, "Measured, not a lever: what the crops show of
+each trait's own part"):
+
+    python scripts/develop_recipe.py --seeds 5 8 12 13 --models
+
 ``--refit-grid`` measures the head refit's settings, which act after the training, on one training: each network
 is trained once per fold and seed, its head refitted for every cell of the grid and its test patients predicted
 (:func:`refit_grid`); a table per cohort, then the mean over the cohorts (docs/cpu_recipe.md, "Tried, not adopted: the
@@ -317,13 +323,18 @@ def crop_statistics_reference(dataset, folds, margin: float, texture_only: bool 
 VISIBILITY_INPUTS = ("necrosis", "heterogeneity", "margin", "rim", "size_mm")
 
 
-def crop_visibility(dataset, folds, cohort_dir: Path, margin: float) -> dict[str, float]:
+def crop_visibility(dataset, folds, cohort_dir: Path, margin: float, own: bool = False) -> dict[str, float]:
     """How much of each of the generator's image inputs (:data:`VISIBILITY_INPUTS`, on the latent scale of
     ``synth.oracle_inputs``) the networks' own input holds in a linear, learnable form: the cross-validated R² of
     a ridge regression (standardised, penalty chosen by ``RidgeCV``) of the input on :func:`crop_statistics` of
     ``dataset.images``, each patient's statistics averaged over its slices by the tumour's area, each fold's
     regression fitted on the other folds' patients (the study's ``folds``). Near 1: the crops show it plainly;
     near 0 or below: not in these statistics (a network may still find it elsewhere).
+
+    ``own``: of each input's own part, what the other inputs do not tell of it: the input less its least-squares
+    line on the others (with an intercept, over the cohort's patients). The generator draws the four traits from
+    one shared score (``synth``), so a crop that shows one of them shows some of each: the R² of an input counts
+    that shared part, the R² of its own part does not.
     """
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
@@ -334,13 +345,33 @@ def crop_visibility(dataset, folds, cohort_dir: Path, margin: float) -> dict[str
     _, table = _truth_table(cohort_dir)
     table = table.set_index(table["patient_id"].astype(str)).loc[patients.index.astype(str)].reset_index(drop=True)
     inputs = synth.oracle_inputs(table)["image"]
+    inputs = inputs[:, [synth.IMAGE_INPUT_NAMES.index(name) for name in VISIBILITY_INPUTS]].astype(float)
     model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 12)))
     visibility = {}
-    for name in VISIBILITY_INPUTS:
-        y = inputs[:, synth.IMAGE_INPUT_NAMES.index(name)].astype(float)
+    for column, name in enumerate(VISIBILITY_INPUTS):
+        y = inputs[:, column]
+        if own:
+            others = np.column_stack([np.ones(len(y)), np.delete(inputs, column, axis=1)])
+            y = y - others @ np.linalg.lstsq(others, y, rcond=None)[0]
         predicted = cross_val_predict(model, patients.to_numpy(), y, groups=fold, cv=LeaveOneGroupOut())
         visibility[name] = float(1.0 - ((y - predicted) ** 2).sum() / ((y - y.mean()) ** 2).sum())
     return visibility
+
+
+def crop_lines(dataset, folds, cohort_dir: Path, margin: float) -> list[str]:
+    """What simple statistics of the processed crops give, three lines: the label's AUC from them
+    (:func:`crop_statistics_reference`) and what they show of each image input and of its own part
+    (:func:`crop_visibility`)."""
+    def shown(own: bool) -> str:
+        return ", ".join(f"{name} {r2:.2f}" for name, r2 in crop_visibility(dataset, folds, cohort_dir, margin, own).items())
+
+    return [f"    a logistic regression on simple statistics of the same crops (develop_recipe.crop_statistics): "
+            f"{crop_statistics_reference(dataset, folds, margin):.3f}, on their texture alone "
+            f"{crop_statistics_reference(dataset, folds, margin, texture_only=True):.3f}",
+            f"    what its crops show (develop_recipe.crop_visibility: cross-validated R² of each input from the crops' "
+            f"statistics): {shown(False)}",
+            f"    of each input's own part, what the other inputs do not tell of it (crop_visibility(own=True)): "
+            f"{shown(True)}"]
 
 
 def _seed_figures(predictions) -> dict:
@@ -362,7 +393,9 @@ def _seed_summary(predictions) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[3, 4], help="development generator seeds")
-    parser.add_argument("--models", nargs="+", default=["deep_resnet50", "fusion_d_joint"], choices=models.NETWORK_MODELS)
+    parser.add_argument("--models", nargs="*", default=["deep_resnet50", "fusion_d_joint"], choices=models.NETWORK_MODELS,
+                        help="networks to train; none: the cohort's references and what its crops show (as printed "
+                             "beside deep_resnet50), without training")
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="profile fields to change")
     parser.add_argument("--preprocess", nargs="*", default=[], metavar="FIELD=VALUE",
@@ -413,6 +446,8 @@ def main() -> None:
                 f"{crop_visible_reference(cohort_dir, seed, with_clinical_vector=True):.3f}), "
                 f"clinical {references['clinical']['cv_auc']:.3f}, both {references['both']['cv_auc']:.3f}; "
                 + ", ".join(clinical_aucs)]
+        if not args.models:
+            line += crop_lines(dataset, folds, cohort_dir, chosen.margin)
         for model in args.models:
             start = time.perf_counter()
             predictions = training.train_cross_validated(model, dataset, clinical, folds, profile, work_dir, seed=seed,
@@ -422,13 +457,7 @@ def main() -> None:
                         f"{_seed_summary(predictions.drop(columns=evaluation.AREA_COLUMN))}")
             line.append(f"    {readings_line(predictions, cohort_dir, model)}")
             if model == "deep_resnet50":
-                line.append(f"    a logistic regression on simple statistics of the same crops (develop_recipe.crop_statistics): "
-                            f"{crop_statistics_reference(dataset, folds, chosen.margin):.3f}, on their texture alone "
-                            f"{crop_statistics_reference(dataset, folds, chosen.margin, texture_only=True):.3f}")
-                shown = ", ".join(f"{name} {r2:.2f}" for name, r2 in crop_visibility(dataset, folds, cohort_dir,
-                                                                                         chosen.margin).items())
-                line.append(f"    what its crops show (develop_recipe.crop_visibility: cross-validated R² of each "
-                            f"input from the crops' statistics): {shown}")
+                line += crop_lines(dataset, folds, cohort_dir, chosen.margin)
                 line.append(f"    its out-of-fold logit beside the binary clinical vector (logistic regression, "
                             f"a late fusion of the two): {stacked_reference(predictions, clinical):.3f}")
                 traits = trait_regression(predictions, cohort_dir)

@@ -182,9 +182,10 @@ def test_the_readings_line_gives_each_input_beside_the_generators_weight(tmp_pat
     assert "R² 1.00" in line and "size_mm +1.00 (+0.00)" in line and "necrosis +0.00 (+0.00)" in line, line
 
 
-def test_crop_visibility_finds_the_input_that_the_crops_show_and_not_the_others(tmp_path):
-    """Crops whose centre is brighter with the tumour's heterogeneity and nothing else: R² near 1 for the
-    heterogeneity, near 0 or below for the other inputs, drawn independently of it."""
+def _crops_showing_heterogeneity(tmp_path, margin_follows_heterogeneity: bool = False):
+    """A 5-fold cohort of 12 px crops whose centre is brighter with the tumour's heterogeneity and nothing else, its
+    traits drawn independently of each other (or the margin's irregularity from the heterogeneity's draw, a little
+    noise added); returns the dataset, the folds and the cohort folder for :func:`develop_recipe.crop_visibility`."""
     from types import SimpleNamespace
 
     import pandas as pd
@@ -192,9 +193,13 @@ def test_crop_visibility_finds_the_input_that_the_crops_show_and_not_the_others(
     folder = _cohort(tmp_path / "cohort", 5, traits_from_label=False)
     truth = pd.read_csv(folder / "ground_truth.csv", dtype={"patient_id": str})
     rng = np.random.default_rng(0)
+    draws = {}
     for trait, (low, high) in {"necrosis_fraction": (0.0, 0.30), "heterogeneity_hu": (4.0, 16.0),
                                "margin_irregularity": (0.02, 0.25), "rim_enhancement_hu": (0.0, 45.0)}.items():
-        truth[trait] = low + (high - low) * rng.uniform(0.05, 0.95, len(truth))  # independent draws
+        draws[trait] = rng.uniform(0.05, 0.95, len(truth))  # independent draws
+        if trait == "margin_irregularity" and margin_follows_heterogeneity:
+            draws[trait] = np.clip(draws["heterogeneity_hu"] + rng.normal(0, 0.03, len(truth)), 0.02, 0.98)
+        truth[trait] = low + (high - low) * draws[trait]
     outputs.write_csv(folder / "ground_truth.csv", truth)
     table = develop_recipe._truth_table(folder)[1]
     heterogeneity = synth.oracle_inputs(table)["image"][:, synth.IMAGE_INPUT_NAMES.index("heterogeneity")]
@@ -208,11 +213,31 @@ def test_crop_visibility_finds_the_input_that_the_crops_show_and_not_the_others(
             areas.append(area)
     dataset = SimpleNamespace(images=np.stack(images), patient_id=np.array(ids), roi_area_mm2=np.array(areas))
     folds = pd.DataFrame({"patient_id": table["patient_id"].astype(str), "fold": np.arange(len(table)) % 5})
-    visibility = develop_recipe.crop_visibility(dataset, folds, folder, margin=0.25)
-    assert list(visibility) == list(develop_recipe.VISIBILITY_INPUTS)
-    assert visibility["heterogeneity"] > 0.95, visibility
-    assert max(v for k, v in visibility.items() if k != "heterogeneity") < 0.1, visibility
+    return dataset, folds, folder
 
+
+def test_crop_visibility_finds_the_input_that_the_crops_show_and_not_the_others(tmp_path):
+    """Crops that show the heterogeneity and nothing else, the traits drawn independently: R² near 1 for the
+    heterogeneity, near 0 or below for the other inputs; the same for their own parts, which here are the inputs
+    themselves less a line on independent others."""
+    dataset, folds, folder = _crops_showing_heterogeneity(tmp_path)
+    for own in (False, True):
+        visibility = develop_recipe.crop_visibility(dataset, folds, folder, margin=0.25, own=own)
+        assert list(visibility) == list(develop_recipe.VISIBILITY_INPUTS)
+        assert visibility["heterogeneity"] > 0.95, (own, visibility)
+        assert max(v for k, v in visibility.items() if k != "heterogeneity") < 0.1, (own, visibility)
+
+
+def test_crop_visibility_of_an_input_s_own_part_leaves_out_what_another_input_tells(tmp_path):
+    """The margin's irregularity drawn from the heterogeneity's draw (a little noise added), the crops showing the
+    heterogeneity alone: the crops tell both inputs (R² near 1), but the own part of neither, for what they show of
+    one is what the other tells: the margin's own part is the noise, which no crop shows."""
+    dataset, folds, folder = _crops_showing_heterogeneity(tmp_path, margin_follows_heterogeneity=True)
+    visibility = develop_recipe.crop_visibility(dataset, folds, folder, margin=0.25)
+    assert visibility["heterogeneity"] > 0.95 and visibility["margin"] > 0.9, visibility
+    own = develop_recipe.crop_visibility(dataset, folds, folder, margin=0.25, own=True)
+    assert max(own["heterogeneity"], own["margin"]) < 0.2, own
+    assert max(own["necrosis"], own["rim"]) < 0.1, own
 
 
 @pytest.mark.slow
