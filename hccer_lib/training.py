@@ -89,9 +89,9 @@ DEEP_PROFILE_FIELDS = ("image_size", "epochs", "batch_size", "learning_rate", "r
 def training_settings(profile: Profile, model_name: str | None = None) -> dict:
     """The settings of ``profile`` that change a network's training: :data:`DEEP_PROFILE_FIELDS`, ``augment_shift``
     where it is set, ``clinical_warm_start`` where it is set and the network (``model_name``; ``None``: any) has a clinical
-    pathway, ``head_refit`` where it is set and the network is the deep model (or any), and ``fusion_head_refit`` where
-    it is set and the network is a fusion model (or any). Left out otherwise, so that the trainings keyed before they
-    existed keep their keys."""
+    pathway, ``head_refit`` where it is set and the network is the deep model (or any), and ``fusion_head_refit`` and
+    ``fusion_texture_size_free`` where they are set and the network is a fusion model (or any). Left out otherwise, so
+    that the trainings keyed before they existed keep their keys."""
     settings = {f: getattr(profile, f) for f in DEEP_PROFILE_FIELDS}
     if profile.augment_shift:
         settings["augment_shift"] = profile.augment_shift
@@ -105,6 +105,9 @@ def training_settings(profile: Profile, model_name: str | None = None) -> dict:
         settings["texture_target"] = True
     if profile.texture_size_free:
         settings["texture_size_free"] = True
+    if (profile.fusion_texture_size_free and profile.texture_target
+            and (model_name is None or model_name in networks.FUSION_KINDS)):
+        settings["fusion_texture_size_free"] = True
     for field, kinds in networks.ACTIVATION_LAYER_KINDS.items():  # keyed for the models that have the layer
         if (getattr(profile, field) != networks.KEYED_AT_DEFAULT_SINCE[field]
                 and (model_name is None or networks.FUSION_KINDS.get(model_name) in kinds)):
@@ -967,8 +970,9 @@ def area_targets(roi_area_mm2, images=None, margin: float = 0.0, size_free: bool
     area. With ``images`` (``[n, H, W, phases]``, the slices' crops; ``Profile.texture_target``): ``[n, 2·phases + 1]``,
     the crops' :func:`texture_statistics` (the tumour's box inside the crop's fractional ``margin``) and then the log
     area, each column standardised over the slices. ``size_free`` (``Profile.texture_size_free``): each statistic as
-    its log's residual from a least-squares line on the log area over the slices, before it is standardised (a flat
-    phase, statistic 0, is a ``ValueError``)."""
+    its log's residual from a least-squares line on the log area over the slices, before it is standardised; a flat
+    phase (statistic 0, which has no log: a crop clipped whole by the window, say) counts as the smallest statistic
+    above 0 of its column (a column with none: a constant, 0 once standardised)."""
     areas = np.asarray(roi_area_mm2, dtype=np.float64)
     if not np.all(np.isfinite(areas) & (areas > 0)):
         raise ValueError("every training slice needs a tumour area above 0 mm² for the area target")
@@ -979,11 +983,8 @@ def area_targets(roi_area_mm2, images=None, margin: float = 0.0, size_free: bool
         raise ValueError(f"the texture target needs one crop per slice: {len(images)} crops, {len(areas)} areas")
     statistics = texture_statistics(images, margin)
     if size_free:
-        flat = np.flatnonzero((statistics <= 0).any(axis=1))
-        if flat.size:
-            raise ValueError(f"the size-free texture target takes the log of each texture statistic, but {flat.size} "
-                             f"training slice(s) have a flat phase (statistic 0; rows {flat[:5].tolist()} of the "
-                             f"fit slices): leave texture_size_free off for this cohort")
+        smallest = np.where(statistics > 0, statistics, np.inf).min(axis=0)
+        statistics = np.maximum(statistics, np.where(np.isfinite(smallest), smallest, 1.0))
         statistics = _residuals_on(np.log(statistics), np.log(areas))
     return _standardised(np.column_stack([statistics, logs]))
 
@@ -1023,6 +1024,14 @@ def texture_statistics(images, margin: float) -> np.ndarray:
         gradient = np.abs(np.diff(x, axis=1)).mean(axis=(1, 2)) + np.abs(np.diff(x, axis=2)).mean(axis=(1, 2))
         columns += [gradient, local_sd[:, centre].mean(1)]
     return np.stack(columns, axis=1)
+
+
+def texture_size_free_for(profile: Profile, model_name: str) -> bool:
+    """Whether the texture targets of ``model_name``'s training have the size taken out (:func:`area_targets`'
+    ``size_free``): ``profile.texture_size_free`` for every network, ``profile.fusion_texture_size_free`` for the
+    fusion models (with ``profile.texture_target``: there are no texture targets otherwise)."""
+    return bool(profile.texture_target and (profile.texture_size_free
+                                            or (profile.fusion_texture_size_free and model_name in networks.FUSION_KINDS)))
 
 
 def tumour_box_mask(height: int, width: int, margin: float) -> np.ndarray:
@@ -1107,7 +1116,7 @@ def train_fold(
     if profile.area_target:
         crops = data.inputs["image"][fit_rows] if profile.texture_target else None
         targets = area_targets(data.roi_area_mm2[fit_rows], crops, _crop_margin(dataset) if profile.texture_target else 0.0,
-                               size_free=profile.texture_size_free)
+                               size_free=texture_size_free_for(profile, model_name))
         units = 1 if targets.ndim == 1 else targets.shape[1]
         trainer = fold_model.trainer(profile.area_target, fold_seed, units=units)
         extra_targets = {networks.AREA_HEAD: targets}

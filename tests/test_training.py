@@ -961,7 +961,8 @@ def test_size_free_texture_targets_keep_what_the_area_does_not_tell():
     SD a √2 / 3 in every phase. With a = √area · h, the resize's squeeze of a textured tumour, each statistic's log is
     ½ log area + log h (+ a constant): its residual on the log area is log h's, so with h uncorrelated with the log
     area every texture column is log h standardised, where without ``size_free`` the first follows the log area. The
-    last column is the log area as without it. A flat crop (statistics 0, no log) is an error that names its row."""
+    last column is the log area as without it. A flat crop (statistics 0, no log) counts as the smallest statistics
+    above 0; crops all flat give texture targets of 0."""
     rng = np.random.default_rng(5)
     areas = np.array([100.0, 150.0, 400.0, 90.0, 1600.0, 700.0, 250.0])
     log_h = rng.standard_normal(len(areas))
@@ -981,11 +982,16 @@ def test_size_free_texture_targets_keep_what_the_area_does_not_tell():
     np.testing.assert_allclose(targets[:, -1], training.area_targets(areas))
     as_they_are = training.area_targets(areas, striped(np.sqrt(areas) * np.exp(log_h)), 0.25)
     assert abs(np.corrcoef(as_they_are[:, 0], np.log(areas))[0, 1]) > 0.5, "without it the size is in the texture"
-    flat = striped(np.sqrt(areas) * np.exp(log_h))
-    flat[2] = 0.0  # a flat crop: its statistics are 0, whose log is no target
-    with pytest.raises(ValueError, match=r"1 training slice\(s\) have a flat phase \(statistic 0; rows \[2\]"):
-        training.area_targets(areas, flat, 0.25, size_free=True)
+    amplitude = np.sqrt(areas) * np.exp(log_h)
+    flat = striped(amplitude)
+    flat[2] = 0.0  # a flat crop: its statistics are 0, which have no log
+    at_smallest = amplitude.copy()
+    at_smallest[2] = np.delete(amplitude, 2).min()  # the smallest statistics above 0 of every column: its stripes
+    got = training.area_targets(areas, flat, 0.25, size_free=True)
+    assert np.all(np.isfinite(got)), got
+    np.testing.assert_allclose(got, training.area_targets(areas, striped(at_smallest), 0.25, size_free=True), atol=1e-9)
     assert np.all(np.isfinite(training.area_targets(areas, flat, 0.25))), "as they are, a flat crop is a target"
+    np.testing.assert_array_equal(training.area_targets(areas, np.zeros_like(flat), 0.25, size_free=True)[:, :6], 0.0)
 
 
 def test_size_free_texture_target_is_keyed_and_needs_the_texture_target(study, monkeypatch):
@@ -1009,13 +1015,37 @@ def test_size_free_texture_target_is_keyed_and_needs_the_texture_target(study, m
     assert key(size_free)["key"] != key(texture)["key"]
 
 
+def test_fusion_size_free_texture_target_reaches_the_fusion_models_alone(study, monkeypatch):
+    """``Profile.fusion_texture_size_free``: a fusion model trains on the size-free texture targets, the deep model on
+    the statistics as they are; only the fusion model's run key changes; without ``texture_target`` it does nothing."""
+    calls = _recorded_fits(monkeypatch)
+    study.dataset.settings = {"margin": 0.25}
+    texture = replace(TINY_PROFILE, area_target=0.5, texture_target=True, fusion_texture_size_free=False)
+    fusion_free = replace(texture, fusion_texture_size_free=True)
+    for model, size_free in (("fusion_d_joint", True), ("fusion_a", True), ("deep_resnet50", False)):
+        _, data = training.train_fold(model, study.dataset, study.clinical, study.folds, fusion_free, 0, seed=1,
+                                      imagenet="none")
+        expected = training.area_targets(data.roi_area_mm2[data.fit], data.inputs["image"][data.fit], 0.25,
+                                         size_free=size_free)
+        np.testing.assert_allclose(calls[-1][1], expected, err_msg=model)
+    assert not np.allclose(training.area_targets(data.roi_area_mm2[data.fit], data.inputs["image"][data.fit], 0.25),
+                           training.area_targets(data.roi_area_mm2[data.fit], data.inputs["image"][data.fit], 0.25,
+                                                 size_free=True)), "the two kinds of target differ here"
+    area_only = replace(texture, texture_target=False)
+    assert not training.texture_size_free_for(replace(area_only, fusion_texture_size_free=True), "fusion_d_joint")
+    assert (_run_record(study, "fusion_d_joint", replace(area_only, fusion_texture_size_free=True))["key"]
+            == _run_record(study, "fusion_d_joint", area_only)["key"]), "no texture targets: nothing changes, nor the key"
+    assert _run_record(study, "deep_resnet50", fusion_free)["key"] == _run_record(study, "deep_resnet50", texture)["key"]
+    assert _run_record(study, "fusion_d_joint", fusion_free)["key"] != _run_record(study, "fusion_d_joint", texture)["key"]
+
+
 def test_texture_target_trains_on_the_fit_crops_is_keyed_and_needs_the_area_target(study, monkeypatch):
     """``Profile.texture_target``: ``train_fold`` trains the network with an area head of 7 units (3 phases × 2
     texture statistics and the area) on :func:`training.area_targets` of the fit slices' crops, at the margin of the
     dataset's settings; the setting changes the run key and needs ``area_target``; a dataset without settings is a
     clear error."""
     calls = _recorded_fits(monkeypatch)
-    area_only = replace(TINY_PROFILE, area_target=0.5, texture_target=False)
+    area_only = replace(TINY_PROFILE, area_target=0.5, texture_target=False, fusion_texture_size_free=False)
     with_texture = replace(area_only, texture_target=True)
     del study.dataset.settings
     with pytest.raises(ValueError, match="texture target needs the processed dataset's settings"):
