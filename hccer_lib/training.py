@@ -969,7 +969,7 @@ def area_targets(roi_area_mm2, images=None, margin: float = 0.0, size_free: bool
     standardised over those slices (``[n]``). The log, because the crop's resize shrinks a tumour by its side, not its
     area. With ``images`` (``[n, H, W, phases]``, the slices' crops; ``Profile.texture_target``): ``[n, 2·phases + 1]``,
     the crops' :func:`texture_statistics` (the tumour's box inside the crop's fractional ``margin``) and then the log
-    area, each column standardised over the slices. ``size_free`` (``Profile.texture_size_free``): each statistic as
+    area, each column standardised over the slices. ``size_free`` (:func:`texture_size_free_for`): each statistic as
     its log's residual from a least-squares line on the log area over the slices, before it is standardised; a flat
     phase (statistic 0, which has no log: a crop clipped whole by the window, say) counts as the smallest statistic
     above 0 of its column (a column with none: a constant, 0 once standardised)."""
